@@ -1,0 +1,35 @@
+# The two set-up commands: `make demo` (train CIGN on built-in synthetic data) and `make test`.
+# Each creates .venv, installs the pinned stack, builds the extensions and runs.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+CUDA_HOME ?= $(shell [ -d /usr/local/cuda ] && echo /usr/local/cuda)
+export CUDA_HOME
+NATIVE_SOURCES := $(shell find csrc -name '*.cpp' -o -name '*.cu' -o -name '*.h') setup.py
+DEMO_OUT ?= demo_out
+
+.PHONY: demo test build bench clean
+
+$(VENV)/.deps: requirements.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements.txt
+	touch $@
+
+$(VENV)/.built: $(VENV)/.deps $(NATIVE_SOURCES)
+	MAX_JOBS=$${MAX_JOBS:-2} $(PY) -m pip install --quiet --no-build-isolation --no-deps -e .
+	touch $@
+
+build: $(VENV)/.built
+
+demo: build
+	$(VENV)/bin/cign-fast demo --out $(DEMO_OUT)
+
+test: build
+	$(PY) -m pytest tests -q -rs --durations=15
+
+bench: build
+	$(VENV)/bin/cign-fast bench ops
+
+clean:
+	rm -rf build *.egg-info cign_fast/*.so $(VENV)/.built

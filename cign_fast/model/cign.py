@@ -1,0 +1,188 @@
+"""The CIGN model: encoders, per-task class tokens, per-modality transformer + grouping, heads.
+
+N is the number of classes seen so far (one class token, one group, one logit per class).
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import NamedTuple
+
+import torch
+from torch import Tensor, nn
+
+from cign_fast.model.config import ModelConfig
+from cign_fast.model.encoders import ResNetTokenEncoder
+from cign_fast.model.grouping import GroupingBlock, keep_old_weights
+from cign_fast.model.transformer import Transformer, init_weights
+from cign_fast.ops.checks import check_float_tensor
+
+
+class CIGNOutput(NamedTuple):
+    """What :class:`CIGN` returns for a batch of B clips with N classes seen."""
+
+    audio_logits: Tensor          # [B, N] pre-sigmoid class scores from the audio groups
+    visual_logits: Tensor         # [B, N] pre-sigmoid class scores from the visual groups
+    audio_token_logits: Tensor    # [B, N, N] token head on the audio class tokens (row i should predict class i)
+    visual_token_logits: Tensor   # [B, N, N] token head on the visual class tokens
+    audio_groups: Tensor          # [B, N, D] audio class embeddings
+    visual_groups: Tensor         # [B, N, D] visual class embeddings
+
+
+class ModalityBranch(nn.Module):
+    """One modality: class tokens, transformer over [tokens ; class tokens], grouping block and heads.
+
+    The class tokens are a list of per-task blocks [n_t, D]; every block but the newest is frozen.
+    """
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.dim = cfg.dim
+        self.class_token_init = cfg.class_token_init
+        self.class_tokens = nn.ParameterList()
+        self.transformer = Transformer(cfg.dim, cfg.depth, cfg.num_heads, cfg.mlp_ratio, cfg.drop_path)
+        self.grouping = GroupingBlock(cfg.dim, cfg.num_heads, cfg.mlp_ratio, cfg.backend)
+        self.token_norm = nn.LayerNorm(cfg.dim)
+        self.token_head: nn.Linear | None = None
+        self.group_norm = nn.LayerNorm(cfg.dim)
+        self.logit_head = nn.Linear(cfg.dim, 1)
+        self.apply(init_weights)
+
+    def add_class_tokens(self, num_new: int) -> None:
+        """Freeze the existing class-token blocks (dropping their stale gradients), append a trainable
+        [num_new, D] block and grow the layers whose size is N.
+
+        The token head ``Linear(D, N)`` keeps ``weight[:N_old]`` and ``bias[:N_old]``.
+        """
+        reference = self.logit_head.weight
+        for block in self.class_tokens:
+            block.requires_grad_(False)
+            block.grad = None
+        block = nn.Parameter(torch.zeros(num_new, self.dim, device=reference.device, dtype=reference.dtype))
+        if self.class_token_init == "trunc_normal":
+            nn.init.trunc_normal_(block, std=0.02)
+        self.class_tokens.append(block)
+        num_groups = sum(block.shape[0] for block in self.class_tokens)
+        self.grouping.set_num_groups(num_groups)
+        token_head = nn.Linear(self.dim, num_groups, device=reference.device, dtype=reference.dtype)
+        init_weights(token_head)
+        if self.token_head is not None:
+            keep_old_weights(token_head, self.token_head)
+        self.token_head = token_head
+
+    def forward(self, tokens: Tensor, assign_mode: str) -> tuple[Tensor, Tensor, Tensor]:
+        """``tokens`` [B, S, D] -> ``(logits [B, N], token_logits [B, N, N], groups [B, N, D])``."""
+        batch, num_tokens, _ = tokens.shape
+        class_tokens = torch.cat(tuple(self.class_tokens)).unsqueeze(0).expand(batch, -1, -1)
+        mixed = self.transformer(torch.cat((tokens, class_tokens.to(tokens.dtype)), dim=1))
+        tokens, class_tokens = mixed[:, :num_tokens], mixed[:, num_tokens:]
+        token_logits = self.token_head(self.token_norm(class_tokens))
+        groups = self.grouping(tokens, class_tokens, assign_mode)
+        logits = self.logit_head(self.group_norm(groups)).squeeze(-1)
+        return logits, token_logits, groups
+
+
+class CIGN(nn.Module):
+    """Class-Incremental Grouping Network (audio + visual).
+
+    Build, then call :meth:`add_task` once per task before training it. Inputs:
+
+    * ``input_mode="raw"``: ``audio`` [B, 1, F, T] log spectrogram, ``visual`` [B, 3, H, W] image;
+    * ``input_mode="features"``: ``audio`` [B, S_a, D_a], ``visual`` [B, S_v, D_v] token sequences.
+
+    Training uses ``cfg.assign_mode`` for the assignment; eval always uses ``"hard"``.
+    After :meth:`add_task` some parameters are new objects: rebuild the optimiser.
+    """
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        if not isinstance(cfg, ModelConfig):
+            raise TypeError(f"cfg: expected a ModelConfig, got {type(cfg).__name__}")
+        self.cfg = cfg
+        self._task_sizes: list[int] = []
+        if cfg.input_mode == "raw":
+            pooled_audio = cfg.audio_tokens == "pooled"
+            self.audio_encoder = ResNetTokenEncoder(1, cfg.dim, pooled_audio, cfg.audio_weights, "audio_weights")
+            self.visual_encoder = ResNetTokenEncoder(3, cfg.dim, False, cfg.visual_weights, "visual_weights")
+        else:
+            self.audio_encoder = nn.Linear(cfg.audio_feature_dim, cfg.dim)
+            self.visual_encoder = nn.Linear(cfg.visual_feature_dim, cfg.dim)
+            init_weights(self.audio_encoder)
+            init_weights(self.visual_encoder)
+        self.audio_branch = ModalityBranch(cfg)
+        self.visual_branch = ModalityBranch(cfg)
+
+    @property
+    def task_sizes(self) -> list[int]:
+        """Classes per task added so far (a copy)."""
+        return list(self._task_sizes)
+
+    @property
+    def num_classes(self) -> int:
+        """N: classes seen so far."""
+        return sum(self._task_sizes)
+
+    @property
+    def num_old_classes(self) -> int:
+        """Classes of the tasks before the newest one (0 with at most one task)."""
+        return self.num_classes - self._task_sizes[-1] if self._task_sizes else 0
+
+    def add_task(self, num_new_classes: int) -> None:
+        """Start a task with ``num_new_classes`` classes: freeze the old class tokens, add new ones, grow N."""
+        if not isinstance(num_new_classes, int) or isinstance(num_new_classes, bool) or num_new_classes <= 0:
+            raise ValueError(f"num_new_classes: expected an int > 0, got {num_new_classes!r}")
+        self.audio_branch.add_class_tokens(num_new_classes)
+        self.visual_branch.add_class_tokens(num_new_classes)
+        self._task_sizes.append(num_new_classes)
+
+    def check_inputs(self, audio: Tensor, visual: Tensor) -> None:
+        """Raise ValueError/TypeError naming ``audio`` or ``visual`` when its shape does not fit the input mode."""
+        if self.cfg.input_mode == "raw":
+            expected = {"audio": (4, 1, "[B, 1, F, T] log spectrogram"), "visual": (4, 3, "[B, 3, H, W] image")}
+        else:
+            expected = {
+                "audio": (3, self.cfg.audio_feature_dim, "[B, S_a, audio_feature_dim] features"),
+                "visual": (3, self.cfg.visual_feature_dim, "[B, S_v, visual_feature_dim] features"),
+            }
+        for name, tensor in (("audio", audio), ("visual", visual)):
+            ndim, width, layout = expected[name]
+            check_float_tensor(name, tensor, ndim)
+            width_axis = 1 if ndim == 4 else 2
+            if tensor.shape[width_axis] != width or min(tensor.shape) == 0:
+                raise ValueError(
+                    f"{name}: expected a non-empty {layout} with {width} at axis {width_axis}, got shape {tuple(tensor.shape)}"
+                )
+        if audio.shape[0] != visual.shape[0]:
+            raise ValueError(f"audio, visual: expected the same batch size, got {audio.shape[0]} and {visual.shape[0]}")
+
+    def forward(self, audio: Tensor, visual: Tensor) -> CIGNOutput:
+        if not self._task_sizes:
+            raise RuntimeError("CIGN.forward: call add_task(num_new_classes) before the first forward")
+        self.check_inputs(audio, visual)
+        assign_mode = self.cfg.assign_mode if self.training else "hard"
+        audio_logits, audio_token_logits, audio_groups = self.audio_branch(self.audio_encoder(audio), assign_mode)
+        visual_logits, visual_token_logits, visual_groups = self.visual_branch(self.visual_encoder(visual), assign_mode)
+        return CIGNOutput(
+            audio_logits, visual_logits, audio_token_logits, visual_token_logits, audio_groups, visual_groups
+        )
+
+    def frozen_copy(self) -> CIGN:
+        """A deep copy in eval mode with no gradients anywhere: the distillation teacher."""
+        teacher = copy.deepcopy(self)
+        teacher.zero_grad(set_to_none=True)
+        teacher.requires_grad_(False)
+        return teacher.eval()
+
+
+def predict(out: CIGNOutput) -> dict[str, Tensor]:
+    """Class indices [B] (long): ``"audio"`` argmax p_a, ``"visual"`` argmax p_v, ``"audio_visual"`` argmax p_a * p_v.
+
+    Computed as the argmax of the logits and of ``log p_a + log p_v`` (same order, no ties from a saturated sigmoid).
+    """
+    audio_log_probs = nn.functional.logsigmoid(out.audio_logits.float())
+    visual_log_probs = nn.functional.logsigmoid(out.visual_logits.float())
+    return {
+        "audio": out.audio_logits.argmax(dim=-1),
+        "visual": out.visual_logits.argmax(dim=-1),
+        "audio_visual": (audio_log_probs + visual_log_probs).argmax(dim=-1),
+    }

@@ -1,0 +1,111 @@
+"""The CIGN training loss: per-modality BCE, token-head cross-entropy and class-token distillation.
+
+Shapes: B clips, N classes seen (student), N_old classes of the earlier tasks (teacher).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+from torch.nn import functional as F
+
+import cign_fast
+from cign_fast.model.cign import CIGNOutput
+from cign_fast.ops.checks import check_non_negative, check_positive
+
+
+def check_labels(labels: Tensor, batch: int, num_classes: int) -> None:
+    """``labels`` must be an integer tensor [B] with values in [0, N)."""
+    if not isinstance(labels, Tensor) or labels.dtype not in (torch.int64, torch.int32):
+        got = labels.dtype if isinstance(labels, Tensor) else type(labels).__name__
+        raise TypeError(f"labels: expected an int64 tensor [B] of class indices, got {got}")
+    if labels.shape != (batch,):
+        raise ValueError(f"labels: expected shape ({batch},) to match the batch, got {tuple(labels.shape)}")
+    if not torch.compiler.is_compiling() and bool(((labels < 0) | (labels >= num_classes)).any()):
+        raise ValueError(f"labels: expected class indices in [0, {num_classes}), got values outside it")
+
+
+def token_cross_entropy(token_logits: Tensor) -> Tensor:
+    """Cross-entropy of the token head [B, N, N] with token i labelled class i, mean over the B * N tokens."""
+    batch, num_tokens, _ = token_logits.shape
+    targets = torch.arange(num_tokens, device=token_logits.device).repeat(batch)
+    return F.cross_entropy(token_logits.flatten(0, 1), targets)
+
+
+def class_token_distillation(
+    student: CIGNOutput, teacher: CIGNOutput, num_old_classes: int, temperature: float, backend: str,
+) -> Tensor:
+    """Sum of the four KL terms on the old classes (unweighted), each T^2-scaled and averaged over its rows.
+
+    Audio and visual logits: rows B, the student's first N_old columns against the teacher's [B, N_old].
+    Token heads: rows B * N_old (the old class tokens), columns the N_old old classes.
+    """
+    batch = student.audio_logits.shape[0]
+    expected = {"logits": (batch, num_old_classes), "token_logits": (batch, num_old_classes, num_old_classes)}
+    for modality in ("audio", "visual"):
+        for kind, shape in expected.items():
+            got = tuple(getattr(teacher, f"{modality}_{kind}").shape)
+            if got != shape:
+                raise ValueError(
+                    f"teacher_out: expected {modality}_{kind} of shape {shape} (num_old_classes={num_old_classes}), got {got}"
+                )
+    old = num_old_classes
+    pairs = (
+        (student.audio_logits[:, :old], teacher.audio_logits),
+        (student.visual_logits[:, :old], teacher.visual_logits),
+        (student.audio_token_logits[:, :old, :old].reshape(-1, old), teacher.audio_token_logits.reshape(-1, old)),
+        (student.visual_token_logits[:, :old, :old].reshape(-1, old), teacher.visual_token_logits.reshape(-1, old)),
+    )
+    return sum(
+        cign_fast.token_distill_kl(student_rows, teacher_rows, temperature=temperature, backend=backend)
+        for student_rows, teacher_rows in pairs
+    )
+
+
+def cign_loss(
+    out: CIGNOutput,
+    labels: Tensor,
+    teacher_out: CIGNOutput | None,
+    num_old_classes: int,
+    temperature: float = 2.0,
+    kd_weight: float = 1.0,
+    backend: str = "auto",
+) -> dict[str, Tensor]:
+    """The loss at task t: ``BCE(p_a, onehot) + BCE(p_v, onehot) + CE(token heads) + kd_weight * KD``.
+
+    Args:
+        out: the student's output (N classes). labels: [B] class indices in [0, N).
+        teacher_out: the frozen teacher's output on the same batch (N_old = ``num_old_classes`` classes),
+            or ``None`` at the first task (then ``"kd"`` is 0).
+        num_old_classes: N_old, the classes distilled (only read when ``teacher_out`` is given).
+        temperature: distillation temperature T. kd_weight: lambda. backend: for ``token_distill_kl``.
+
+    Returns:
+        Scalars ``"bce_audio"``, ``"bce_visual"`` (means over B * N), ``"token_ce"`` (audio + visual),
+        ``"kd"`` (already multiplied by ``kd_weight``) and ``"total"`` (their sum).
+    """
+    if not isinstance(out, CIGNOutput):
+        raise TypeError(f"out: expected a CIGNOutput, got {type(out).__name__}")
+    check_positive("temperature", temperature)
+    check_non_negative("kd_weight", kd_weight)
+    batch, num_classes = out.audio_logits.shape
+    check_labels(labels, batch, num_classes)
+    onehot = F.one_hot(labels.long(), num_classes).to(out.audio_logits.dtype)
+    losses = {
+        "bce_audio": F.binary_cross_entropy_with_logits(out.audio_logits, onehot),
+        "bce_visual": F.binary_cross_entropy_with_logits(out.visual_logits, onehot.to(out.visual_logits.dtype)),
+        "token_ce": token_cross_entropy(out.audio_token_logits) + token_cross_entropy(out.visual_token_logits),
+    }
+    if teacher_out is None:
+        losses["kd"] = out.audio_logits.new_zeros((), dtype=torch.float32)
+    else:
+        if not isinstance(teacher_out, CIGNOutput):
+            raise TypeError(f"teacher_out: expected a CIGNOutput or None, got {type(teacher_out).__name__}")
+        valid_int = isinstance(num_old_classes, int) and not isinstance(num_old_classes, bool)
+        if not valid_int or not 0 < num_old_classes <= num_classes:
+            raise ValueError(
+                f"num_old_classes: expected an int in [1, {num_classes}] when teacher_out is given, got {num_old_classes!r}"
+            )
+        losses["kd"] = kd_weight * class_token_distillation(out, teacher_out, num_old_classes, temperature, backend)
+    losses["total"] = losses["bce_audio"] + losses["bce_visual"] + losses["token_ce"] + losses["kd"]
+    return losses

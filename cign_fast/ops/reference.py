@@ -1,0 +1,153 @@
+"""Reference ops in plain PyTorch: the spec (``shared/CIGN-SPEC.md``) written out, readable first.
+
+Two kinds of function live here:
+
+* ``*_reference`` functions are the spec as a differentiable PyTorch composition; autograd gives
+  their backward. Tests hold every backend to them.
+* ``*_forward`` / ``*_backward`` are the same maths as the explicit two-pass form every fused
+  backend implements (what is saved, how the backward is recomputed); they are the ``reference``
+  backend of the dispatcher and the readable twin of the kernels.
+
+Shapes: ``q`` [B, N, C] (group tokens), ``k``/``v`` [B, S, C] (modality tokens); maps [B, N, S].
+Softmax runs over the group axis N (dim -2) for every token s.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from cign_fast.ops.gumbel import gumbel_noise
+
+MODES = ("soft", "hard", "gumbel")
+MODE_SOFT, MODE_HARD, MODE_GUMBEL = 0, 1, 2
+REDUCTIONS = ("batchmean", "sum", "mean", "none")
+
+
+def assignment_logits(q: torch.Tensor, k: torch.Tensor, mode: int, tau: float, seed: int) -> torch.Tensor:
+    """``(scale * q k^T + g) / tau`` in float32 (float64 stays float64), [B, N, S]."""
+    compute = torch.float64 if q.dtype == torch.float64 else torch.float32
+    scale = q.shape[-1] ** -0.5
+    logits = scale * torch.matmul(q.to(compute), k.to(compute).transpose(-1, -2))
+    if mode == MODE_GUMBEL:
+        logits = logits + gumbel_noise(tuple(logits.shape), seed, logits.device).to(compute)
+    return logits / tau
+
+
+def assign_attention_reference(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    *,
+    mode: str = "soft",
+    tau: float = 1.0,
+    eps: float = 1.0,
+    sum_assign: bool = False,
+    seed: int = 0,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The spec's AssignAttention, differentiable. Returns ``(out [B,N,C], hard [B,N,S], soft [B,N,S])``."""
+    mode_id = MODES.index(mode)
+    y = torch.softmax(assignment_logits(q, k, mode_id, tau, seed), dim=-2)
+    if mode_id == MODE_SOFT:
+        assign = y
+        hard = torch.zeros_like(y).scatter_(-2, y.argmax(dim=-2, keepdim=True), 1.0)
+    else:
+        hard = torch.zeros_like(y).scatter_(-2, y.argmax(dim=-2, keepdim=True), 1.0)
+        assign = hard - y.detach() + y
+    if not sum_assign:
+        assign = assign / (assign.sum(dim=-1, keepdim=True) + eps)
+    out = torch.matmul(assign, v.to(assign.dtype))
+    return out.to(q.dtype), hard.to(q.dtype), y.to(q.dtype)
+
+
+def assign_attention_forward(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mode: int, tau: float, eps: float,
+    sum_assign: bool, seed: int, return_maps: bool,
+) -> tuple[torch.Tensor, ...]:
+    """Forward of the fused form. Returns ``(out, col_lse [B,S], col_argmax [B,S] int32, row_sum [B,N],
+    hard_map, soft_map)``; ``col_lse`` is the log-sum-exp over N of the logits, ``row_sum`` the
+    normaliser ``sum_s A + eps`` (the maps are empty unless ``return_maps``)."""
+    logits = assignment_logits(q, k, mode, tau, seed)
+    col_lse = torch.logsumexp(logits, dim=-2)
+    y = torch.exp(logits - col_lse.unsqueeze(-2))
+    col_argmax = logits.argmax(dim=-2)
+    hard = torch.zeros_like(y).scatter_(-2, col_argmax.unsqueeze(-2), 1.0)
+    assign = y if mode == MODE_SOFT else hard
+    row_sum = assign.sum(dim=-1) + eps
+    assign_n = assign if sum_assign else assign / row_sum.unsqueeze(-1)
+    out = torch.matmul(assign_n, v.to(assign_n.dtype)).to(q.dtype)
+    maps = (hard.to(q.dtype), y.to(q.dtype)) if return_maps else (q.new_empty(0), q.new_empty(0))
+    return (out, col_lse, col_argmax.to(torch.int32), row_sum, *maps)
+
+
+def assign_attention_backward(
+    grad_out: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+    col_lse: torch.Tensor, col_argmax: torch.Tensor, row_sum: torch.Tensor,
+    mode: int, tau: float, eps: float, sum_assign: bool, seed: int,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The spec's backward, recomputing the map from ``q, k`` and the saved column statistics."""
+    compute = col_lse.dtype
+    scale = q.shape[-1] ** -0.5
+    qc, kc, vc, go = (t.to(compute) for t in (q, k, v, grad_out))
+    y = torch.exp(assignment_logits(q, k, mode, tau, seed) - col_lse.unsqueeze(-2))
+    if mode == MODE_SOFT:
+        assign = y
+    else:
+        assign = torch.zeros_like(y).scatter_(-2, col_argmax.long().unsqueeze(-2), 1.0)
+    grad_assign_n = torch.matmul(go, vc.transpose(-1, -2))                      # dA_n = dout v^T
+    if sum_assign:
+        assign_n, grad_assign = assign, grad_assign_n
+    else:
+        assign_n = assign / row_sum.unsqueeze(-1)
+        row_dot = (grad_assign_n * assign_n).sum(dim=-1, keepdim=True)
+        grad_assign = (grad_assign_n - row_dot) / row_sum.unsqueeze(-1)        # dA
+    grad_v = torch.matmul(assign_n.transpose(-1, -2), go)                       # dv = A_n^T dout
+    col_dot = (y * grad_assign).sum(dim=-2, keepdim=True)
+    grad_logits = y * (grad_assign - col_dot) / tau                             # dz (dy = dA)
+    grad_q = scale * torch.matmul(grad_logits, kc)
+    grad_k = scale * torch.matmul(grad_logits.transpose(-1, -2), qc)
+    return grad_q.to(q.dtype), grad_k.to(k.dtype), grad_v.to(v.dtype)
+
+
+def token_distill_kl_reference(
+    student: torch.Tensor, teacher: torch.Tensor, *, temperature: float = 2.0,
+    columns: slice | None = None, reduction: str = "batchmean",
+) -> torch.Tensor:
+    """``T^2 * KL(softmax(teacher/T) || softmax(student/T))`` over ``columns``, teacher detached."""
+    cols = columns if columns is not None else slice(None)
+    compute = torch.float64 if student.dtype == torch.float64 else torch.float32
+    log_p_s = torch.log_softmax(student[:, cols].to(compute) / temperature, dim=-1)
+    log_p_t = torch.log_softmax(teacher.detach()[:, cols].to(compute) / temperature, dim=-1)
+    per_row = (log_p_t.exp() * (log_p_t - log_p_s)).sum(dim=-1) * temperature**2
+    return reduce_rows(per_row, reduction).to(student.dtype)
+
+
+def reduce_rows(per_row: torch.Tensor, reduction: str) -> torch.Tensor:
+    """Apply ``reduction`` to per-row losses [R]."""
+    if reduction in ("batchmean", "mean"):
+        return per_row.sum() / max(per_row.shape[0], 1)
+    if reduction == "sum":
+        return per_row.sum()
+    return per_row
+
+
+def token_distill_kl_forward(
+    student: torch.Tensor, teacher: torch.Tensor, start: int, stop: int, temperature: float, reduction: str,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Loss and, in the same pass, d(loss)/d(student) for a unit upstream gradient.
+
+    Returns ``(loss, grad_student [R, K])``, the loss in float32 (float64 for float64 inputs) and the
+    gradient in the student's dtype; with ``reduction='none'`` the loss is [R] and row r of
+    the gradient is that of ``loss[r]``. Gradient on the columns: ``T * (p_s - p_t) / R``."""
+    compute = torch.float64 if student.dtype == torch.float64 else torch.float32
+    rows = student.shape[0]
+    z_s = student[:, start:stop].to(compute) / temperature
+    z_t = teacher[:, start:stop].to(compute) / temperature
+    log_p_s = torch.log_softmax(z_s, dim=-1)
+    log_p_t = torch.log_softmax(z_t, dim=-1)
+    p_t = log_p_t.exp()
+    per_row = (p_t * (log_p_t - log_p_s)).sum(dim=-1) * temperature**2
+    grad = torch.zeros(student.shape, dtype=compute, device=student.device)
+    grad[:, start:stop] = temperature * (log_p_s.exp() - p_t)
+    if reduction in ("batchmean", "mean"):
+        grad = grad / max(rows, 1)
+    return reduce_rows(per_row, reduction).to(compute), grad.to(student.dtype)

@@ -1,0 +1,255 @@
+"""assign_attention: every backend against the reference, the reference against a direct float64
+computation, the straight-through and Gumbel properties, the custom op and the input checks."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import cign_fast
+from cign_fast.ops.assign_attention import assign_attention_fwd
+from cign_fast.ops.reference import MODES, assign_attention_reference
+from conftest import ALL_BACKENDS, require_backend
+
+OP = "assign_attention_forward"
+# (B, N, S, C): odd sizes, N = 1, S = 1, sizes just above a power of two. Small: Triton may be interpreted.
+SHAPES = [(2, 5, 7, 8), (1, 1, 6, 4), (2, 3, 1, 6), (2, 17, 9, 12), (1, 9, 33, 20)]
+
+
+def random_inputs(shape, dtype=torch.float32, device="cpu", layout="contiguous"):
+    """q [B,N,C], k, v [B,S,C] with requires_grad; ``layout='strided'`` gives non-contiguous views."""
+    batch, groups, tokens, channels = shape
+    if layout == "contiguous":
+        q, k, v = (torch.randn(batch, n, channels, device=device) for n in (groups, tokens, tokens))
+    else:  # channels-first storage transposed back, and every other row of a twice-as-long tensor
+        q = torch.randn(batch, channels, groups, device=device).transpose(1, 2)
+        k = torch.randn(batch, tokens * 2, channels, device=device)[:, ::2]
+        v = torch.randn(channels, batch, tokens, device=device).permute(1, 2, 0)
+        assert not (q.is_contiguous() or k.is_contiguous() or v.is_contiguous())
+    return [(2.0 * t).to(dtype).requires_grad_() for t in (q, k, v)]
+
+
+def reference_with_grads(q, k, v, grad_out, **kwargs):
+    """Reference output and gradients computed in float64 from the same (rounded) inputs."""
+    leaves = [t.detach().double().requires_grad_() for t in (q, k, v)]
+    out, hard, soft = assign_attention_reference(*leaves, **kwargs)
+    grads = torch.autograd.grad(out, leaves, grad_out.double())
+    return out, hard, soft, grads
+
+
+def direct_float64(q, k, v, mode, tau, eps, sum_assign, noise):
+    """The spec's formulas with numpy loops over the batch, independent of the package code."""
+    q, k, v = (t.detach().double().numpy() for t in (q, k, v))
+    outs = []
+    for b in range(q.shape[0]):
+        logits = (q[b] @ k[b].T) / np.sqrt(q.shape[2])
+        if mode == "gumbel":
+            logits = logits + noise[b]
+        z = logits / tau
+        y = np.exp(z - z.max(axis=0, keepdims=True))
+        y /= y.sum(axis=0, keepdims=True)
+        assign = y if mode == "soft" else (y == y.max(axis=0, keepdims=True)).astype(np.float64)
+        if not sum_assign:
+            assign = assign / (assign.sum(axis=1, keepdims=True) + eps)
+        outs.append(assign @ v[b])
+    return torch.from_numpy(np.stack(outs))
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("sum_assign", [False, True])
+def test_reference_matches_direct_float64(rng_seed, mode, sum_assign):
+    q, k, v = (t.double() for t in random_inputs((3, 7, 11, 16)))
+    noise = cign_fast.ops.gumbel.gumbel_noise((3, 7, 11), 5).double().numpy()
+    out, _, _ = assign_attention_reference(q, k, v, mode=mode, tau=0.7, eps=0.5, sum_assign=sum_assign, seed=5)
+    expected = direct_float64(q, k, v, mode, 0.7, 0.5, sum_assign, noise)
+    torch.testing.assert_close(out.detach(), expected, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
+def test_backend_matches_reference_fp32(rng_seed, backend, mode, shape):
+    device = require_backend(backend, OP)
+    kwargs = dict(mode=mode, tau=0.8, eps=1.0, sum_assign=False, seed=rng_seed)
+    q, k, v = random_inputs(shape, device=device)
+    out, hard, soft = cign_fast.assign_attention(q, k, v, return_maps=True, backend=backend, **kwargs)
+    grad_out = torch.randn_like(out)
+    grads = torch.autograd.grad(out, (q, k, v), grad_out)
+    ref_out, ref_hard, ref_soft, ref_grads = reference_with_grads(q, k, v, grad_out, **kwargs)
+    torch.testing.assert_close(out.double(), ref_out, rtol=1e-4, atol=1e-5)
+    assert torch.equal(hard.double(), ref_hard), "hard choices differ from the reference"
+    torch.testing.assert_close(soft.double(), ref_soft, rtol=1e-4, atol=1e-6)
+    for name, got, want in zip("qkv", grads, ref_grads):
+        torch.testing.assert_close(got.double(), want, rtol=1e-4, atol=1e-5, msg=lambda m: f"grad {name}: {m}")
+
+
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("sum_assign", [False, True])
+def test_backend_strided_inputs_and_options(rng_seed, backend, mode, sum_assign):
+    device = require_backend(backend, OP)
+    kwargs = dict(mode=mode, tau=1.3, eps=0.25, sum_assign=sum_assign, seed=rng_seed + 1)
+    q, k, v = random_inputs((2, 6, 10, 12), device=device, layout="strided")
+    out = cign_fast.assign_attention(q, k, v, backend=backend, **kwargs)
+    grad_out = torch.randn_like(out)
+    grads = torch.autograd.grad(out, (q, k, v), grad_out)
+    ref_out, _, _, ref_grads = reference_with_grads(q, k, v, grad_out, **kwargs)
+    torch.testing.assert_close(out.double(), ref_out, rtol=1e-4, atol=1e-5)
+    for got, want in zip(grads, ref_grads):
+        torch.testing.assert_close(got.double(), want, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("mode", ["soft", "gumbel"])
+def test_backend_low_precision_within_pytorch_error(rng_seed, backend, dtype, mode):
+    device = require_backend(backend, OP, dtype)
+    kwargs = dict(mode=mode, tau=1.0, eps=1.0, sum_assign=False, seed=rng_seed)
+    q, k, v = random_inputs((2, 9, 13, 16), dtype=dtype, device=device)
+    out = cign_fast.assign_attention(q, k, v, backend=backend, **kwargs)
+    grad_out = torch.randn_like(out)
+    grads = torch.autograd.grad(out, (q, k, v), grad_out)
+    truth_out, _, _, truth_grads = reference_with_grads(q, k, v, grad_out, **kwargs)
+    # PyTorch's own error: the same maths with every tensor op rounded to ``dtype``.
+    torch_out, torch_grads = eager_in_dtype(q, k, v, grad_out, dtype, **kwargs)
+    for got, ours, truth in zip((out, *grads), (torch_out, *torch_grads), (truth_out, *truth_grads)):
+        allowed = 2 * (ours.double() - truth).abs().max().item() + 1e-3 * truth.abs().max().item() + 1e-6
+        assert (got.double() - truth).abs().max().item() <= allowed
+
+
+def eager_in_dtype(q, k, v, grad_out, dtype, *, mode, tau, eps, sum_assign, seed):
+    """The spec's forward as eager PyTorch ops in ``dtype`` (logits, softmax, normalise, product)."""
+    leaves = [t.detach().to(dtype).requires_grad_() for t in (q, k, v)]
+    qq, kk, vv = leaves
+    logits = torch.matmul(qq, kk.transpose(-1, -2)) * qq.shape[-1] ** -0.5
+    if mode == "gumbel":
+        logits = logits + cign_fast.ops.gumbel.gumbel_noise(tuple(logits.shape), seed, logits.device).to(dtype)
+    y = torch.softmax(logits / tau, dim=-2)
+    if mode == "soft":
+        assign = y
+    else:
+        hard = torch.zeros_like(y).scatter_(-2, y.argmax(dim=-2, keepdim=True), 1.0)
+        assign = hard - y.detach() + y
+    if not sum_assign:
+        assign = assign / (assign.sum(dim=-1, keepdim=True) + eps)
+    out = torch.matmul(assign, vv)
+    return out, torch.autograd.grad(out, leaves, grad_out.to(dtype))
+
+
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
+def test_gumbel_choices_follow_the_seed(backend):
+    device = require_backend(backend, OP)
+    q, k, v = (t.detach() for t in random_inputs((2, 12, 40, 8), device=device))
+    maps = {s: cign_fast.assign_attention(q, k, v, mode="gumbel", seed=s, return_maps=True, backend=backend)[1]
+            for s in (1, 1, 2)}
+    again = cign_fast.assign_attention(q, k, v, mode="gumbel", seed=1, return_maps=True, backend=backend)[1]
+    assert torch.equal(maps[1], again)
+    assert not torch.equal(maps[1], maps[2])
+    _, ref_hard, _ = assign_attention_reference(q.cpu(), k.cpu(), v.cpu(), mode="gumbel", seed=1)
+    assert torch.equal(maps[1].cpu(), ref_hard)
+
+
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
+@pytest.mark.parametrize("mode", ["hard", "gumbel"])
+def test_hard_forward_is_one_hot_over_groups(backend, mode):
+    device = require_backend(backend, OP)
+    q, k, v = (t.detach() for t in random_inputs((3, 7, 19, 8), device=device))
+    out, hard, _ = cign_fast.assign_attention(q, k, v, mode=mode, sum_assign=True, seed=4, return_maps=True,
+                                              backend=backend)
+    assert set(hard.unique().tolist()) <= {0.0, 1.0}
+    assert torch.equal(hard.sum(dim=1), torch.ones(3, 19, device=device))
+    torch.testing.assert_close(out, hard @ v, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
+def test_hard_gradient_is_the_soft_gradient_through_y(rng_seed, backend):
+    """Straight-through: with sum_assign the upstream dA = dout v^T does not depend on A's value, so hard
+    and soft modes must give the same dq, dk (the gradient through y), while their outputs differ."""
+    device = require_backend(backend, OP)
+    q, k, v = random_inputs((2, 6, 9, 8), device=device)
+    grad_out = torch.randn(2, 6, 8, device=device)
+    results = {}
+    for mode in ("soft", "hard"):
+        out = cign_fast.assign_attention(q, k, v, mode=mode, sum_assign=True, backend=backend)
+        results[mode] = (out, torch.autograd.grad(out, (q, k), grad_out))
+    assert not torch.allclose(results["soft"][0], results["hard"][0])
+    for soft_grad, hard_grad in zip(results["soft"][1], results["hard"][1]):
+        torch.testing.assert_close(hard_grad, soft_grad, rtol=1e-5, atol=1e-6)
+
+
+def test_gradcheck_reference_backend_soft():
+    q, k, v = (t.double() for t in random_inputs((2, 4, 5, 3)))
+    torch.autograd.gradcheck(
+        lambda a, b, c: cign_fast.assign_attention(a, b, c, mode="soft", tau=0.9, eps=0.5, backend="reference"),
+        (q, k, v),
+    )
+
+
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
+def test_custom_op_passes_opcheck(backend):
+    device = require_backend(backend, OP)
+    q, k, v = random_inputs((2, 5, 7, 8), device=device)
+    for mode_id, return_maps in ((0, True), (2, False)):
+        seed = torch.tensor(3, dtype=torch.int64)
+        torch.library.opcheck(assign_attention_fwd, (q, k, v, mode_id, 1.0, 1.0, False, seed, return_maps, backend))
+
+
+def test_compiles_without_graph_break():
+    q, k, v = (t.detach() for t in random_inputs((2, 5, 7, 8)))
+
+    def block(q, k, v):
+        return cign_fast.assign_attention(q * 2, k, v, mode="gumbel", seed=3).sum(dim=1)
+
+    compiled = torch.compile(block, backend="aot_eager", fullgraph=True)
+    torch.testing.assert_close(compiled(q, k, v), block(q, k, v))
+
+    def block_with_drawn_seed(q, k, v):  # the model's use: the seed comes from torch's generator
+        return cign_fast.assign_attention(q, k, v, mode="gumbel")
+
+    assert torch.compile(block_with_drawn_seed, backend="aot_eager", fullgraph=True)(q, k, v).shape == q.shape
+
+
+@pytest.mark.parametrize(
+    "change, error, match",
+    [
+        (lambda q, k, v: (q[0], k, v), ValueError, "q: expected a rank-3"),
+        (lambda q, k, v: (q, k[:1], v), ValueError, "batch size B"),
+        (lambda q, k, v: (q, k[..., :3], v), ValueError, "channels C"),
+        (lambda q, k, v: (q, k, v[:, :2]), ValueError, "tokens S"),
+        (lambda q, k, v: (q.long(), k, v), TypeError, "q: expected a floating-point dtype"),
+        (lambda q, k, v: (q, k.double(), v), TypeError, "one dtype"),
+        (lambda q, k, v: (q, k, v.to("meta")), ValueError, "one device"),
+        (lambda q, k, v: (q.index_fill(1, torch.tensor([0]), float("nan")), k, v), ValueError, "q: contains NaN"),
+        (lambda q, k, v: (q, k, v.index_fill(1, torch.tensor([1]), float("inf"))), ValueError, "v: contains inf"),
+        (lambda q, k, v: (q, k, [1.0]), TypeError, "v: expected a torch.Tensor"),
+    ],
+)
+def test_bad_tensors_raise_naming_the_argument(change, error, match):
+    q, k, v = (t.detach() for t in random_inputs((2, 3, 4, 5)))
+    with pytest.raises(error, match=match):
+        cign_fast.assign_attention(*change(q, k, v))
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, match",
+    [
+        (dict(tau=0.0), ValueError, "tau"),
+        (dict(tau=-1.0), ValueError, "tau"),
+        (dict(eps=-0.1), ValueError, "eps"),
+        (dict(mode="sharp"), ValueError, "mode"),
+        (dict(backend="fortran"), ValueError, "backend"),
+        (dict(seed=-3, mode="gumbel"), ValueError, "seed"),
+        (dict(sum_assign=1), TypeError, "sum_assign"),
+    ],
+)
+def test_bad_options_raise_naming_the_argument(kwargs, error, match):
+    q, k, v = (t.detach() for t in random_inputs((2, 3, 4, 5)))
+    with pytest.raises(error, match=match):
+        cign_fast.assign_attention(q, k, v, **kwargs)
+
+
+def test_explicit_backend_that_cannot_run_says_why():
+    q, k, v = (t.detach().double() for t in random_inputs((2, 3, 4, 5)))
+    with pytest.raises(RuntimeError, match="backend 'cpp' cannot run assign_attention_forward: supports"):
+        cign_fast.assign_attention(q, k, v, backend="cpp")

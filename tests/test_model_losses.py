@@ -1,0 +1,158 @@
+"""cign_loss: the BCE / token-CE / distillation terms, their gradients, bad input, and a tiny overfit run."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.nn import functional as F
+
+from cign_fast.model import CIGN, CIGNOutput, ModelConfig, cign_loss
+
+AUDIO_DIM, VISUAL_DIM = 12, 20
+
+
+def tiny_model(*task_sizes: int, **overrides) -> CIGN:
+    settings = dict(input_mode="features", dim=32, depth=1, num_heads=2, audio_feature_dim=AUDIO_DIM,
+                    visual_feature_dim=VISUAL_DIM)
+    model = CIGN(ModelConfig(**{**settings, **overrides}))
+    for size in task_sizes:
+        model.add_task(size)
+    return model
+
+
+def random_output(batch: int, num_classes: int, dim: int = 4, requires_grad: bool = False) -> CIGNOutput:
+    shapes = [(batch, num_classes)] * 2 + [(batch, num_classes, num_classes)] * 2 + [(batch, num_classes, dim)] * 2
+    return CIGNOutput(*(torch.randn(shape, requires_grad=requires_grad) for shape in shapes))
+
+
+def kl_on_old(student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
+    """T^2 * mean over rows of KL(softmax(teacher/T) || softmax(student/T)), written out."""
+    log_p_teacher = F.log_softmax(teacher / temperature, dim=-1)
+    log_p_student = F.log_softmax(student / temperature, dim=-1)
+    return temperature**2 * (log_p_teacher.exp() * (log_p_teacher - log_p_student)).sum(-1).mean()
+
+
+def test_first_task_terms_match_their_formulas():
+    torch.manual_seed(0)
+    out = random_output(batch=4, num_classes=3)
+    labels = torch.tensor([0, 2, 1, 2])
+    losses = cign_loss(out, labels, None, 0)
+    assert set(losses) == {"bce_audio", "bce_visual", "token_ce", "kd", "total"}
+    onehot = F.one_hot(labels, 3).float()
+    p_audio = torch.sigmoid(out.audio_logits)
+    expected_bce = -(onehot * p_audio.log() + (1 - onehot) * (1 - p_audio).log()).mean()
+    torch.testing.assert_close(losses["bce_audio"], expected_bce)
+    token_targets = torch.tensor([0, 1, 2] * 4)
+    expected_token_ce = sum(
+        -F.log_softmax(logits.reshape(12, 3), dim=-1)[torch.arange(12), token_targets].mean()
+        for logits in (out.audio_token_logits, out.visual_token_logits)
+    )
+    torch.testing.assert_close(losses["token_ce"], expected_token_ce)
+    assert float(losses["kd"]) == 0.0
+    torch.testing.assert_close(losses["total"], losses["bce_audio"] + losses["bce_visual"] + losses["token_ce"])
+
+
+def test_distillation_matches_the_formula_on_the_old_slice_only():
+    torch.manual_seed(0)
+    batch, num_old, num_new, temperature, weight = 3, 4, 2, 2.0, 0.7
+    student = random_output(batch, num_old + num_new, requires_grad=True)
+    teacher = random_output(batch, num_old)
+    losses = cign_loss(student, torch.tensor([0, 5, 4]), teacher, num_old, temperature=temperature, kd_weight=weight)
+    expected = weight * (
+        kl_on_old(student.audio_logits[:, :num_old], teacher.audio_logits, temperature)
+        + kl_on_old(student.visual_logits[:, :num_old], teacher.visual_logits, temperature)
+        + kl_on_old(student.audio_token_logits[:, :num_old, :num_old].reshape(-1, num_old),
+                    teacher.audio_token_logits.reshape(-1, num_old), temperature)
+        + kl_on_old(student.visual_token_logits[:, :num_old, :num_old].reshape(-1, num_old),
+                    teacher.visual_token_logits.reshape(-1, num_old), temperature)
+    )
+    torch.testing.assert_close(losses["kd"], expected.detach())
+    losses["kd"].backward()
+    (expected_grad,) = torch.autograd.grad(expected, student.audio_token_logits)
+    torch.testing.assert_close(student.audio_token_logits.grad, expected_grad)
+    assert not student.audio_token_logits.grad[:, num_old:].any()      # new class tokens are not distilled
+    assert not student.audio_token_logits.grad[:, :, num_old:].any()   # nor the new classes' columns
+    assert not student.visual_logits.grad[:, num_old:].any()
+    assert student.visual_logits.grad[:, :num_old].abs().sum() > 0
+
+
+def test_distillation_is_zero_for_an_identical_teacher_and_positive_after_a_new_task():
+    torch.manual_seed(0)
+    model = tiny_model(3, 2)
+    teacher = model.frozen_copy()
+    inputs = torch.randn(4, 5, AUDIO_DIM), torch.randn(4, 6, VISUAL_DIM)
+    labels = torch.tensor([0, 1, 3, 4])
+    model.eval()
+    with torch.no_grad():
+        teacher_out = teacher(*inputs)
+        same = cign_loss(model(*inputs), labels, teacher_out, 5)
+    assert abs(float(same["kd"])) < 1e-6
+    model.add_task(2)
+    with torch.no_grad():
+        grown = cign_loss(model(*inputs), labels, teacher_out, model.num_old_classes)
+        unweighted = cign_loss(model(*inputs), labels, teacher_out, model.num_old_classes, kd_weight=0.0)
+    assert float(grown["kd"]) > 1e-4
+    assert float(unweighted["kd"]) == 0.0
+
+
+def test_training_step_with_a_teacher_reaches_only_trainable_parameters():
+    torch.manual_seed(0)
+    model = tiny_model(3)
+    teacher = model.frozen_copy()
+    model.add_task(2)
+    inputs = torch.randn(4, 5, AUDIO_DIM), torch.randn(4, 6, VISUAL_DIM)
+    with torch.no_grad():
+        teacher_out = teacher(*inputs)
+    losses = cign_loss(model(*inputs), torch.tensor([0, 3, 4, 1]), teacher_out, model.num_old_classes)
+    losses["total"].backward()
+    assert float(losses["kd"].detach()) > 0
+    assert all(p.grad is None for p in teacher.parameters())
+    assert model.audio_branch.class_tokens[0].grad is None
+    assert model.audio_branch.class_tokens[1].grad.abs().sum() > 0
+
+
+def test_bad_arguments_are_named():
+    out = random_output(batch=2, num_classes=3)
+    teacher = random_output(batch=2, num_classes=2)
+    labels = torch.tensor([0, 2])
+    with pytest.raises(ValueError, match="labels"):
+        cign_loss(out, torch.tensor([0, 3]), None, 0)
+    with pytest.raises(ValueError, match="labels"):
+        cign_loss(out, torch.tensor([0, 1, 2]), None, 0)
+    with pytest.raises(TypeError, match="labels"):
+        cign_loss(out, labels.float(), None, 0)
+    with pytest.raises(ValueError, match="num_old_classes"):
+        cign_loss(out, labels, teacher, 0)
+    with pytest.raises(ValueError, match="teacher_out"):
+        cign_loss(out, labels, teacher, 1)
+    with pytest.raises(ValueError, match="temperature"):
+        cign_loss(out, labels, teacher, 2, temperature=0.0)
+    with pytest.raises(ValueError, match="kd_weight"):
+        cign_loss(out, labels, teacher, 2, kd_weight=-1.0)
+    with pytest.raises(TypeError, match="out"):
+        cign_loss(tuple(out), labels, None, 0)
+
+
+def test_loss_falls_on_a_tiny_batch():
+    torch.manual_seed(0)
+    model = tiny_model(4, drop_path=0.0)
+    labels = torch.arange(8) % 4
+    audio = torch.randn(8, 5, AUDIO_DIM) + 2.0 * F.one_hot(labels, AUDIO_DIM)[:, None, :]
+    visual = torch.randn(8, 6, VISUAL_DIM)
+
+    def eval_losses() -> dict[str, float]:
+        model.eval()
+        with torch.no_grad():
+            losses = cign_loss(model(audio, visual), labels, None, 0)
+        model.train()
+        return {k: float(v) for k, v in losses.items()}
+
+    before = eval_losses()
+    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=3e-3)
+    for _ in range(60):
+        optimizer.zero_grad()
+        cign_loss(model(audio, visual), labels, None, 0)["total"].backward()
+        optimizer.step()
+    after = eval_losses()
+    assert after["total"] < 0.4 * before["total"]
+    assert after["bce_audio"] + after["bce_visual"] < 0.7 * (before["bce_audio"] + before["bce_visual"])
