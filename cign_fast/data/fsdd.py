@@ -17,6 +17,7 @@ import numpy as np
 from PIL import Image
 
 from cign_fast.data.labels import SPLITS
+from cign_fast.data.synthetic import check_split_counts
 
 FSDD_NAME = re.compile(r"^(?P<digit>\d)_(?P<speaker>[A-Za-z]+)_(?P<take>\d+)\.wav$")
 FSDD_TEST_TAKES = range(0, 5)
@@ -58,12 +59,7 @@ def write_fsdd_digits_dataset(recordings_dir: str | Path, root: str | Path, *, t
     recordings_dir = Path(recordings_dir)
     if not recordings_dir.is_dir():
         raise FileNotFoundError(f"recordings_dir: {recordings_dir} is not a folder of FSDD recordings")
-    counts = {"train": train_per_class, "val": val_per_class, "test": test_per_class}
-    for split, count in counts.items():
-        if not isinstance(count, int) or count < 1:
-            raise ValueError(f"{split}_per_class: expected an int >= 1, got {count!r}")
-    if not isinstance(image_size, int) or image_size < 8:
-        raise ValueError(f"image_size: expected an int >= 8, got {image_size!r}")
+    counts = check_split_counts(train_per_class, val_per_class, test_per_class, image_size)
     pools = _recordings_by_pool(recordings_dir)
     digits = load_digits()
     rng = np.random.default_rng(seed)

@@ -88,6 +88,17 @@ def _render_audio(pattern: int, num_patterns: int, sample_rate: int, seconds: fl
     return (signal / max(1.0, np.abs(signal).max() / 0.95)).astype(np.float32)
 
 
+def check_split_counts(train_per_class: int, val_per_class: int, test_per_class: int, image_size: int) -> dict[str, int]:
+    """Validate the per-class clip counts and image size of a written dataset; returns ``{split: count}``."""
+    counts = {"train": train_per_class, "val": val_per_class, "test": test_per_class}
+    for split, count in counts.items():
+        if not isinstance(count, int) or count < 1:
+            raise ValueError(f"{split}_per_class: expected an int >= 1, got {count!r}")
+    if not isinstance(image_size, int) or image_size < 8:
+        raise ValueError(f"image_size: expected an int >= 8, got {image_size!r}")
+    return counts
+
+
 def write_synthetic_dataset(root: str | Path, *, num_classes: int = 8, train_per_class: int = 24,
                             val_per_class: int = 6, test_per_class: int = 10, image_size: int = 64,
                             sample_rate: int = 8000, seed: int = 0, seconds: float = 1.0) -> Path:
@@ -98,12 +109,7 @@ def write_synthetic_dataset(root: str | Path, *, num_classes: int = 8, train_per
     """
     if not isinstance(num_classes, int) or num_classes < 2:
         raise ValueError(f"num_classes: expected an int >= 2, got {num_classes!r}")
-    counts = {"train": train_per_class, "val": val_per_class, "test": test_per_class}
-    for split, count in counts.items():
-        if not isinstance(count, int) or count < 1:
-            raise ValueError(f"{split}_per_class: expected an int >= 1, got {count!r}")
-    if not isinstance(image_size, int) or image_size < 8:
-        raise ValueError(f"image_size: expected an int >= 8, got {image_size!r}")
+    counts = check_split_counts(train_per_class, val_per_class, test_per_class, image_size)
     if not isinstance(sample_rate, int) or sample_rate < 1000:
         raise ValueError(f"sample_rate: expected an int >= 1000, got {sample_rate!r}")
     if not seconds > 0:
