@@ -1,0 +1,514 @@
+"""Triton kernels for AssignAttention (softmax over the group axis N), forward and backward.
+
+Maths and contract: :mod:`cign_fast.ops.reference` (``assign_attention_forward`` /
+``assign_attention_backward``). Shapes: q [B, N, C], k, v [B, S, C], maps [B, N, S]. Inputs may have
+any strides: the launchers pass them to the kernels and copy nothing; outputs are contiguous.
+Every product accumulates in float32. Float32 operands use IEEE dots (no TF32), so the hard
+choices match the reference; float16/bfloat16 operands use tensor-core dots (wgmma for 64-row
+tiles on sm_90, mma below). A float32 map tile multiplied by 16-bit values (A @ v in soft mode and
+the three backward products) is split into a high and a low 16-bit part, two dots, so that the
+results are the float32 ones rounded once (``_weighted_dot``).
+
+Gumbel noise is never stored: every kernel that needs the logits regenerates it from
+``(key_a, key_b)`` (``cign_fast.ops.gumbel.seed_keys``) and the element index
+``e = (b * N + i) * S + s`` with the ``mix32`` hash in uint32 arithmetic.
+
+Tiles (``tile_sizes``): BLOCK_N = 64 rows of groups (8 warps; 16-32 and 4 warps for small N),
+BLOCK_S = 64 tokens, BLOCK_C = 64 channels per reduction step, BLOCK_CV = 128 output channels;
+float32 halves BLOCK_S, BLOCK_C and BLOCK_CV (its dots run on the FMA units from registers).
+Compiled for sm_90 with Triton 3.6 every variant fits in registers up to a few bytes of stack.
+
+Forward. It saves for the backward only ``col_lse`` [B, S] f32, ``col_argmax`` [B, S] i32 and
+``row_sum`` [B, N] f32.
+
+1. ``_column_stats_kernel``, grid (cdiv(S, BLOCK_S), B). A program owns an S-block of one batch
+   element and walks all N in BLOCK_N steps: logits tile = scale * q_n k_s^T (C in BLOCK_C
+   chunks), + noise, / tau; online column max, sum of exp and first-index argmax (ties keep the
+   lower group, like torch). Writes col_lse and col_argmax. One N*S*C product.
+2. ``_assign_output_kernel``, grid (cdiv(N, BLOCK_N), cdiv(C, BLOCK_CV), B). A program owns rows
+   of N and a C-slice of the output and walks all S: hard modes build the one-hot tile from
+   col_argmax (no logits), soft mode (or ``return_maps``) recomputes the logits tile and
+   y = exp(logit - col_lse). It accumulates row sums and A @ v and writes
+   out = acc / (row_sum + eps), row_sum and, from the first C-slice, the maps. The normalisation
+   over S is per row, so one sweep suffices.
+
+   Work: hard/gumbel mode two N*S*C products (the floor). Soft mode recomputes the logits once
+   per C-slice (4 times at C = 512 in 16 bits) and splits A: about 7 product-equivalents.
+   DRAM traffic: q, k, v read once and out written once when one batch element's k and v stay
+   in L2 (the re-reads of other programs hit it: S*C*2 bytes each, 4 MiB at S = 4096, C = 512 in
+   bf16), plus B*(8S + 4N) bytes of statistics: the floor plus O(B(N + S)).
+
+Backward (dv = A_n^T dout, dA_n = dout v^T, dA = (dA_n - rowdot) / r, dz = y (dA - coldot) / tau,
+dq = scale dz k, dk = scale dz^T q). It needs a reduction over S (rowdot) before one over N
+(coldot) before the products, and C goes up to 1024: too wide to keep [BLOCK, C] accumulators of
+dk and dv in registers. It therefore materialises two float32 [B, N, S] scratch maps (freed on
+return); N <= 2C in every target shape, so a map is no larger than the inputs:
+
+3. ``_backward_row_kernel``, grid (cdiv(N, BLOCK_N), B): per S-block recomputes the logits tile
+   and y, computes dA_n = dout v^T, accumulates rowdot_i = sum_s A_n dA_n (skipped with
+   ``sum_assign``), stores y and dA_n to the scratch maps. Two N*S*C products.
+4. ``_backward_column_kernel``, grid (cdiv(S, BLOCK_S), B): two sweeps over N of the scratch
+   maps: coldot_s = sum_i y dA, then dz (over dA_n) and A_n (over y), in place.
+5. ``_map_product_kernel`` three times, grid (cdiv(M, BLOCK_M), cdiv(C, BLOCK_CV), B):
+   dq = scale dz @ k, dk = scale dz^T @ q, dv = A_n^T @ dout (the transposes are strides).
+   Three N*S*C products (two dots each in 16 bits), deterministic: no atomics.
+
+   Work: five N*S*C products, the floor when only column statistics are saved (the logits
+   must be recomputed). DRAM traffic: the floor (read q, k, v, dout; write dq, dk, dv:
+   (3N + 4S) C elements per batch element) plus 11 passes over a float32 map (44 N S bytes):
+   about 0.4x the floor at CIGN's N = 100, S = 49, C = 512 (bf16), 0.7x at GroupViT's N = 64,
+   S = 196, C = 384 and 2.6x at the stress shape N = 256, S = 4096, C = 512.
+
+Triton's CPU interpreter (``TRITON_INTERPRET=1``, the CI path) has no bfloat16 arithmetic and
+truncates float32 -> bfloat16: there bfloat16 dot operands are widened to float32
+(``utils.dot_dtype``, the same products), and every store rounds to nearest even with
+``utils.rounded_to`` (what compiled Triton's conversion does anyway).
+No timing numbers are claimed: the kernels were only run under the interpreter and compiled
+for sm_90, never timed on a GPU.
+"""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+import triton
+import triton.language as tl
+
+from cign_fast.ops.gumbel import seed_keys
+from cign_fast.ops.reference import MODE_GUMBEL, MODE_SOFT
+
+from .utils import block_size, dot_dtype, on_device, rounded_to, signed_int32
+
+KEY_ARGS = ["key_a", "key_b"]  # vary per call: never specialise on their values
+SOFT = tl.constexpr(MODE_SOFT)
+GUMBEL = tl.constexpr(MODE_GUMBEL)
+
+
+@triton.jit
+def _mix32(x):
+    """The ``lowbias32`` finaliser on uint32 values (wrap-around arithmetic)."""
+    x = x ^ (x >> 16)
+    x = x * 0x7FEB352D
+    x = x ^ (x >> 15)
+    x = x * 0x846CA68B
+    return x ^ (x >> 16)
+
+
+@triton.jit
+def _uniform_tile(index, key_a, key_b):
+    """Float32 uniforms in [2**-24, 1 - 2**-24] for uint32 element indices; keys are int32 bit patterns."""
+    x = _mix32(_mix32(index ^ key_a.to(tl.uint32, bitcast=True)) ^ key_b.to(tl.uint32, bitcast=True))
+    return (x >> 9).to(tl.float32) * 1.1920928955078125e-07 + 5.9604644775390625e-08
+
+
+@triton.jit
+def _map_offsets(b, offs_n, offs_s, N, S):
+    """Int64 offsets of elements [b, offs_n, offs_s] in a contiguous [B, N, S] map (``b`` is int64)."""
+    return (b * N + offs_n[:, None]) * S + offs_s[None, :]
+
+
+@triton.jit
+def _gumbel_tile(b, offs_n, offs_s, N, S, key_a, key_b):
+    """Gumbel(0, 1) noise for the map tile [offs_n, offs_s] of batch element ``b``, float32."""
+    u = _uniform_tile(_map_offsets(b, offs_n, offs_s, N, S).to(tl.uint32), key_a, key_b)
+    return -tl.log(-tl.log(u))
+
+
+@triton.jit
+def _dot(a, b, acc, DOT_DTYPE: tl.constexpr):
+    """``acc + a @ b`` with float32 accumulation; operands converted to ``DOT_DTYPE`` (see ``utils.dot_dtype``)."""
+    return tl.dot(a.to(DOT_DTYPE), b.to(DOT_DTYPE), acc, input_precision="ieee")
+
+
+@triton.jit
+def _weighted_dot(weights, values, acc, DOT_DTYPE: tl.constexpr):
+    """``acc + weights @ values`` for float32 weights (a map tile). With 16-bit values the weights
+    are split into a high and a low part of the values' type, two dots that keep 16 (bfloat16) or
+    22 (float16) mantissa bits of the weights instead of 8 or 11."""
+    if values.dtype == tl.float32:
+        acc = _dot(weights, values, acc, DOT_DTYPE)
+    else:
+        high = weights.to(values.dtype)
+        low = (weights - high.to(tl.float32)).to(values.dtype)
+        acc = _dot(low, values, _dot(high, values, acc, DOT_DTYPE), DOT_DTYPE)
+    return acc
+
+
+@triton.jit
+def _product_tile(a_ptr, a_stride_row, a_stride_c, offs_a, a_mask, b_ptr, b_stride_row, b_stride_c, offs_b, b_mask,
+                  C, BLOCK_A: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_C: tl.constexpr, DOT_DTYPE: tl.constexpr):
+    """``sum_c a[offs_a, c] * b[offs_b, c]`` as a float32 [BLOCK_A, BLOCK_B] tile; masked rows give 0."""
+    acc = tl.zeros([BLOCK_A, BLOCK_B], dtype=tl.float32)
+    for c0 in range(0, C, BLOCK_C):
+        offs_c = c0 + tl.arange(0, BLOCK_C)
+        c_mask = offs_c < C
+        a = tl.load(a_ptr + offs_a[:, None] * a_stride_row + offs_c[None, :] * a_stride_c,
+                    mask=a_mask[:, None] & c_mask[None, :], other=0.0)
+        b_t = tl.load(b_ptr + offs_c[:, None] * b_stride_c + offs_b[None, :] * b_stride_row,
+                      mask=c_mask[:, None] & b_mask[None, :], other=0.0)
+        acc = _dot(a, b_t, acc, DOT_DTYPE)
+    return acc
+
+
+@triton.jit
+def _logits_tile(q_ptr, q_stride_n, q_stride_c, k_ptr, k_stride_s, k_stride_c, b, offs_n, n_mask, offs_s, s_mask,
+                 N, S, C, scale, tau, key_a, key_b,
+                 MODE: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_C: tl.constexpr,
+                 DOT_DTYPE: tl.constexpr):
+    """``(scale q k^T + g) / tau`` for one [BLOCK_N, BLOCK_S] tile, float32; rows past N are -inf.
+
+    ``q_ptr``/``k_ptr`` point at batch element ``b``; columns past S are finite (they hold noise only)."""
+    logits = scale * _product_tile(q_ptr, q_stride_n, q_stride_c, offs_n, n_mask, k_ptr, k_stride_s, k_stride_c,
+                                   offs_s, s_mask, C, BLOCK_N, BLOCK_S, BLOCK_C, DOT_DTYPE)
+    if MODE == GUMBEL:
+        logits += _gumbel_tile(b, offs_n, offs_s, N, S, key_a, key_b)
+    return tl.where(n_mask[:, None], logits / tau, float("-inf"))
+
+
+@triton.jit
+def _hard_tile(argmax_ptr, b, offs_n, offs_s, valid, S):
+    """The one-hot map tile (float32): 1 where row ``i`` is column ``s``'s argmax, 0 elsewhere and off the map."""
+    col_argmax = tl.load(argmax_ptr + b * S + offs_s, mask=offs_s < S, other=-1)
+    return tl.where(valid & (offs_n[:, None] == col_argmax[None, :]), 1.0, 0.0)
+
+
+@triton.jit(do_not_specialize=KEY_ARGS)
+def _gumbel_noise_kernel(out_ptr, N, S, key_a, key_b, BLOCK_N: tl.constexpr, BLOCK_S: tl.constexpr):
+    """Grid (cdiv(S, BLOCK_S), cdiv(N, BLOCK_N), B): the noise map [B, N, S], float32, contiguous."""
+    b = tl.program_id(2).to(tl.int64)
+    offs_s = tl.program_id(0) * BLOCK_S + tl.arange(0, BLOCK_S)
+    offs_n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    valid = (offs_n[:, None] < N) & (offs_s[None, :] < S)
+    noise = _gumbel_tile(b, offs_n, offs_s, N, S, key_a, key_b)
+    tl.store(out_ptr + _map_offsets(b, offs_n, offs_s, N, S), noise, mask=valid)
+
+
+@triton.jit(do_not_specialize=KEY_ARGS)
+def _column_stats_kernel(
+    q_ptr, k_ptr, lse_ptr, argmax_ptr,
+    q_stride_b, q_stride_n, q_stride_c, k_stride_b, k_stride_s, k_stride_c,
+    N, S, C, scale, tau, key_a, key_b,
+    MODE: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_C: tl.constexpr, DOT_DTYPE: tl.constexpr,
+):
+    """Grid (cdiv(S, BLOCK_S), B): col_lse [B, S] and first-index col_argmax [B, S] over all N."""
+    b = tl.program_id(1).to(tl.int64)
+    offs_s = tl.program_id(0) * BLOCK_S + tl.arange(0, BLOCK_S)
+    s_mask = offs_s < S
+    q_ptr += b * q_stride_b
+    k_ptr += b * k_stride_b
+    col_max = tl.full([BLOCK_S], float("-inf"), dtype=tl.float32)
+    col_sum = tl.zeros([BLOCK_S], dtype=tl.float32)
+    col_argmax = tl.zeros([BLOCK_S], dtype=tl.int32)
+    for n0 in range(0, N, BLOCK_N):
+        offs_n = n0 + tl.arange(0, BLOCK_N)
+        logits = _logits_tile(q_ptr, q_stride_n, q_stride_c, k_ptr, k_stride_s, k_stride_c, b, offs_n, offs_n < N,
+                              offs_s, s_mask, N, S, C, scale, tau, key_a, key_b, MODE, BLOCK_N, BLOCK_S, BLOCK_C,
+                              DOT_DTYPE)
+        block_max = tl.max(logits, axis=0)
+        block_argmax = tl.argmax(logits, axis=0).to(tl.int32) + n0
+        new_max = tl.maximum(col_max, block_max)
+        col_sum = col_sum * tl.exp(col_max - new_max) + tl.sum(tl.exp(logits - new_max[None, :]), axis=0)
+        col_argmax = tl.where(block_max > col_max, block_argmax, col_argmax)  # ties keep the earlier row
+        col_max = new_max
+    tl.store(lse_ptr + b * S + offs_s, col_max + tl.log(col_sum), mask=s_mask)
+    tl.store(argmax_ptr + b * S + offs_s, col_argmax, mask=s_mask)
+
+
+@triton.jit(do_not_specialize=KEY_ARGS)
+def _assign_output_kernel(
+    q_ptr, k_ptr, v_ptr, lse_ptr, argmax_ptr, out_ptr, row_sum_ptr, hard_ptr, soft_ptr,
+    q_stride_b, q_stride_n, q_stride_c, k_stride_b, k_stride_s, k_stride_c, v_stride_b, v_stride_s, v_stride_c,
+    N, S, C, scale, tau, eps, key_a, key_b,
+    MODE: tl.constexpr, SUM_ASSIGN: tl.constexpr, RETURN_MAPS: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_CV: tl.constexpr,
+    DOT_DTYPE: tl.constexpr,
+):
+    """Grid (cdiv(N, BLOCK_N), cdiv(C, BLOCK_CV), B): out [B, N, C] (contiguous), row_sum [B, N] and the maps."""
+    b = tl.program_id(2).to(tl.int64)
+    first_slice = tl.program_id(1) == 0
+    offs_n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_cv = tl.program_id(1) * BLOCK_CV + tl.arange(0, BLOCK_CV)
+    n_mask = offs_n < N
+    cv_mask = offs_cv < C
+    q_ptr += b * q_stride_b
+    k_ptr += b * k_stride_b
+    v_ptr += b * v_stride_b
+    acc = tl.zeros([BLOCK_N, BLOCK_CV], dtype=tl.float32)
+    row_total = tl.zeros([BLOCK_N], dtype=tl.float32)
+    for s0 in range(0, S, BLOCK_S):
+        offs_s = s0 + tl.arange(0, BLOCK_S)
+        s_mask = offs_s < S
+        valid = n_mask[:, None] & s_mask[None, :]
+        hard = _hard_tile(argmax_ptr, b, offs_n, offs_s, valid, S)
+        if MODE == SOFT or RETURN_MAPS:
+            logits = _logits_tile(q_ptr, q_stride_n, q_stride_c, k_ptr, k_stride_s, k_stride_c, b, offs_n, n_mask,
+                                  offs_s, s_mask, N, S, C, scale, tau, key_a, key_b, MODE, BLOCK_N, BLOCK_S, BLOCK_C,
+                                  DOT_DTYPE)
+            col_lse = tl.load(lse_ptr + b * S + offs_s, mask=s_mask, other=0.0)
+            soft = tl.where(valid, tl.exp(logits - col_lse[None, :]), 0.0)
+        if RETURN_MAPS:
+            map_offsets = _map_offsets(b, offs_n, offs_s, N, S)
+            tl.store(hard_ptr + map_offsets, hard.to(hard_ptr.dtype.element_ty), mask=valid & first_slice)
+            tl.store(soft_ptr + map_offsets, rounded_to(soft, soft_ptr.dtype.element_ty), mask=valid & first_slice)
+        v_tile = tl.load(v_ptr + offs_s[:, None] * v_stride_s + offs_cv[None, :] * v_stride_c,
+                         mask=s_mask[:, None] & cv_mask[None, :], other=0.0)
+        if MODE == SOFT:
+            row_total += tl.sum(soft, axis=1)
+            acc = _weighted_dot(soft, v_tile, acc, DOT_DTYPE)
+        else:  # a one-hot tile is exact in any type: one dot
+            row_total += tl.sum(hard, axis=1)
+            acc = _dot(hard.to(v_tile.dtype), v_tile, acc, DOT_DTYPE)
+    row_sum = row_total + eps
+    if not SUM_ASSIGN:
+        acc = acc / row_sum[:, None]
+    out_offsets = (b * N + offs_n[:, None]) * C + offs_cv[None, :]
+    tl.store(out_ptr + out_offsets, rounded_to(acc, out_ptr.dtype.element_ty),
+             mask=n_mask[:, None] & cv_mask[None, :])
+    tl.store(row_sum_ptr + b * N + offs_n, row_sum, mask=n_mask & first_slice)
+
+
+@triton.jit(do_not_specialize=KEY_ARGS)
+def _backward_row_kernel(
+    q_ptr, k_ptr, v_ptr, grad_out_ptr, lse_ptr, argmax_ptr, row_sum_ptr, soft_ptr, grad_map_ptr, row_dot_ptr,
+    q_stride_b, q_stride_n, q_stride_c, k_stride_b, k_stride_s, k_stride_c, v_stride_b, v_stride_s, v_stride_c,
+    g_stride_b, g_stride_n, g_stride_c,
+    N, S, C, scale, tau, key_a, key_b,
+    MODE: tl.constexpr, SUM_ASSIGN: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_C: tl.constexpr,
+    DOT_DTYPE: tl.constexpr,
+):
+    """Grid (cdiv(N, BLOCK_N), B): y -> soft map, dA_n = dout v^T -> grad map, rowdot = sum_s A_n dA_n [B, N]."""
+    b = tl.program_id(1).to(tl.int64)
+    offs_n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    n_mask = offs_n < N
+    q_ptr += b * q_stride_b
+    k_ptr += b * k_stride_b
+    v_ptr += b * v_stride_b
+    grad_out_ptr += b * g_stride_b
+    row_dot = tl.zeros([BLOCK_N], dtype=tl.float32)
+    for s0 in range(0, S, BLOCK_S):
+        offs_s = s0 + tl.arange(0, BLOCK_S)
+        s_mask = offs_s < S
+        valid = n_mask[:, None] & s_mask[None, :]
+        logits = _logits_tile(q_ptr, q_stride_n, q_stride_c, k_ptr, k_stride_s, k_stride_c, b, offs_n, n_mask,
+                              offs_s, s_mask, N, S, C, scale, tau, key_a, key_b, MODE, BLOCK_N, BLOCK_S, BLOCK_C,
+                              DOT_DTYPE)
+        col_lse = tl.load(lse_ptr + b * S + offs_s, mask=s_mask, other=0.0)
+        soft = tl.where(valid, tl.exp(logits - col_lse[None, :]), 0.0)
+        grad_assign_n = _product_tile(grad_out_ptr, g_stride_n, g_stride_c, offs_n, n_mask, v_ptr, v_stride_s,
+                                      v_stride_c, offs_s, s_mask, C, BLOCK_N, BLOCK_S, BLOCK_C, DOT_DTYPE)
+        map_offsets = _map_offsets(b, offs_n, offs_s, N, S)
+        tl.store(soft_ptr + map_offsets, soft, mask=valid)
+        tl.store(grad_map_ptr + map_offsets, grad_assign_n, mask=valid)
+        if not SUM_ASSIGN:
+            if MODE == SOFT:
+                assign = soft
+            else:
+                assign = _hard_tile(argmax_ptr, b, offs_n, offs_s, valid, S)
+            row_dot += tl.sum(assign * grad_assign_n, axis=1)
+    if not SUM_ASSIGN:
+        row_sum = tl.load(row_sum_ptr + b * N + offs_n, mask=n_mask, other=1.0)
+        tl.store(row_dot_ptr + b * N + offs_n, row_dot / row_sum, mask=n_mask)
+
+
+@triton.jit
+def _assign_grad_tile(soft_ptr, grad_map_ptr, row_sum_ptr, row_dot_ptr, b, offs_n, offs_s, valid, N, S,
+                      SUM_ASSIGN: tl.constexpr):
+    """Loads (y, dA, row_sum) for a tile: dA = (dA_n - rowdot) / r, or dA_n with ``sum_assign``."""
+    map_offsets = _map_offsets(b, offs_n, offs_s, N, S)
+    soft = tl.load(soft_ptr + map_offsets, mask=valid, other=0.0)
+    grad_assign = tl.load(grad_map_ptr + map_offsets, mask=valid, other=0.0)
+    row_sum = tl.load(row_sum_ptr + b * N + offs_n, mask=offs_n < N, other=1.0)
+    if not SUM_ASSIGN:
+        row_dot = tl.load(row_dot_ptr + b * N + offs_n, mask=offs_n < N, other=0.0)
+        grad_assign = (grad_assign - row_dot[:, None]) / row_sum[:, None]
+    return soft, grad_assign, row_sum
+
+
+@triton.jit
+def _backward_column_kernel(
+    soft_ptr, grad_map_ptr, argmax_ptr, row_sum_ptr, row_dot_ptr, N, S, tau,
+    MODE: tl.constexpr, SUM_ASSIGN: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_S: tl.constexpr,
+):
+    """Grid (cdiv(S, BLOCK_S), B): overwrites the grad map with dz and the soft map with A_n (in place)."""
+    b = tl.program_id(1).to(tl.int64)
+    offs_s = tl.program_id(0) * BLOCK_S + tl.arange(0, BLOCK_S)
+    s_mask = offs_s < S
+    col_dot = tl.zeros([BLOCK_S], dtype=tl.float32)
+    for n0 in range(0, N, BLOCK_N):
+        offs_n = n0 + tl.arange(0, BLOCK_N)
+        valid = (offs_n[:, None] < N) & s_mask[None, :]
+        soft, grad_assign, _ = _assign_grad_tile(soft_ptr, grad_map_ptr, row_sum_ptr, row_dot_ptr, b, offs_n, offs_s,
+                                                 valid, N, S, SUM_ASSIGN)
+        col_dot += tl.sum(soft * grad_assign, axis=0)
+    for n0 in range(0, N, BLOCK_N):
+        offs_n = n0 + tl.arange(0, BLOCK_N)
+        valid = (offs_n[:, None] < N) & s_mask[None, :]
+        soft, grad_assign, row_sum = _assign_grad_tile(soft_ptr, grad_map_ptr, row_sum_ptr, row_dot_ptr, b, offs_n,
+                                                       offs_s, valid, N, S, SUM_ASSIGN)
+        grad_logits = soft * (grad_assign - col_dot[None, :]) / tau
+        if MODE == SOFT:
+            assign = soft
+        else:
+            assign = _hard_tile(argmax_ptr, b, offs_n, offs_s, valid, S)
+        if not SUM_ASSIGN:
+            assign = assign / row_sum[:, None]
+        map_offsets = _map_offsets(b, offs_n, offs_s, N, S)
+        tl.store(grad_map_ptr + map_offsets, grad_logits, mask=valid)
+        tl.store(soft_ptr + map_offsets, assign, mask=valid)
+
+
+@triton.jit
+def _map_product_kernel(
+    map_ptr, mat_ptr, out_ptr,
+    map_stride_b, map_stride_m, map_stride_t, mat_stride_b, mat_stride_t, mat_stride_c,
+    M, T, C, scale,
+    BLOCK_M: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_C: tl.constexpr, DOT_DTYPE: tl.constexpr,
+):
+    """Grid (cdiv(M, BLOCK_M), cdiv(C, BLOCK_C), B): out[b, m, c] = scale * sum_t map[b, m, t] mat[b, t, c].
+
+    ``map`` is float32 (see ``_weighted_dot``), ``out`` [B, M, C] contiguous."""
+    b = tl.program_id(2).to(tl.int64)
+    offs_m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+    m_mask = offs_m < M
+    c_mask = offs_c < C
+    map_ptr += b * map_stride_b
+    mat_ptr += b * mat_stride_b
+    acc = tl.zeros([BLOCK_M, BLOCK_C], dtype=tl.float32)
+    for t0 in range(0, T, BLOCK_T):
+        offs_t = t0 + tl.arange(0, BLOCK_T)
+        t_mask = offs_t < T
+        weights = tl.load(map_ptr + offs_m[:, None] * map_stride_m + offs_t[None, :] * map_stride_t,
+                          mask=m_mask[:, None] & t_mask[None, :], other=0.0)
+        values = tl.load(mat_ptr + offs_t[:, None] * mat_stride_t + offs_c[None, :] * mat_stride_c,
+                         mask=t_mask[:, None] & c_mask[None, :], other=0.0)
+        acc = _weighted_dot(weights, values, acc, DOT_DTYPE)
+    out_offsets = (b * M + offs_m[:, None]) * C + offs_c[None, :]
+    tl.store(out_ptr + out_offsets, rounded_to(scale * acc, out_ptr.dtype.element_ty),
+             mask=m_mask[:, None] & c_mask[None, :])
+
+
+def _kernel_keys(mode: int, seed: int) -> tuple[int, int]:
+    """The Gumbel keys as int32 bit patterns (zeros when the mode has no noise)."""
+    if mode != MODE_GUMBEL:
+        return 0, 0
+    key_a, key_b = seed_keys(int(seed))
+    return signed_int32(key_a), signed_int32(key_b)
+
+
+def gumbel_noise(shape: tuple[int, int, int], seed: int, device: torch.device | str) -> torch.Tensor:
+    """Float32 Gumbel noise [B, N, S] computed by a Triton kernel (the values of ``ops.gumbel.gumbel_noise``)."""
+    batch, groups, tokens = shape
+    out = torch.empty(shape, dtype=torch.float32, device=device)
+    key_a, key_b = _kernel_keys(MODE_GUMBEL, seed)
+    block_n, block_s = block_size(groups, 32), block_size(tokens, 64)
+    with on_device(out):
+        _gumbel_noise_kernel[(triton.cdiv(tokens, block_s), triton.cdiv(groups, block_n), batch)](
+            out, groups, tokens, key_a, key_b, BLOCK_N=block_n, BLOCK_S=block_s,
+        )
+    return out
+
+
+class TileSizes(NamedTuple):
+    """Block sizes of the assign-attention kernels (powers of two >= 16 so that tl.dot accepts them)."""
+
+    groups: int  # BLOCK_N
+    tokens: int  # BLOCK_S
+    channels: int  # BLOCK_C: the reduction chunk of q k^T and dout v^T
+    out_channels: int  # BLOCK_CV / the map products' BLOCK_C: the output slice of A @ v, dz @ k, ...
+    warps: int  # num_warps: 8 for full 64-row tiles, 4 (one warpgroup) for smaller ones
+
+
+def tile_sizes(dtype: torch.dtype, groups: int, tokens: int, channels: int) -> TileSizes:
+    """Tiles for ``dtype`` inputs. Float32 runs IEEE dots on the FMA units with register operands, so
+    its tiles are halved; 16-bit tiles feed the tensor cores (wgmma for 64-row tiles on sm_90)."""
+    wide = dtype == torch.float32
+    rows = block_size(groups, 64)
+    return TileSizes(
+        groups=rows,
+        tokens=block_size(tokens, 32 if wide else 64),
+        channels=block_size(channels, 32 if wide else 64),
+        out_channels=block_size(channels, 64 if wide else 128),
+        warps=8 if rows == 64 else 4,
+    )
+
+
+def assign_attention_forward(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mode: int, tau: float, eps: float,
+    sum_assign: bool, seed: int, return_maps: bool,
+) -> tuple[torch.Tensor, ...]:
+    """``(out [B,N,C], col_lse [B,S] f32, col_argmax [B,S] i32, row_sum [B,N] f32, hard_map, soft_map)``;
+    the maps are [B, N, S] in q's dtype with ``return_maps``, else empty. See ``reference.assign_attention_forward``."""
+    batch, groups, channels = q.shape
+    tokens = k.shape[1]
+    key_a, key_b = _kernel_keys(mode, seed)
+    scale = channels**-0.5
+    tiles = tile_sizes(q.dtype, groups, tokens, channels)
+    col_lse = torch.empty((batch, tokens), dtype=torch.float32, device=q.device)
+    col_argmax = torch.empty((batch, tokens), dtype=torch.int32, device=q.device)
+    row_sum = torch.empty((batch, groups), dtype=torch.float32, device=q.device)
+    out = torch.empty((batch, groups, channels), dtype=q.dtype, device=q.device)
+    map_shape = (batch, groups, tokens) if return_maps else (0,)
+    hard_map, soft_map = q.new_empty(map_shape), q.new_empty(map_shape)
+    blocks = dict(BLOCK_N=tiles.groups, BLOCK_S=tiles.tokens, BLOCK_C=tiles.channels, DOT_DTYPE=dot_dtype(q.dtype))
+    with on_device(q):
+        _column_stats_kernel[(triton.cdiv(tokens, tiles.tokens), batch)](
+            q, k, col_lse, col_argmax, *q.stride(), *k.stride(),
+            groups, tokens, channels, scale, tau, key_a, key_b,
+            MODE=mode, **blocks, num_warps=tiles.warps,
+        )
+        _assign_output_kernel[(triton.cdiv(groups, tiles.groups), triton.cdiv(channels, tiles.out_channels), batch)](
+            q, k, v, col_lse, col_argmax, out, row_sum, hard_map, soft_map, *q.stride(), *k.stride(), *v.stride(),
+            groups, tokens, channels, scale, tau, eps, key_a, key_b,
+            MODE=mode, SUM_ASSIGN=sum_assign, RETURN_MAPS=return_maps, BLOCK_CV=tiles.out_channels, **blocks,
+            num_warps=tiles.warps,
+        )
+    return out, col_lse, col_argmax, row_sum, hard_map, soft_map
+
+
+def assign_attention_backward(
+    grad_out: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+    col_lse: torch.Tensor, col_argmax: torch.Tensor, row_sum: torch.Tensor,
+    mode: int, tau: float, eps: float, sum_assign: bool, seed: int,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(grad_q [B,N,C], grad_k [B,S,C], grad_v [B,S,C])`` in the inputs' dtype, recomputing the map from
+    ``q, k`` and the saved column statistics (``eps`` is already inside ``row_sum``)."""
+    batch, groups, channels = q.shape
+    tokens = k.shape[1]
+    key_a, key_b = _kernel_keys(mode, seed)
+    scale = channels**-0.5
+    tiles = tile_sizes(q.dtype, groups, tokens, channels)
+    col_lse, col_argmax, row_sum = col_lse.contiguous(), col_argmax.contiguous(), row_sum.contiguous()
+    soft_map = torch.empty((batch, groups, tokens), dtype=torch.float32, device=q.device)
+    grad_map = torch.empty_like(soft_map)
+    row_dot = torch.empty((batch, groups), dtype=torch.float32, device=q.device)
+    with on_device(q):
+        _backward_row_kernel[(triton.cdiv(groups, tiles.groups), batch)](
+            q, k, v, grad_out, col_lse, col_argmax, row_sum, soft_map, grad_map, row_dot,
+            *q.stride(), *k.stride(), *v.stride(), *grad_out.stride(),
+            groups, tokens, channels, scale, tau, key_a, key_b,
+            MODE=mode, SUM_ASSIGN=sum_assign, BLOCK_N=tiles.groups, BLOCK_S=tiles.tokens, BLOCK_C=tiles.channels,
+            DOT_DTYPE=dot_dtype(q.dtype), num_warps=tiles.warps,
+        )
+        _backward_column_kernel[(triton.cdiv(tokens, tiles.tokens), batch)](
+            soft_map, grad_map, col_argmax, row_sum, row_dot, groups, tokens, tau,
+            MODE=mode, SUM_ASSIGN=sum_assign, BLOCK_N=tiles.groups, BLOCK_S=tiles.tokens, num_warps=tiles.warps,
+        )
+        grad_q = _map_product(grad_map, k, scale, tiles)
+        grad_k = _map_product(grad_map.transpose(1, 2), q, scale, tiles)
+        grad_v = _map_product(soft_map.transpose(1, 2), grad_out, 1.0, tiles)
+    return grad_q, grad_k, grad_v
+
+
+def _map_product(weights: torch.Tensor, values: torch.Tensor, scale: float, tiles: TileSizes) -> torch.Tensor:
+    """``scale * weights @ values`` per batch element: weights [B, M, T] float32 (any strides), values [B, T, C]."""
+    batch, rows, inner = weights.shape
+    channels = values.shape[2]
+    out = torch.empty((batch, rows, channels), dtype=values.dtype, device=values.device)
+    block_m, block_t = block_size(rows, 64), block_size(inner, 32)
+    _map_product_kernel[(triton.cdiv(rows, block_m), triton.cdiv(channels, tiles.out_channels), batch)](
+        weights, values, out, *weights.stride(), *values.stride(), rows, inner, channels, scale,
+        BLOCK_M=block_m, BLOCK_T=block_t, BLOCK_C=tiles.out_channels, DOT_DTYPE=dot_dtype(values.dtype),
+        num_warps=8 if block_m == 64 else 4,
+    )
+    return out
