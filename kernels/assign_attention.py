@@ -3,40 +3,52 @@
 Maths and contract: :mod:`cign_fast.ops.reference` (``assign_attention_forward`` /
 ``assign_attention_backward``). Shapes: q [B, N, C], k, v [B, S, C], maps [B, N, S]. Inputs may have
 any strides: the launchers pass them to the kernels and copy nothing; outputs are contiguous.
+Offsets are int64 wherever one batch element's span may pass 2**31 elements (``utils.tile_offsets``,
+``_map_offsets``), so N*S or S*C >= 2**31 is addressed correctly.
 Every product accumulates in float32. Float32 operands use IEEE dots (no TF32), so the hard
 choices match the reference; float16/bfloat16 operands use tensor-core dots (wgmma for 64-row
 tiles on sm_90, mma below). A float32 map tile multiplied by 16-bit values (A @ v in soft mode and
 the three backward products) is split into a high and a low 16-bit part, two dots, so that the
-results are the float32 ones rounded once (``_weighted_dot``).
+results are the float32 ones rounded once (``_weighted_dot``). Bfloat16 has float32's exponent
+range, so its split holds for any magnitude; float16 (max 65504, subnormal below 2**-14) first
+scales each row of the tile by a power of two (exact) and unscales the tile's product, so that
+|dz| > 65504 does not turn into inf - inf and |dz| ~ 1e-6 keeps its bits.
 
 Gumbel noise is never stored: every kernel that needs the logits regenerates it from
 ``(key_a, key_b)`` (``cign_fast.ops.gumbel.seed_keys``) and the element index
 ``e = (b * N + i) * S + s`` with the ``mix32`` hash in uint32 arithmetic.
 
+Grids: every launch is a one-axis grid ``utils.batch_grid(B, tiles...)`` of B * tiles programs,
+batch-major (the programs of one batch element are adjacent, so its k and v stay in L2), decoded in
+the kernel by ``utils.batch_program``. Axis 0 takes 2**31 - 1 programs where CUDA's axes 1 and 2
+stop at 65535, so any batch size whose grid fits works; larger ones raise ValueError.
+
 Tiles (``tile_sizes``): BLOCK_N = 64 rows of groups (8 warps; 16-32 and 4 warps for small N),
 BLOCK_S = 64 tokens, BLOCK_C = 64 channels per reduction step, BLOCK_CV = 128 output channels;
 float32 halves BLOCK_S, BLOCK_C and BLOCK_CV (its dots run on the FMA units from registers).
-Compiled for sm_90 with Triton 3.6 every variant fits in registers up to a few bytes of stack.
+Compiled for sm_90 with Triton 3.6 every variant fits in registers up to 32 bytes of stack
+(float32 only; the 16-bit variants spill nothing).
 
 Forward. It saves for the backward only ``col_lse`` [B, S] f32, ``col_argmax`` [B, S] i32 and
 ``row_sum`` [B, N] f32.
 
-1. ``_column_stats_kernel``, grid (cdiv(S, BLOCK_S), B). A program owns an S-block of one batch
-   element and walks all N in BLOCK_N steps: logits tile = scale * q_n k_s^T (C in BLOCK_C
-   chunks), + noise, / tau; online column max, sum of exp and first-index argmax (ties keep the
-   lower group, like torch). Writes col_lse and col_argmax. One N*S*C product.
-2. ``_assign_output_kernel``, grid (cdiv(N, BLOCK_N), cdiv(C, BLOCK_CV), B). A program owns rows
-   of N and a C-slice of the output and walks all S: hard modes build the one-hot tile from
-   col_argmax (no logits), soft mode (or ``return_maps``) recomputes the logits tile and
+1. ``_column_stats_kernel``, tiles cdiv(S, BLOCK_S) per batch element. A program owns an S-block
+   of one batch element and walks all N in BLOCK_N steps: logits tile = scale * q_n k_s^T (C in
+   BLOCK_C chunks), + noise, / tau; online column max, sum of exp and first-index argmax (ties
+   keep the lower group, like torch). Writes col_lse and col_argmax. One N*S*C product.
+2. ``_assign_output_kernel``, tiles cdiv(C, BLOCK_CV) x cdiv(N, BLOCK_N) per batch element. A
+   program owns rows of N and a C-slice of the output and walks all S: hard modes build the
+   one-hot tile from col_argmax (no logits), soft mode recomputes the logits tile and
    y = exp(logit - col_lse). It accumulates row sums and A @ v and writes
-   out = acc / (row_sum + eps), row_sum and, from the first C-slice, the maps. The normalisation
-   over S is per row, so one sweep suffices.
+   out = acc / (row_sum + eps), and, from the first C-slice only, row_sum and the maps (with
+   ``return_maps`` hard modes recompute y there and nowhere else). The normalisation over S is
+   per row, so one sweep suffices.
 
-   Work: hard/gumbel mode two N*S*C products (the floor). Soft mode recomputes the logits once
-   per C-slice (4 times at C = 512 in 16 bits) and splits A: about 7 product-equivalents.
-   DRAM traffic: q, k, v read once and out written once when one batch element's k and v stay
-   in L2 (the re-reads of other programs hit it: S*C*2 bytes each, 4 MiB at S = 4096, C = 512 in
-   bf16), plus B*(8S + 4N) bytes of statistics: the floor plus O(B(N + S)).
+   Work: hard/gumbel mode two N*S*C products (the floor; three with ``return_maps``). Soft mode
+   recomputes the logits once per C-slice (4 times at C = 512 in 16 bits) and splits A: about 7
+   product-equivalents. DRAM traffic: q, k, v read once and out written once when one batch
+   element's k and v stay in L2 (the re-reads of other programs hit it: S*C*2 bytes each, 4 MiB
+   at S = 4096, C = 512 in bf16), plus B*(8S + 4N) bytes of statistics: the floor plus O(B(N + S)).
 
 Backward (dv = A_n^T dout, dA_n = dout v^T, dA = (dA_n - rowdot) / r, dz = y (dA - coldot) / tau,
 dq = scale dz k, dk = scale dz^T q). It needs a reduction over S (rowdot) before one over N
@@ -44,13 +56,16 @@ dq = scale dz k, dk = scale dz^T q). It needs a reduction over S (rowdot) before
 dk and dv in registers. It therefore materialises two float32 [B, N, S] scratch maps (freed on
 return); N <= 2C in every target shape, so a map is no larger than the inputs:
 
-3. ``_backward_row_kernel``, grid (cdiv(N, BLOCK_N), B): per S-block recomputes the logits tile
-   and y, computes dA_n = dout v^T, accumulates rowdot_i = sum_s A_n dA_n (skipped with
-   ``sum_assign``), stores y and dA_n to the scratch maps. Two N*S*C products.
-4. ``_backward_column_kernel``, grid (cdiv(S, BLOCK_S), B): two sweeps over N of the scratch
-   maps: coldot_s = sum_i y dA, then dz (over dA_n) and A_n (over y), in place.
-5. ``_map_product_kernel`` three times, grid (cdiv(M, BLOCK_M), cdiv(C, BLOCK_CV), B):
-   dq = scale dz @ k, dk = scale dz^T @ q, dv = A_n^T @ dout (the transposes are strides).
+3. ``_backward_row_kernel``, tiles cdiv(N, BLOCK_N) per batch element: per S-block recomputes the
+   logits tile and y, computes dA_n = dout v^T, accumulates rowdot_i = sum_s A_n dA_n (skipped
+   with ``sum_assign``), stores y and dA_n to the scratch maps. Two N*S*C products.
+   Known limitation: each program walks all of S, so small B with few N-blocks leaves most SMs
+   idle (the stress shape N = 256, S = 4096 gives 4 programs per batch element); splitting S
+   across programs with partial rowdot sums is not done.
+4. ``_backward_column_kernel``, tiles cdiv(S, BLOCK_S) per batch element: two sweeps over N of
+   the scratch maps: coldot_s = sum_i y dA, then dz (over dA_n) and A_n (over y), in place.
+5. ``_map_product_kernel`` three times, tiles cdiv(C, BLOCK_CV) x cdiv(M, BLOCK_M) per batch
+   element: dq = scale dz @ k, dk = scale dz^T @ q, dv = A_n^T @ dout (the transposes are strides).
    Three N*S*C products (two dots each in 16 bits), deterministic: no atomics.
 
    Work: five N*S*C products, the floor when only column statistics are saved (the logits
@@ -61,8 +76,9 @@ return); N <= 2C in every target shape, so a map is no larger than the inputs:
 
 Triton's CPU interpreter (``TRITON_INTERPRET=1``, the CI path) has no bfloat16 arithmetic and
 truncates float32 -> bfloat16: there bfloat16 dot operands are widened to float32
-(``utils.dot_dtype``, the same products), and every store rounds to nearest even with
-``utils.rounded_to`` (what compiled Triton's conversion does anyway).
+(``utils.dot_dtype``, the same products), and ``utils.rounded_to`` rounds every bfloat16 store to
+nearest even with integer ops (NaN kept NaN). Compiled kernels convert with ``cvt.rn.bf16.f32``,
+which already does that, so there ``rounded_to`` is a plain conversion.
 No timing numbers are claimed: the kernels were only run under the interpreter and compiled
 for sm_90, never timed on a GPU.
 """
@@ -77,7 +93,7 @@ import triton.language as tl
 from cign_fast.ops.gumbel import seed_keys
 from cign_fast.ops.reference import MODE_GUMBEL, MODE_SOFT
 
-from .utils import block_size, dot_dtype, on_device, rounded_to, signed_int32
+from .utils import batch_grid, batch_program, block_size, dot_dtype, on_device, rounded_to, signed_int32, tile_offsets
 
 KEY_ARGS = ["key_a", "key_b"]  # vary per call: never specialise on their values
 SOFT = tl.constexpr(MODE_SOFT)
@@ -121,16 +137,43 @@ def _dot(a, b, acc, DOT_DTYPE: tl.constexpr):
 
 
 @triton.jit
+def _split_dot(weights, values, acc, DOT_DTYPE: tl.constexpr):
+    """``acc + weights @ values`` for float32 weights and 16-bit values: the weights are split into a
+    high and a low part of the values' type, two dots that keep 16 (bfloat16) or 22 (float16)
+    mantissa bits of the weights instead of 8 or 11, as long as both parts are normal numbers."""
+    high = weights.to(values.dtype)
+    low = (weights - high.to(tl.float32)).to(values.dtype)
+    return _dot(low, values, _dot(high, values, acc, DOT_DTYPE), DOT_DTYPE)
+
+
+@triton.jit
+def _row_scales(weights):
+    """``(scale, 1 / scale)`` [rows] float32: powers of two putting each row's largest magnitude of
+    ``weights`` in [2**14, 2**15) (clamped to 2**+-126; a zero row gets 2**126)."""
+    row_max = tl.max(tl.abs(weights), axis=1)
+    biased_exponent = ((row_max.to(tl.uint32, bitcast=True) >> 23) & 0xFF).to(tl.int32)
+    shift = tl.minimum(tl.maximum(141 - biased_exponent, -126), 126)
+    return ((shift + 127) << 23).to(tl.float32, bitcast=True), ((127 - shift) << 23).to(tl.float32, bitcast=True)
+
+
+@triton.jit
 def _weighted_dot(weights, values, acc, DOT_DTYPE: tl.constexpr):
-    """``acc + weights @ values`` for float32 weights (a map tile). With 16-bit values the weights
-    are split into a high and a low part of the values' type, two dots that keep 16 (bfloat16) or
-    22 (float16) mantissa bits of the weights instead of 8 or 11."""
+    """``acc + weights @ values`` for float32 weights (a map tile), as accurate as float32 weights.
+
+    Bfloat16 values: ``_split_dot`` (bfloat16 has float32's exponent range). Float16 values: each
+    row of weights is first scaled by a power of two (exact) so that its largest element lies in
+    [2**14, 2**15): its high part far below 65504, its low part normal, every element accurate to
+    about 2**-24 of the row's largest (unscaled, |weights| > 65504 would give inf - inf and
+    |weights| < 2**-3 would lose low bits, below 2**-14 high bits too, to subnormals); the tile's
+    product is unscaled before it is added to ``acc``."""
     if values.dtype == tl.float32:
         acc = _dot(weights, values, acc, DOT_DTYPE)
+    elif values.dtype == tl.bfloat16:
+        acc = _split_dot(weights, values, acc, DOT_DTYPE)
     else:
-        high = weights.to(values.dtype)
-        low = (weights - high.to(tl.float32)).to(values.dtype)
-        acc = _dot(low, values, _dot(high, values, acc, DOT_DTYPE), DOT_DTYPE)
+        scale, inverse = _row_scales(weights)
+        product = _split_dot(weights * scale[:, None], values, tl.zeros_like(acc), DOT_DTYPE)
+        acc += product * inverse[:, None]
     return acc
 
 
@@ -142,9 +185,9 @@ def _product_tile(a_ptr, a_stride_row, a_stride_c, offs_a, a_mask, b_ptr, b_stri
     for c0 in range(0, C, BLOCK_C):
         offs_c = c0 + tl.arange(0, BLOCK_C)
         c_mask = offs_c < C
-        a = tl.load(a_ptr + offs_a[:, None] * a_stride_row + offs_c[None, :] * a_stride_c,
+        a = tl.load(a_ptr + tile_offsets(offs_a, a_stride_row, offs_c, a_stride_c),
                     mask=a_mask[:, None] & c_mask[None, :], other=0.0)
-        b_t = tl.load(b_ptr + offs_c[:, None] * b_stride_c + offs_b[None, :] * b_stride_row,
+        b_t = tl.load(b_ptr + tile_offsets(offs_c, b_stride_c, offs_b, b_stride_row),
                       mask=c_mask[:, None] & b_mask[None, :], other=0.0)
         acc = _dot(a, b_t, acc, DOT_DTYPE)
     return acc
@@ -166,6 +209,19 @@ def _logits_tile(q_ptr, q_stride_n, q_stride_c, k_ptr, k_stride_s, k_stride_c, b
 
 
 @triton.jit
+def _soft_tile(q_ptr, q_stride_n, q_stride_c, k_ptr, k_stride_s, k_stride_c, lse_ptr, b, offs_n, n_mask,
+               offs_s, s_mask, N, S, C, scale, tau, key_a, key_b,
+               MODE: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_C: tl.constexpr,
+               DOT_DTYPE: tl.constexpr):
+    """The soft map tile y = exp(logits - col_lse), float32, recomputed from q, k (``_logits_tile``); 0 off the map."""
+    logits = _logits_tile(q_ptr, q_stride_n, q_stride_c, k_ptr, k_stride_s, k_stride_c, b, offs_n, n_mask,
+                          offs_s, s_mask, N, S, C, scale, tau, key_a, key_b, MODE, BLOCK_N, BLOCK_S, BLOCK_C,
+                          DOT_DTYPE)
+    col_lse = tl.load(lse_ptr + b * S + offs_s, mask=s_mask, other=0.0)
+    return tl.where(n_mask[:, None] & s_mask[None, :], tl.exp(logits - col_lse[None, :]), 0.0)
+
+
+@triton.jit
 def _hard_tile(argmax_ptr, b, offs_n, offs_s, valid, S):
     """The one-hot map tile (float32): 1 where row ``i`` is column ``s``'s argmax, 0 elsewhere and off the map."""
     col_argmax = tl.load(argmax_ptr + b * S + offs_s, mask=offs_s < S, other=-1)
@@ -174,10 +230,11 @@ def _hard_tile(argmax_ptr, b, offs_n, offs_s, valid, S):
 
 @triton.jit(do_not_specialize=KEY_ARGS)
 def _gumbel_noise_kernel(out_ptr, N, S, key_a, key_b, BLOCK_N: tl.constexpr, BLOCK_S: tl.constexpr):
-    """Grid (cdiv(S, BLOCK_S), cdiv(N, BLOCK_N), B): the noise map [B, N, S], float32, contiguous."""
-    b = tl.program_id(2).to(tl.int64)
-    offs_s = tl.program_id(0) * BLOCK_S + tl.arange(0, BLOCK_S)
-    offs_n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    """Grid ``batch_grid(B, cdiv(N, BLOCK_N), cdiv(S, BLOCK_S))``: the noise map [B, N, S], float32, contiguous."""
+    s_tiles = tl.cdiv(S, BLOCK_S)
+    b, tile = batch_program(tl.cdiv(N, BLOCK_N) * s_tiles)
+    offs_n = (tile // s_tiles) * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_s = (tile % s_tiles) * BLOCK_S + tl.arange(0, BLOCK_S)
     valid = (offs_n[:, None] < N) & (offs_s[None, :] < S)
     noise = _gumbel_tile(b, offs_n, offs_s, N, S, key_a, key_b)
     tl.store(out_ptr + _map_offsets(b, offs_n, offs_s, N, S), noise, mask=valid)
@@ -190,9 +247,9 @@ def _column_stats_kernel(
     N, S, C, scale, tau, key_a, key_b,
     MODE: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_C: tl.constexpr, DOT_DTYPE: tl.constexpr,
 ):
-    """Grid (cdiv(S, BLOCK_S), B): col_lse [B, S] and first-index col_argmax [B, S] over all N."""
-    b = tl.program_id(1).to(tl.int64)
-    offs_s = tl.program_id(0) * BLOCK_S + tl.arange(0, BLOCK_S)
+    """Grid ``batch_grid(B, cdiv(S, BLOCK_S))``: col_lse [B, S] and first-index col_argmax [B, S] over all N."""
+    b, s_tile = batch_program(tl.cdiv(S, BLOCK_S))
+    offs_s = s_tile * BLOCK_S + tl.arange(0, BLOCK_S)
     s_mask = offs_s < S
     q_ptr += b * q_stride_b
     k_ptr += b * k_stride_b
@@ -223,11 +280,13 @@ def _assign_output_kernel(
     BLOCK_N: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_CV: tl.constexpr,
     DOT_DTYPE: tl.constexpr,
 ):
-    """Grid (cdiv(N, BLOCK_N), cdiv(C, BLOCK_CV), B): out [B, N, C] (contiguous), row_sum [B, N] and the maps."""
-    b = tl.program_id(2).to(tl.int64)
-    first_slice = tl.program_id(1) == 0
-    offs_n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
-    offs_cv = tl.program_id(1) * BLOCK_CV + tl.arange(0, BLOCK_CV)
+    """Grid ``batch_grid(B, cdiv(C, BLOCK_CV), cdiv(N, BLOCK_N))``: out [B, N, C] (contiguous), row_sum [B, N]
+    and the maps (the latter two from the first C-slice)."""
+    n_tiles = tl.cdiv(N, BLOCK_N)
+    b, tile = batch_program(tl.cdiv(C, BLOCK_CV) * n_tiles)
+    first_slice = tile < n_tiles
+    offs_n = (tile % n_tiles) * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_cv = (tile // n_tiles) * BLOCK_CV + tl.arange(0, BLOCK_CV)
     n_mask = offs_n < N
     cv_mask = offs_cv < C
     q_ptr += b * q_stride_b
@@ -240,24 +299,26 @@ def _assign_output_kernel(
         s_mask = offs_s < S
         valid = n_mask[:, None] & s_mask[None, :]
         hard = _hard_tile(argmax_ptr, b, offs_n, offs_s, valid, S)
-        if MODE == SOFT or RETURN_MAPS:
-            logits = _logits_tile(q_ptr, q_stride_n, q_stride_c, k_ptr, k_stride_s, k_stride_c, b, offs_n, n_mask,
-                                  offs_s, s_mask, N, S, C, scale, tau, key_a, key_b, MODE, BLOCK_N, BLOCK_S, BLOCK_C,
-                                  DOT_DTYPE)
-            col_lse = tl.load(lse_ptr + b * S + offs_s, mask=s_mask, other=0.0)
-            soft = tl.where(valid, tl.exp(logits - col_lse[None, :]), 0.0)
-        if RETURN_MAPS:
-            map_offsets = _map_offsets(b, offs_n, offs_s, N, S)
-            tl.store(hard_ptr + map_offsets, hard.to(hard_ptr.dtype.element_ty), mask=valid & first_slice)
-            tl.store(soft_ptr + map_offsets, rounded_to(soft, soft_ptr.dtype.element_ty), mask=valid & first_slice)
-        v_tile = tl.load(v_ptr + offs_s[:, None] * v_stride_s + offs_cv[None, :] * v_stride_c,
+        v_tile = tl.load(v_ptr + tile_offsets(offs_s, v_stride_s, offs_cv, v_stride_c),
                          mask=s_mask[:, None] & cv_mask[None, :], other=0.0)
         if MODE == SOFT:
+            soft = _soft_tile(q_ptr, q_stride_n, q_stride_c, k_ptr, k_stride_s, k_stride_c, lse_ptr, b, offs_n,
+                              n_mask, offs_s, s_mask, N, S, C, scale, tau, key_a, key_b, MODE, BLOCK_N, BLOCK_S,
+                              BLOCK_C, DOT_DTYPE)
             row_total += tl.sum(soft, axis=1)
             acc = _weighted_dot(soft, v_tile, acc, DOT_DTYPE)
         else:  # a one-hot tile is exact in any type: one dot
             row_total += tl.sum(hard, axis=1)
             acc = _dot(hard.to(v_tile.dtype), v_tile, acc, DOT_DTYPE)
+        if RETURN_MAPS:
+            if first_slice:  # only the first C-slice stores the maps; hard modes recompute y only there
+                if MODE != SOFT:
+                    soft = _soft_tile(q_ptr, q_stride_n, q_stride_c, k_ptr, k_stride_s, k_stride_c, lse_ptr, b,
+                                      offs_n, n_mask, offs_s, s_mask, N, S, C, scale, tau, key_a, key_b, MODE,
+                                      BLOCK_N, BLOCK_S, BLOCK_C, DOT_DTYPE)
+                map_offsets = _map_offsets(b, offs_n, offs_s, N, S)
+                tl.store(hard_ptr + map_offsets, hard.to(hard_ptr.dtype.element_ty), mask=valid)
+                tl.store(soft_ptr + map_offsets, rounded_to(soft, soft_ptr.dtype.element_ty), mask=valid)
     row_sum = row_total + eps
     if not SUM_ASSIGN:
         acc = acc / row_sum[:, None]
@@ -276,9 +337,10 @@ def _backward_row_kernel(
     MODE: tl.constexpr, SUM_ASSIGN: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_C: tl.constexpr,
     DOT_DTYPE: tl.constexpr,
 ):
-    """Grid (cdiv(N, BLOCK_N), B): y -> soft map, dA_n = dout v^T -> grad map, rowdot = sum_s A_n dA_n [B, N]."""
-    b = tl.program_id(1).to(tl.int64)
-    offs_n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    """Grid ``batch_grid(B, cdiv(N, BLOCK_N))``: y -> soft map, dA_n = dout v^T -> grad map,
+    rowdot = sum_s A_n dA_n [B, N]."""
+    b, n_tile = batch_program(tl.cdiv(N, BLOCK_N))
+    offs_n = n_tile * BLOCK_N + tl.arange(0, BLOCK_N)
     n_mask = offs_n < N
     q_ptr += b * q_stride_b
     k_ptr += b * k_stride_b
@@ -289,11 +351,9 @@ def _backward_row_kernel(
         offs_s = s0 + tl.arange(0, BLOCK_S)
         s_mask = offs_s < S
         valid = n_mask[:, None] & s_mask[None, :]
-        logits = _logits_tile(q_ptr, q_stride_n, q_stride_c, k_ptr, k_stride_s, k_stride_c, b, offs_n, n_mask,
-                              offs_s, s_mask, N, S, C, scale, tau, key_a, key_b, MODE, BLOCK_N, BLOCK_S, BLOCK_C,
-                              DOT_DTYPE)
-        col_lse = tl.load(lse_ptr + b * S + offs_s, mask=s_mask, other=0.0)
-        soft = tl.where(valid, tl.exp(logits - col_lse[None, :]), 0.0)
+        soft = _soft_tile(q_ptr, q_stride_n, q_stride_c, k_ptr, k_stride_s, k_stride_c, lse_ptr, b, offs_n, n_mask,
+                          offs_s, s_mask, N, S, C, scale, tau, key_a, key_b, MODE, BLOCK_N, BLOCK_S, BLOCK_C,
+                          DOT_DTYPE)
         grad_assign_n = _product_tile(grad_out_ptr, g_stride_n, g_stride_c, offs_n, n_mask, v_ptr, v_stride_s,
                                       v_stride_c, offs_s, s_mask, C, BLOCK_N, BLOCK_S, BLOCK_C, DOT_DTYPE)
         map_offsets = _map_offsets(b, offs_n, offs_s, N, S)
@@ -329,9 +389,10 @@ def _backward_column_kernel(
     soft_ptr, grad_map_ptr, argmax_ptr, row_sum_ptr, row_dot_ptr, N, S, tau,
     MODE: tl.constexpr, SUM_ASSIGN: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_S: tl.constexpr,
 ):
-    """Grid (cdiv(S, BLOCK_S), B): overwrites the grad map with dz and the soft map with A_n (in place)."""
-    b = tl.program_id(1).to(tl.int64)
-    offs_s = tl.program_id(0) * BLOCK_S + tl.arange(0, BLOCK_S)
+    """Grid ``batch_grid(B, cdiv(S, BLOCK_S))``: overwrites the grad map with dz and the soft map with A_n
+    (in place)."""
+    b, s_tile = batch_program(tl.cdiv(S, BLOCK_S))
+    offs_s = s_tile * BLOCK_S + tl.arange(0, BLOCK_S)
     s_mask = offs_s < S
     col_dot = tl.zeros([BLOCK_S], dtype=tl.float32)
     for n0 in range(0, N, BLOCK_N):
@@ -364,12 +425,14 @@ def _map_product_kernel(
     M, T, C, scale,
     BLOCK_M: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_C: tl.constexpr, DOT_DTYPE: tl.constexpr,
 ):
-    """Grid (cdiv(M, BLOCK_M), cdiv(C, BLOCK_C), B): out[b, m, c] = scale * sum_t map[b, m, t] mat[b, t, c].
+    """Grid ``batch_grid(B, cdiv(C, BLOCK_C), cdiv(M, BLOCK_M))``:
+    out[b, m, c] = scale * sum_t map[b, m, t] mat[b, t, c].
 
     ``map`` is float32 (see ``_weighted_dot``), ``out`` [B, M, C] contiguous."""
-    b = tl.program_id(2).to(tl.int64)
-    offs_m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+    m_tiles = tl.cdiv(M, BLOCK_M)
+    b, tile = batch_program(tl.cdiv(C, BLOCK_C) * m_tiles)
+    offs_m = (tile % m_tiles) * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_c = (tile // m_tiles) * BLOCK_C + tl.arange(0, BLOCK_C)
     m_mask = offs_m < M
     c_mask = offs_c < C
     map_ptr += b * map_stride_b
@@ -378,9 +441,9 @@ def _map_product_kernel(
     for t0 in range(0, T, BLOCK_T):
         offs_t = t0 + tl.arange(0, BLOCK_T)
         t_mask = offs_t < T
-        weights = tl.load(map_ptr + offs_m[:, None] * map_stride_m + offs_t[None, :] * map_stride_t,
+        weights = tl.load(map_ptr + tile_offsets(offs_m, map_stride_m, offs_t, map_stride_t),
                           mask=m_mask[:, None] & t_mask[None, :], other=0.0)
-        values = tl.load(mat_ptr + offs_t[:, None] * mat_stride_t + offs_c[None, :] * mat_stride_c,
+        values = tl.load(mat_ptr + tile_offsets(offs_t, mat_stride_t, offs_c, mat_stride_c),
                          mask=t_mask[:, None] & c_mask[None, :], other=0.0)
         acc = _weighted_dot(weights, values, acc, DOT_DTYPE)
     out_offsets = (b * M + offs_m[:, None]) * C + offs_c[None, :]
@@ -403,7 +466,7 @@ def gumbel_noise(shape: tuple[int, int, int], seed: int, device: torch.device | 
     key_a, key_b = _kernel_keys(MODE_GUMBEL, seed)
     block_n, block_s = block_size(groups, 32), block_size(tokens, 64)
     with on_device(out):
-        _gumbel_noise_kernel[(triton.cdiv(tokens, block_s), triton.cdiv(groups, block_n), batch)](
+        _gumbel_noise_kernel[batch_grid(batch, triton.cdiv(groups, block_n), triton.cdiv(tokens, block_s))](
             out, groups, tokens, key_a, key_b, BLOCK_N=block_n, BLOCK_S=block_s,
         )
     return out
@@ -451,13 +514,14 @@ def assign_attention_forward(
     map_shape = (batch, groups, tokens) if return_maps else (0,)
     hard_map, soft_map = q.new_empty(map_shape), q.new_empty(map_shape)
     blocks = dict(BLOCK_N=tiles.groups, BLOCK_S=tiles.tokens, BLOCK_C=tiles.channels, DOT_DTYPE=dot_dtype(q.dtype))
+    output_grid = batch_grid(batch, triton.cdiv(channels, tiles.out_channels), triton.cdiv(groups, tiles.groups))
     with on_device(q):
-        _column_stats_kernel[(triton.cdiv(tokens, tiles.tokens), batch)](
+        _column_stats_kernel[batch_grid(batch, triton.cdiv(tokens, tiles.tokens))](
             q, k, col_lse, col_argmax, *q.stride(), *k.stride(),
             groups, tokens, channels, scale, tau, key_a, key_b,
             MODE=mode, **blocks, num_warps=tiles.warps,
         )
-        _assign_output_kernel[(triton.cdiv(groups, tiles.groups), triton.cdiv(channels, tiles.out_channels), batch)](
+        _assign_output_kernel[output_grid](
             q, k, v, col_lse, col_argmax, out, row_sum, hard_map, soft_map, *q.stride(), *k.stride(), *v.stride(),
             groups, tokens, channels, scale, tau, eps, key_a, key_b,
             MODE=mode, SUM_ASSIGN=sum_assign, RETURN_MAPS=return_maps, BLOCK_CV=tiles.out_channels, **blocks,
@@ -483,14 +547,14 @@ def assign_attention_backward(
     grad_map = torch.empty_like(soft_map)
     row_dot = torch.empty((batch, groups), dtype=torch.float32, device=q.device)
     with on_device(q):
-        _backward_row_kernel[(triton.cdiv(groups, tiles.groups), batch)](
+        _backward_row_kernel[batch_grid(batch, triton.cdiv(groups, tiles.groups))](
             q, k, v, grad_out, col_lse, col_argmax, row_sum, soft_map, grad_map, row_dot,
             *q.stride(), *k.stride(), *v.stride(), *grad_out.stride(),
             groups, tokens, channels, scale, tau, key_a, key_b,
             MODE=mode, SUM_ASSIGN=sum_assign, BLOCK_N=tiles.groups, BLOCK_S=tiles.tokens, BLOCK_C=tiles.channels,
             DOT_DTYPE=dot_dtype(q.dtype), num_warps=tiles.warps,
         )
-        _backward_column_kernel[(triton.cdiv(tokens, tiles.tokens), batch)](
+        _backward_column_kernel[batch_grid(batch, triton.cdiv(tokens, tiles.tokens))](
             soft_map, grad_map, col_argmax, row_sum, row_dot, groups, tokens, tau,
             MODE=mode, SUM_ASSIGN=sum_assign, BLOCK_N=tiles.groups, BLOCK_S=tiles.tokens, num_warps=tiles.warps,
         )
@@ -506,7 +570,7 @@ def _map_product(weights: torch.Tensor, values: torch.Tensor, scale: float, tile
     channels = values.shape[2]
     out = torch.empty((batch, rows, channels), dtype=values.dtype, device=values.device)
     block_m, block_t = block_size(rows, 64), block_size(inner, 32)
-    _map_product_kernel[(triton.cdiv(rows, block_m), triton.cdiv(channels, tiles.out_channels), batch)](
+    _map_product_kernel[batch_grid(batch, triton.cdiv(channels, tiles.out_channels), triton.cdiv(rows, block_m))](
         weights, values, out, *weights.stride(), *values.stride(), rows, inner, channels, scale,
         BLOCK_M=block_m, BLOCK_T=block_t, BLOCK_C=tiles.out_channels, DOT_DTYPE=dot_dtype(values.dtype),
         num_warps=8 if block_m == 64 else 4,

@@ -10,7 +10,8 @@ owns BLOCK_R rows and makes two sweeps over them:
    gradient T (p_s - p_t) * grad_scale; 0 outside the range. The gradient is written once in the
    student's dtype.
 
-Inputs are read through their strides, twice over the column range and never copied; the only
+Inputs are read through their strides (int64 offsets, so a transposed [R, K] view with R*K >=
+2**31 is addressed correctly), twice over the column range and never copied; the only
 outputs are the gradient [R, K] (contiguous) and the per-row loss [R] float32, reduced after the
 launch with ``reference.reduce_rows`` (deterministic, no atomics). Tiles: BLOCK_K up to 1024
 columns, BLOCK_R rows so that a tile holds at most MAX_TILE elements, 4 warps.
@@ -24,7 +25,7 @@ import triton.language as tl
 
 from cign_fast.ops.reference import reduce_rows
 
-from .utils import block_size, on_device, rounded_to
+from .utils import block_size, on_device, rounded_to, tile_offsets
 
 MAX_TILE = 4096  # elements of one [BLOCK_R, BLOCK_K] tile
 
@@ -32,7 +33,7 @@ MAX_TILE = 4096  # elements of one [BLOCK_R, BLOCK_K] tile
 @triton.jit
 def _scaled_logits(ptr, stride_r, stride_k, rows, cols, r_mask, col_mask, temperature):
     """``logits / T`` for the tile [rows, cols] in float32; 0 where a row or column is masked."""
-    values = tl.load(ptr + rows[:, None] * stride_r + cols[None, :] * stride_k,
+    values = tl.load(ptr + tile_offsets(rows, stride_r, cols, stride_k),
                      mask=r_mask[:, None] & col_mask[None, :], other=0.0)
     return values.to(tl.float32) / temperature
 

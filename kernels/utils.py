@@ -1,4 +1,4 @@
-"""Helpers shared by the Triton launchers: block sizes, dot operand types, the device guard.
+"""Helpers shared by the Triton launchers: block sizes, dot operand types, grids, the device guard.
 
 Every launcher passes the strides of its inputs to the kernels (no ``.contiguous()`` copies);
 the outputs and scratch buffers they allocate are contiguous.
@@ -7,6 +7,7 @@ the outputs and scratch buffers they allocate are contiguous.
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 
 import torch
@@ -15,23 +16,56 @@ import triton.language as tl
 
 # Triton reads TRITON_INTERPRET when a kernel is defined, i.e. when this package is imported.
 INTERPRETED = os.environ.get("TRITON_INTERPRET", "0") == "1"
+ROUND_IN_INTEGERS = tl.constexpr(INTERPRETED)  # see ``rounded_to``
 
 # tl.dot needs every block dimension >= 16.
 MIN_DOT_BLOCK = 16
+
+# CUDA allows 2**31 - 1 programs on grid axis 0 (65535 on axes 1 and 2): every grid is one axis.
+MAX_PROGRAMS = 2**31 - 1
 
 
 @triton.jit
 def rounded_to(x, dtype: tl.constexpr):
     """Float32 ``x`` converted to ``dtype`` (a store's element type), rounding to nearest even.
 
-    Compiled Triton already rounds float32 -> bfloat16 to nearest even; Triton's interpreter
-    truncates, so for bfloat16 the rounding is done here with integer ops (exact on both; inputs
-    are finite) and the conversion that follows is exact."""
-    if dtype == tl.bfloat16:
-        bits = x.to(tl.uint32, bitcast=True)
-        bits = (bits + (0x7FFF + ((bits >> 16) & 1))) & 0xFFFF0000
-        x = bits.to(tl.float32, bitcast=True)
+    Compiled Triton already rounds float32 -> bfloat16 to nearest even (``cvt.rn``), so this is a
+    plain conversion there. Triton's interpreter truncates: under it the rounding to bfloat16 is
+    done here with integer ops on the bits (exact for finite values and infinities); a NaN, which
+    the integer rounding would carry into a zero, gets its quiet bit set instead (a NaN in bfloat16,
+    like the hardware conversion gives)."""
+    if ROUND_IN_INTEGERS:
+        if dtype == tl.bfloat16:
+            bits = x.to(tl.uint32, bitcast=True)
+            bits = tl.where(x != x, bits | 0x00400000, (bits + (0x7FFF + ((bits >> 16) & 1))) & 0xFFFF0000)
+            x = bits.to(tl.float32, bitcast=True)
     return x.to(dtype)
+
+
+@triton.jit
+def tile_offsets(rows, row_stride, cols, col_stride):
+    """Int64 element offsets ``rows[:, None] * row_stride + cols[None, :] * col_stride`` of a 2-D tile,
+    so that one operand may span 2**31 elements or more."""
+    return rows.to(tl.int64)[:, None] * row_stride + cols.to(tl.int64)[None, :] * col_stride
+
+
+@triton.jit
+def batch_program(tiles_per_batch):
+    """``(batch element as int64, tile index within it)`` of this program in a ``batch_grid`` grid."""
+    program = tl.program_id(0)
+    return (program // tiles_per_batch).to(tl.int64), program % tiles_per_batch
+
+
+def batch_grid(batch: int, *tiles: int) -> tuple[int]:
+    """A one-axis grid of ``batch * prod(tiles)`` programs, batch-major, decoded by ``batch_program``.
+
+    Axis 0 takes up to 2**31 - 1 programs where axes 1 and 2 take 65535, and batch-major order
+    keeps the programs of one batch element adjacent (they share its k and v in L2)."""
+    programs = batch * math.prod(tiles)
+    if programs > MAX_PROGRAMS:
+        raise ValueError(f"batch size: {batch} batch elements of {math.prod(tiles)} tiles each need {programs} "
+                         f"programs, more than the {MAX_PROGRAMS} a CUDA grid holds; split the batch")
+    return (programs,)
 
 
 def block_size(extent: int, maximum: int, minimum: int = MIN_DOT_BLOCK) -> int:

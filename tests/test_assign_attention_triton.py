@@ -2,7 +2,8 @@
 
 The generic tests (``test_assign_attention.py``) hold every backend to the reference; these check
 what only the Triton kernels have: the in-kernel noise, the tile boundaries of their loops, the
-wide-C path, ties across N-blocks, the bfloat16 rounding helper, and that every kernel the
+wide-C path, ties across N-blocks, 16-bit gradients far from 1, grids for batches past 65535, the
+int64 tile offsets, the bfloat16 rounding helper (NaN included), and that every kernel the
 launchers use compiles for sm_90 (H100/H200) with tensor-core dots, which works without a GPU.
 Without CUDA the kernels run under ``TRITON_INTERPRET=1`` (set by ``conftest.py`` before import).
 """
@@ -24,8 +25,8 @@ from cign_fast.ops import reference
 from cign_fast.ops.gumbel import gumbel_noise, seed_keys, uniform_from_index
 
 import cign_fast.kernels as kernels
-from cign_fast.kernels.assign_attention import _map_offsets, _uniform_tile, tile_sizes
-from cign_fast.kernels.utils import rounded_to, signed_int32
+from cign_fast.kernels.assign_attention import _column_stats_kernel, _map_offsets, _uniform_tile, tile_sizes
+from cign_fast.kernels.utils import MAX_PROGRAMS, batch_grid, rounded_to, signed_int32, tile_offsets
 
 OP = "assign_attention_forward"
 TESTS_DIR = Path(__file__).resolve().parent
@@ -53,6 +54,14 @@ def _uniform_map_kernel(out_ptr, N, S, key_a, key_b, BLOCK_N: tl.constexpr, BLOC
 def _round_kernel(x_ptr, out_ptr, BLOCK: tl.constexpr):
     offs = tl.arange(0, BLOCK)
     tl.store(out_ptr + offs, rounded_to(tl.load(x_ptr + offs), out_ptr.dtype.element_ty))
+
+
+@triton.jit
+def _tile_offsets_kernel(out_ptr, row_stride, col_stride, ROWS: tl.constexpr, COLS: tl.constexpr):
+    """Writes ``tile_offsets`` of a [ROWS, COLS] tile (one program) to an int64 [ROWS, COLS] tensor."""
+    rows = tl.arange(0, ROWS)
+    cols = tl.arange(0, COLS)
+    tl.store(out_ptr + rows[:, None] * COLS + cols[None, :], tile_offsets(rows, row_stride, cols, col_stride))
 
 
 @pytest.mark.parametrize("seed", [0, 7, 2**31 + 3, 2**40 + 5, 2**63 - 1])
@@ -102,11 +111,13 @@ def assert_matches(got, got_grads, want, want_grads, rtol=1e-4, atol=1e-5):
 @pytest.mark.parametrize("mode", reference.MODES)
 def test_block_boundaries_just_above_the_tiles(device, mode):
     """N = 65 > BLOCK_N: two N-blocks in the column statistics and the backward's column sweeps;
-    S = 33 and C = 33 just above the float32 token and channel tiles (32)."""
-    tiles = tile_sizes(torch.float32, 65, 33, 33)
-    assert (tiles.groups, tiles.tokens, tiles.channels) == (64, 32, 32)
+    S = 33 just above the float32 token tile (32), C = 65 above two channel chunks (32) and one
+    output slice (64). Two batch elements, so every kernel decodes (batch, tiles) from its one-axis
+    grid, and the maps come from the first of two output slices."""
+    tiles = tile_sizes(torch.float32, 65, 33, 65)
+    assert tuple(tiles[:4]) == (64, 32, 32, 64)
     torch.manual_seed(0)
-    q, k, v = (torch.randn(1, n, 33, device=device) for n in (65, 33, 33))
+    q, k, v = (torch.randn(2, n, 65, device=device) for n in (65, 33, 33))
     assert_matches(*run_both(q, k, v, mode, sum_assign=mode == "hard"))
 
 
@@ -148,6 +159,70 @@ def test_16_bit_inputs_keep_float32_accuracy_up_to_the_output_rounding(device, d
         assert excess.max().item() <= 1e-5 * expected.abs().max().item()
 
 
+def lopsided(shape: tuple[int, ...], factor: float, big_first: bool, dtype: torch.dtype) -> torch.Tensor:
+    """Normal values times ``factor`` in one half of the channels and ``1 / factor`` in the other."""
+    halves = torch.tensor([factor, 1 / factor]).repeat_interleave(shape[-1] // 2)
+    return (torch.randn(shape) * (halves if big_first else halves.flip(0))).to(dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("grad_scale", [1e4, 1e-6])
+def test_16_bit_gradients_far_from_one(device, dtype, grad_scale):
+    """dq and dk stay within one unit in the last place (norm-wise) of the float64 reference when the
+    float32 map dz of the backward's products lies outside float16's comfortable range.
+
+    grad_out * 1e4 (with v * 10 and small q, k, so that dq and dk fit float16): |dz| up to 2.3e5,
+    past float16's 65504. grad_out * 1e-6: |dz| ~ 1e-6, inside float16's subnormals; q and k are
+    lopsided (x300 and /300 in opposite channel halves) so that the logits stay O(1) while
+    dq = scale dz k and dk = scale dz^T q are normal float16 numbers. bfloat16 (float32's
+    exponent range) needs no scaling."""
+    torch.manual_seed(5)
+    batch, groups, tokens, channels = 2, 5, 19, 24
+    factor, magnitude, v_scale = (1.0, 0.1, 10.0) if grad_scale > 1 else (300.0, 0.3, 1.0)
+    q = magnitude * lopsided((batch, groups, channels), factor, True, dtype)
+    k = magnitude * lopsided((batch, tokens, channels), factor, False, dtype)
+    v = (v_scale * torch.randn(batch, tokens, channels)).to(dtype)
+    grad_out = (grad_scale * torch.randn(batch, groups, channels)).to(dtype)
+    q, k, v, grad_out = (t.to(device) for t in (q, k, v, grad_out))
+    args = (MODE_IDS["soft"], 1.0, 1.0, True, 0)
+    saved = kernels.assign_attention_forward(q, k, v, *args, False)[1:4]
+    grads = kernels.assign_attention_backward(grad_out, q, k, v, *saved, *args)
+    q64, k64, v64, g64 = (t.cpu().double() for t in (q, k, v, grad_out))
+    want = reference.assign_attention_forward(q64, k64, v64, *args, False)
+    want_grads = reference.assign_attention_backward(g64, q64, k64, v64, *want[1:4], *args)
+    for name, grad, expected in zip("qk", grads, want_grads):
+        error = (grad.cpu().double() - expected).norm() / expected.norm()
+        assert error <= torch.finfo(dtype).eps, f"grad {name}: relative error {error:.2e}"
+
+
+def test_batches_past_65535_use_grid_axis_0(monkeypatch):
+    """CUDA grids take 65535 programs on axes 1 and 2 but 2**31 - 1 on axis 0: every launch puts the
+    whole grid (batch-major) on axis 0. The launches are recorded, not run."""
+    launches = []
+    monkeypatch.setattr(type(_column_stats_kernel), "run",
+                        lambda self, *args, grid, warmup, **kwargs: launches.append((self.__name__, grid)))
+    batch = 70_000
+    q, k, v = (torch.randn(batch, n, 8) for n in (3, 5, 5))
+    args = (MODE_IDS["gumbel"], 1.0, 1.0, False, 0)
+    saved = kernels.assign_attention_forward(q, k, v, *args, True)[1:4]
+    kernels.assign_attention_backward(q, q, k, v, *saved, *args)
+    kernels.gumbel_noise((batch, 3, 5), 0, "cpu")
+    assert len(launches) == 8  # forward 2, backward 2 + 3 map products, noise 1
+    assert all(grid == (batch,) for _, grid in launches), launches
+    with pytest.raises(ValueError, match="batch size: 1048576"):
+        batch_grid(2**20, 2**11)
+    assert batch_grid(MAX_PROGRAMS) == (MAX_PROGRAMS,)
+
+
+def test_tile_offsets_are_int64(device):
+    """Rows 0..3 with a row stride of 2**30 (an int32 argument): offsets up to 3 * 2**30 + 3 * 5,
+    past int32, as one batch element of a map or of k, v may be with N*S or S*C >= 2**31."""
+    out = torch.empty((4, 16), dtype=torch.int64, device=device)
+    _tile_offsets_kernel[(1,)](out, 2**30, 5, ROWS=4, COLS=16)
+    expected = torch.arange(4)[:, None] * 2**30 + torch.arange(16)[None, :] * 5
+    assert torch.equal(out.cpu(), expected)
+
+
 def test_strided_inputs_are_read_in_place(device):
     """Transposed and sliced views (no copies are made) give the contiguous result."""
     torch.manual_seed(4)
@@ -177,6 +252,21 @@ def test_bfloat16_rounding_is_to_nearest_even(device):
     assert torch.equal(out.cpu(), values.cpu().to(torch.bfloat16))
 
 
+def test_bfloat16_rounding_keeps_nan_and_inf(device):
+    """NaNs stay NaN (NVIDIA's canonical NaN 0x7FFFFFFF, its negative, quiet and signalling ones:
+    integer rounding alone would carry them into -0.0 or +0.0), infinities stay infinite and
+    float32's largest values round to infinity like torch."""
+    nan_bits = [0x7FFFFFFF, 0xFFFFFFFF, 0x7FC00000, 0x7F800001, 0xFFC00000]
+    values = torch.tensor([signed_int32(bits) for bits in nan_bits], dtype=torch.int32).view(torch.float32)
+    values = torch.cat([values, torch.tensor([float("inf"), float("-inf"), 3.4e38, -3.4e38, 1.0, 0.0, 0.0, 0.0])])
+    values = values.to(device)
+    out = torch.empty(values.shape, dtype=torch.bfloat16, device=device)
+    _round_kernel[(1,)](values, out, BLOCK=16)
+    out, values = out.cpu(), values.cpu()
+    assert out[:5].isnan().all(), out[:5]
+    assert torch.equal(out[5:], values[5:].to(torch.bfloat16))
+
+
 def test_unavailable_reason():
     assert "meta" in kernels.unavailable_reason(torch.device("meta"))
     assert (kernels.unavailable_reason(torch.device("cpu")) is None) == kernels.INTERPRETED
@@ -192,8 +282,8 @@ print(json.dumps(compile_launches_for_sm90()))
 
 def test_every_launch_compiles_for_sm90_with_tensor_core_dots():
     """Compiled (not interpreted) Triton, targeting sm_90 without a GPU: the kernels the launchers
-    actually launch (their block sizes, warps and dtypes) must compile, and bfloat16 products must
-    use tensor cores (wgmma, or mma for tiles below 64 rows). Also checks that ``unavailable_reason``
+    actually launch (their block sizes, warps and dtypes) must compile, and bfloat16 and float16
+    products must use tensor cores (wgmma, or mma for tiles below 64 rows). Also checks that ``unavailable_reason``
     refuses CPU tensors when not interpreted."""
     env = {name: value for name, value in os.environ.items() if name != "TRITON_INTERPRET"}
     result = subprocess.run([sys.executable, "-c", COMPILE_PROBE.format(tests=str(TESTS_DIR))], env=env,
@@ -205,10 +295,10 @@ def test_every_launch_compiles_for_sm90_with_tensor_core_dots():
     names = {entry["kernel"] for entry in compiled}
     assert names == {"_column_stats_kernel", "_assign_output_kernel", "_backward_row_kernel",
                      "_backward_column_kernel", "_map_product_kernel", "_distill_kl_kernel"}
-    assert {entry["dot"] for entry in compiled} == {"bf16", "fp32", "None"}
+    assert {entry["dot"] for entry in compiled} == {"bf16", "fp16", "fp32", "None"}
     for entry in compiled:
-        if entry["dot"] == "bf16":
-            assert entry["tensor_cores"], f"{entry['kernel']} does not use tensor-core dots for bfloat16"
+        if entry["dot"] in ("bf16", "fp16"):
+            assert entry["tensor_cores"], f"{entry['kernel']} does not use tensor-core dots for {entry['dot']}"
 
 
 def compile_launches_for_sm90() -> dict:
@@ -223,8 +313,9 @@ def compile_launches_for_sm90() -> dict:
     JITFunction.run = lambda self, *args, grid, warmup, **kwargs: launches.append((self, args, kwargs))
     variants = [  # (dtype, mode, sum_assign, return_maps, (B, N, S, C)): CIGN's first task with one audio
         (torch.bfloat16, "gumbel", False, False, (2, 9, 1, 512)),  # token (the smallest tiles), a later task
-        (torch.bfloat16, "gumbel", False, False, (2, 100, 49, 512)),  # on visual tokens, and the float32 path
-        (torch.float32, "soft", True, True, (2, 64, 196, 384)),
+        (torch.bfloat16, "gumbel", False, False, (2, 100, 49, 512)),  # on visual tokens, the float32 path and
+        (torch.float32, "soft", True, True, (2, 64, 196, 384)),  # float16 (row-scaled products) with the maps
+        (torch.float16, "hard", False, True, (2, 100, 49, 512)),  # of a hard mode (stored by the first slice)
     ]
     for dtype, mode, sum_assign, maps, (batch, groups, tokens, channels) in variants:
         q, k, v = (torch.randn(batch, n, channels, dtype=dtype) for n in (groups, tokens, tokens))
