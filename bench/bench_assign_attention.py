@@ -1,0 +1,200 @@
+"""assign_attention benchmark: eager reference, torch.compile(reference) and every fused backend here.
+
+For each shape, mode and dtype: median forward, forward+backward and (their difference) backward
+times, speedups over eager and over compile, the bandwidth the time implies for the memory floor
+(each input read once, each output written once), the spec's GFLOP/s (2 products forward, 4
+backward) and the peak memory of a forward+backward. Fused backends are timed through the custom
+op ``cign_fast::assign_attention_fwd`` (what ``cign_fast.assign_attention`` calls after validating
+its arguments; the validation, a NaN/inf scan of q, k, v, is not part of the op and not timed).
+
+    python bench/bench_assign_attention.py [--quick] [--shapes cign-n36 ...] [--threads 2]
+
+``cign-fast bench ops`` runs this and the distillation benchmark and writes the results files.
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from cign_fast.bench import common
+from cign_fast.ops.assign_attention import assign_attention_fwd
+from cign_fast.ops.reference import MODES, assign_attention_reference
+
+OP = "assign_attention_forward"
+SEED = 1234
+# name -> (B, N, S, C)
+SHAPES = {
+    "cign-n9": (128, 9, 49, 512),
+    "cign-n36": (128, 36, 49, 512),
+    "cign-n100": (128, 100, 49, 512),
+    "cign-n220": (128, 220, 49, 512),
+    "groupvit": (64, 64, 196, 384),
+    "stress": (8, 256, 4096, 512),
+}
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+GRID_MODES = ("soft", "gumbel")
+QUICK = {"shapes": ("cign-n36",), "modes": MODES, "dtypes": ("fp32",)}
+TARGET_SHAPE, TARGET_DTYPE = "cign-n36", "fp32"
+TARGETS = {"vs_eager": 2.0, "vs_compile": 1.3}  # fused forward+backward, issue 4
+
+
+@dataclass(frozen=True)
+class Case:
+    shape_name: str
+    mode: str
+    dtype_name: str
+
+    @property
+    def shape(self) -> tuple[int, int, int, int]:
+        return SHAPES[self.shape_name]
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return DTYPES[self.dtype_name]
+
+
+def floor_bytes(case: Case) -> dict[str, int]:
+    """Bytes the op must move at least: inputs read once, outputs written once (statistics included)."""
+    batch, groups, tokens, channels = case.shape
+    size = torch.finfo(case.dtype).bits // 8
+    q_bytes, kv_bytes = batch * groups * channels * size, batch * tokens * channels * size
+    stats = batch * tokens * 8 + batch * groups * 4  # col_lse, col_argmax, row_sum
+    forward = 2 * q_bytes + 2 * kv_bytes + stats                 # q, k, v -> out
+    backward = 2 * q_bytes + 2 * kv_bytes + stats + q_bytes + 2 * kv_bytes  # dout, q, k, v -> dq, dk, dv
+    return {"forward": forward, "backward": backward, "forward_backward": forward + backward}
+
+
+def spec_flops(case: Case) -> dict[str, int]:
+    """The spec's matrix-product FLOPs: q k^T and A_n v forward, four products backward."""
+    batch, groups, tokens, channels = case.shape
+    product = 2 * batch * groups * tokens * channels
+    return {"forward": 2 * product, "backward": 4 * product, "forward_backward": 6 * product}
+
+
+def providers(case: Case, device: torch.device) -> dict[str, Callable]:
+    """name -> fn(q, k, v) returning out [B, N, C], differentiable."""
+    mode = case.mode
+
+    def eager(q, k, v):
+        return assign_attention_reference(q, k, v, mode=mode, seed=SEED)[0]
+
+    torch._dynamo.reset()
+    found: dict[str, Callable] = {"eager": eager, "compile": torch.compile(eager, dynamic=False)}
+    mode_id, seed = MODES.index(mode), torch.tensor(SEED, dtype=torch.int64)  # the op takes a 0-d CPU seed tensor
+    for name in common.fused_backends(OP, device, case.dtype):
+        found[name] = (lambda backend: lambda q, k, v: assign_attention_fwd(
+            q, k, v, mode_id, 1.0, 1.0, False, seed, False, backend)[0])(name)
+    return found
+
+
+def make_inputs(case: Case, device: torch.device) -> tuple[torch.Tensor, ...]:
+    batch, groups, tokens, channels = case.shape
+    generator = torch.Generator(device="cpu").manual_seed(0)
+    q, k, v = (torch.randn(batch, n, channels, generator=generator).to(device, case.dtype).requires_grad_()
+               for n in (groups, tokens, tokens))
+    grad_out = torch.randn(batch, groups, channels, generator=generator).to(device, case.dtype)
+    return q, k, v, grad_out
+
+
+def run_case(case: Case, device: torch.device, repeats: int) -> list[dict]:
+    """One row per provider for ``case``."""
+    q, k, v, grad_out = make_inputs(case, device)
+    found = providers(case, device)
+    with torch.no_grad():
+        expected = found["eager"](q, k, v).float()
+        errors = {name: (fn(q, k, v).float() - expected).abs().max().item() for name, fn in found.items()}
+    forward = {name: (lambda fn=fn: fn(q, k, v)) for name, fn in found.items()}
+    both = {name: (lambda fn=fn: torch.autograd.grad(fn(q, k, v), (q, k, v), grad_out)) for name, fn in found.items()}
+    forward_ms = common.medians_ms(forward, device, repeats=repeats)
+    both_ms = common.medians_ms(both, device, repeats=repeats)
+    parts = {"forward": forward_ms, "forward_backward": both_ms,
+             "backward": {name: max(both_ms[name] - forward_ms[name], 0.0) for name in found}}
+    floors, flops = floor_bytes(case), spec_flops(case)
+    rows = []
+    for name in found:
+        row = {"op": "assign_attention", "shape": case.shape_name, "B_N_S_C": list(case.shape), "mode": case.mode,
+               "dtype": case.dtype_name, "threads": torch.get_num_threads(), "provider": name,
+               "max_abs_diff_vs_eager": errors[name], "peak_memory_mb": common.peak_memory_mb(both[name], device)}
+        for part, times in parts.items():
+            ms = times[name]
+            row[f"{part}_ms"] = ms
+            row[f"{part}_floor_gbps"] = floors[part] / ms / 1e6 if ms > 0 else None
+            row[f"{part}_gflops"] = flops[part] / ms / 1e6 if ms > 0 else None
+            for key, value in common.speedups(times, ms).items():
+                row[f"{part}_{key}"] = value
+        rows.append(row)
+    return rows
+
+
+def cases(shapes: tuple[str, ...], modes: tuple[str, ...], dtypes: tuple[str, ...]) -> list[Case]:
+    return [Case(shape, mode, dtype) for shape in shapes for dtype in dtypes for mode in modes]
+
+
+def run(shapes: tuple[str, ...], modes: tuple[str, ...], dtypes: tuple[str, ...], device: torch.device,
+        repeats: int = 15, progress: Callable[[str], None] = print) -> list[dict]:
+    """Rows for every case and provider."""
+    rows = []
+    for case in cases(shapes, modes, dtypes):
+        progress(f"assign_attention {case.shape_name} {case.mode} {case.dtype_name}")
+        rows.extend(run_case(case, device, repeats))
+    return rows
+
+
+def target_checks(rows: list[dict]) -> list[dict]:
+    """Issue 4's targets: fused forward+backward at the CIGN N=36 shape in fp32, every mode measured."""
+    checks = []
+    for row in rows:
+        if row["provider"] in ("eager", "compile") or (row["shape"], row["dtype"]) != (TARGET_SHAPE, TARGET_DTYPE):
+            continue
+        for key, target in TARGETS.items():
+            got = row[f"forward_backward_{key}"]
+            checks.append({"op": "assign_attention", "provider": row["provider"], "case": f"{row['shape']} {row['mode']} fp32 fwd+bwd, {row['threads']} threads",
+                           "metric": f"speedup {key.replace('_', ' ')}", "target": target, "measured": got,
+                           "met": got is not None and got >= target,
+                           "shortfall_percent": None if got is None or got >= target else 100 * (1 - got / target)})
+    return checks
+
+
+def markdown(rows: list[dict]) -> list[str]:
+    lines = ["| shape (B,N,S,C) | mode | dtype | threads | provider | fwd ms | bwd ms | fwd+bwd ms | fwd+bwd vs eager | "
+             "fwd+bwd vs compile | fwd+bwd GB/s at floor | fwd+bwd GFLOP/s | peak MiB | max abs diff |",
+             "|---|---|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for row in rows:
+        shape = ",".join(map(str, row["B_N_S_C"]))
+        lines.append(
+            f"| {row['shape']} ({shape}) | {row['mode']} | {row['dtype']} | {row['threads']} | {row['provider']} | "
+            f"{common.format_ms(row['forward_ms'])} | {common.format_ms(row['backward_ms'])} | "
+            f"{common.format_ms(row['forward_backward_ms'])} | {common.format_ratio(row['forward_backward_vs_eager'])} | "
+            f"{common.format_ratio(row['forward_backward_vs_compile'])} | {row['forward_backward_floor_gbps']:.1f} | "
+            f"{row['forward_backward_gflops']:.1f} | {row['peak_memory_mb']:.1f} | {row['max_abs_diff_vs_eager']:.2e} |"
+        )
+    return lines
+
+
+def grid(quick: bool, shapes: list[str] | None = None, modes: list[str] | None = None,
+         dtypes: list[str] | None = None) -> tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]:
+    """(shapes, modes, dtypes): the ones given, else the quick set or the full grid."""
+    return (tuple(shapes or (QUICK["shapes"] if quick else SHAPES)), tuple(modes or (QUICK["modes"] if quick else GRID_MODES)),
+            tuple(dtypes or (QUICK["dtypes"] if quick else DTYPES)))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    common.add_run_arguments(parser, quick_help="only the issue-4 target cases (CIGN N=36, fp32, all modes)")
+    parser.add_argument("--shapes", nargs="+", choices=sorted(SHAPES), help="shapes (default: all)")
+    parser.add_argument("--modes", nargs="+", choices=MODES, help=f"modes (default: {' '.join(GRID_MODES)})")
+    parser.add_argument("--dtypes", nargs="+", choices=sorted(DTYPES), help="dtypes (default: all)")
+    args = parser.parse_args(argv)
+    device = common.pick_device(args.device)
+    cases_grid = grid(args.quick, args.shapes, args.modes, args.dtypes)
+    rows = common.per_thread_count(args.threads, lambda: run(*cases_grid, device, repeats=args.repeats))
+    print("\n".join(markdown(rows)))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

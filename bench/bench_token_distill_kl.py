@@ -1,0 +1,152 @@
+"""token_distill_kl benchmark: eager reference, torch.compile(reference) and every fused backend here.
+
+One measurement per shape and dtype: the loss and the student's gradient (forward + backward; the
+fused op computes both in its forward, its backward only scales the gradient). ``<backend>-direct``
+rows call the backend's function itself, without the custom op and autograd around it (their fixed
+cost dominates at small sizes). Reported with the
+speedups over eager and compile, the bandwidth implied by the memory floor (the distilled columns
+of student and teacher read once, the gradient written once) and the peak memory. Fused backends
+are timed through the custom op ``cign_fast::token_distill_kl_fwd`` (argument validation, a NaN/inf
+scan of the inputs, is not part of the op and not timed).
+
+    python bench/bench_token_distill_kl.py [--quick] [--threads 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Callable
+
+import torch
+
+from cign_fast.bench import common
+from cign_fast.ops.backends import backend_function
+from cign_fast.ops.reference import token_distill_kl_reference
+from cign_fast.ops.token_distill_kl import token_distill_kl_fwd
+
+OP = "token_distill_kl_forward"
+TEMPERATURE = 2.0
+# name -> (R, K); the old classes distilled are the first 90 %
+SHAPES = {"heads-384x220": (384, 220), "rows-65536x309": (65536, 309)}
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+QUICK = {"shapes": ("heads-384x220",), "dtypes": ("fp32",)}
+TARGET_SHAPE, TARGET_DTYPE = "heads-384x220", "fp32"
+TARGETS = {"vs_eager": 2.0}
+DIRECT = "-direct"  # provider suffix: the backend function called directly (loss and gradient in one call)
+
+
+def distilled_columns(width: int) -> tuple[int, int]:
+    return 0, max(1, width * 9 // 10)
+
+
+def providers(device: torch.device, dtype: torch.dtype, columns: tuple[int, int]) -> dict[str, Callable]:
+    """name -> fn(student, teacher) returning the scalar loss, differentiable in student."""
+
+    def eager(student, teacher):
+        return token_distill_kl_reference(student, teacher, temperature=TEMPERATURE, columns=slice(*columns))
+
+    torch._dynamo.reset()
+    found: dict[str, Callable] = {"eager": eager, "compile": torch.compile(eager, dynamic=False)}
+    for name in common.fused_backends(OP, device, dtype):
+        found[name] = (lambda backend: lambda student, teacher: token_distill_kl_fwd(
+            student, teacher, *columns, TEMPERATURE, "batchmean", backend)[0])(name)
+    return found
+
+
+def floor_bytes(rows: int, width: int, columns: tuple[int, int], dtype: torch.dtype) -> int:
+    size = torch.finfo(dtype).bits // 8
+    return (2 * rows * (columns[1] - columns[0]) + rows * width) * size
+
+
+def run_case(shape_name: str, dtype_name: str, device: torch.device, repeats: int) -> list[dict]:
+    rows, width = SHAPES[shape_name]
+    dtype = DTYPES[dtype_name]
+    columns = distilled_columns(width)
+    generator = torch.Generator(device="cpu").manual_seed(0)
+    student = (3 * torch.randn(rows, width, generator=generator)).to(device, dtype).requires_grad_()
+    teacher = (3 * torch.randn(rows, width, generator=generator)).to(device, dtype)
+    found = providers(device, dtype, columns)
+    with torch.no_grad():
+        expected = found["eager"](student, teacher).item()
+        errors = {name: abs(fn(student, teacher).item() - expected) for name, fn in found.items()}
+    loss_and_grad = {name: (lambda fn=fn: torch.autograd.grad(fn(student, teacher), student)) for name, fn in found.items()}
+    for name in common.fused_backends(OP, device, dtype):  # the backend's function alone: no custom op, no autograd
+        direct = backend_function(name, OP)
+        loss_and_grad[f"{name}{DIRECT}"] = lambda direct=direct: direct(student.detach(), teacher, *columns, TEMPERATURE,
+                                                                        "batchmean")
+        errors[f"{name}{DIRECT}"] = abs(loss_and_grad[f"{name}{DIRECT}"]()[0].item() - expected)
+    times = common.medians_ms(loss_and_grad, device, repeats=repeats)
+    floor = floor_bytes(rows, width, columns, dtype)
+    results = []
+    for name in loss_and_grad:
+        ms = times[name]
+        results.append({"op": "token_distill_kl", "shape": shape_name, "R_K": [rows, width], "columns": list(columns),
+                        "dtype": dtype_name, "threads": torch.get_num_threads(), "provider": name,
+                        "abs_diff_vs_eager": errors[name], "forward_backward_ms": ms,
+                        "forward_backward_floor_gbps": floor / ms / 1e6,
+                        "peak_memory_mb": common.peak_memory_mb(loss_and_grad[name], device),
+                        **{f"forward_backward_{key}": value for key, value in common.speedups(times, ms).items()}})
+    return results
+
+
+def run(shapes: tuple[str, ...], dtypes: tuple[str, ...], device: torch.device, repeats: int = 15,
+        progress: Callable[[str], None] = print) -> list[dict]:
+    results = []
+    for shape in shapes:
+        for dtype in dtypes:
+            progress(f"token_distill_kl {shape} {dtype}")
+            results.extend(run_case(shape, dtype, device, repeats))
+    return results
+
+
+def target_checks(rows: list[dict]) -> list[dict]:
+    """Issue 4's target: fused loss + gradient at [384, 220] fp32 at least 2x eager."""
+    checks = []
+    for row in rows:
+        if row["provider"] in ("eager", "compile") or row["provider"].endswith(DIRECT) or \
+                (row["shape"], row["dtype"]) != (TARGET_SHAPE, TARGET_DTYPE):
+            continue
+        for key, target in TARGETS.items():
+            got = row[f"forward_backward_{key}"]
+            checks.append({"op": "token_distill_kl", "provider": row["provider"], "case": f"{row['shape']} fp32 loss+grad, {row['threads']} threads",
+                           "metric": f"speedup {key.replace('_', ' ')}", "target": target, "measured": got,
+                           "met": got is not None and got >= target,
+                           "shortfall_percent": None if got is None or got >= target else 100 * (1 - got / target)})
+    return checks
+
+
+def markdown(rows: list[dict]) -> list[str]:
+    lines = ["| shape (R,K) | columns | dtype | threads | provider | loss+grad ms | vs eager | vs compile | GB/s at floor | "
+             "peak MiB | abs diff |", "|---|---|---|---:|---|---:|---:|---:|---:|---:|---:|"]
+    for row in rows:
+        lines.append(
+            f"| {row['shape']} ({row['R_K'][0]},{row['R_K'][1]}) | {row['columns'][0]}:{row['columns'][1]} | "
+            f"{row['dtype']} | {row['threads']} | {row['provider']} | {common.format_ms(row['forward_backward_ms'])} | "
+            f"{common.format_ratio(row['forward_backward_vs_eager'])} | "
+            f"{common.format_ratio(row['forward_backward_vs_compile'])} | {row['forward_backward_floor_gbps']:.1f} | "
+            f"{row['peak_memory_mb']:.1f} | {row['abs_diff_vs_eager']:.2e} |"
+        )
+    return lines
+
+
+def grid(quick: bool, shapes: list[str] | None = None,
+         dtypes: list[str] | None = None) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(shapes, dtypes): the ones given, else the quick set or the full grid."""
+    return (tuple(shapes or (QUICK["shapes"] if quick else SHAPES)), tuple(dtypes or (QUICK["dtypes"] if quick else DTYPES)))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    common.add_run_arguments(parser, quick_help="only the issue-4 target case ([384, 220] fp32)")
+    parser.add_argument("--shapes", nargs="+", choices=sorted(SHAPES), help="shapes (default: all)")
+    parser.add_argument("--dtypes", nargs="+", choices=sorted(DTYPES), help="dtypes (default: all)")
+    args = parser.parse_args(argv)
+    device = common.pick_device(args.device)
+    cases_grid = grid(args.quick, args.shapes, args.dtypes)
+    rows = common.per_thread_count(args.threads, lambda: run(*cases_grid, device, repeats=args.repeats))
+    print("\n".join(markdown(rows)))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

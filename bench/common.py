@@ -1,0 +1,233 @@
+"""Shared pieces of the op benchmarks: timers, peak memory, providers, environment and result files.
+
+Timing: on CUDA ``triton.testing.do_bench`` (median of many runs, caches flushed); on CPU a wall-clock
+timer with warm-up and the median of repeats. Peak memory: ``torch.cuda.max_memory_allocated``
+above what was allocated before the call on CUDA; on CPU the peak of ATen's allocations replayed
+from the torch profiler's memory events (approximate: an op's allocations count at its start, and
+memory the C++ kernels take outside ATen's allocator is not seen).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import re
+import statistics
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from cign_fast.ops.backends import refusal
+
+RESULTS = Path(__file__).resolve().parent / "results"
+FUSED_BACKENDS = ("cpp", "cuda", "triton")
+TIMER_NOTE = ("CUDA: triton.testing.do_bench median. CPU: time.perf_counter around each call, 3 warm-up calls, "
+              "the providers timed in turns (one call each per round) and the median per provider; "
+              "backward = median(forward+backward) - median(forward).")
+MEMORY_NOTE = ("CUDA: torch.cuda.max_memory_allocated during one forward+backward minus what was allocated before. "
+               "CPU: peak of ATen's allocations replayed from the torch profiler's memory events (approximate: "
+               "an op's own temporaries count at its start, C++ scratch outside ATen's allocator is not seen).")
+
+
+def device_label(device: torch.device) -> str:
+    """The result files' prefix: the GPU's name as a slug (``nvidia-h200``), or ``cpu``."""
+    if device.type == "cuda":
+        return re.sub(r"[^a-z0-9]+", "-", torch.cuda.get_device_name(device).lower()).strip("-")
+    return "cpu"
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def load_average() -> list[float] | None:
+    """1, 5 and 15 minute load averages (None where the OS has none)."""
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        return None
+
+
+def environment(device: torch.device) -> dict[str, object]:
+    """Device, versions, threads, date and the machine's load when the run starts."""
+    try:
+        import triton
+
+        triton_version = triton.__version__
+    except ImportError:
+        triton_version = None
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU: {cpu_name()}"
+    return {
+        "date_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "device": name,
+        "logical_cpus": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "versions": {"python": platform.python_version(), "torch": torch.__version__, "cuda": torch.version.cuda,
+                     "triton": triton_version},
+        "platform": platform.platform(),
+        "load_average_start": load_average(),
+    }
+
+
+def fused_backends(op: str, device: torch.device, dtype: torch.dtype) -> list[str]:
+    """The fused backends that can run ``op`` here."""
+    return [name for name in FUSED_BACKENDS if refusal(name, op, device, dtype) is None]
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def interleaved_cpu_medians(fns: dict[str, Callable[[], object]], warmup: int, repeats: int) -> dict[str, float]:
+    """Median wall-clock milliseconds per function. They are timed in turns (one call of each per
+    round), so that a change of load on a shared machine hits every provider alike."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    return {name: 1e3 * statistics.median(values) for name, values in times.items()}
+
+
+def medians_ms(fns: dict[str, Callable[[], object]], device: torch.device, warmup: int = 3,
+               repeats: int = 15) -> dict[str, float]:
+    """Median milliseconds of one call of each function on ``device``."""
+    if device.type == "cuda":
+        import triton.testing
+
+        return {name: float(triton.testing.do_bench(fn, warmup=25, rep=100, return_mode="median"))
+                for name, fn in fns.items()}
+    return interleaved_cpu_medians(fns, warmup, repeats)
+
+
+def peak_memory_mb(fn: Callable[[], object], device: torch.device) -> float:
+    """Peak memory one call of ``fn`` allocates on top of what was allocated before it, in MiB."""
+    if device.type == "cuda":
+        synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        before = torch.cuda.memory_allocated(device)
+        fn()
+        synchronize(device)
+        return (torch.cuda.max_memory_allocated(device) - before) / 2**20
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    deltas = sorted((event.time_range.start, event.self_cpu_memory_usage) for event in prof.events())
+    running = peak = 0
+    for _, delta in deltas:
+        running += delta
+        peak = max(peak, running)
+    return peak / 2**20
+
+
+def speedups(times: dict[str, float], own_ms: float) -> dict[str, float | None]:
+    """``{"vs_eager": eager time / own_ms, "vs_compile": ...}`` from the providers' ``times``."""
+    return {f"vs_{name}": times[name] / own_ms if times.get(name) and own_ms > 0 else None for name in ("eager", "compile")}
+
+
+def write_results(stem: str, report: dict, markdown: str, out_dir: Path = RESULTS) -> tuple[Path, Path]:
+    """Write ``<out_dir>/<stem>.json`` and ``.md``; returns both paths."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    json_path, md_path = out_dir / f"{stem}.json", out_dir / f"{stem}.md"
+    json_path.write_text(json.dumps(report, indent=2) + "\n")
+    md_path.write_text(markdown)
+    return json_path, md_path
+
+
+def environment_markdown(env: dict) -> list[str]:
+    """The header lines every results file starts with."""
+    versions = ", ".join(f"{name} {version}" for name, version in env["versions"].items() if version)
+    return [
+        f"- date (UTC): {env['date_utc']}",
+        f"- device: {env['device']} ({env['logical_cpus']} logical CPUs); torch threads {env['torch_threads']}",
+        f"- versions: {versions}",
+        f"- load average (1/5/15 min) at start {env['load_average_start']}, at end {env.get('load_average_end')}",
+    ]
+
+
+def format_ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
+def format_ratio(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}x"
+
+
+def pick_device(name: str | None) -> torch.device:
+    """The benchmark device: ``name``, else CUDA when torch sees one, else the CPU."""
+    device = torch.device(name or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device: cuda was requested but torch sees no CUDA device")
+    return device
+
+
+def per_thread_count(threads: list[int] | None, run: Callable[[], list[dict]]) -> list[dict]:
+    """The rows of ``run()`` once per torch thread count in ``threads`` (once, as set, when None)."""
+    rows: list[dict] = []
+    for count in threads or [torch.get_num_threads()]:
+        if count < 1:
+            raise ValueError(f"--threads: expected positive integers, got {count}")
+        torch.set_num_threads(count)
+        rows += run()
+    return rows
+
+
+def add_run_arguments(parser: argparse.ArgumentParser, quick_help: str) -> None:
+    """Options every op benchmark takes: --quick, --device, --threads, --repeats."""
+    parser.add_argument("--quick", action="store_true", help=quick_help)
+    parser.add_argument("--device", default=None, help="cuda or cpu (default: cuda when torch sees one)")
+    parser.add_argument("--threads", type=int, nargs="+", default=None,
+                        help="torch.set_num_threads before running; several values run everything once per value")
+    parser.add_argument("--repeats", type=int, default=15, help="timed repeats per measurement on CPU (default 15)")
+
+
+def ops_report(env: dict, sections: dict[str, list[dict]], checks: list[dict], notes: list[str]) -> dict:
+    """The JSON of ``cign-fast bench ops``: environment, one list of rows per op, the target checks, notes."""
+    env = {**env, "load_average_end": load_average()}
+    return {"environment": env, "timer": TIMER_NOTE, "peak_memory": MEMORY_NOTE, **sections, "targets": checks,
+            "notes": notes}
+
+
+def targets_markdown(checks: list[dict]) -> list[str]:
+    if not checks:
+        return ["No target case was run (targets: the CPU fp32 cases of `--quick`)."]
+    lines = ["| op | provider | case | metric | target | measured | met |", "|---|---|---|---|---:|---:|---|"]
+    for check in checks:
+        met = "yes" if check["met"] else f"no, {check['shortfall_percent']:.0f} % short"
+        lines.append(f"| {check['op']} | {check['provider']} | {check['case']} | {check['metric']} | "
+                     f"{check['target']:.1f}x | {format_ratio(check['measured'])} | {met} |")
+    return lines
+
+
+def ops_markdown(report: dict, tables: dict[str, list[str]]) -> str:
+    """The ``.md`` twin of :func:`ops_report`; ``tables`` holds each op's table lines."""
+    env = report["environment"]
+    lines = [f"# Fused ops benchmark: {env['device']}", "", *environment_markdown(env), "",
+             f"Timer: {report['timer']}", "", f"Peak memory: {report['peak_memory']}", "",
+             "Fused backends are timed through the custom ops, without the public functions' argument validation "
+             "(a NaN/inf scan of the inputs). Speedups are eager or compile time divided by the provider's time. "
+             "GB/s at floor: the bytes of the memory floor (every input read once, every output written once) "
+             "divided by the time.", "", "## Targets (issue 4)", "", *targets_markdown(report["targets"])]
+    if report["notes"]:
+        lines += ["", "## Notes", "", *(f"- {note}" for note in report["notes"])]
+    for name, table in tables.items():
+        lines += ["", f"## {name}", "", *table]
+    lines += ["", "The machine may be shared with other jobs (see the load averages): treat the numbers as indicative."]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,156 @@
+"""Atomic, self-checking checkpoints and the RNG states that make a resumed run repeat the original.
+
+File layout: the ``torch.save`` payload, then ``MAGIC`` and the payload's SHA-256. A file that was cut
+short or damaged fails the check and is reported by name; :func:`load_latest_checkpoint` then falls
+back to the previous one. Writes go to a temporary file that is flushed, fsynced and renamed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import random
+import re
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from cign_fast.model import CIGN, ModelConfig
+
+MAGIC = b"CIGNCKPT"
+DIGEST_BYTES = 32
+NAME_PATTERN = re.compile(r"^checkpoint-(\d{6})-task(\d+)-(epoch\d+|done)\.pt$")
+
+
+class CorruptCheckpoint(ValueError):
+    """The file is truncated, damaged or not a cign_fast checkpoint."""
+
+
+def checkpoint_name(sequence: int, task: int, epoch: int | None) -> str:
+    """``checkpoint-000007-task1-epoch3.pt``, or ``...-task1-done.pt`` once the task is evaluated."""
+    return f"checkpoint-{sequence:06d}-task{task}-{'done' if epoch is None else f'epoch{epoch}'}.pt"
+
+
+def list_checkpoints(directory: Path) -> list[Path]:
+    """Checkpoints in ``directory``, oldest first (by sequence number)."""
+    if not directory.is_dir():
+        return []
+    found = [(int(match.group(1)), path) for path in directory.iterdir()
+             if (match := NAME_PATTERN.match(path.name)) is not None]
+    return [path for _, path in sorted(found)]
+
+
+def checkpoint_sequence(path: Path) -> int:
+    match = NAME_PATTERN.match(path.name)
+    if match is None:
+        raise ValueError(f"checkpoint: {path.name} does not follow the checkpoint-NNNNNN-... naming")
+    return int(match.group(1))
+
+
+def write_atomically(path: Path, *chunks: bytes | memoryview) -> None:
+    """Write ``chunks`` to ``path`` so a reader sees either the old file or the complete new one."""
+    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with temporary.open("wb") as handle:
+        for chunk in chunks:
+            handle.write(chunk)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(temporary, path)
+    directory = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(directory)
+    finally:
+        os.close(directory)
+
+
+def save_checkpoint(path: Path, state: dict[str, object]) -> None:
+    """Serialise ``state`` with a digest trailer and write it atomically."""
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    payload = buffer.getbuffer()
+    write_atomically(path, payload, MAGIC, hashlib.sha256(payload).digest())
+    payload.release()
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, object]:
+    """Read and verify a checkpoint; :class:`CorruptCheckpoint` names the file when it is damaged."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint: no such file {path}")
+    data = memoryview(path.read_bytes())
+    trailer_size = len(MAGIC) + DIGEST_BYTES
+    if len(data) <= trailer_size or bytes(data[-trailer_size:-DIGEST_BYTES]) != MAGIC:
+        raise CorruptCheckpoint(f"checkpoint {path} is truncated or not a cign_fast checkpoint (no end marker)")
+    payload = data[:-trailer_size]
+    if hashlib.sha256(payload).digest() != bytes(data[-DIGEST_BYTES:]):
+        raise CorruptCheckpoint(f"checkpoint {path} is corrupt (its SHA-256 does not match)")
+    try:
+        return torch.load(io.BytesIO(payload), map_location=map_location, weights_only=True)
+    except Exception as err:  # noqa: BLE001 - any unpickling failure means the file is unusable
+        raise CorruptCheckpoint(f"checkpoint {path} cannot be read ({type(err).__name__}: {err})") from None
+
+
+def load_latest_checkpoint(
+    directory: Path, report: Callable[[str], None] = print, map_location: str | torch.device = "cpu",
+) -> tuple[dict[str, object], Path] | None:
+    """The newest checkpoint that reads back intact (each bad one is reported by name), or ``None``."""
+    for path in reversed(list_checkpoints(directory)):
+        try:
+            return load_checkpoint(path, map_location), path
+        except CorruptCheckpoint as err:
+            report(f"warning: {err}; falling back to the previous checkpoint")
+    return None
+
+
+def prune_checkpoints(directory: Path, keep: int) -> None:
+    """Delete all but the newest ``keep`` checkpoints."""
+    for path in list_checkpoints(directory)[:-keep]:
+        path.unlink(missing_ok=True)
+
+
+def capture_rng_state() -> dict[str, object]:
+    """torch (CPU and every CUDA device), numpy and python RNG states, in a ``weights_only``-loadable form."""
+    kind, keys, position, has_gauss, cached = np.random.get_state()
+    version, python_state, gauss = random.getstate()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "position": int(position),
+                  "has_gauss": int(has_gauss), "cached": float(cached)},
+        "python": {"version": version, "state": list(python_state), "gauss": gauss},
+    }
+
+
+def restore_rng_state(state: dict[str, object]) -> None:
+    """Inverse of :func:`capture_rng_state`."""
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    saved = state["numpy"]
+    np.random.set_state((saved["kind"], saved["keys"].numpy().astype(np.uint32), saved["position"],
+                         saved["has_gauss"], saved["cached"]))
+    saved = state["python"]
+    random.setstate((saved["version"], tuple(saved["state"]), saved["gauss"]))
+
+
+def rebuild_model(model_config: ModelConfig, task_sizes: Sequence[int], state: dict[str, torch.Tensor],
+                  device: torch.device | str = "cpu") -> CIGN:
+    """``CIGN(cfg)``, ``add_task`` per task, ``load_state_dict``: the documented way to restore a model."""
+    model = CIGN(model_config)
+    for size in task_sizes:
+        model.add_task(int(size))
+    model.load_state_dict(state)
+    return model.to(device)
+
+
+def load_trained_model(path: str | Path, device: torch.device | str = "cpu") -> tuple[CIGN, dict[str, object]]:
+    """The model stored in a training checkpoint (eval mode) and the checkpoint itself."""
+    state = load_checkpoint(path)
+    for key in ("model_config", "task_sizes", "model", "class_tasks", "config"):
+        if key not in state:
+            raise ValueError(f"checkpoint: {path} is not a cign_fast training checkpoint (no {key!r})")
+    model = rebuild_model(ModelConfig(**state["model_config"]), state["task_sizes"], state["model"], device)
+    return model.eval(), state

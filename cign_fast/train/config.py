@@ -1,0 +1,287 @@
+"""Training configuration: a YAML file plus ``key=value`` overrides, checked key by key.
+
+The config has five sections (``data``, ``model``, ``optim``, ``distill``, ``memory``, ``run``).
+``model`` holds any field of :class:`cign_fast.model.ModelConfig` except ``input_mode`` (taken from
+``data.input_mode``) and the feature widths (read from the data in features mode).
+Every error names the offending key (and the file it came from) and what was expected.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from cign_fast.model import ModelConfig
+from cign_fast.model.config import INPUT_MODES
+
+MODEL_KEYS_SET_BY_TRAINER = ("input_mode", "audio_feature_dim", "visual_feature_dim")
+
+
+@dataclass
+class DataConfig:
+    """Where the clips are and how the classes are split into tasks."""
+
+    root: str | None = None            # dataset root (labels.csv + frames/ + audio/) or feature cache
+    input_mode: str = "raw"            # "raw" clips or pre-extracted "features"
+    benchmark: str | None = None       # a preset of cign_fast.data.benchmarks, or None for the dataset's labels
+    tasks: int | None = None           # number of tasks (custom split; picks among a preset's splits)
+    class_order: str | None = None     # file with one class name per line (custom split)
+    shuffle_classes: bool = False      # shuffle the class order with run.seed (custom split)
+    eval_split: str = "test"           # split the accuracy matrix is measured on
+    image_size: int = 224
+    sample_rate: int = 16000
+    num_workers: int = 2
+
+
+@dataclass
+class OptimConfig:
+    """Adam, the learning-rate schedule (restarted at every task) and the batch sizes."""
+
+    lr: float = 1e-4
+    weight_decay: float = 0.0
+    schedule: str = "constant"         # "constant" or "cosine" (both after the warm-up)
+    warmup_epochs: float = 0.0
+    grad_clip: float = 0.0             # max gradient norm; 0 turns clipping off
+    batch_size: int = 128              # global: per-rank batch = batch_size / world size
+    eval_batch_size: int = 128         # global, like batch_size
+    epochs: int = 20                   # per task
+    precise_bn_batches: int = 0        # re-estimate BatchNorm statistics on this many batches after each task
+
+
+@dataclass
+class DistillConfig:
+    """Class-token distillation from the frozen teacher (the model after the previous task)."""
+
+    enabled: bool = True
+    temperature: float = 2.0
+    weight: float = 1.0
+
+
+@dataclass
+class MemoryConfig:
+    """Exemplar memory: ``budget`` clips in total, shared evenly by the classes seen; 0 turns it off."""
+
+    budget: int = 0
+    selection: str = "herding"         # "herding" or "random"
+
+
+@dataclass
+class RunConfig:
+    """Output directory, seeds, device and bookkeeping."""
+
+    out: str | None = None
+    seed: int = 0
+    deterministic: bool = False
+    device: str = "auto"               # "auto" (cuda when visible), "cpu" or "cuda"
+    precision: str = "auto"            # "auto" (bf16 autocast on cuda, fp32 on cpu), "bf16" or "fp32"
+    keep_checkpoints: int = 3
+    epoch_checkpoints: bool = True     # checkpoint after every epoch (else only after every task)
+    progress: bool = True
+    tensorboard: bool = True
+
+
+@dataclass
+class TrainConfig:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: dict[str, object] = field(default_factory=dict)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
+    memory: MemoryConfig = field(default_factory=MemoryConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+    def model_config(self, audio_feature_dim: int | None = None, visual_feature_dim: int | None = None) -> ModelConfig:
+        """The :class:`ModelConfig` of this run (feature widths are required in features mode)."""
+        return ModelConfig(input_mode=self.data.input_mode, audio_feature_dim=audio_feature_dim,
+                           visual_feature_dim=visual_feature_dim, **self.model)
+
+    def to_dict(self) -> dict[str, dict[str, object]]:
+        return dataclasses.asdict(self)
+
+
+SECTIONS = {f.name: f for f in dataclasses.fields(TrainConfig)}
+CHOICES = {
+    "data.input_mode": INPUT_MODES,
+    "data.eval_split": ("test", "val"),
+    "optim.schedule": ("constant", "cosine"),
+    "memory.selection": ("herding", "random"),
+    "run.device": ("auto", "cpu", "cuda"),
+    "run.precision": ("auto", "bf16", "fp32"),
+}
+POSITIVE = {
+    "data.tasks", "data.image_size", "data.sample_rate", "optim.lr", "optim.batch_size", "optim.eval_batch_size",
+    "optim.epochs", "distill.temperature", "run.keep_checkpoints",
+}
+NON_NEGATIVE = {
+    "data.num_workers", "optim.weight_decay", "optim.precise_bn_batches", "optim.warmup_epochs", "optim.grad_clip",
+    "distill.weight",
+    "memory.budget",
+}
+
+
+def model_field_types() -> dict[str, object]:
+    """The ``model`` keys a config may set, with their types (from ``ModelConfig``)."""
+    hints = typing.get_type_hints(ModelConfig)
+    return {name: hints[name] for name in (f.name for f in dataclasses.fields(ModelConfig))
+            if name not in MODEL_KEYS_SET_BY_TRAINER}
+
+
+def section_field_types(section: str) -> dict[str, object]:
+    if section == "model":
+        return model_field_types()
+    return typing.get_type_hints(typing.get_type_hints(TrainConfig)[section])
+
+
+def coerce(key: str, value: object, expected: object) -> object:
+    """``value`` converted to the annotated type ``expected`` (strings from ``--set`` are parsed)."""
+    options = typing.get_args(expected) if isinstance(expected, types.UnionType) else (expected,)
+    if value is None or (isinstance(value, str) and value.lower() in ("null", "none", "~")):
+        if type(None) in options:
+            return None
+        raise ValueError(f"config {key}: expected a value of type {_type_name(expected)}, got null")
+    for option in options:
+        if option is bool:
+            if isinstance(value, bool):
+                return value
+            if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "on", "off", "1", "0"):
+                return value.lower() in ("true", "yes", "on", "1")
+        elif option is int:
+            if isinstance(value, int) and not isinstance(value, bool):
+                return value
+            if isinstance(value, str):
+                try:
+                    return int(value)
+                except ValueError:
+                    pass
+        elif option is float:
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                return float(value)
+            if isinstance(value, str):
+                try:
+                    return float(value)
+                except ValueError:
+                    pass
+        elif option is str and isinstance(value, (str, Path)):
+            return str(value)
+    raise ValueError(f"config {key}: expected {_type_name(expected)}, got {value!r}")
+
+
+def _type_name(expected: object) -> str:
+    options = typing.get_args(expected) if isinstance(expected, types.UnionType) else (expected,)
+    return " or ".join("null" if o is type(None) else getattr(o, "__name__", str(o)) for o in options)
+
+
+def check_value(key: str, value: object) -> None:
+    """Range and choice constraints of one ``section.name`` key."""
+    if value is None:
+        return
+    if key in CHOICES and value not in CHOICES[key]:
+        raise ValueError(f"config {key}: expected one of {', '.join(map(repr, CHOICES[key]))}, got {value!r}")
+    if key in POSITIVE and not value > 0:
+        raise ValueError(f"config {key}: expected a number > 0, got {value!r}")
+    if key in NON_NEGATIVE and not value >= 0:
+        raise ValueError(f"config {key}: expected a number >= 0, got {value!r}")
+
+
+def merge_mapping(target: dict[str, dict[str, object]], mapping: object, source: str) -> None:
+    """Merge a nested ``{section: {key: value}}`` mapping into ``target``, refusing unknown keys."""
+    if mapping is None:
+        return
+    if not isinstance(mapping, dict):
+        raise ValueError(f"{source}: expected a mapping of sections ({', '.join(SECTIONS)}), "
+                         f"got {type(mapping).__name__}")
+    for section, values in mapping.items():
+        if section not in SECTIONS:
+            raise ValueError(f"{source}: config key {section!r} is unknown; expected one of {', '.join(SECTIONS)}")
+        if values is None:
+            continue
+        if not isinstance(values, dict):
+            raise ValueError(f"{source}: config section {section!r} must be a mapping of keys, got {values!r}")
+        for key, value in values.items():
+            set_key(target, f"{section}.{key}", value, source)
+
+
+def set_key(target: dict[str, dict[str, object]], dotted: str, value: object, source: str) -> None:
+    """Set ``section.key`` in ``target`` after checking the key exists and coercing the value."""
+    section, _, key = dotted.partition(".")
+    if section not in SECTIONS or not key:
+        raise ValueError(f"{source}: config key {dotted!r} is unknown; expected section.key with section one of "
+                         f"{', '.join(SECTIONS)}")
+    types_by_key = section_field_types(section)
+    if key not in types_by_key:
+        hint = " (set by the trainer from the data)" if section == "model" and key in MODEL_KEYS_SET_BY_TRAINER else ""
+        raise ValueError(f"{source}: config key {dotted!r} is unknown{hint}; expected one of "
+                         f"{', '.join(f'{section}.{k}' for k in types_by_key)}")
+    try:
+        coerced = coerce(dotted, value, types_by_key[key])
+        check_value(dotted, coerced)
+    except ValueError as err:
+        raise ValueError(f"{source}: {err}") from None
+    target[section][key] = coerced
+
+
+def parse_override(text: str) -> tuple[str, object]:
+    """``"optim.lr=3e-4"`` -> ``("optim.lr", "3e-4")`` (the value is coerced by :func:`set_key`)."""
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise ValueError(f"--set: expected section.key=value, got {text!r}")
+    return key.strip(), yaml.safe_load(value) if value.strip() else ""
+
+
+def build_config(
+    config_file: str | Path | None = None,
+    overrides: list[str] | tuple[str, ...] = (),
+    base: dict[str, dict[str, object]] | None = None,
+    flags: dict[str, object] | None = None,
+) -> TrainConfig:
+    """Defaults < ``base`` (e.g. the demo's) < ``config_file`` < ``flags`` ({"optim.lr": 1e-3}) < ``overrides``
+    ("optim.lr=1e-3" strings, values parsed as YAML)."""
+    values: dict[str, dict[str, object]] = {name: {} for name in SECTIONS}
+    merge_mapping(values, base, "defaults")
+    if config_file is not None:
+        path = Path(config_file)
+        if not path.is_file():
+            raise FileNotFoundError(f"--config: no such file {path}")
+        with path.open() as handle:
+            merge_mapping(values, yaml.safe_load(handle), str(path))
+    for key, value in (flags or {}).items():
+        set_key(values, key, value, "command line")
+    for text in overrides:
+        key, value = parse_override(text)
+        set_key(values, key, value, f"--set {text}")
+    config = TrainConfig(
+        data=DataConfig(**values["data"]), model=_complete_model_section(values["model"]),
+        optim=OptimConfig(**values["optim"]), distill=DistillConfig(**values["distill"]),
+        memory=MemoryConfig(**values["memory"]), run=RunConfig(**values["run"]),
+    )
+    check_model_section(config)
+    return config
+
+
+def _complete_model_section(values: dict[str, object]) -> dict[str, object]:
+    """Every ``model`` key, defaults filled in from ``ModelConfig`` (so the saved config is complete)."""
+    defaults = {f.name: f.default for f in dataclasses.fields(ModelConfig) if f.name not in MODEL_KEYS_SET_BY_TRAINER}
+    return {**defaults, **values}
+
+
+def check_model_section(config: TrainConfig) -> None:
+    """Build a trial ``ModelConfig`` so bad model values are refused before any data is read."""
+    widths = 1 if config.data.input_mode == "features" else None
+    try:
+        config.model_config(widths, widths)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"config model.{err}") from None
+
+
+def config_from_dict(values: dict[str, dict[str, object]]) -> TrainConfig:
+    """Rebuild a saved config (``TrainConfig.to_dict()``), checking it like a file."""
+    return build_config(base=values)
+
+
+def save_config(config: TrainConfig, path: Path) -> None:
+    with Path(path).open("w") as handle:
+        yaml.safe_dump(config.to_dict(), handle, sort_keys=False)

@@ -1,0 +1,427 @@
+"""The class-incremental training loop shared by ``cign-fast demo`` and ``cign-fast train``.
+
+Per task t: copy the frozen teacher (t > 0, distillation on), grow the model by the task's classes,
+train ``optim.epochs`` epochs on the task's clips plus the exemplar memory (checkpoint after every
+epoch), evaluate on the test clips of tasks 0..t (a row of the accuracy matrix), update the memory,
+checkpoint, and write metrics.json, the CSV files, the plots and TensorBoard scalars.
+
+Single process, or DDP under torchrun (gloo on CPU, NCCL on GPU): the global batch is split evenly
+over the ranks, only rank 0 writes or prints, evaluation counts are summed over the ranks.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import random
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, Subset
+from torch.utils.data.distributed import DistributedSampler
+from tqdm import tqdm
+
+from cign_fast.data import SkippedItem, SkipReport, collate_skipping
+from cign_fast.metrics import MODALITIES, format_summary, metrics_summary
+from cign_fast.model import CIGN, CIGNOutput, ModelConfig, cign_loss
+from cign_fast.train.batchnorm import recalibrate_batchnorm
+from cign_fast.train.checkpoint import (
+    capture_rng_state, checkpoint_name, checkpoint_sequence, list_checkpoints, load_latest_checkpoint,
+    prune_checkpoints, rebuild_model, restore_rng_state, save_checkpoint,
+)
+from cign_fast.train.config import TrainConfig, save_config
+from cign_fast.train.data import RunData, dataset_skip_report, load_run_data
+from cign_fast.train.distributed import (
+    DistContext, all_reduce_sum, barrier, broadcast_from_main, per_rank_batch_size, setup_distributed,
+    teardown_distributed,
+)
+from cign_fast.train.embed import embed_clips
+from cign_fast.train.evaluate import TaskAccuracy, autocast_context, evaluate_tasks
+from cign_fast.train.memory import ExemplarMemory
+from cign_fast.train.outputs import RunWriter
+
+CHECKPOINT_FORMAT = 1
+LOSS_KEYS = ("total", "bce_audio", "bce_visual", "token_ce", "kd")
+COMPATIBLE_SECTIONS = ("data", "model", "optim", "distill", "memory")
+RESULT_NEUTRAL_KEYS = ("data.root", "data.num_workers", "optim.eval_batch_size")
+
+
+@dataclass
+class TrainResults:
+    """What :func:`train_incremental` returns (on every rank)."""
+
+    summary: dict[str, object]               # the metrics.json content
+    class_tasks: list[list[str]]
+    out_dir: Path
+    history: list[dict[str, float]]          # one record per epoch
+    skips: SkipReport
+    seconds: float
+
+
+@dataclass
+class RunProgress:
+    """Where the run is; saved in every checkpoint."""
+
+    task: int = 0                  # task being trained (or just finished, when ``evaluated``)
+    epochs_done: int = 0           # epochs of ``task`` completed
+    evaluated: bool = False        # ``task`` evaluated and the memory updated
+    sequence: int = 0              # number of checkpoints written so far
+    history: list[dict[str, float]] = field(default_factory=list)
+    evaluations: list[dict[str, object]] = field(default_factory=list)   # TaskAccuracy per finished task
+
+
+def seed_everything(seed: int, deterministic: bool) -> None:
+    """Seed torch, numpy and python; with ``deterministic`` also force deterministic kernels."""
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+    random.seed(seed)
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True)
+        torch.backends.cudnn.benchmark = False
+        torch.backends.cudnn.deterministic = True
+
+
+def lr_multiplier(step: int, warmup_steps: int, total_steps: int, schedule: str) -> float:
+    """Linear warm-up over ``warmup_steps``, then constant or cosine decay to 0 at ``total_steps``."""
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    if schedule == "constant":
+        return 1.0
+    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+def as_float32(out: CIGNOutput) -> CIGNOutput:
+    """The loss is computed in float32 even when the forward ran under bf16 autocast."""
+    return CIGNOutput(*(tensor.float() for tensor in out))
+
+
+class IncrementalTrainer:
+    """Owns the model, teacher, optimiser, memory and bookkeeping of one run (see the module docstring)."""
+
+    def __init__(self, config: TrainConfig, context: DistContext, data: RunData,
+                 log: Callable[[str], None] = print) -> None:
+        self.config = config
+        self.context = context
+        self.data = data
+        self.log = log if context.is_main else (lambda message: None)
+        self.out_dir = Path(config.run.out)
+        self.checkpoint_dir = self.out_dir / "checkpoints"
+        self.batch_size = per_rank_batch_size(config.optim.batch_size, context, "optim.batch_size")
+        self.eval_batch_size = per_rank_batch_size(config.optim.eval_batch_size, context, "optim.eval_batch_size")
+        self.model_config: ModelConfig = config.model_config(*data.feature_dims)
+        self.model = CIGN(self.model_config).to(context.device)
+        self.teacher: CIGN | None = None
+        self.optimizer: torch.optim.Optimizer | None = None
+        self.scheduler: torch.optim.lr_scheduler.LambdaLR | None = None
+        self.ddp_model: nn.Module = self.model
+        self.memory = ExemplarMemory(config.memory.budget, config.memory.selection, config.run.seed)
+        self.progress = RunProgress()
+        self.skips = SkipReport()
+        for dataset in data.datasets():
+            self.skips.merge(dataset_skip_report(dataset))
+        self.num_tasks = len(data.class_tasks)
+        self.task_of_class = [t for t, names in enumerate(data.class_tasks) for _ in names]
+
+    # ----- task structure -------------------------------------------------------------------------------------
+
+    def train_indices(self, task: int) -> list[int]:
+        """Training clips of ``task`` plus the exemplars of the earlier classes (dataset indices)."""
+        return self.data.train_indices_of_task(task) + self.memory.indices()
+
+    def make_train_loader(self, task: int) -> tuple[DataLoader, DistributedSampler]:
+        subset = Subset(self.data.train_set, self.train_indices(task))
+        sampler = DistributedSampler(subset, num_replicas=self.context.world_size, rank=self.context.rank,
+                                     shuffle=True, seed=self.config.run.seed, drop_last=False)
+        loader = DataLoader(subset, batch_size=self.batch_size, sampler=sampler, collate_fn=collate_skipping,
+                            num_workers=self.config.data.num_workers, pin_memory=self.context.device.type == "cuda")
+        return loader, sampler
+
+    def begin_task(self, task: int) -> None:
+        """Teacher copy (before growing), grow the model, fresh optimiser, schedule and DDP wrapper."""
+        use_teacher = task > 0 and self.config.distill.enabled
+        self.teacher = self.model.frozen_copy() if use_teacher else None
+        self.model.add_task(len(self.data.class_tasks[task]))
+        self.model.to(self.context.device)
+        self.build_optimizer(task)
+
+    def build_optimizer(self, task: int) -> None:
+        optim = self.config.optim
+        trainable = [p for p in self.model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.Adam(trainable, lr=optim.lr, weight_decay=optim.weight_decay)
+        steps_per_epoch = math.ceil(len(self.train_indices(task)) / self.context.world_size / self.batch_size)
+        total_steps = steps_per_epoch * optim.epochs
+        warmup_steps = round(optim.warmup_epochs * steps_per_epoch)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda step: lr_multiplier(step, warmup_steps, total_steps, optim.schedule))
+        if self.context.is_distributed:
+            device_ids = [self.context.device] if self.context.device.type == "cuda" else None
+            self.ddp_model = DistributedDataParallel(self.model, device_ids=device_ids)
+        else:
+            self.ddp_model = self.model
+
+    # ----- training -------------------------------------------------------------------------------------------
+
+    def train_epoch(self, task: int, epoch: int) -> dict[str, float]:
+        """One pass over the task's loader; returns the epoch record (losses averaged over all ranks)."""
+        config, device = self.config, self.context.device
+        loader, sampler = self.make_train_loader(task)
+        sampler.set_epoch(task * config.optim.epochs + epoch)
+        trainable = [p for p in self.model.parameters() if p.requires_grad]
+        sums = torch.zeros(len(LOSS_KEYS) + 1, dtype=torch.float64, device=device)
+        self.ddp_model.train()
+        show = self.context.is_main and config.run.progress
+        bar = tqdm(loader, desc=f"task {task + 1}/{self.num_tasks} epoch {epoch + 1}/{config.optim.epochs}",
+                   unit="batch", leave=False, disable=None if show else True, dynamic_ncols=True)
+        start = time.perf_counter()
+        for step, batch in enumerate(bar):
+            self.skips.update(batch["skipped"])
+            labels = batch["label"].to(device, non_blocking=True)
+            if not self.every_rank_has_clips(labels.numel()):
+                continue
+            losses = self.train_step(batch["audio"].to(device, non_blocking=True),
+                                     batch["visual"].to(device, non_blocking=True), labels, trainable)
+            sums += torch.stack([losses[key].detach().double() * labels.numel() for key in LOSS_KEYS]
+                                + [torch.tensor(float(labels.numel()), dtype=torch.float64, device=device)])
+            if show and step % 5 == 0:
+                elapsed = time.perf_counter() - start
+                bar.set_postfix(loss=f"{float(sums[0] / sums[-1]):.4f}",
+                                clips_per_s=f"{float(sums[-1]) * self.context.world_size / max(elapsed, 1e-9):.1f}")
+        all_reduce_sum(sums, self.context)
+        seconds = time.perf_counter() - start
+        bar.close()
+        samples = float(sums[-1])
+        means = (sums[:-1] / max(samples, 1.0)).tolist()
+        losses = {("loss" if key == "total" else key): value for key, value in zip(LOSS_KEYS, means)}
+        record = {"task": task, "epoch": epoch, **losses,
+                  "lr": self.scheduler.get_last_lr()[0], "samples": samples, "seconds": seconds,
+                  "samples_per_second": samples / max(seconds, 1e-9)}
+        self.log(f"task {task + 1}/{self.num_tasks} epoch {epoch + 1}/{config.optim.epochs}: loss {record['loss']:.4f} "
+                 f"(kd {record['kd']:.4f})  {record['samples_per_second']:.1f} clips/s  {seconds:.1f} s")
+        return record
+
+    def every_rank_has_clips(self, count: int) -> bool:
+        """False when this rank's batch (or, under DDP, any rank's) lost every clip to decoding errors:
+        all ranks then skip the step together, so no rank waits for gradients that never come."""
+        if not self.context.is_distributed:
+            return count > 0
+        empty = torch.tensor([int(count == 0)], device=self.context.device)
+        return int(all_reduce_sum(empty, self.context)) == 0
+
+    def train_step(self, audio: Tensor, visual: Tensor, labels: Tensor,
+                   trainable: Sequence[Tensor]) -> dict[str, Tensor]:
+        """Forward (student and teacher), loss, backward, clipping, Adam step, schedule step."""
+        precision = self.config.run.precision
+        with autocast_context(self.context.device, precision):
+            out = self.ddp_model(audio, visual)
+            teacher_out = None
+            if self.teacher is not None:
+                with torch.no_grad():
+                    teacher_out = as_float32(self.teacher(audio, visual))
+        distill = self.config.distill
+        losses = cign_loss(as_float32(out), labels, teacher_out, self.model.num_old_classes,
+                           temperature=distill.temperature, kd_weight=distill.weight, backend=self.model_config.backend)
+        self.optimizer.zero_grad(set_to_none=True)
+        losses["total"].backward()
+        if self.config.optim.grad_clip > 0:
+            nn.utils.clip_grad_norm_(trainable, self.config.optim.grad_clip)
+        self.optimizer.step()
+        self.scheduler.step()
+        return losses
+
+    # ----- evaluation and memory ------------------------------------------------------------------------------
+
+    def evaluate(self, task: int) -> TaskAccuracy:
+        """Accuracy on the evaluation clips of tasks 0..task."""
+        indices = [i for t in range(task + 1) for i in self.data.eval_indices_of_task(t)]
+        return evaluate_tasks(self.model, self.data.eval_set, indices, self.task_of_class[: self.model.num_classes],
+                              batch_size=self.eval_batch_size, context=self.context,
+                              precision=self.config.run.precision, num_workers=self.config.data.num_workers,
+                              skips=self.skips)
+
+    def update_memory(self, task: int) -> None:
+        """Select exemplars of the task's classes (rank 0 computes, every rank receives the same choice)."""
+        if not self.memory.enabled:
+            return
+        if self.context.is_main:
+            first = sum(len(names) for names in self.data.class_tasks[:task])
+            candidates = {first + offset: self.data.train_indices_of_class(first + offset)
+                          for offset in range(len(self.data.class_tasks[task]))}
+            self.memory.update(candidates, self.embed_for_herding)
+        self.memory.exemplars = broadcast_from_main(self.memory.exemplars, self.context)
+
+    def embed_for_herding(self, indices: Sequence[int]) -> tuple[Tensor, list[int]]:
+        embeddings, _, kept = embed_clips(self.model, self.data.herding_set, indices,
+                                          batch_size=self.eval_batch_size, device=self.context.device,
+                                          precision=self.config.run.precision,
+                                          num_workers=self.config.data.num_workers, skips=self.skips)
+        return embeddings, kept.tolist()
+
+    def summary(self) -> dict[str, object]:
+        """metrics.json content from the evaluations so far."""
+        matrices = {m: [] for m in MODALITIES}
+        for record in self.progress.evaluations:
+            accuracy = TaskAccuracy(correct=record["correct"], totals=record["totals"])
+            for modality in MODALITIES:
+                matrices[modality].append(accuracy.accuracies(modality))
+        summary = metrics_summary(matrices, self.progress.evaluations[-1]["totals"])
+        summary["class_tasks"] = self.data.class_tasks
+        summary["eval_split"] = self.config.data.eval_split
+        return summary
+
+    # ----- checkpoints ----------------------------------------------------------------------------------------
+
+    def state_dict(self) -> dict[str, object]:
+        return {
+            "format": CHECKPOINT_FORMAT,
+            "config": self.config.to_dict(),
+            "model_config": dataclasses.asdict(self.model_config),
+            "class_tasks": self.data.class_tasks,
+            "task_sizes": self.model.task_sizes,
+            "model": self.model.state_dict(),
+            "teacher": None if self.teacher is None else self.teacher.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "memory": self.memory.state_dict(),
+            "progress": dataclasses.asdict(self.progress),
+            "skipped": [[item_id, info["reason"], info["detail"]]
+                        for item_id, info in self.skips.to_dict()["clips"].items()],
+            "rng": capture_rng_state(),
+        }
+
+    def save_checkpoint(self, epoch: int | None) -> None:
+        """Checkpoint after ``epoch`` of the current task (``None``: after its evaluation); rank 0 writes."""
+        self.progress.sequence += 1
+        if self.context.is_main:
+            self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
+            name = checkpoint_name(self.progress.sequence, self.progress.task, epoch)
+            save_checkpoint(self.checkpoint_dir / name, self.state_dict())
+            prune_checkpoints(self.checkpoint_dir, self.config.run.keep_checkpoints)
+
+    def restore(self, state: dict[str, object], source: Path) -> None:
+        """Rebuild the model, teacher, optimiser, memory, progress and RNG states from a checkpoint."""
+        check_resume_compatible(state, self.config, self.data.class_tasks, source)
+        self.progress = RunProgress(**state["progress"])
+        self.progress.sequence = max(self.progress.sequence, checkpoint_sequence(source))
+        sizes = list(state["task_sizes"])
+        if state["teacher"] is not None:
+            teacher = rebuild_model(self.model_config, sizes[:-1], state["teacher"], self.context.device)
+            self.teacher = teacher.frozen_copy()
+        self.model = rebuild_model(self.model_config, sizes, state["model"], self.context.device)
+        self.memory.load_state_dict(state["memory"])   # before the optimiser: the schedule counts its clips
+        self.build_optimizer(self.progress.task)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.skips.update(SkippedItem(item_id, reason, detail) for item_id, reason, detail in state["skipped"])
+        restore_rng_state(state["rng"])
+
+    # ----- the run --------------------------------------------------------------------------------------------
+
+    def run(self, resume: bool) -> TrainResults:
+        start = time.perf_counter()
+        epochs = self.config.optim.epochs
+        restored = resume and self.resume_from_latest()
+        if self.context.is_main:   # after the resume check: a refused resume keeps the run's own config.yaml
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            save_config(self.config, self.out_dir / "config.yaml")
+        purge_step = self.progress.task * epochs + self.progress.epochs_done if restored else None
+        writer = RunWriter(self.out_dir, self.context.is_main, self.config.run.tensorboard, purge_step)
+        if restored and self.progress.evaluated:
+            first_task, continue_current = self.progress.task + 1, False
+        else:
+            first_task, continue_current = self.progress.task, restored
+        try:
+            for task in range(first_task, self.num_tasks):
+                if not (continue_current and task == first_task):
+                    self.progress = dataclasses.replace(self.progress, task=task, epochs_done=0, evaluated=False)
+                    self.begin_task(task)
+                for epoch in range(self.progress.epochs_done, epochs):
+                    self.progress.history.append(self.train_epoch(task, epoch))
+                    self.progress.epochs_done = epoch + 1
+                    writer.epoch(self.progress.history, task * epochs + epoch)
+                    if self.config.run.epoch_checkpoints:
+                        self.save_checkpoint(epoch + 1)
+                self.finish_task(task, writer)
+            summary = self.summary()
+            if first_task >= self.num_tasks:  # resumed after the last task: its outputs may never have been written
+                writer.task(summary, self.num_tasks, self.num_tasks * epochs - 1, board=False)
+        finally:
+            writer.close()
+        seconds = time.perf_counter() - start
+        self.log(format_summary(summary))
+        self.log(f"skipped clips: {self.skips.summary()}")
+        newest = list_checkpoints(self.checkpoint_dir)
+        self.log(f"wall time {seconds:.1f} s; outputs in {self.out_dir}"
+                 + (f"; final checkpoint {newest[-1]}" if newest else ""))
+        barrier(self.context)
+        return TrainResults(summary=summary, class_tasks=self.data.class_tasks, out_dir=self.out_dir,
+                            history=self.progress.history, skips=self.skips, seconds=seconds)
+
+    def resume_from_latest(self) -> bool:
+        """Restore the newest intact checkpoint (damaged ones are reported and skipped); False if none."""
+        found = load_latest_checkpoint(self.checkpoint_dir, report=self.log)
+        if found is None:
+            self.log(f"--resume: no usable checkpoint in {self.checkpoint_dir}; starting from the beginning")
+            return False
+        state, path = found
+        self.restore(state, path)
+        self.log(f"resumed from {path.name} (task {self.progress.task + 1}, {self.progress.epochs_done} epoch(s) "
+                 f"done{', evaluated' if self.progress.evaluated else ''})")
+        return True
+
+    def finish_task(self, task: int, writer: RunWriter) -> None:
+        """Re-estimate BatchNorm statistics (optional), evaluate, update the memory, write the metrics, checkpoint."""
+        if self.config.optim.precise_bn_batches:
+            recalibrate_batchnorm(self.model, self.data.train_set, self.train_indices(task),
+                                  max_batches=self.config.optim.precise_bn_batches, batch_size=self.batch_size,
+                                  context=self.context, seed=self.config.run.seed * 1000 + task,
+                                  precision=self.config.run.precision, num_workers=self.config.data.num_workers)
+        accuracy = self.evaluate(task)
+        self.progress.evaluations.append({"correct": accuracy.correct, "totals": accuracy.totals})
+        self.update_memory(task)
+        self.progress.evaluated = True
+        summary = self.summary()
+        row = "  ".join(f"{m} {100 * summary[m]['accuracy_after_step'][-1]:.1f}%" for m in MODALITIES)
+        self.log(f"after task {task + 1}/{self.num_tasks}, accuracy on tasks 1..{task + 1}: {row}")
+        writer.task(summary, self.num_tasks, (task + 1) * self.config.optim.epochs - 1)
+        self.save_checkpoint(None)
+
+
+def check_resume_compatible(state: dict[str, object], config: TrainConfig, class_tasks: list[list[str]],
+                            source: Path) -> None:
+    """A run resumes only with the settings and class sequence it was started with (``run.*`` may differ)."""
+    saved = state["config"]
+    current = config.to_dict()
+    differing = [f"{section}.{key}" for section in COMPATIBLE_SECTIONS
+                 for key in sorted(set(saved[section]) | set(current[section]))
+                 if saved[section].get(key) != current[section].get(key)
+                 and f"{section}.{key}" not in RESULT_NEUTRAL_KEYS]
+    if differing:
+        raise ValueError(f"--resume: checkpoint {source} was written with different settings for "
+                         f"{', '.join(differing)}; resume with the config saved in "
+                         f"{source.parent.parent / 'config.yaml'}")
+    if state["class_tasks"] != class_tasks:
+        raise ValueError(f"--resume: checkpoint {source} was written for a different class sequence")
+
+
+def train_incremental(config: TrainConfig, *, resume: bool = False, log: Callable[[str], None] = print) -> TrainResults:
+    """Train ``config`` task after task (single process, or one rank of a torchrun job) and write its outputs."""
+    if config.run.out is None:
+        raise ValueError("run.out: the output directory is required (--out DIR)")
+    context = setup_distributed(config.run.device)
+    try:
+        seed_everything(config.run.seed, config.run.deterministic)
+        data = load_run_data(config)
+        trainer = IncrementalTrainer(config, context, data, log)
+        return trainer.run(resume)
+    finally:
+        teardown_distributed(context)
+

@@ -1,0 +1,71 @@
+"""Training configuration: YAML + overrides, refusals that name the key, the saved effective config."""
+
+import argparse
+
+import pytest
+import yaml
+
+from cign_fast.cli import train as train_cli
+from cign_fast.train.config import build_config, config_from_dict, save_config
+from test_trainer_helpers import REPO
+
+
+def test_file_then_flags_then_set_overrides(tmp_path):
+    config_file = tmp_path / "run.yaml"
+    config_file.write_text("optim:\n  lr: 0.01\n  epochs: 7\nmodel:\n  dim: 64\n")
+    config = build_config(config_file, ["optim.lr=3e-4", "model.depth=2"], flags={"optim.epochs": 5})
+    assert config.optim.lr == pytest.approx(3e-4)      # "3e-4" is a string to YAML: parsed as a float
+    assert config.optim.epochs == 5
+    assert config.model["dim"] == 64 and config.model["depth"] == 2
+    assert config.model["num_heads"] == 8               # untouched defaults are filled in from ModelConfig
+    assert config.optim.batch_size == 128
+
+
+@pytest.mark.parametrize(
+    "override, named",
+    [
+        ("optim.lrr=0.1", "optim.lrr"),
+        ("optimizer.lr=0.1", "optimizer.lr"),
+        ("model.input_mode=features", "model.input_mode"),
+        ("optim.lr=-1", "optim.lr"),
+        ("optim.schedule=linear", "optim.schedule"),
+        ("optim.epochs=many", "optim.epochs"),
+        ("model.dim=12", "model.num_heads"),             # ModelConfig: heads must divide dim
+        ("run.deterministic=maybe", "run.deterministic"),
+    ],
+)
+def test_bad_override_is_refused_naming_the_key(override, named):
+    with pytest.raises(ValueError, match=named.replace(".", r"\.")):
+        build_config(overrides=[override])
+
+
+def test_unknown_key_in_file_names_key_and_file(tmp_path):
+    config_file = tmp_path / "bad.yaml"
+    config_file.write_text("data:\n  tasks: 4\n  shuffle_clases: true\n")
+    with pytest.raises(ValueError, match=r"bad\.yaml.*data\.shuffle_clases"):
+        build_config(config_file)
+
+
+def test_cli_prints_the_refusal_and_fails(tmp_path, capsys):
+    parser = argparse.ArgumentParser()
+    train_cli.add_arguments(parser)
+    args = parser.parse_args(["--data", str(tmp_path), "--out", str(tmp_path / "out"), "--set", "memory.budgett=5"])
+    assert train_cli.main(args) == 2
+    assert "memory.budgett" in capsys.readouterr().err
+
+
+def test_saved_config_round_trips(tmp_path):
+    config = build_config(overrides=["data.tasks=3", "memory.budget=20", "distill.enabled=false"])
+    save_config(config, tmp_path / "config.yaml")
+    reloaded = config_from_dict(yaml.safe_load((tmp_path / "config.yaml").read_text()))
+    assert reloaded == config
+
+
+@pytest.mark.parametrize("config_file", sorted((REPO / "configs").glob("*.yaml")), ids=lambda path: path.name)
+def test_shipped_configs_load(config_file):
+    config = build_config(config_file)
+    assert config.optim.lr > 0
+
+
+def test_default_config_file_lists_every_default():
+    assert build_config(REPO / "configs" / "default.yaml") == build_config()

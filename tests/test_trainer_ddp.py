@@ -1,0 +1,68 @@
+"""DDP: two gloo processes under torchrun train like one process with the same global batch.
+
+Tolerance: both runs see the same clips in every global step (DistributedSampler's permutation
+depends only on seed and epoch; rank r takes positions r, r+2, ... of it, so the two half batches
+together are the single run's batch) and average the same per-clip gradients. What differs is only
+float32 summation order (two partial means averaged by all-reduce versus one mean), about 1e-7
+relative per step; over these ~40 Adam steps that stays far below 1e-4 in the epoch losses, and an
+accuracy could change only for a clip whose two best logits are that close. So the losses must agree
+to 1e-4 relative and each accuracy to within one clip. The assignment runs in "hard" mode: Gumbel
+noise is drawn per position in a batch, and a rank's half batch sits at other positions than in the
+single run, so the noise (not the training) would differ.
+"""
+
+import csv
+import json
+import socket
+import subprocess
+import sys
+
+import pytest
+
+from test_trainer_helpers import REPO, TRAIN_RUNNER, run_train, subprocess_env, tiny_train_args, write_feature_dataset
+
+EXTRA = ("--set", "model.assign_mode=hard", "--memory-budget", "12")
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def results(out):
+    metrics = json.loads((out / "metrics.json").read_text())
+    with (out / "epochs.csv").open() as handle:
+        losses = [float(row["loss"]) for row in csv.DictReader(handle)]
+    return metrics, losses
+
+
+def test_two_gloo_processes_match_one_process(tmp_path):
+    data = write_feature_dataset(tmp_path / "data")
+    single = run_train(tiny_train_args(data, tmp_path / "single", *EXTRA), timeout=300)
+    assert single.returncode == 0, single.stderr
+
+    runner = tmp_path / "runner.py"
+    runner.write_text(TRAIN_RUNNER.replace("; ", "\n"))
+    command = [sys.executable, "-m", "torch.distributed.run", "--nnodes=1", "--nproc_per_node=2",
+               f"--master_port={free_port()}", str(runner), *tiny_train_args(data, tmp_path / "ddp", *EXTRA)]
+    ddp = subprocess.run(command, env=subprocess_env(), cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert ddp.returncode == 0, ddp.stderr[-3000:]
+    assert ddp.stdout.count("after task 3/3") == 1     # only rank 0 prints
+
+    single_metrics, single_losses = results(tmp_path / "single")
+    ddp_metrics, ddp_losses = results(tmp_path / "ddp")
+    assert ddp_losses == pytest.approx(single_losses, rel=1e-4)
+    sizes = single_metrics["task_test_sizes"]
+    assert ddp_metrics["task_test_sizes"] == sizes
+    for modality in ("audio", "visual", "audio_visual"):
+        for single_row, ddp_row in zip(single_metrics[modality]["matrix"], ddp_metrics[modality]["matrix"]):
+            for task, (a, b) in enumerate(zip(single_row, ddp_row)):
+                assert (a is None) == (b is None)
+                if a is not None:
+                    assert abs(a - b) <= 1 / sizes[task] + 1e-9, (modality, single_row, ddp_row)
+    # the memory was chosen once (rank 0) and used by both ranks: same epoch sizes as the single run
+    with (tmp_path / "ddp" / "epochs.csv").open() as handle:
+        ddp_samples = [float(row["samples"]) for row in csv.DictReader(handle)]
+    with (tmp_path / "single" / "epochs.csv").open() as handle:
+        assert ddp_samples == [float(row["samples"]) for row in csv.DictReader(handle)]

@@ -1,0 +1,105 @@
+"""Shared by the trainer tests: a tiny learnable feature dataset and a runner for ``cign-fast train``.
+
+The features are written in AV-CIL's layout (which ``FeatureDataset`` reads) plus a ``labels.csv``
+listing the same clips (from which the trainer takes the class sequence). Each class has its own mean
+audio and visual token; classes 2k and 2k+1 share the visual mean, so only audio separates them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import csv
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from cign_fast.cli import train as train_cli
+from cign_fast.train.config import TrainConfig, build_config
+
+REPO = Path(__file__).resolve().parents[1]
+TRAIN_RUNNER = ("import sys; from cign_fast.cli import main; "
+                "sys.exit(main(['train'] + sys.argv[1:]))")
+
+
+def write_feature_dataset(root: Path, num_classes: int = 6, train_per_class: int = 16, test_per_class: int = 6,
+                          audio_shape: tuple[int, int] = (4, 8), visual_shape: tuple[int, int] = (3, 6),
+                          seed: int = 0) -> Path:
+    """Write the dataset into ``root``; returns ``root``."""
+    rng = np.random.default_rng(seed)
+    audio_means = rng.normal(0, 1, (num_classes, audio_shape[1]))
+    visual_means = rng.normal(0, 1, (num_classes // 2 + 1, visual_shape[1]))
+    categories: dict[str, dict[str, str]] = {"train": {}, "val": {}, "test": {}}
+    audio, visual, rows = {}, {}, []
+    for split, count in (("train", train_per_class), ("val", 1), ("test", test_per_class)):
+        for cls in range(num_classes):
+            label = f"class_{cls}"
+            for index in range(count):
+                clip_id = f"{label}_{split}_{index}"
+                categories[split][clip_id] = label
+                audio[clip_id] = (audio_means[cls] + rng.normal(0, 0.8, audio_shape)).astype(np.float32)
+                visual[clip_id] = (visual_means[cls // 2] + rng.normal(0, 0.8, visual_shape)).astype(np.float32)
+                rows.append((clip_id, label, split))
+    (root / "audio_pretrained_feature").mkdir(parents=True, exist_ok=True)
+    (root / "visual_pretrained_feature").mkdir(parents=True, exist_ok=True)
+    np.save(root / "all_id_category_dict.npy", categories, allow_pickle=True)
+    np.save(root / "audio_pretrained_feature" / "audio_pretrained_feature_dict.npy", audio, allow_pickle=True)
+    np.save(root / "visual_pretrained_feature" / "visual_pretrained_feature_dict.npy", visual, allow_pickle=True)
+    with (root / "labels.csv").open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(("id", "label", "split"))
+        writer.writerows(rows)
+    return root
+
+
+def tiny_train_args(data: Path, out: Path, *extra: str) -> list[str]:
+    """``cign-fast train`` arguments for a fast features-mode run (3 tasks of 2 classes)."""
+    return [
+        "--data", str(data), "--out", str(out), "--input-mode", "features", "--tasks", "3", "--epochs", "3",
+        "--batch-size", "16", "--lr", "3e-3", "--workers", "0", "--no-progress", "--device", "cpu",
+        "--set", "model.dim=16", "--set", "model.depth=1", "--set", "model.num_heads=2",
+        "--set", "model.drop_path=0.0", "--set", "optim.eval_batch_size=32", "--set", "run.tensorboard=false",
+        *extra,
+    ]
+
+
+def tiny_config(data: Path, out: Path, *extra: str) -> TrainConfig:
+    """The :class:`TrainConfig` of :func:`tiny_train_args`, for runs inside the test process."""
+    parser = argparse.ArgumentParser()
+    train_cli.add_arguments(parser)
+    args = parser.parse_args(tiny_train_args(data, out, *extra))
+    return build_config(args.config, args.overrides, flags=train_cli.settings_from_flags(args))
+
+
+@contextlib.contextmanager
+def one_thread() -> Iterator[None]:
+    """Tiny models gain nothing from more threads, and a busy machine stalls OpenMP barriers."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+def subprocess_env() -> dict[str, str]:
+    """One thread per process so runs in different processes compute bit for bit the same."""
+    env = dict(os.environ)
+    env.update({"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
+                "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))})
+    return env
+
+
+def run_train(args: list[str], **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", TRAIN_RUNNER, *args], env=subprocess_env(), cwd=REPO,
+                          capture_output=True, text=True, **kwargs)
+
+
+def start_train(args: list[str]) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-c", TRAIN_RUNNER, *args], env=subprocess_env(), cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
