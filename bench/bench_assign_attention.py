@@ -82,8 +82,7 @@ def providers(case: Case, device: torch.device) -> dict[str, Callable]:
     def eager(q, k, v):
         return assign_attention_reference(q, k, v, mode=mode, seed=SEED)[0]
 
-    torch._dynamo.reset()
-    found: dict[str, Callable] = {"eager": eager, "compile": torch.compile(eager, dynamic=False)}
+    found: dict[str, Callable] = {"eager": eager, "compile": common.compiled(eager)}
     mode_id, seed = MODES.index(mode), torch.tensor(SEED, dtype=torch.int64)  # the op takes a 0-d CPU seed tensor
     for name in common.fused_backends(OP, device, case.dtype):
         found[name] = (lambda backend: lambda q, k, v: assign_attention_fwd(

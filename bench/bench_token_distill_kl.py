@@ -45,8 +45,7 @@ def providers(device: torch.device, dtype: torch.dtype, columns: tuple[int, int]
     def eager(student, teacher):
         return token_distill_kl_reference(student, teacher, temperature=TEMPERATURE, columns=slice(*columns))
 
-    torch._dynamo.reset()
-    found: dict[str, Callable] = {"eager": eager, "compile": torch.compile(eager, dynamic=False)}
+    found: dict[str, Callable] = {"eager": eager, "compile": common.compiled(eager)}
     for name in common.fused_backends(OP, device, dtype):
         found[name] = (lambda backend: lambda student, teacher: token_distill_kl_fwd(
             student, teacher, *columns, TEMPERATURE, "batchmean", backend)[0])(name)

@@ -80,6 +80,16 @@ def environment(device: torch.device) -> dict[str, object]:
     }
 
 
+def compiled(fn: Callable) -> Callable:
+    """``torch.compile(fn)``, compiled afresh: inductor bakes the current thread count into its CPU
+    kernels, and without this a kernel cached for another thread count would be reused."""
+    import torch._inductor.config
+
+    torch._dynamo.reset()
+    torch._inductor.config.force_disable_caches = True
+    return torch.compile(fn, dynamic=False)
+
+
 def fused_backends(op: str, device: torch.device, dtype: torch.dtype) -> list[str]:
     """The fused backends that can run ``op`` here."""
     return [name for name in FUSED_BACKENDS if refusal(name, op, device, dtype) is None]

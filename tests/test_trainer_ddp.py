@@ -39,14 +39,14 @@ def results(out):
 
 def test_two_gloo_processes_match_one_process(tmp_path):
     data = write_feature_dataset(tmp_path / "data")
-    single = run_train(tiny_train_args(data, tmp_path / "single", *EXTRA), timeout=300)
+    single = run_train(tiny_train_args(data, tmp_path / "single", *EXTRA), timeout=600)
     assert single.returncode == 0, single.stderr
 
     runner = tmp_path / "runner.py"
     runner.write_text(TRAIN_RUNNER.replace("; ", "\n"))
     command = [sys.executable, "-m", "torch.distributed.run", "--nnodes=1", "--nproc_per_node=2",
                f"--master_port={free_port()}", str(runner), *tiny_train_args(data, tmp_path / "ddp", *EXTRA)]
-    ddp = subprocess.run(command, env=subprocess_env(), cwd=REPO, capture_output=True, text=True, timeout=300)
+    ddp = subprocess.run(command, env=subprocess_env(), cwd=REPO, capture_output=True, text=True, timeout=600)
     assert ddp.returncode == 0, ddp.stderr[-3000:]
     assert ddp.stdout.count("after task 3/3") == 1     # only rank 0 prints
 

@@ -33,13 +33,13 @@ def test_killed_run_resumes_to_the_uninterrupted_metrics(tmp_path):
     # enough clips that an epoch takes a while, so the kill lands inside a task
     data = write_feature_dataset(tmp_path / "data", train_per_class=150)
     extra = ("--memory-budget", "12", "--set", "run.keep_checkpoints=2")
-    reference = run_train(tiny_train_args(data, tmp_path / "reference", *extra), timeout=300)
+    reference = run_train(tiny_train_args(data, tmp_path / "reference", *extra), timeout=600)
     assert reference.returncode == 0, reference.stderr
 
     args = tiny_train_args(data, tmp_path / "killed", *extra)
     process = start_train(args)
     checkpoints = tmp_path / "killed" / "checkpoints"
-    deadline = time.monotonic() + 240
+    deadline = time.monotonic() + 600
     while newest_sequence(checkpoints) < KILL_AFTER_SEQUENCE and process.poll() is None:
         assert time.monotonic() < deadline, "the run never wrote its checkpoints"
         time.sleep(0.005)
@@ -47,7 +47,7 @@ def test_killed_run_resumes_to_the_uninterrupted_metrics(tmp_path):
     process.send_signal(signal.SIGKILL)
     process.wait()
 
-    resumed = run_train(args + ["--resume"], timeout=300)
+    resumed = run_train(args + ["--resume"], timeout=600)
     assert resumed.returncode == 0, resumed.stderr
     assert "resumed from checkpoint-" in resumed.stdout
     assert "task 1/3 epoch" not in resumed.stdout   # the first task is not trained again
