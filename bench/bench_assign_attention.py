@@ -110,8 +110,10 @@ def run_case(case: Case, device: torch.device, repeats: int) -> list[dict]:
     both = {name: (lambda fn=fn: torch.autograd.grad(fn(q, k, v), (q, k, v), grad_out)) for name, fn in found.items()}
     forward_ms = common.medians_ms(forward, device, repeats=repeats)
     both_ms = common.medians_ms(both, device, repeats=repeats)
+    # backward = the difference of two medians; None when load made it negative (a forward-median outlier)
     parts = {"forward": forward_ms, "forward_backward": both_ms,
-             "backward": {name: max(both_ms[name] - forward_ms[name], 0.0) for name in found}}
+             "backward": {name: both_ms[name] - forward_ms[name] if both_ms[name] > forward_ms[name] else None
+                          for name in found}}
     floors, flops = floor_bytes(case), spec_flops(case)
     rows = []
     for name in found:
@@ -121,8 +123,8 @@ def run_case(case: Case, device: torch.device, repeats: int) -> list[dict]:
         for part, times in parts.items():
             ms = times[name]
             row[f"{part}_ms"] = ms
-            row[f"{part}_floor_gbps"] = floors[part] / ms / 1e6 if ms > 0 else None
-            row[f"{part}_gflops"] = flops[part] / ms / 1e6 if ms > 0 else None
+            row[f"{part}_floor_gbps"] = floors[part] / ms / 1e6 if ms else None
+            row[f"{part}_gflops"] = flops[part] / ms / 1e6 if ms else None
             for key, value in common.speedups(times, ms).items():
                 row[f"{part}_{key}"] = value
         rows.append(row)

@@ -147,9 +147,9 @@ def peak_memory_mb(fn: Callable[[], object], device: torch.device) -> float:
     return peak / 2**20
 
 
-def speedups(times: dict[str, float], own_ms: float) -> dict[str, float | None]:
-    """``{"vs_eager": eager time / own_ms, "vs_compile": ...}`` from the providers' ``times``."""
-    return {f"vs_{name}": times[name] / own_ms if times.get(name) and own_ms > 0 else None for name in ("eager", "compile")}
+def speedups(times: dict[str, float | None], own_ms: float | None) -> dict[str, float | None]:
+    """``{"vs_eager": eager time / own_ms, "vs_compile": ...}`` from the providers' ``times`` (None if unknown)."""
+    return {f"vs_{name}": times[name] / own_ms if times.get(name) and own_ms else None for name in ("eager", "compile")}
 
 
 def write_results(stem: str, report: dict, markdown: str, out_dir: Path = RESULTS) -> tuple[Path, Path]:

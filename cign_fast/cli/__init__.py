@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import sys
 
 SUBCOMMANDS = {
     "info": "versions and which backends can run here (and why not)",
@@ -37,6 +36,3 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     return int(args.entry(args) or 0)
 
-
-if __name__ == "__main__":
-    sys.exit(main())
