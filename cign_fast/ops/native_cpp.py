@@ -7,9 +7,12 @@ ATen's (``torch.get_num_threads()``). See :mod:`cign_fast.ops.reference` for the
 
 from __future__ import annotations
 
+from functools import partial
+
 import torch
 
 from cign_fast import _C
+from cign_fast.ops import native
 from cign_fast.ops.gumbel import seed_keys
 
 
@@ -23,23 +26,8 @@ def gumbel_noise(shape: tuple[int, int, int], seed: int) -> torch.Tensor:
     return _C.gumbel_noise(*shape, *seed_keys(int(seed)))
 
 
-def assign_attention_forward(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mode: int, tau: float, eps: float,
-    sum_assign: bool, seed: int, return_maps: bool,
-) -> tuple[torch.Tensor, ...]:
-    """``(out [B,N,C], col_lse [B,S], col_argmax [B,S], row_sum [B,N], hard_map, soft_map)``."""
-    return _C.assign_attention_forward(q, k, v, mode, tau, eps, sum_assign, *seed_keys(int(seed)), return_maps)
-
-
-def assign_attention_backward(
-    grad_out: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-    col_lse: torch.Tensor, col_argmax: torch.Tensor, row_sum: torch.Tensor,
-    mode: int, tau: float, eps: float, sum_assign: bool, seed: int,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``(grad_q, grad_k, grad_v)``, recomputing the map from ``q, k`` and the column statistics."""
-    return _C.assign_attention_backward(
-        grad_out, q, k, v, col_lse, col_argmax, row_sum, mode, tau, eps, sum_assign, *seed_keys(int(seed))
-    )
+assign_attention_forward = partial(native.assign_attention_forward, _C)
+assign_attention_backward = partial(native.assign_attention_backward, _C)
 
 
 def token_distill_kl_forward(

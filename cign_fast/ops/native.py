@@ -1,0 +1,32 @@
+"""The backend contract over a native extension (``cign_fast._C`` or ``cign_fast._cuda``).
+
+The extensions take the two 32-bit noise keys instead of the seed; everything else passes through.
+``native_cpp`` and ``native_cuda`` bind these functions to their extension with ``functools.partial``.
+"""
+
+from __future__ import annotations
+
+from types import ModuleType
+
+import torch
+
+from cign_fast.ops.gumbel import seed_keys
+
+
+def assign_attention_forward(
+    extension: ModuleType, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mode: int, tau: float, eps: float,
+    sum_assign: bool, seed: int, return_maps: bool,
+) -> tuple[torch.Tensor, ...]:
+    """``(out [B,N,C], col_lse [B,S], col_argmax [B,S], row_sum [B,N], hard_map, soft_map)``."""
+    return extension.assign_attention_forward(q, k, v, mode, tau, eps, sum_assign, *seed_keys(int(seed)), return_maps)
+
+
+def assign_attention_backward(
+    extension: ModuleType, grad_out: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+    col_lse: torch.Tensor, col_argmax: torch.Tensor, row_sum: torch.Tensor,
+    mode: int, tau: float, eps: float, sum_assign: bool, seed: int,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(grad_q, grad_k, grad_v)``, recomputing the map from ``q, k`` and the column statistics."""
+    return extension.assign_attention_backward(
+        grad_out, q, k, v, col_lse, col_argmax, row_sum, mode, tau, eps, sum_assign, *seed_keys(int(seed))
+    )
