@@ -152,11 +152,7 @@ def target_checks(rows: list[dict]) -> list[dict]:
         if row["provider"] in ("eager", "compile") or (row["shape"], row["dtype"]) != (TARGET_SHAPE, TARGET_DTYPE):
             continue
         for key, target in TARGETS.items():
-            got = row[f"forward_backward_{key}"]
-            checks.append({"op": "assign_attention", "provider": row["provider"], "case": f"{row['shape']} {row['mode']} fp32 fwd+bwd, {row['threads']} threads",
-                           "metric": f"speedup {key.replace('_', ' ')}", "target": target, "measured": got,
-                           "met": got is not None and got >= target,
-                           "shortfall_percent": None if got is None or got >= target else 100 * (1 - got / target)})
+            checks.append(common.target_check("assign_attention", row, f"{row['shape']} {row['mode']} fp32 fwd+bwd, {row['threads']} threads", key, target))
     return checks
 
 

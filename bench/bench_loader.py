@@ -28,6 +28,7 @@ import torchvision
 from torch.utils.data import DataLoader, Dataset
 
 from cign_fast.data import ClipDataset, FeatureDataset, collate_skipping, synthetic_class_names, write_synthetic_dataset
+from cign_fast.bench.common import cpu_name
 from cign_fast.data.extract import build_frozen_encoders, describe_encoders, extract_features
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -42,16 +43,6 @@ def clips_per_second(dataset: Dataset, batch_size: int, num_workers: int, passes
         for batch in loader:
             delivered += len(batch["id"])
     return delivered / (time.perf_counter() - start)
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def environment() -> dict[str, object]:

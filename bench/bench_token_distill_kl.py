@@ -106,11 +106,7 @@ def target_checks(rows: list[dict]) -> list[dict]:
                 (row["shape"], row["dtype"]) != (TARGET_SHAPE, TARGET_DTYPE):
             continue
         for key, target in TARGETS.items():
-            got = row[f"forward_backward_{key}"]
-            checks.append({"op": "token_distill_kl", "provider": row["provider"], "case": f"{row['shape']} fp32 loss+grad, {row['threads']} threads",
-                           "metric": f"speedup {key.replace('_', ' ')}", "target": target, "measured": got,
-                           "met": got is not None and got >= target,
-                           "shortfall_percent": None if got is None or got >= target else 100 * (1 - got / target)})
+            checks.append(common.target_check("token_distill_kl", row, f"{row['shape']} fp32 loss+grad, {row['threads']} threads", key, target))
     return checks
 
 

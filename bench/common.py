@@ -241,3 +241,11 @@ def ops_markdown(report: dict, tables: dict[str, list[str]]) -> str:
         lines += ["", f"## {name}", "", *table]
     lines += ["", "The machine may be shared with other jobs (see the load averages): treat the numbers as indicative."]
     return "\n".join(lines) + "\n"
+
+
+def target_check(op: str, row: dict, case: str, key: str, target: float) -> dict:
+    """One row of a results file's target table: ``row[f"forward_backward_{key}"]`` against ``target``."""
+    got = row[f"forward_backward_{key}"]
+    return {"op": op, "provider": row["provider"], "case": case, "metric": f"speedup {key.replace('_', ' ')}",
+            "target": target, "measured": got, "met": got is not None and got >= target,
+            "shortfall_percent": None if got is None or got >= target else 100 * (1 - got / target)}

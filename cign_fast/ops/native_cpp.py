@@ -28,10 +28,4 @@ def gumbel_noise(shape: tuple[int, int, int], seed: int) -> torch.Tensor:
 
 assign_attention_forward = partial(native.assign_attention_forward, _C)
 assign_attention_backward = partial(native.assign_attention_backward, _C)
-
-
-def token_distill_kl_forward(
-    student: torch.Tensor, teacher: torch.Tensor, start: int, stop: int, temperature: float, reduction: str,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(loss, grad_student [R, K])`` in one pass over the rows (any strides)."""
-    return _C.token_distill_kl_forward(student, teacher, start, stop, temperature, reduction)
+token_distill_kl_forward = _C.token_distill_kl_forward  # (loss, grad_student [R, K]): the contract as is

@@ -29,10 +29,4 @@ def gumbel_noise(shape: tuple[int, int, int], seed: int, device: torch.device) -
 
 assign_attention_forward = partial(native.assign_attention_forward, _cuda)
 assign_attention_backward = partial(native.assign_attention_backward, _cuda)
-
-
-def token_distill_kl_forward(
-    student: torch.Tensor, teacher: torch.Tensor, start: int, stop: int, temperature: float, reduction: str,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(loss, grad_student [R, K])``, one warp per row (any strides)."""
-    return _cuda.token_distill_kl_forward(student, teacher, start, stop, temperature, reduction)
+token_distill_kl_forward = _cuda.token_distill_kl_forward  # (loss, grad_student [R, K]): the contract as is
