@@ -12,14 +12,13 @@ single run, so the noise (not the training) would differ.
 """
 
 import csv
-import json
 import socket
 import subprocess
 import sys
 
 import pytest
 
-from test_trainer_helpers import REPO, TRAIN_RUNNER, run_train, subprocess_env, tiny_train_args, write_feature_dataset
+from test_trainer_helpers import REPO, TRAIN_RUNNER, read_run_results, run_train, subprocess_env, tiny_train_args, write_feature_dataset
 
 EXTRA = ("--set", "model.assign_mode=hard", "--memory-budget", "12")
 
@@ -28,13 +27,6 @@ def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
-
-
-def results(out):
-    metrics = json.loads((out / "metrics.json").read_text())
-    with (out / "epochs.csv").open() as handle:
-        losses = [float(row["loss"]) for row in csv.DictReader(handle)]
-    return metrics, losses
 
 
 def test_two_gloo_processes_match_one_process(tmp_path):
@@ -50,8 +42,8 @@ def test_two_gloo_processes_match_one_process(tmp_path):
     assert ddp.returncode == 0, ddp.stderr[-3000:]
     assert ddp.stdout.count("after task 3/3") == 1     # only rank 0 prints
 
-    single_metrics, single_losses = results(tmp_path / "single")
-    ddp_metrics, ddp_losses = results(tmp_path / "ddp")
+    single_metrics, single_losses = read_run_results(tmp_path / "single")
+    ddp_metrics, ddp_losses = read_run_results(tmp_path / "ddp")
     assert ddp_losses == pytest.approx(single_losses, rel=1e-4)
     sizes = single_metrics["task_test_sizes"]
     assert ddp_metrics["task_test_sizes"] == sizes

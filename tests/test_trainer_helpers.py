@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import csv
+import json
 import os
 import subprocess
 import sys
@@ -103,3 +104,11 @@ def run_train(args: list[str], **kwargs) -> subprocess.CompletedProcess:
 def start_train(args: list[str]) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-c", TRAIN_RUNNER, *args], env=subprocess_env(), cwd=REPO,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def read_run_results(out: Path) -> tuple[dict, list[float]]:
+    """A finished run's metrics.json and its per-epoch losses from epochs.csv."""
+    metrics = json.loads((out / "metrics.json").read_text())
+    with (out / "epochs.csv").open() as handle:
+        losses = [float(row["loss"]) for row in csv.DictReader(handle)]
+    return metrics, losses

@@ -1,7 +1,5 @@
 """Checkpoints: a run killed mid-task resumes to the metrics of an uninterrupted run; damaged files are skipped."""
 
-import csv
-import json
 import signal
 import time
 
@@ -12,16 +10,9 @@ from cign_fast.train.checkpoint import (
     CorruptCheckpoint, checkpoint_name, list_checkpoints, load_checkpoint, load_latest_checkpoint, save_checkpoint,
 )
 from cign_fast.train.loop import train_incremental
-from test_trainer_helpers import one_thread, run_train, start_train, tiny_config, tiny_train_args, write_feature_dataset
+from test_trainer_helpers import one_thread, read_run_results, run_train, start_train, tiny_config, tiny_train_args, write_feature_dataset
 
 KILL_AFTER_SEQUENCE = 5   # task 1's first epoch: 3 epoch checkpoints + 1 "done" for task 0, then this one
-
-
-def read_results(out):
-    metrics = json.loads((out / "metrics.json").read_text())
-    with (out / "epochs.csv").open() as handle:
-        losses = [float(row["loss"]) for row in csv.DictReader(handle)]
-    return metrics, losses
 
 
 def newest_sequence(directory):
@@ -51,8 +42,8 @@ def test_killed_run_resumes_to_the_uninterrupted_metrics(tmp_path):
     assert resumed.returncode == 0, resumed.stderr
     assert "resumed from checkpoint-" in resumed.stdout
     assert "task 1/3 epoch" not in resumed.stdout   # the first task is not trained again
-    expected_metrics, expected_losses = read_results(tmp_path / "reference")
-    metrics, losses = read_results(tmp_path / "killed")
+    expected_metrics, expected_losses = read_run_results(tmp_path / "reference")
+    metrics, losses = read_run_results(tmp_path / "killed")
     for modality in ("audio", "visual", "audio_visual"):
         assert metrics[modality] == expected_metrics[modality]
     assert losses == pytest.approx(expected_losses, rel=1e-6, abs=1e-9)

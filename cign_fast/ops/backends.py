@@ -11,6 +11,7 @@ with the contracts of :mod:`cign_fast.ops.reference`, which is itself the ``refe
 
 from __future__ import annotations
 
+import functools
 import importlib
 import os
 from dataclasses import dataclass
@@ -51,8 +52,9 @@ def triton_interpreted() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
+@functools.cache
 def load_backend(name: str) -> tuple[ModuleType | None, str | None]:
-    """The backend's module, or ``None`` and why it cannot be imported."""
+    """The backend's module, or ``None`` and why it cannot be imported (cached: asked on every op call)."""
     try:
         return importlib.import_module(BACKENDS[name].module), None
     except (ImportError, OSError, RuntimeError) as err:
