@@ -105,7 +105,7 @@ def test_each_modality_separable_except_its_confusable_pairs(synthetic_root: Pat
         assert 0.6 < accuracy[modality] < 0.9, accuracy
 
     pairs = synthetic_confusable_pairs(NUM_CLASSES)
-    assert pairs == {"visual": [(0, 1), (4, 5)], "audio": [(2, 3), (6, 7)]}
+    assert pairs == {"visual": [(0, 2), (4, 6)], "audio": [(1, 3), (5, 7)]}
     for confused_in, m_confused, m_clear in (("visual", 1, 0), ("audio", 0, 1)):
         for pair in pairs[confused_in]:
             train_mask, test_mask = np.isin(train[2], pair), np.isin(test[2], pair)
@@ -114,6 +114,21 @@ def test_each_modality_separable_except_its_confusable_pairs(synthetic_root: Pat
                                            test[2][test_mask]) for m in (m_confused, m_clear)]
             assert pair_accuracy[0] < 0.8, (confused_in, pair, pair_accuracy)
             assert pair_accuracy[1] > 0.95, (confused_in, pair, pair_accuracy)
+
+
+@pytest.mark.parametrize("num_classes, expected", [
+    (2, {"visual": [], "audio": []}),
+    (3, {"visual": [(0, 2)], "audio": []}),
+    (6, {"visual": [(0, 2)], "audio": [(1, 3)]}),
+    (7, {"visual": [(0, 2), (4, 6)], "audio": [(1, 3)]}),
+])
+def test_confusable_pairs_of_a_partial_block(num_classes: int, expected: dict) -> None:
+    assert synthetic_confusable_pairs(num_classes) == expected
+
+
+def test_confusable_partners_fall_in_different_tasks_of_two() -> None:
+    for pairs in synthetic_confusable_pairs(16).values():
+        assert all(first // 2 != second // 2 for first, second in pairs)
 
 
 @pytest.mark.parametrize("argument, value", [("num_classes", 1), ("train_per_class", 0), ("image_size", 4),

@@ -66,6 +66,41 @@ def test_raw_mode_forward_backward_shapes(audio_tokens, audio_token_count):
     assert model.visual_encoder.trunk.conv1.weight.grad.abs().sum() > 0
 
 
+def mean_pairwise_cosine(tokens: torch.Tensor) -> float:
+    """Mean cosine between the mean tokens [B, D] of different clips."""
+    pooled = torch.nn.functional.normalize(tokens.mean(1), dim=-1)
+    cosine = pooled @ pooled.T
+    return float(cosine[~torch.eye(len(cosine), dtype=torch.bool)].mean())
+
+
+def test_standardised_tokens_differ_across_clips_where_l2_tokens_do_not():
+    torch.manual_seed(0)
+    images = torch.rand(8, 3, 64, 64)
+    cosines = {}
+    for norm in ("l2", "standardise_l2"):
+        torch.manual_seed(1)
+        encoder = model_with_tasks(raw_config(token_norm=norm), 2).visual_encoder.train()
+        tokens = encoder(images)
+        torch.testing.assert_close(tokens.norm(dim=-1), torch.ones(8, 4))
+        cosines[norm] = mean_pairwise_cosine(tokens.detach())
+    assert cosines["l2"] > 0.5 and cosines["standardise_l2"] < cosines["l2"] - 0.5, cosines
+
+
+@pytest.mark.parametrize("assign_mode, expected", [("soft", "soft"), ("hard", "hard"), ("gumbel", "hard")])
+def test_eval_assignment_follows_the_training_mode_unless_set(assign_mode, expected, monkeypatch):
+    assert features_config(assign_mode=assign_mode).eval_assign_mode == expected
+    assert features_config(assign_mode=assign_mode, eval_assign_mode="soft").eval_assign_mode == "soft"
+    seen = []
+    import cign_fast.model.grouping as grouping
+    original = grouping.cign_fast.assign_attention
+    monkeypatch.setattr(grouping.cign_fast, "assign_attention",
+                        lambda *args, mode, **kwargs: seen.append(mode) or original(*args, mode=mode, **kwargs))
+    model = model_with_tasks(features_config(assign_mode=assign_mode), 2)
+    model.train()(*features_batch(2))
+    model.eval()(*features_batch(2))
+    assert seen == [assign_mode] * 2 + [expected] * 2
+
+
 def test_task_bookkeeping():
     model = CIGN(features_config())
     assert (model.task_sizes, model.num_classes, model.num_old_classes) == ([], 0, 0)
@@ -244,6 +279,8 @@ def test_add_task_rejects_non_positive_sizes(task_size):
     (dict(input_mode="video"), "input_mode"),
     (dict(backend="gpu"), "backend"),
     (dict(audio_tokens="all"), "audio_tokens"),
+    (dict(token_norm="batch"), "token_norm"),
+    (dict(eval_assign_mode="gumbel"), "eval_assign_mode"),
 ])
 def test_bad_config_names_the_argument(overrides, argument):
     with pytest.raises(ValueError, match=argument):

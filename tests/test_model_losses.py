@@ -52,15 +52,24 @@ def test_first_task_terms_match_their_formulas():
     torch.testing.assert_close(losses["total"], losses["bce_audio"] + losses["bce_visual"] + losses["token_ce"])
 
 
-def test_distillation_matches_the_formula_on_the_old_slice_only():
+def bernoulli_kl_on_old(student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
+    """T^2 * mean over rows and columns of KL(Bern(sigmoid(teacher/T)) || Bern(sigmoid(student/T))), written out."""
+    p_t, p_s = torch.sigmoid(teacher / temperature), torch.sigmoid(student / temperature)
+    kl = p_t * (p_t.log() - p_s.log()) + (1 - p_t) * ((1 - p_t).log() - (1 - p_s).log())
+    return temperature**2 * kl.mean()
+
+
+@pytest.mark.parametrize("form, head_kl", [("bernoulli", bernoulli_kl_on_old), ("softmax", kl_on_old)])
+def test_distillation_matches_the_formula_on_the_old_slice_only(form, head_kl):
     torch.manual_seed(0)
     batch, num_old, num_new, temperature, weight = 3, 4, 2, 2.0, 0.7
     student = random_output(batch, num_old + num_new, requires_grad=True)
     teacher = random_output(batch, num_old)
-    losses = cign_loss(student, torch.tensor([0, 5, 4]), teacher, num_old, temperature=temperature, kd_weight=weight)
+    losses = cign_loss(student, torch.tensor([0, 5, 4]), teacher, num_old, temperature=temperature, kd_weight=weight,
+                       distill_form=form)
     expected = weight * (
-        kl_on_old(student.audio_logits[:, :num_old], teacher.audio_logits, temperature)
-        + kl_on_old(student.visual_logits[:, :num_old], teacher.visual_logits, temperature)
+        head_kl(student.audio_logits[:, :num_old], teacher.audio_logits, temperature)
+        + head_kl(student.visual_logits[:, :num_old], teacher.visual_logits, temperature)
         + kl_on_old(student.audio_token_logits[:, :num_old, :num_old].reshape(-1, num_old),
                     teacher.audio_token_logits.reshape(-1, num_old), temperature)
         + kl_on_old(student.visual_token_logits[:, :num_old, :num_old].reshape(-1, num_old),
@@ -68,12 +77,58 @@ def test_distillation_matches_the_formula_on_the_old_slice_only():
     )
     torch.testing.assert_close(losses["kd"], expected.detach())
     losses["kd"].backward()
-    (expected_grad,) = torch.autograd.grad(expected, student.audio_token_logits)
-    torch.testing.assert_close(student.audio_token_logits.grad, expected_grad)
+    for name in ("audio_token_logits", "visual_logits"):
+        (expected_grad,) = torch.autograd.grad(expected, getattr(student, name), retain_graph=True)
+        torch.testing.assert_close(getattr(student, name).grad, expected_grad)
     assert not student.audio_token_logits.grad[:, num_old:].any()      # new class tokens are not distilled
     assert not student.audio_token_logits.grad[:, :, num_old:].any()   # nor the new classes' columns
     assert not student.visual_logits.grad[:, num_old:].any()
     assert student.visual_logits.grad[:, :num_old].abs().sum() > 0
+
+
+@pytest.mark.parametrize("form, shift_changes_loss", [("bernoulli", True), ("softmax", False)])
+def test_only_the_bernoulli_form_sees_a_uniform_shift_of_the_old_logits(form, shift_changes_loss):
+    torch.manual_seed(0)
+    student, teacher = random_output(4, 5), random_output(4, 3)
+    labels = torch.tensor([3, 4, 3, 4])
+    kd = [float(cign_loss(student._replace(audio_logits=student.audio_logits - shift,
+                                           visual_logits=student.visual_logits - shift),
+                          labels, teacher, 3, distill_form=form, token_weight=0.0)["kd"]) for shift in (0.0, 5.0)]
+    assert (abs(kd[1] - kd[0]) > 0.1) == shift_changes_loss, kd
+
+
+def test_old_classes_are_negatives_of_new_clips_only_when_asked():
+    torch.manual_seed(0)
+    out = random_output(batch=4, num_classes=5, requires_grad=True)
+    labels = torch.tensor([0, 3, 4, 1])   # two exemplars of old classes (0, 1), two new clips
+    cign_loss(out, labels, None, 3, old_class_negatives=False)["bce_audio"].backward()
+    grad = out.audio_logits.grad
+    assert not grad[1:3, :3].any()                        # new clips: no BCE term on the old classes
+    assert grad[1:3, 3:].abs().min() > 0 and grad[[0, 3]].abs().min() > 0   # exemplars: every class
+    kept = torch.ones(4, 5)
+    kept[1:3, :3] = 0
+    p = torch.sigmoid(out.audio_logits.detach())
+    onehot = F.one_hot(labels, 5).float()
+    terms = -(onehot * p.log() + (1 - onehot) * (1 - p).log())
+    torch.testing.assert_close(cign_loss(out, labels, None, 3, old_class_negatives=False)["bce_audio"],
+                               (terms * kept).sum() / kept.sum())
+    out.audio_logits.grad = None
+    cign_loss(out, labels, None, 3, old_class_negatives=True)["bce_audio"].backward()
+    assert out.audio_logits.grad.abs().min() > 0          # the authors' one-hot BCE scores every class
+
+
+def test_token_weight_scales_the_token_terms_and_zero_drops_their_distillation():
+    torch.manual_seed(0)
+    student, teacher = random_output(3, 5), random_output(3, 3)
+    labels = torch.tensor([3, 4, 3])
+    full = cign_loss(student, labels, teacher, 3)
+    half = cign_loss(student, labels, teacher, 3, token_weight=0.5)
+    off = cign_loss(student, labels, teacher, 3, token_weight=0.0)
+    torch.testing.assert_close(half["token_ce"], 0.5 * full["token_ce"])
+    assert float(off["token_ce"]) == 0.0
+    heads_only = cign_loss(student, labels, teacher, 3, token_weight=0.0)["kd"]
+    torch.testing.assert_close(heads_only, bernoulli_kl_on_old(student.audio_logits[:, :3], teacher.audio_logits, 2.0)
+                               + bernoulli_kl_on_old(student.visual_logits[:, :3], teacher.visual_logits, 2.0))
 
 
 def test_distillation_is_zero_for_an_identical_teacher_and_positive_after_a_new_task():

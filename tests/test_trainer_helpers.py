@@ -30,11 +30,12 @@ TRAIN_RUNNER = ("import sys; from cign_fast.cli import main; "
 
 def write_feature_dataset(root: Path, num_classes: int = 6, train_per_class: int = 16, test_per_class: int = 6,
                           audio_shape: tuple[int, int] = (4, 8), visual_shape: tuple[int, int] = (3, 6),
-                          seed: int = 0) -> Path:
-    """Write the dataset into ``root``; returns ``root``."""
+                          seed: int = 0, shared_visual: bool = True, noise: float = 0.8) -> Path:
+    """Write the dataset into ``root``; returns ``root``. ``shared_visual=False``: every class has its own visual mean."""
     rng = np.random.default_rng(seed)
     audio_means = rng.normal(0, 1, (num_classes, audio_shape[1]))
-    visual_means = rng.normal(0, 1, (num_classes // 2 + 1, visual_shape[1]))
+    visual_means = rng.normal(0, 1, (num_classes // 2 + 1 if shared_visual else num_classes, visual_shape[1]))
+    visual_class = (lambda cls: cls // 2) if shared_visual else (lambda cls: cls)
     categories: dict[str, dict[str, str]] = {"train": {}, "val": {}, "test": {}}
     audio, visual, rows = {}, {}, []
     for split, count in (("train", train_per_class), ("val", 1), ("test", test_per_class)):
@@ -43,8 +44,8 @@ def write_feature_dataset(root: Path, num_classes: int = 6, train_per_class: int
             for index in range(count):
                 clip_id = f"{label}_{split}_{index}"
                 categories[split][clip_id] = label
-                audio[clip_id] = (audio_means[cls] + rng.normal(0, 0.8, audio_shape)).astype(np.float32)
-                visual[clip_id] = (visual_means[cls // 2] + rng.normal(0, 0.8, visual_shape)).astype(np.float32)
+                audio[clip_id] = (audio_means[cls] + rng.normal(0, noise, audio_shape)).astype(np.float32)
+                visual[clip_id] = (visual_means[visual_class(cls)] + rng.normal(0, noise, visual_shape)).astype(np.float32)
                 rows.append((clip_id, label, split))
     (root / "audio_pretrained_feature").mkdir(parents=True, exist_ok=True)
     (root / "visual_pretrained_feature").mkdir(parents=True, exist_ok=True)

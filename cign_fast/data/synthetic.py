@@ -1,10 +1,12 @@
 """A small synthetic audio-visual dataset written as real files (JPEG frames, WAV audio, labels.csv).
 
 Each class has an image pattern (background hue + shape, with colour / position / pixel noise) and a sound
-pattern (tone at a class frequency with its octave, amplitude rhythm, white noise). Classes are paired
-(2k, 2k+1): in even pairs both classes share the image pattern (told apart only by sound), in odd pairs they
-share the sound pattern (told apart only by image). So each modality alone confuses some pairs and
-audio-visual prediction beats both. Every clip is drawn from its own seed (seed, class, split, index):
+pattern (tone at a class frequency with its octave, amplitude rhythm, white noise). In every block of four
+classes (4j .. 4j+3), classes 4j and 4j+2 share the image pattern (told apart only by sound) and 4j+1 and
+4j+3 share the sound pattern (told apart only by image). So each modality alone confuses some pairs and
+audio-visual prediction beats both; and with tasks of consecutive classes in pairs ({4j, 4j+1},
+{4j+2, 4j+3}) the two members of a confusable pair fall into different tasks, so within every task both
+modalities carry signal. Every clip is drawn from its own seed (seed, class, split, index):
 the output is deterministic and a clip does not change when other counts change.
 """
 
@@ -31,11 +33,16 @@ def synthetic_class_names(num_classes: int) -> list[str]:
 
 
 def synthetic_confusable_pairs(num_classes: int) -> dict[str, list[tuple[int, int]]]:
-    """Class-index pairs that one modality cannot tell apart: ``{"visual": [(0, 1), (4, 5), ...],
-    "audio": [(2, 3), (6, 7), ...]}`` ("visual" pairs share the image pattern, "audio" pairs the sound)."""
+    """Class-index pairs that one modality cannot tell apart: ``{"visual": [(0, 2), (4, 6), ...],
+    "audio": [(1, 3), (5, 7), ...]}`` ("visual" pairs share the image pattern, "audio" pairs the sound).
+
+    A trailing block of fewer than four classes pairs what it can: ``(4j, 4j+2)`` needs three classes,
+    ``(4j+1, 4j+3)`` four; a class without a partner has patterns of its own."""
     pairs: dict[str, list[tuple[int, int]]] = {"visual": [], "audio": []}
-    for pair in range(num_classes // 2):
-        pairs["visual" if pair % 2 == 0 else "audio"].append((2 * pair, 2 * pair + 1))
+    for first in range(0, num_classes, 4):
+        for modality, offset in (("visual", 0), ("audio", 1)):
+            if first + offset + 2 < num_classes:
+                pairs[modality].append((first + offset, first + offset + 2))
     return pairs
 
 

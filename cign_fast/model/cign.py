@@ -90,7 +90,8 @@ class CIGN(nn.Module):
     * ``input_mode="raw"``: ``audio`` [B, 1, F, T] log spectrogram, ``visual`` [B, 3, H, W] image;
     * ``input_mode="features"``: ``audio`` [B, S_a, D_a], ``visual`` [B, S_v, D_v] token sequences.
 
-    Training uses ``cfg.assign_mode`` for the assignment; eval always uses ``"hard"``.
+    Training uses ``cfg.assign_mode`` for the assignment, eval ``cfg.eval_assign_mode`` (by default hard
+    after hard/gumbel training and soft after soft training, as the authors evaluate).
     After :meth:`add_task` some parameters are new objects: rebuild the optimiser.
     """
 
@@ -102,8 +103,10 @@ class CIGN(nn.Module):
         self._task_sizes: list[int] = []
         if cfg.input_mode == "raw":
             pooled_audio = cfg.audio_tokens == "pooled"
-            self.audio_encoder = ResNetTokenEncoder(1, cfg.dim, pooled_audio, cfg.audio_weights, "audio_weights")
-            self.visual_encoder = ResNetTokenEncoder(3, cfg.dim, False, cfg.visual_weights, "visual_weights")
+            self.audio_encoder = ResNetTokenEncoder(1, cfg.dim, pooled_audio, cfg.audio_weights, "audio_weights",
+                                                    cfg.token_norm)
+            self.visual_encoder = ResNetTokenEncoder(3, cfg.dim, False, cfg.visual_weights, "visual_weights",
+                                                     cfg.token_norm)
         else:
             self.audio_encoder = nn.Linear(cfg.audio_feature_dim, cfg.dim)
             self.visual_encoder = nn.Linear(cfg.visual_feature_dim, cfg.dim)
@@ -159,7 +162,7 @@ class CIGN(nn.Module):
         if not self._task_sizes:
             raise RuntimeError("CIGN.forward: call add_task(num_new_classes) before the first forward")
         self.check_inputs(audio, visual)
-        assign_mode = self.cfg.assign_mode if self.training else "hard"
+        assign_mode = self.cfg.assign_mode if self.training else self.cfg.eval_assign_mode
         audio_logits, audio_token_logits, audio_groups = self.audio_branch(self.audio_encoder(audio), assign_mode)
         visual_logits, visual_token_logits, visual_groups = self.visual_branch(self.visual_encoder(visual), assign_mode)
         return CIGNOutput(

@@ -6,6 +6,7 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
+from cign_fast.model.encoders import TOKEN_NORMS
 from cign_fast.ops.backends import BACKEND_NAMES
 from cign_fast.ops.checks import check_choice
 from cign_fast.ops.reference import MODES
@@ -47,6 +48,8 @@ class ModelConfig:
     visual_feature_dim: int | None = None
     class_token_init: str = "trunc_normal"
     assign_mode: str = "gumbel"
+    eval_assign_mode: str | None = None   # None: "hard" after hard/gumbel training, "soft" after soft training
+    token_norm: str = "standardise_l2"    # raw mode; "l2" is the authors' recipe (see ResNetTokenEncoder)
     backend: str = "auto"
     visual_weights: str | None = None
     audio_weights: str | None = None
@@ -56,6 +59,10 @@ class ModelConfig:
         check_choice("audio_tokens", self.audio_tokens, AUDIO_TOKEN_MODES)
         check_choice("class_token_init", self.class_token_init, CLASS_TOKEN_INITS)
         check_choice("assign_mode", self.assign_mode, MODES)
+        if self.eval_assign_mode is None:
+            self.eval_assign_mode = "soft" if self.assign_mode == "soft" else "hard"
+        check_choice("eval_assign_mode", self.eval_assign_mode, ("soft", "hard"))
+        check_choice("token_norm", self.token_norm, TOKEN_NORMS)
         check_choice("backend", self.backend, ("auto",) + BACKEND_NAMES)
         _check_int("dim", self.dim, 1)
         _check_int("depth", self.depth, 0)

@@ -11,7 +11,7 @@ from torch.nn import functional as F
 
 import cign_fast
 from cign_fast.model.cign import CIGNOutput
-from cign_fast.ops.checks import check_non_negative, check_positive
+from cign_fast.ops.checks import check_choice, check_non_negative, check_positive
 
 
 def check_labels(labels: Tensor, batch: int, num_classes: int) -> None:
@@ -32,13 +32,28 @@ def token_cross_entropy(token_logits: Tensor) -> Tensor:
     return F.cross_entropy(token_logits.flatten(0, 1), targets)
 
 
+DISTILL_FORMS = ("bernoulli", "softmax")
+
+
+def _bernoulli_distill_kl(student: Tensor, teacher: Tensor, temperature: float) -> Tensor:
+    """Mean over the elements of ``T^2 * KL(Bern(sigmoid(t / T)) || Bern(sigmoid(s / T)))``, [R, K] -> scalar."""
+    z_s, z_t = student / temperature, teacher.detach() / temperature
+    kl = F.softplus(z_s) - F.softplus(z_t) - torch.sigmoid(z_t) * (z_s - z_t)
+    return kl.mean() * temperature**2
+
+
 def class_token_distillation(
     student: CIGNOutput, teacher: CIGNOutput, num_old_classes: int, temperature: float, backend: str,
+    form: str = "bernoulli", token_heads: bool = True,
 ) -> Tensor:
-    """Sum of the four KL terms on the old classes (unweighted), each T^2-scaled and averaged over its rows.
+    """Sum of the KL terms on the old classes (unweighted), each T^2-scaled.
 
     Audio and visual logits: rows B, the student's first N_old columns against the teacher's [B, N_old].
-    Token heads: rows B * N_old (the old class tokens), columns the N_old old classes.
+    Token heads (with ``token_heads``): rows B * N_old (the old class tokens), columns the N_old old classes.
+    ``form="bernoulli"``: per-class sigmoid KL, the mean over rows and columns (the heads are per-class
+    sigmoids; this KL sees a uniform shift of the old logits). ``form="softmax"``: softmax KL over the old
+    columns, summed over columns and averaged over rows (blind to a uniform shift). The token heads are
+    softmax classifiers (trained with cross-entropy), so they always use the softmax form.
     """
     batch = student.audio_logits.shape[0]
     expected = {"logits": (batch, num_old_classes), "token_logits": (batch, num_old_classes, num_old_classes)}
@@ -50,16 +65,32 @@ def class_token_distillation(
                     f"teacher_out: expected {modality}_{kind} of shape {shape} (num_old_classes={num_old_classes}), got {got}"
                 )
     old = num_old_classes
-    pairs = (
-        (student.audio_logits[:, :old], teacher.audio_logits),
-        (student.visual_logits[:, :old], teacher.visual_logits),
+    head_pairs = ((student.audio_logits[:, :old], teacher.audio_logits),
+                  (student.visual_logits[:, :old], teacher.visual_logits))
+    token_pairs = (
         (student.audio_token_logits[:, :old, :old].reshape(-1, old), teacher.audio_token_logits.reshape(-1, old)),
         (student.visual_token_logits[:, :old, :old].reshape(-1, old), teacher.visual_token_logits.reshape(-1, old)),
     )
-    return sum(
-        cign_fast.token_distill_kl(student_rows, teacher_rows, temperature=temperature, backend=backend)
-        for student_rows, teacher_rows in pairs
-    )
+    total = student.audio_logits.new_zeros((), dtype=torch.float32)
+    for student_rows, teacher_rows in head_pairs:
+        if form == "bernoulli":
+            total = total + _bernoulli_distill_kl(student_rows, teacher_rows, temperature)
+        else:
+            total = total + cign_fast.token_distill_kl(student_rows, teacher_rows, temperature=temperature,
+                                                       backend=backend)
+    if token_heads:
+        for student_rows, teacher_rows in token_pairs:
+            total = total + cign_fast.token_distill_kl(student_rows, teacher_rows, temperature=temperature,
+                                                       backend=backend)
+    return total
+
+
+def classification_mask(labels: Tensor, num_classes: int, num_old_classes: int) -> Tensor:
+    """[B, N] float mask of the BCE terms kept when old classes are not negatives of new clips:
+    a clip of a new class is scored on the new classes only; a clip of an old class (an exemplar) on all."""
+    mask = torch.ones(labels.shape[0], num_classes, device=labels.device)
+    mask[:, :num_old_classes] = (labels < num_old_classes).unsqueeze(1).to(mask.dtype)
+    return mask
 
 
 def cign_loss(
@@ -70,42 +101,64 @@ def cign_loss(
     temperature: float = 2.0,
     kd_weight: float = 1.0,
     backend: str = "auto",
+    *,
+    distill_form: str = "bernoulli",
+    old_class_negatives: bool = True,
+    token_weight: float = 1.0,
 ) -> dict[str, Tensor]:
-    """The loss at task t: ``BCE(p_a, onehot) + BCE(p_v, onehot) + CE(token heads) + kd_weight * KD``.
+    """The loss at task t: ``BCE(p_a, onehot) + BCE(p_v, onehot) + token_weight * CE(token heads) + kd_weight * KD``.
 
     Args:
         out: the student's output (N classes). labels: [B] class indices in [0, N).
         teacher_out: the frozen teacher's output on the same batch (N_old = ``num_old_classes`` classes),
             or ``None`` at the first task (then ``"kd"`` is 0).
-        num_old_classes: N_old, the classes distilled (only read when ``teacher_out`` is given).
-        temperature: distillation temperature T. kd_weight: lambda. backend: for ``token_distill_kl``.
+        num_old_classes: N_old, the classes of the earlier tasks (distilled, and excluded from the BCE of new
+            clips unless ``old_class_negatives``).
+        temperature: distillation temperature T. kd_weight: lambda. backend: for the fused distillation ops.
+        distill_form: ``"bernoulli"`` (per-class sigmoid KL on the heads) or ``"softmax"`` (softmax KL over the
+            old columns), see :func:`class_token_distillation`.
+        old_class_negatives: the authors' BCE, a one-hot over all N classes for every clip (old classes are
+            pushed negative on new clips; the default). ``False``: a new clip is scored on the new classes only,
+            and the old classes' outputs on it are left to the distillation (measured: keeps old tasks better
+            but leaves new clips to old classes the teacher confuses them with; see docs/model.md).
+        token_weight: weight of the token-head cross-entropy and of its distillation (0 turns both off).
 
     Returns:
-        Scalars ``"bce_audio"``, ``"bce_visual"`` (means over B * N), ``"token_ce"`` (audio + visual),
-        ``"kd"`` (already multiplied by ``kd_weight``) and ``"total"`` (their sum).
+        Scalars ``"bce_audio"``, ``"bce_visual"`` (means over the kept B * N terms), ``"token_ce"`` (audio +
+        visual, already weighted), ``"kd"`` (already multiplied by ``kd_weight``) and ``"total"`` (their sum).
     """
     if not isinstance(out, CIGNOutput):
         raise TypeError(f"out: expected a CIGNOutput, got {type(out).__name__}")
     check_positive("temperature", temperature)
     check_non_negative("kd_weight", kd_weight)
+    check_non_negative("token_weight", token_weight)
+    check_choice("distill_form", distill_form, DISTILL_FORMS)
     batch, num_classes = out.audio_logits.shape
     check_labels(labels, batch, num_classes)
+    if teacher_out is not None or not old_class_negatives:
+        valid_int = isinstance(num_old_classes, int) and not isinstance(num_old_classes, bool)
+        lowest = 1 if teacher_out is not None else 0
+        if not valid_int or not lowest <= num_old_classes <= num_classes:
+            raise ValueError(f"num_old_classes: expected an int in [{lowest}, {num_classes}]"
+                             f"{' when teacher_out is given' if teacher_out is not None else ''}, got {num_old_classes!r}")
     onehot = F.one_hot(labels.long(), num_classes).to(out.audio_logits.dtype)
+    if old_class_negatives or num_old_classes == 0:
+        weight = None
+    else:
+        mask = classification_mask(labels, num_classes, num_old_classes)
+        weight = mask * (mask.numel() / mask.sum())   # the mean over the kept terms
     losses = {
-        "bce_audio": F.binary_cross_entropy_with_logits(out.audio_logits, onehot),
-        "bce_visual": F.binary_cross_entropy_with_logits(out.visual_logits, onehot.to(out.visual_logits.dtype)),
-        "token_ce": token_cross_entropy(out.audio_token_logits) + token_cross_entropy(out.visual_token_logits),
+        "bce_audio": F.binary_cross_entropy_with_logits(out.audio_logits, onehot, weight=weight),
+        "bce_visual": F.binary_cross_entropy_with_logits(out.visual_logits, onehot, weight=weight),
+        "token_ce": token_weight * (token_cross_entropy(out.audio_token_logits)
+                                    + token_cross_entropy(out.visual_token_logits)),
     }
     if teacher_out is None:
         losses["kd"] = out.audio_logits.new_zeros((), dtype=torch.float32)
     else:
         if not isinstance(teacher_out, CIGNOutput):
             raise TypeError(f"teacher_out: expected a CIGNOutput or None, got {type(teacher_out).__name__}")
-        valid_int = isinstance(num_old_classes, int) and not isinstance(num_old_classes, bool)
-        if not valid_int or not 0 < num_old_classes <= num_classes:
-            raise ValueError(
-                f"num_old_classes: expected an int in [1, {num_classes}] when teacher_out is given, got {num_old_classes!r}"
-            )
-        losses["kd"] = kd_weight * class_token_distillation(out, teacher_out, num_old_classes, temperature, backend)
+        losses["kd"] = kd_weight * class_token_distillation(out, teacher_out, num_old_classes, temperature, backend,
+                                                            distill_form, token_heads=token_weight > 0)
     losses["total"] = losses["bce_audio"] + losses["bce_visual"] + losses["token_ce"] + losses["kd"]
     return losses

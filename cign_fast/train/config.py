@@ -55,11 +55,15 @@ class OptimConfig:
 
 @dataclass
 class DistillConfig:
-    """Class-token distillation from the frozen teacher (the model after the previous task)."""
+    """Class-token distillation from the frozen teacher (the model after the previous task), and the
+    CIGN loss terms that decide what the old classes see (see ``cign_fast.model.losses.cign_loss``)."""
 
     enabled: bool = True
     temperature: float = 2.0
     weight: float = 1.0
+    form: str = "bernoulli"            # "bernoulli" (per-class sigmoid KL) or "softmax" (softmax KL over the old classes)
+    old_class_negatives: bool = True   # the authors' one-hot BCE over all classes; False: new clips scored on new classes only
+    token_weight: float = 1.0          # token-head cross-entropy and its distillation; 0 turns both off
 
 
 @dataclass
@@ -109,6 +113,7 @@ CHOICES = {
     "data.eval_split": ("test", "val"),
     "optim.schedule": ("constant", "cosine"),
     "memory.selection": ("herding", "random"),
+    "distill.form": ("bernoulli", "softmax"),
     "run.device": ("auto", "cpu", "cuda"),
     "run.precision": ("auto", "bf16", "fp32"),
 }
@@ -118,7 +123,7 @@ POSITIVE = {
 }
 NON_NEGATIVE = {
     "data.num_workers", "optim.weight_decay", "optim.precise_bn_batches", "optim.warmup_epochs", "optim.grad_clip",
-    "distill.weight",
+    "distill.weight", "distill.token_weight",
     "memory.budget",
 }
 

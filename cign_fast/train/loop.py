@@ -228,7 +228,9 @@ class IncrementalTrainer:
                     teacher_out = as_float32(self.teacher(audio, visual))
         distill = self.config.distill
         losses = cign_loss(as_float32(out), labels, teacher_out, self.model.num_old_classes,
-                           temperature=distill.temperature, kd_weight=distill.weight, backend=self.model_config.backend)
+                           temperature=distill.temperature, kd_weight=distill.weight, backend=self.model_config.backend,
+                           distill_form=distill.form, old_class_negatives=distill.old_class_negatives,
+                           token_weight=distill.token_weight)
         self.optimizer.zero_grad(set_to_none=True)
         losses["total"].backward()
         if self.config.optim.grad_clip > 0:
