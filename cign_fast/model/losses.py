@@ -36,10 +36,12 @@ DISTILL_FORMS = ("bernoulli", "softmax")
 
 
 def _bernoulli_distill_kl(student: Tensor, teacher: Tensor, temperature: float) -> Tensor:
-    """Mean over the elements of ``T^2 * KL(Bern(sigmoid(t / T)) || Bern(sigmoid(s / T)))``, [R, K] -> scalar."""
+    """``T^2 * sum_k KL(Bern(sigmoid(t / T)) || Bern(sigmoid(s / T)))`` averaged over rows, [R, K] -> scalar.
+
+    The sum over the K classes is the KL between the two factorised distributions over K binary labels."""
     z_s, z_t = student / temperature, teacher.detach() / temperature
     kl = F.softplus(z_s) - F.softplus(z_t) - torch.sigmoid(z_t) * (z_s - z_t)
-    return kl.mean() * temperature**2
+    return kl.sum(dim=-1).mean() * temperature**2
 
 
 def class_token_distillation(
@@ -50,9 +52,9 @@ def class_token_distillation(
 
     Audio and visual logits: rows B, the student's first N_old columns against the teacher's [B, N_old].
     Token heads (with ``token_heads``): rows B * N_old (the old class tokens), columns the N_old old classes.
-    ``form="bernoulli"``: per-class sigmoid KL, the mean over rows and columns (the heads are per-class
-    sigmoids; this KL sees a uniform shift of the old logits). ``form="softmax"``: softmax KL over the old
-    columns, summed over columns and averaged over rows (blind to a uniform shift). The token heads are
+    ``form="bernoulli"``: per-class sigmoid KL summed over the old columns and averaged over rows (the heads
+    are per-class sigmoids; this KL sees a uniform shift of the old logits). ``form="softmax"``: softmax KL
+    over the old columns, averaged over rows (blind to a uniform shift). The token heads are
     softmax classifiers (trained with cross-entropy), so they always use the softmax form.
     """
     batch = student.audio_logits.shape[0]
