@@ -280,6 +280,7 @@ def test_add_task_rejects_non_positive_sizes(task_size):
     (dict(backend="gpu"), "backend"),
     (dict(audio_tokens="all"), "audio_tokens"),
     (dict(token_norm="batch"), "token_norm"),
+    (dict(grouping_norms="post"), "grouping_norms"),
     (dict(eval_assign_mode="gumbel"), "eval_assign_mode"),
 ])
 def test_bad_config_names_the_argument(overrides, argument):
@@ -317,3 +318,24 @@ def test_bad_raw_inputs_name_the_argument():
     ]:
         with pytest.raises(ValueError, match=f"^{argument}"):
             model(bad_audio, bad_visual)
+
+
+def test_authors_grouping_norms_are_a_post_norm_cross_attention_block():
+    """model.grouping_norms="authors" equals GroupViT's post-norm block written out on the same weights."""
+    torch.manual_seed(0)
+    block = model_with_tasks(features_config(grouping_norms="authors"), 3).audio_branch.grouping
+    cross = block.cross_attn
+    groups, tokens = torch.randn(2, 3, 32), torch.randn(2, 5, 32)
+    attn = cross.attn
+
+    def heads(x: torch.Tensor) -> torch.Tensor:
+        return x.view(x.shape[0], x.shape[1], 2, 16).transpose(1, 2)
+
+    q, k, v = heads(attn.q_proj(groups)), heads(attn.k_proj(tokens)), heads(attn.v_proj(tokens))
+    weights = torch.softmax(q @ k.transpose(-1, -2) / 16**0.5, dim=-1)
+    x = groups + attn.out_proj((weights @ v).transpose(1, 2).flatten(2))
+    x = x + cross.mlp.fc2(torch.nn.functional.gelu(cross.mlp.fc1(cross.norm_mlp(x))))
+    torch.testing.assert_close(block.norm_cross(cross(groups, tokens)), block.norm_cross(x))
+    default = model_with_tasks(features_config(), 3).audio_branch.grouping.cross_attn
+    assert isinstance(default.norm_query, torch.nn.LayerNorm) and isinstance(default.norm_context, torch.nn.LayerNorm)
+    assert isinstance(cross.norm_query, torch.nn.Identity) and isinstance(cross.norm_context, torch.nn.Identity)

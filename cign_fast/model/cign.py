@@ -41,7 +41,7 @@ class ModalityBranch(nn.Module):
         self.class_token_init = cfg.class_token_init
         self.class_tokens = nn.ParameterList()
         self.transformer = Transformer(cfg.dim, cfg.depth, cfg.num_heads, cfg.mlp_ratio, cfg.drop_path)
-        self.grouping = GroupingBlock(cfg.dim, cfg.num_heads, cfg.mlp_ratio, cfg.backend)
+        self.grouping = GroupingBlock(cfg.dim, cfg.num_heads, cfg.mlp_ratio, cfg.backend, cfg.grouping_norms)
         self.token_norm = nn.LayerNorm(cfg.dim)
         self.token_head: nn.Linear | None = None
         self.group_norm = nn.LayerNorm(cfg.dim)

@@ -14,6 +14,7 @@ from cign_fast.ops.reference import MODES
 INPUT_MODES = ("raw", "features")
 AUDIO_TOKEN_MODES = ("map", "pooled")
 CLASS_TOKEN_INITS = ("trunc_normal", "zero")
+GROUPING_NORMS = ("pre_and_post", "authors")
 
 
 def _check_int(name: str, value: object, minimum: int) -> None:
@@ -50,6 +51,7 @@ class ModelConfig:
     assign_mode: str = "gumbel"
     eval_assign_mode: str | None = None   # None: "hard" after hard/gumbel training, "soft" after soft training
     token_norm: str = "standardise_l2"    # raw mode; "l2" is the authors' recipe (see ResNetTokenEncoder)
+    grouping_norms: str = "pre_and_post"  # "authors": GroupViT's post-norm cross-attention (see GroupingBlock)
     backend: str = "auto"
     visual_weights: str | None = None
     audio_weights: str | None = None
@@ -63,6 +65,7 @@ class ModelConfig:
             self.eval_assign_mode = "soft" if self.assign_mode == "soft" else "hard"
         check_choice("eval_assign_mode", self.eval_assign_mode, ("soft", "hard"))
         check_choice("token_norm", self.token_norm, TOKEN_NORMS)
+        check_choice("grouping_norms", self.grouping_norms, GROUPING_NORMS)
         check_choice("backend", self.backend, ("auto",) + BACKEND_NAMES)
         _check_int("dim", self.dim, 1)
         _check_int("depth", self.depth, 0)

@@ -56,9 +56,13 @@ class GroupingBlock(nn.Module):
 
     ``tokens`` [B, S, D], ``group_tokens`` [B, N, D] -> [B, N, D]. Build with ``num_groups=0`` and call
     :meth:`set_num_groups` before the first forward.
+
+    ``norms="pre_and_post"`` (the default) gives the cross-attention its own LayerNorms on the groups and
+    the tokens before attending, then normalises its output; ``"authors"`` is the authors' (GroupViT's)
+    post-norm block, without the two pre-norms (its inputs are already normalised).
     """
 
-    def __init__(self, dim: int, num_heads: int, mlp_ratio: float, backend: str) -> None:
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: float, backend: str, norms: str = "pre_and_post") -> None:
         super().__init__()
         self.num_groups = 0
         self.norm_tokens = nn.LayerNorm(dim)
@@ -66,7 +70,8 @@ class GroupingBlock(nn.Module):
         self.mixer_hidden = max(1, dim // 2)
         self.token_mixer: Mlp | None = None
         self.norm_mixed = nn.LayerNorm(dim)
-        self.cross_attn = TransformerBlock(dim, num_heads, mlp_ratio, drop_path=0.0, cross=True)
+        self.cross_attn = TransformerBlock(dim, num_heads, mlp_ratio, drop_path=0.0, cross=True,
+                                           attention_norms=norms == "pre_and_post")
         self.norm_cross = nn.LayerNorm(dim)
         self.assign = AssignAttention(dim, backend)
         self.norm_assigned = nn.LayerNorm(dim)

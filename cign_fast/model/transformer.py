@@ -61,13 +61,16 @@ class TransformerBlock(nn.Module):
     """Pre-norm block with drop-path: ``x + attn(norm(x), norm(context))``, then ``x + mlp(norm(x))``.
 
     With ``context=None`` it is self-attention over ``x`` [B, L, D]; otherwise ``x`` [B, Lq, D]
-    attends to ``context`` [B, Lk, D] (normalised by its own LayerNorm).
+    attends to ``context`` [B, Lk, D] (normalised by its own LayerNorm). ``attention_norms=False`` drops
+    the two LayerNorms before the attention (GroupViT's post-norm cross-attention block, whose inputs
+    arrive normalised and whose output the caller normalises).
     """
 
-    def __init__(self, dim: int, num_heads: int, mlp_ratio: float, drop_path: float, cross: bool = False) -> None:
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: float, drop_path: float, cross: bool = False,
+                 attention_norms: bool = True) -> None:
         super().__init__()
-        self.norm_query = nn.LayerNorm(dim)
-        self.norm_context = nn.LayerNorm(dim) if cross else None
+        self.norm_query = nn.LayerNorm(dim) if attention_norms else nn.Identity()
+        self.norm_context = (nn.LayerNorm(dim) if attention_norms else nn.Identity()) if cross else None
         self.attn = MultiHeadAttention(dim, num_heads)
         self.norm_mlp = nn.LayerNorm(dim)
         self.mlp = Mlp(dim, int(dim * mlp_ratio), dim)
