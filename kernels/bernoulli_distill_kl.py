@@ -9,14 +9,15 @@ columns [start, stop), with z = logits / T reflected so that the teacher's is <=
     grad = T * grad_scale * +-(sigmoid(b) - sigmoid(a))         (= T (p_s - p_t) / divisor)
 
 from two exponentials, e^a and e^-|b|; outside the range the gradient is 0 and nothing is read.
+Equal logits contribute exactly 0 to the loss (compiled Triton fuses multiply-adds, which may round
+the two softpluses differently).
 ``log1p`` is the atanh series (``_log1p``), exact to float32 rounding whatever the compiled
 ``tl.log`` is (an approximate ``lg2`` on GPUs would lose ``log(1 + u)`` for small u).
 
 Inputs are read through their strides (int64 offsets) once and never copied; the outputs are the
 gradient [R, K] (contiguous, the student's dtype, rounded once from float32) and the per-row loss
 [R] float32, reduced after the launch with ``reference.reduce_bernoulli_rows`` (deterministic, no
-atomics). Tiles: BLOCK_K up to 1024 columns, BLOCK_R rows so that a tile holds at most MAX_TILE
-elements, 4 warps.
+atomics). Tiles: ``tile_shape``, 4 warps.
 """
 
 from __future__ import annotations
@@ -30,6 +31,14 @@ from cign_fast.ops.reference import bernoulli_divisor, reduce_bernoulli_rows
 from .utils import block_size, on_device, rounded_to, tile_offsets
 
 MAX_TILE = 4096  # elements of one [BLOCK_R, BLOCK_K] tile
+NUM_WARPS = 4
+
+
+def tile_shape(rows: int, width: int) -> tuple[int, int]:
+    """``(BLOCK_R, BLOCK_K)`` for logits [rows, width]: BLOCK_K up to 1024 columns, then as many rows
+    (a power of two) as fit in MAX_TILE elements."""
+    block_k = block_size(width, 1024)
+    return block_size(rows, max(1, MAX_TILE // block_k), minimum=1), block_k
 
 
 @triton.jit
@@ -76,7 +85,7 @@ def _bernoulli_kl_kernel(
         sigmoid_b = tl.where(b >= 0.0, 1.0, exp_b) / (1.0 + exp_b)
         softplus_b = tl.maximum(b, 0.0) + _log1p(exp_b)
         element = softplus_b - _log1p(exp_a) - sigmoid_a * (b - a)
-        kl += tl.sum(tl.where(tile_mask, element, 0.0), axis=1)
+        kl += tl.sum(tl.where(tile_mask & (a != b), element, 0.0), axis=1)
         p_diff = sigmoid_b - sigmoid_a
         grad = (temperature * grad_scale) * tl.where(flip, -p_diff, p_diff)
         grad = tl.where(in_range[None, :], grad, 0.0)
@@ -94,12 +103,11 @@ def bernoulli_distill_kl_forward(
     per_row = torch.empty(rows, dtype=torch.float32, device=student.device)
     grad = torch.empty((rows, width), dtype=student.dtype, device=student.device)
     grad_scale = 1.0 / bernoulli_divisor(reduction, rows, stop - start)
-    block_k = block_size(width, 1024)
-    block_r = block_size(rows, max(1, MAX_TILE // block_k), minimum=1)
+    block_r, block_k = tile_shape(rows, width)
     with on_device(student):
         _bernoulli_kl_kernel[(triton.cdiv(rows, block_r),)](
             student, teacher, grad, per_row, *student.stride(), *teacher.stride(),
             rows, width, start, stop, temperature, grad_scale,
-            BLOCK_R=block_r, BLOCK_K=block_k, num_warps=4,
+            BLOCK_R=block_r, BLOCK_K=block_k, num_warps=NUM_WARPS,
         )
     return reduce_bernoulli_rows(per_row, reduction, stop - start), grad
