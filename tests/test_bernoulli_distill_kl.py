@@ -57,10 +57,12 @@ def reference_float64(student, teacher, upstream=None, **kwargs):
 
 
 @pytest.mark.parametrize("reduction", REDUCTIONS)
-def test_reference_matches_direct_float64(reduction):
+@pytest.mark.parametrize("temperature", [0.5, 1.0, 2.5])
+def test_reference_matches_direct_float64(reduction, temperature):
     student, teacher = logits(7, 12, torch.float64)
-    got = bernoulli_distill_kl_reference(student, teacher, temperature=2.5, columns=slice(0, 9), reduction=reduction)
-    expected = torch.as_tensor(direct_float64(student, teacher, 2.5, slice(0, 9), reduction))
+    got = bernoulli_distill_kl_reference(student, teacher, temperature=temperature, columns=slice(0, 9),
+                                         reduction=reduction)
+    expected = torch.as_tensor(direct_float64(student, teacher, temperature, slice(0, 9), reduction))
     torch.testing.assert_close(got.detach(), expected, rtol=1e-12, atol=1e-12)
 
 
@@ -192,21 +194,16 @@ def test_reduction_mean_is_the_mean_over_elements():
     torch.testing.assert_close(loss["mean"].detach(), bernoulli_kl(z_s, z_t).mean())
 
 
-def test_teacher_gets_no_gradient_and_columns_outside_the_range_none():
-    student, teacher = logits(5, 9)
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
+def test_only_the_student_columns_in_the_range_get_gradients(backend):
+    device = require_backend(backend, OP)
+    student, teacher = logits(5, 9, device=device, seed=8)
     teacher.requires_grad_()
-    loss = cign_fast.bernoulli_distill_kl(student, teacher, columns=(2, 6))
-    loss.backward()
+    cign_fast.bernoulli_distill_kl(student, teacher, columns=(2, 6), backend=backend).backward()
     assert teacher.grad is None
-    assert torch.equal(student.grad[:, :2], torch.zeros(5, 2)) and torch.equal(student.grad[:, 6:], torch.zeros(5, 3))
-    assert student.grad[:, 2:6].abs().min() > 0
-
-
-def test_temperature_scaling_matches_the_definition():
-    student, teacher = logits(4, 6, torch.float64)
-    for temperature in (0.5, 1.0, 4.0):
-        got = cign_fast.bernoulli_distill_kl(student, teacher, temperature=temperature, backend="reference")
-        torch.testing.assert_close(got.detach(), torch.as_tensor(direct_float64(student, teacher, temperature, None, "batchmean")))
+    outside = torch.ones(9, dtype=torch.bool)
+    outside[2:6] = False
+    assert torch.count_nonzero(student.grad[:, outside]) == 0 and student.grad[:, 2:6].abs().min() > 0
 
 
 def test_gradient_is_right_at_logits_of_zero():
