@@ -83,14 +83,14 @@ def test_low_precision_gradient_is_the_float32_gradient_rounded(device, dtype):
 
 COMPILE_PROBE = """
 import json
-import torch
+
 import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 from cign_fast.kernels import bernoulli_distill_kl as module
 
 results = []
-for dtype, (rows, width) in (("bf16", (128, 90)), ("fp16", (384, 220)), ("fp32", (3, 1030))):
+for dtype, (rows, width) in (("bf16", (384, 220)), ("fp32", (3, 1030))):
     block_r, block_k = module.tile_shape(rows, width)
     pointers = {"student_ptr": "*" + dtype, "teacher_ptr": "*" + dtype, "grad_ptr": "*" + dtype, "loss_ptr": "*fp32"}
     integers = ("student_stride_r", "student_stride_k", "teacher_stride_r", "teacher_stride_k", "R", "K", "start", "stop")
@@ -107,13 +107,14 @@ print(json.dumps(results))
 
 
 def test_kernel_compiles_for_sm90():
-    """Compiled (not interpreted) Triton, targeting sm_90 without a GPU, for every input dtype and
-    the tiles the launcher picks; the PTX takes no logarithm (log1p is the series)."""
+    """Compiled (not interpreted) Triton, targeting sm_90 without a GPU: bfloat16 (rounded stores) at
+    CIGN's head size and float32 at two column chunks, with the tiles the launcher picks; the PTX
+    takes no approximate logarithm (log1p is the series)."""
     env = {name: value for name, value in os.environ.items() if name != "TRITON_INTERPRET"}
     result = subprocess.run([sys.executable, "-c", COMPILE_PROBE], env=env, capture_output=True, text=True,
                             timeout=600)
     assert result.returncode == 0, result.stderr[-4000:]
     compiled = json.loads(result.stdout.strip().splitlines()[-1])
-    assert [entry["dtype"] for entry in compiled] == ["bf16", "fp16", "fp32"]
+    assert [entry["dtype"] for entry in compiled] == ["bf16", "fp32"]
     assert all(entry["ptx_bytes"] > 0 and entry["log_calls"] == 0 for entry in compiled)
-    assert compiled[2]["tile"] == [4, 1024]
+    assert [entry["tile"] for entry in compiled] == [[16, 256], [4, 1024]]
