@@ -14,7 +14,6 @@ scan of the inputs, is not part of the op and not timed).
 
 from __future__ import annotations
 
-import argparse
 from typing import Callable
 
 import torch
@@ -131,14 +130,8 @@ def grid(quick: bool, shapes: list[str] | None = None,
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    common.add_run_arguments(parser, quick_help="only the issue-4 target case ([384, 220] fp32)")
-    parser.add_argument("--shapes", nargs="+", choices=sorted(SHAPES), help="shapes (default: all)")
-    parser.add_argument("--dtypes", nargs="+", choices=sorted(DTYPES), help="dtypes (default: all)")
-    args = parser.parse_args(argv)
-    device = common.pick_device(args.device)
-    cases_grid = grid(args.quick, args.shapes, args.dtypes)
-    rows = common.per_thread_count(args.threads, lambda: run(*cases_grid, device, repeats=args.repeats))
+    rows = common.shape_dtype_main(argv, __doc__, "only the issue-4 target case ([384, 220] fp32)", SHAPES, DTYPES,
+                                   grid, run)
     print("\n".join(markdown(rows)))
     return 0
 

@@ -208,6 +208,21 @@ def add_run_arguments(parser: argparse.ArgumentParser, quick_help: str) -> None:
     parser.add_argument("--repeats", type=int, default=15, help="timed repeats per measurement on CPU (default 15)")
 
 
+def shape_dtype_main(argv: list[str] | None, doc: str, quick_help: str, shapes: dict, dtypes: dict,
+                     grid: Callable, run: Callable) -> list[dict]:
+    """The command line of an op benchmark over shapes and dtypes (``grid(quick, shapes, dtypes)`` picks
+    the cases, ``run(shapes, dtypes, device, repeats=...)`` measures them): parses ``argv`` and returns
+    the rows of every case, once per thread count asked for."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    add_run_arguments(parser, quick_help=quick_help)
+    parser.add_argument("--shapes", nargs="+", choices=sorted(shapes), help="shapes (default: all)")
+    parser.add_argument("--dtypes", nargs="+", choices=sorted(dtypes), help="dtypes (default: all)")
+    args = parser.parse_args(argv)
+    device = pick_device(args.device)
+    cases_grid = grid(args.quick, args.shapes, args.dtypes)
+    return per_thread_count(args.threads, lambda: run(*cases_grid, device, repeats=args.repeats))
+
+
 def ops_report(env: dict, sections: dict[str, list[dict]], checks: list[dict], notes: list[str]) -> dict:
     """The JSON of ``cign-fast bench ops``: environment, one list of rows per op, the target checks, notes."""
     env = {**env, "load_average_end": load_average()}

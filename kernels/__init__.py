@@ -1,7 +1,8 @@
 """The ``triton`` backend (``cign_fast.kernels``): fused Triton kernels behind the backend contract.
 
-Exports ``assign_attention_forward``, ``assign_attention_backward``, ``token_distill_kl_forward``
-(contracts in :mod:`cign_fast.ops.reference`), ``gumbel_noise`` and ``unavailable_reason``.
+Exports ``assign_attention_forward``, ``assign_attention_backward``, ``token_distill_kl_forward``,
+``bernoulli_distill_kl_forward`` (contracts in :mod:`cign_fast.ops.reference`), ``gumbel_noise`` and
+``unavailable_reason``.
 On CPU tensors the kernels run under Triton's interpreter, which must be switched on
 (``TRITON_INTERPRET=1``) before this package is imported: Triton reads it when a kernel is defined.
 """
@@ -11,14 +12,15 @@ from __future__ import annotations
 import torch
 
 from .assign_attention import assign_attention_backward, assign_attention_forward, gumbel_noise
+from .bernoulli_distill_kl import bernoulli_distill_kl_forward
 from .token_distill_kl import token_distill_kl_forward
 from .utils import INTERPRETED
 
 MIN_CAPABILITY = (8, 0)  # bfloat16 tensor-core dots
 
 __all__ = [
-    "assign_attention_backward", "assign_attention_forward", "gumbel_noise", "token_distill_kl_forward",
-    "unavailable_reason",
+    "assign_attention_backward", "assign_attention_forward", "bernoulli_distill_kl_forward", "gumbel_noise",
+    "token_distill_kl_forward", "unavailable_reason",
 ]
 
 

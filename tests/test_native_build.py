@@ -1,7 +1,8 @@
 """The native extensions: they import and expose the ops, the CPU kernels of both instruction sets
 agree with each other and with Python's noise, results do not depend on the thread count, and bad
 input raises a RuntimeError that names the problem instead of crashing. (The numerical comparison of
-every backend with the reference lives in test_assign_attention.py / test_token_distill_kl.py.)"""
+every backend with the reference lives in test_assign_attention.py / test_token_distill_kl.py /
+test_bernoulli_distill_kl.py.)"""
 
 from __future__ import annotations
 
@@ -16,7 +17,9 @@ from cign_fast.ops import native_cpp
 from cign_fast.ops.backends import backend_report
 from cign_fast.ops.gumbel import gumbel_noise, seed_keys
 
-OPS = ("assign_attention_forward", "assign_attention_backward", "token_distill_kl_forward")
+OPS = ("assign_attention_forward", "assign_attention_backward", "token_distill_kl_forward", "bernoulli_distill_kl_forward")
+# What the extensions export: the contract's functions, except the Bernoulli KL's per-row losses (reduced in Python).
+EXTENSION_OPS = (*OPS[:3], "bernoulli_distill_kl_rows")
 CUDA_BUILT = any(Path(cign_fast.__file__).parent.glob("_cuda*.so")) or any(Path(cign_fast.__file__).parent.glob("_cuda*.pyd"))
 
 
@@ -54,7 +57,7 @@ def run_cpp(q, k, v, grad_out, mode, sum_assign=False, seed=9):
 
 
 def test_cpu_extension_exposes_the_ops_and_reports_its_kernels():
-    for name in (*OPS, "gumbel_noise", "kernel_isa", "select_kernels", "num_threads"):
+    for name in (*EXTENSION_OPS, "gumbel_noise", "kernel_isa", "select_kernels", "num_threads"):
         assert callable(getattr(_C, name)), name
     for name in OPS:
         assert callable(getattr(native_cpp, name)), name
@@ -94,6 +97,20 @@ def test_avx2_and_generic_kernels_agree(use_isa, dtype, mode):
                                        atol=1e-5 if dtype == torch.float32 else 1e-2, msg=name)
 
 
+@pytest.mark.skipif("avx2" not in available_isas(), reason="this CPU has no AVX2+FMA")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_avx2_and_generic_bernoulli_kernels_agree(use_isa, dtype):
+    generator = torch.Generator().manual_seed(3)
+    student, teacher = (3 * torch.randn(2 * 64 + 5, 29, generator=generator).to(dtype) for _ in range(2))  # row blocks and vector tails
+    results = {}
+    for isa in ("avx2", "generic"):
+        use_isa(isa)
+        results[isa] = _C.bernoulli_distill_kl_rows(student, teacher.t().contiguous().t(), 2, 27, 1.5, "mean")
+    for a, b in zip(*results.values()):
+        assert a.dtype == b.dtype
+        torch.testing.assert_close(a.float(), b.float(), rtol=1e-5, atol=1e-7 if dtype == torch.float32 else 1e-2)
+
+
 def test_results_do_not_depend_on_the_thread_count():
     # big enough for the kernels to use two threads: (4 batch elements of 2^20 multiply-adds, 8192 rows)
     inputs = small_problem(shape=(4, 32, 64, 512))
@@ -103,7 +120,8 @@ def test_results_do_not_depend_on_the_thread_count():
     try:
         for threads in (1, 2):
             torch.set_num_threads(threads)
-            runs.append((*run_cpp(*inputs, mode=2), *native_cpp.token_distill_kl_forward(student, teacher, 3, 37, 2.0, "sum")))
+            runs.append((*run_cpp(*inputs, mode=2), *native_cpp.token_distill_kl_forward(student, teacher, 3, 37, 2.0, "sum"),
+                         *native_cpp.bernoulli_distill_kl_forward(student, teacher, 3, 37, 2.0, "sum")))
     finally:
         torch.set_num_threads(previous)
     for a, b in zip(*runs):
@@ -186,12 +204,13 @@ def test_bad_backward_inputs_raise_runtime_errors(statistic, value, match):
         (dict(student=torch.randn(0, 7), teacher=torch.randn(0, 7)), "at least one row"),
     ],
 )
-def test_bad_distill_inputs_raise_runtime_errors(changes, match):
+@pytest.mark.parametrize("function", ["token_distill_kl_forward", "bernoulli_distill_kl_rows"])
+def test_bad_distill_inputs_raise_runtime_errors(changes, match, function):
     args = dict(student=torch.randn(4, 7), teacher=torch.randn(4, 7), start=0, stop=7, temperature=2.0,
                 reduction="batchmean")
     args.update(changes)
-    with pytest.raises(RuntimeError, match=match):
-        _C.token_distill_kl_forward(**args)
+    with pytest.raises(RuntimeError, match=f"{function}: .*{match}"):
+        getattr(_C, function)(**args)
 
 
 def test_unknown_kernel_set_is_refused(use_isa):
@@ -203,13 +222,15 @@ def test_unknown_kernel_set_is_refused(use_isa):
 def test_cuda_extension_imports_exposes_the_ops_and_checks_the_device():
     from cign_fast import _cuda
 
-    for name in (*OPS, "gumbel_noise"):
+    for name in (*EXTENSION_OPS, "gumbel_noise"):
         assert callable(getattr(_cuda, name)), name
     q, k, v, _ = small_problem()
     with pytest.raises(RuntimeError, match="q must be a cuda tensor"):
         _cuda.assign_attention_forward(q, k, v, 0, 1.0, 1.0, False, *seed_keys(3), False)
     with pytest.raises(RuntimeError, match="student must be a cuda tensor"):
         _cuda.token_distill_kl_forward(torch.randn(4, 7), torch.randn(4, 7), 0, 7, 2.0, "sum")
+    with pytest.raises(RuntimeError, match="bernoulli_distill_kl_rows: student must be a cuda tensor"):
+        _cuda.bernoulli_distill_kl_rows(torch.randn(4, 7), torch.randn(4, 7), 0, 7, 2.0, "sum")
     if not torch.cuda.is_available():
         from cign_fast.ops import native_cuda
 

@@ -5,6 +5,7 @@ A backend is a module that implements some of the functions below for some devic
 * ``assign_attention_forward(q, k, v, mode, tau, eps, sum_assign, seed, return_maps)``
 * ``assign_attention_backward(grad_out, q, k, v, col_lse, col_argmax, row_sum, mode, tau, eps, sum_assign, seed)``
 * ``token_distill_kl_forward(student, teacher, start, stop, temperature, reduction)``
+* ``bernoulli_distill_kl_forward(student, teacher, start, stop, temperature, reduction)``
 
 with the contracts of :mod:`cign_fast.ops.reference`, which is itself the ``reference`` backend.
 """
@@ -111,7 +112,8 @@ def backend_report(device: torch.device | None = None) -> dict[str, dict[str, st
     """For ``cign-fast info``: per backend and op, ``None`` if usable in float32, else why not.
 
     Each backend is asked on ``device``, or on its own kind of device when none is given."""
-    ops = ("assign_attention_forward", "assign_attention_backward", "token_distill_kl_forward")
+    ops = ("assign_attention_forward", "assign_attention_backward", "token_distill_kl_forward",
+           "bernoulli_distill_kl_forward")
     report = {}
     for name, spec in BACKENDS.items():
         module, why = load_backend(name)

@@ -1,6 +1,7 @@
 """The backend contract over a native extension (``cign_fast._C`` or ``cign_fast._cuda``).
 
-The extensions take the two 32-bit noise keys instead of the seed; everything else passes through.
+The extensions take the two 32-bit noise keys instead of the seed, and return the Bernoulli
+distillation's per-row losses, reduced here; everything else passes through.
 ``native_cpp`` and ``native_cuda`` bind these functions to their extension with ``functools.partial``.
 """
 
@@ -11,6 +12,7 @@ from types import ModuleType
 import torch
 
 from cign_fast.ops.gumbel import seed_keys
+from cign_fast.ops.reference import reduce_bernoulli_rows
 
 
 def assign_attention_forward(
@@ -30,3 +32,13 @@ def assign_attention_backward(
     return extension.assign_attention_backward(
         grad_out, q, k, v, col_lse, col_argmax, row_sum, mode, tau, eps, sum_assign, *seed_keys(int(seed))
     )
+
+
+def bernoulli_distill_kl_forward(
+    extension: ModuleType, student: torch.Tensor, teacher: torch.Tensor, start: int, stop: int,
+    temperature: float, reduction: str,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(loss, grad_student [R, K])``: the extension's per-row losses [R] reduced with
+    ``reference.reduce_bernoulli_rows`` (the gradient already carries the reduction's scale)."""
+    row_loss, grad = extension.bernoulli_distill_kl_rows(student, teacher, start, stop, temperature, reduction)
+    return reduce_bernoulli_rows(row_loss, reduction, stop - start), grad

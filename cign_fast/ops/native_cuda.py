@@ -29,4 +29,5 @@ def gumbel_noise(shape: tuple[int, int, int], seed: int, device: torch.device) -
 
 assign_attention_forward = partial(native.assign_attention_forward, _cuda)
 assign_attention_backward = partial(native.assign_attention_backward, _cuda)
+bernoulli_distill_kl_forward = partial(native.bernoulli_distill_kl_forward, _cuda)
 token_distill_kl_forward = _cuda.token_distill_kl_forward  # (loss, grad_student [R, K]): the contract as is

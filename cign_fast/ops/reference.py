@@ -151,3 +151,77 @@ def token_distill_kl_forward(
     if reduction in ("batchmean", "mean"):
         grad = grad / max(rows, 1)
     return reduce_rows(per_row, reduction).to(compute), grad.to(student.dtype)
+
+
+def softplus(z: torch.Tensor) -> torch.Tensor:
+    """``log(1 + e^z)`` for any finite z: ``max(z, 0) + log1p(exp(-|z|))`` (what ``logaddexp(z, 0)``
+    computes), with the gradient ``sigmoid(z)`` everywhere, ``z = 0`` included."""
+    return torch.logaddexp(z, torch.zeros_like(z))
+
+
+def reflected_logits(z_s: torch.Tensor, z_t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(a, b, flip)``: teacher and student logits negated where the teacher's is > 0, so ``a <= 0``.
+
+    Swapping the two outcomes of both Bernoullis (``z -> -z``) leaves their KL unchanged and negates
+    ``p_s - p_t``; with ``a <= 0``, ``sigmoid(a) <= 1/2`` and ``softplus(a) <= log 2``."""
+    flip = z_t > 0
+    return torch.where(flip, -z_t, z_t), torch.where(flip, -z_s, z_s), flip
+
+
+def bernoulli_kl(z_s: torch.Tensor, z_t: torch.Tensor) -> torch.Tensor:
+    """``KL(Bern(sigmoid(z_t)) || Bern(sigmoid(z_s)))`` per element (>= 0), differentiable in ``z_s``.
+
+    ``= softplus(z_s) - softplus(z_t) - sigmoid(z_t) (z_s - z_t)``, evaluated on the reflected logits
+    (``reflected_logits``): there no two large terms cancel. Written as above, logits of 40 lose the
+    KL (~1e-18) to rounding: both softpluses are ~40."""
+    a, b, _ = reflected_logits(z_s, z_t)
+    return softplus(b) - softplus(a) - torch.sigmoid(a) * (b - a)
+
+
+def bernoulli_divisor(reduction: str, rows: int, columns: int) -> int:
+    """What ``bernoulli_distill_kl`` divides the summed loss by: R for ``'batchmean'``, R * columns for
+    ``'mean'`` (the mean over elements), 1 for ``'sum'`` and ``'none'``."""
+    return {"batchmean": rows, "mean": rows * columns}.get(reduction, 1)
+
+
+def reduce_bernoulli_rows(per_row: torch.Tensor, reduction: str, columns: int) -> torch.Tensor:
+    """Apply ``reduction`` to the per-row losses [R] of ``columns`` distilled columns each; the sum is
+    taken in float64 (deterministic, and no precision lost over many rows)."""
+    if reduction == "none":
+        return per_row
+    total = per_row.sum(dtype=torch.float64) / bernoulli_divisor(reduction, per_row.shape[0], columns)
+    return total.to(per_row.dtype)
+
+
+def bernoulli_distill_kl_reference(
+    student: torch.Tensor, teacher: torch.Tensor, *, temperature: float = 1.0,
+    columns: slice | None = None, reduction: str = "batchmean",
+) -> torch.Tensor:
+    """``T^2 * sum_c KL(Bern(sigmoid(teacher/T)) || Bern(sigmoid(student/T)))`` per row over ``columns``,
+    reduced (``'mean'``: over the R * columns elements); the teacher detached."""
+    cols = columns if columns is not None else slice(None)
+    compute = torch.float64 if student.dtype == torch.float64 else torch.float32
+    z_s = student[:, cols].to(compute) / temperature
+    z_t = teacher.detach()[:, cols].to(compute) / temperature
+    per_row = bernoulli_kl(z_s, z_t).sum(dim=-1) * temperature**2
+    return reduce_bernoulli_rows(per_row, reduction, z_s.shape[1]).to(student.dtype)
+
+
+def bernoulli_distill_kl_forward(
+    student: torch.Tensor, teacher: torch.Tensor, start: int, stop: int, temperature: float, reduction: str,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Loss and, in the same pass, d(loss)/d(student) for a unit upstream gradient.
+
+    Returns ``(loss, grad_student [R, K])`` as ``token_distill_kl_forward`` does. Gradient on the
+    columns: ``T * (p_s - p_t) / bernoulli_divisor(...)``, from the reflected logits as
+    ``+-(sigmoid(b) - sigmoid(a))`` (accurate also where both probabilities are near 1)."""
+    compute = torch.float64 if student.dtype == torch.float64 else torch.float32
+    z_s = student[:, start:stop].to(compute) / temperature
+    z_t = teacher[:, start:stop].to(compute) / temperature
+    per_row = bernoulli_kl(z_s, z_t).sum(dim=-1) * temperature**2
+    a, b, flip = reflected_logits(z_s, z_t)
+    p_diff = torch.sigmoid(b) - torch.sigmoid(a)
+    scale = temperature / bernoulli_divisor(reduction, student.shape[0], stop - start)
+    grad = torch.zeros(student.shape, dtype=compute, device=student.device)
+    grad[:, start:stop] = scale * torch.where(flip, -p_diff, p_diff)
+    return reduce_bernoulli_rows(per_row, reduction, stop - start), grad.to(student.dtype)

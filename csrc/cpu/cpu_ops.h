@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <atomic>
 #include <memory>
+#include <tuple>
 
 #include <ATen/Parallel.h>
 
@@ -53,6 +54,43 @@ void parallel_items(int64_t count, int64_t min_items_per_thread, int64_t scratch
 // thread should get at least min_thread_work of them.
 inline int64_t min_items_per_thread(int64_t item_work, int64_t min_thread_work) {
   return std::max<int64_t>(1, (min_thread_work + item_work - 1) / std::max<int64_t>(item_work, 1));
+}
+
+using DistillRowsKernel = void (*)(const DistillIO&, int64_t row_begin, int64_t row_end, float* scratch);
+
+// A distillation kernel (KernelTable::distill_rows or bernoulli_rows) over student/teacher [R, K]
+// (any strides; checked by check_distill_inputs) on blocks of 64 rows spread over ATen's threads.
+// Returns (row_loss [R] float32, grad [R, K] contiguous in the student's dtype); grad_scale is T
+// divided by what the reduction divides the summed loss by.
+inline std::tuple<at::Tensor, at::Tensor> run_distill_rows(const at::Tensor& student, const at::Tensor& teacher,
+                                                          int64_t start, int64_t stop, double temperature,
+                                                          double grad_scale, Dtype dtype, DistillRowsKernel rows_kernel) {
+  const int64_t rows = student.size(0), width = student.size(1);
+  at::Tensor grad = at::empty({rows, width}, student.options());
+  at::Tensor row_loss = at::empty({rows}, student.options().dtype(at::kFloat));
+  DistillIO io{};
+  io.student = student.data_ptr();
+  io.teacher = teacher.data_ptr();
+  io.rows = rows;
+  io.width = width;
+  io.start = start;
+  io.stop = stop;
+  io.student_row_stride = student.stride(0);
+  io.student_col_stride = student.stride(1);
+  io.teacher_row_stride = teacher.stride(0);
+  io.teacher_col_stride = teacher.stride(1);
+  io.temperature = static_cast<float>(temperature);
+  io.grad_scale = static_cast<float>(grad_scale);
+  io.dtype = dtype;
+  io.row_loss = row_loss.data_ptr<float>();
+  io.grad = grad.data_ptr();
+  constexpr int64_t kBlockRows = 64;
+  const int64_t blocks = (rows + kBlockRows - 1) / kBlockRows;
+  parallel_items(blocks, min_items_per_thread(kBlockRows * (stop - start), int64_t{1} << 17),
+                 active_kernels().distill_scratch(io), [&](int64_t block, int64_t, float* scratch) {
+                   rows_kernel(io, block * kBlockRows, std::min(rows, (block + 1) * kBlockRows), scratch);
+                 });
+  return {row_loss, grad};
 }
 
 }  // namespace cign_fast::cpu

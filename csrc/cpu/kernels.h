@@ -3,8 +3,8 @@
 // instruction sets without sharing any inline function with the torch-aware code.
 //
 // The kernels work on one batch element (assign attention) or a range of rows (distillation) at a
-// time; the callers in assign_attention.cpp / token_distill_kl.cpp spread them over threads with
-// at::parallel_for. All arithmetic is float32; bfloat16 inputs are widened on load.
+// time; the callers in assign_attention.cpp / token_distill_kl.cpp / bernoulli_distill_kl.cpp spread
+// them over threads with at::parallel_for. All arithmetic is float32; bfloat16 inputs are widened on load.
 #pragma once
 
 #include <cstdint>
@@ -66,7 +66,7 @@ struct DistillIO {
   int64_t rows, width, start, stop;
   int64_t student_row_stride, student_col_stride, teacher_row_stride, teacher_col_stride;
   float temperature;
-  float grad_scale;  // T, divided by R for the mean reductions
+  float grad_scale;  // T, divided by what the reduction divides the summed loss by (R for batchmean)
   Dtype dtype;
   float* row_loss;   // [R]: T^2 * KL per row
   void* grad;        // [R, K] contiguous, dtype: d(loss)/d(student), zero outside the columns
@@ -84,7 +84,10 @@ struct KernelTable {
                          float* scratch);
   void (*assign_backward)(const AssignOptions&, const AssignBackwardIO&, int64_t batch_index, int64_t next_index,
                           float* scratch);
+  // Rows [row_begin, row_end) of the distillation ops (softmax KL, per-class Bernoulli KL); both take
+  // distill_scratch floats of scratch.
   void (*distill_rows)(const DistillIO&, int64_t row_begin, int64_t row_end, float* scratch);
+  void (*bernoulli_rows)(const DistillIO&, int64_t row_begin, int64_t row_end, float* scratch);
   // Gumbel noise of elements [first, first + count) into out[0, count).
   void (*gumbel_noise)(float* out, int64_t first, int64_t count, uint32_t key_a, uint32_t key_b);
 };

@@ -791,6 +791,65 @@ void distill_rows(const DistillIO& io, int64_t row_begin, int64_t row_end, float
   }
 }
 
+// ---------------------------------------------------------------------------------------------
+// Per-class Bernoulli distillation
+
+inline f32x8 abs8(f32x8 x) { return (f32x8)((i32x8)x & 0x7FFFFFFF); }
+
+// log(1 + u) for u in [0, 1]: 2 atanh(y), y = u / (2 + u) <= 1/3, by its series up to y^13 (the
+// next term is below float32's rounding of the sum).
+inline f32x8 log1p8(f32x8 u) {
+  const f32x8 y = u / (u + 2.0f);
+  const f32x8 y2 = y * y;
+  f32x8 series = splat(1.0f / 13.0f);
+  series = series * y2 + 1.0f / 11.0f;
+  series = series * y2 + 1.0f / 9.0f;
+  series = series * y2 + 1.0f / 7.0f;
+  series = series * y2 + 1.0f / 5.0f;
+  series = series * y2 + 1.0f / 3.0f;
+  series = series * y2 + 1.0f;
+  return 2.0f * y * series;
+}
+
+// Per row r, on the columns: z = x / T reflected so that the teacher's is <= 0 (a = -|z_t|,
+// b = +-z_s; the KL of the two Bernoullis is unchanged), the loss T^2 sum_c [softplus(b) -
+// softplus(a) - sigmoid(a) (b - a)] and the gradient grad_scale * +-(sigmoid(b) - sigmoid(a)),
+// zero elsewhere; from two exponentials per element, e^a and e^-|b|, in one sweep over the row.
+// Equal logits contribute exactly 0 (the compiler may contract one of the two softpluses into an FMA
+// and not the other).
+void bernoulli_rows(const DistillIO& io, int64_t row_begin, int64_t row_end, float* scratch) {
+  const int64_t width = io.stop - io.start;
+  const Dtype dtype = io.dtype;
+  float* student_buffer = scratch;
+  float* teacher_buffer = scratch + round_up(width, 16);
+  const float inv_t = 1.0f / io.temperature;
+  const f32x8 zero = splat(0.0f), one = splat(1.0f);
+  for (int64_t r = row_begin; r < row_end; ++r) {
+    const float* xs = distill_row(io.student, io.student_row_stride, io.student_col_stride, io, r, student_buffer);
+    const float* xt = distill_row(io.teacher, io.teacher_row_stride, io.teacher_col_stride, io, r, teacher_buffer);
+    void* grad_row = advance(io.grad, dtype, r * io.width);
+    // float32: straight into the output; bfloat16: over the widened student row, chunk by chunk after reading it.
+    float* grad = dtype == Dtype::kFloat32 ? static_cast<float*>(advance(grad_row, dtype, io.start)) : student_buffer;
+    f32x8 total = zero;
+    for_each_chunk(width, [&](int64_t c, int64_t n) {
+      const f32x8 zs = load_part<f32x8>(xs + c, n) * inv_t, zt = load_part<f32x8>(xt + c, n) * inv_t;
+      const i32x8 flip = zt > 0.0f;
+      const f32x8 a = select(flip, -zt, zt), b = select(flip, -zs, zs);
+      const f32x8 exp_a = exp8(a), exp_b = exp8(-abs8(b));
+      const f32x8 sigmoid_a = exp_a / (exp_a + 1.0f);
+      const f32x8 sigmoid_b = select(b >= 0.0f, one, exp_b) / (exp_b + 1.0f);
+      const f32x8 kl = vmax(b, zero) + log1p8(exp_b) - log1p8(exp_a) - sigmoid_a * (b - a);
+      total += select(lanes_below(n) & (a != b), kl, zero);  // equal logits: exactly 0, whatever FMAs contract
+      const f32x8 p_diff = sigmoid_b - sigmoid_a;
+      store_part(grad + c, select(flip, -p_diff, p_diff) * io.grad_scale, n);
+    });
+    io.row_loss[r] = static_cast<float>(static_cast<double>(io.temperature) * io.temperature * hsum(total));
+    if (dtype != Dtype::kFloat32) narrow_row(student_buffer, advance(grad_row, dtype, io.start), dtype, width);
+    zero_row(grad_row, dtype, io.start);
+    zero_row(advance(grad_row, dtype, io.stop), dtype, io.width - io.stop);
+  }
+}
+
 void gumbel_noise(float* out, int64_t first, int64_t count, uint32_t key_a, uint32_t key_b) {
   for_each_chunk(count, [&](int64_t s, int64_t n) {
     store_part(out + s, gumbel8(static_cast<uint32_t>(first + s), key_a, key_b), n);
@@ -804,8 +863,8 @@ namespace cign_fast::cpu::CIGN_CPU_ISA {
 
 const KernelTable& kernels() {
   static const KernelTable table{
-      CIGN_CPU_ISA_NAME, assign_forward_scratch, assign_backward_scratch, distill_scratch,
-      assign_forward,    assign_backward,        distill_rows,            gumbel_noise,
+      CIGN_CPU_ISA_NAME, assign_forward_scratch, assign_backward_scratch, distill_scratch, assign_forward,
+      assign_backward,   distill_rows,           bernoulli_rows,          gumbel_noise,
   };
   return table;
 }

@@ -17,6 +17,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> assign_attention_backward_cuda(
 std::tuple<at::Tensor, at::Tensor> token_distill_kl_forward_cuda(const at::Tensor& student, const at::Tensor& teacher,
                                                                  int64_t start, int64_t stop, double temperature,
                                                                  const std::string& reduction);
+std::tuple<at::Tensor, at::Tensor> bernoulli_distill_kl_rows_cuda(const at::Tensor& student, const at::Tensor& teacher,
+                                                                  int64_t start, int64_t stop, double temperature,
+                                                                  const std::string& reduction);
 }  // namespace cign_fast
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
@@ -34,6 +37,10 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         py::arg("row_sum"), py::arg("mode"), py::arg("tau"), py::arg("eps"), py::arg("sum_assign"), py::arg("key_a"),
         py::arg("key_b"));
   m.def("token_distill_kl_forward", &cf::token_distill_kl_forward_cuda, "(loss, grad_student) of the distillation KL",
+        py::arg("student"), py::arg("teacher"), py::arg("start"), py::arg("stop"), py::arg("temperature"),
+        py::arg("reduction"));
+  m.def("bernoulli_distill_kl_rows", &cf::bernoulli_distill_kl_rows_cuda,
+        "(per-row loss [R], grad_student) of the per-class Bernoulli distillation KL (reduction: of the gradient)",
         py::arg("student"), py::arg("teacher"), py::arg("start"), py::arg("stop"), py::arg("temperature"),
         py::arg("reduction"));
 }

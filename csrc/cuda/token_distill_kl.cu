@@ -8,23 +8,11 @@
 #include <string>
 #include <tuple>
 
+#include "distill_rows.cuh"
 #include "tensor_checks.h"
 
 namespace cign_fast {
 namespace {
-
-constexpr int kWarp = 32;
-constexpr int kWarpsPerBlock = 8;
-
-struct DistillShape {
-  int64_t rows, width, start, stop;
-  int64_t student_row_stride, student_col_stride, teacher_row_stride, teacher_col_stride;
-};
-
-__device__ __forceinline__ float warp_sum(float x) {
-  for (int offset = kWarp / 2; offset > 0; offset /= 2) x += __shfl_xor_sync(0xffffffffu, x, offset);
-  return x;
-}
 
 __device__ __forceinline__ float warp_max(float x) {
   for (int offset = kWarp / 2; offset > 0; offset /= 2) x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, offset));
@@ -89,18 +77,15 @@ std::tuple<at::Tensor, at::Tensor> token_distill_kl_forward_cuda(const at::Tenso
                                                                  const std::string& reduction) {
   constexpr const char* op = "token_distill_kl_forward";
   check_distill_inputs(op, student, teacher, c10::DeviceType::CUDA, start, stop, temperature, reduction);
-  TORCH_CHECK(student.scalar_type() == at::kFloat || student.scalar_type() == at::kBFloat16 ||
-                  student.scalar_type() == at::kHalf,
-              op, ": student must be float32, bfloat16 or float16 (cuda backend), got ", student.scalar_type());
+  check_distill_cuda_dtype(op, student);
   const c10::cuda::CUDAGuard guard(student.device());
   const int64_t rows = student.size(0), width = student.size(1);
-  const DistillShape shape{rows, width, start, stop, student.stride(0), student.stride(1), teacher.stride(0),
-                           teacher.stride(1)};
+  const DistillShape shape = distill_shape(student, teacher, start, stop);
   const bool mean = reduction == "batchmean" || reduction == "mean";
   const float grad_scale = static_cast<float>(mean ? temperature / static_cast<double>(rows) : temperature);
   at::Tensor grad = at::empty({rows, width}, student.options());
   at::Tensor row_loss = at::empty({rows}, student.options().dtype(at::kFloat));
-  const auto blocks = static_cast<unsigned>((rows + kWarpsPerBlock - 1) / kWarpsPerBlock);
+  const unsigned blocks = distill_blocks(rows);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, student.scalar_type(), "token_distill_kl_forward_cuda", [&] {
     distill_rows_kernel<scalar_t><<<blocks, kWarp * kWarpsPerBlock, 0, at::cuda::getCurrentCUDAStream()>>>(
         student.data_ptr<scalar_t>(), teacher.data_ptr<scalar_t>(), shape, static_cast<float>(temperature), grad_scale,
