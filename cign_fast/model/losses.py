@@ -35,15 +35,6 @@ def token_cross_entropy(token_logits: Tensor) -> Tensor:
 DISTILL_FORMS = ("bernoulli", "softmax")
 
 
-def _bernoulli_distill_kl(student: Tensor, teacher: Tensor, temperature: float) -> Tensor:
-    """``T^2 * sum_k KL(Bern(sigmoid(t / T)) || Bern(sigmoid(s / T)))`` averaged over rows, [R, K] -> scalar.
-
-    The sum over the K classes is the KL between the two factorised distributions over K binary labels."""
-    z_s, z_t = student / temperature, teacher.detach() / temperature
-    kl = F.softplus(z_s) - F.softplus(z_t) - torch.sigmoid(z_t) * (z_s - z_t)
-    return kl.sum(dim=-1).mean() * temperature**2
-
-
 def class_token_distillation(
     student: CIGNOutput, teacher: CIGNOutput, num_old_classes: int, temperature: float, backend: str,
     form: str = "bernoulli", token_heads: bool = True,
@@ -73,13 +64,10 @@ def class_token_distillation(
         (student.audio_token_logits[:, :old, :old].reshape(-1, old), teacher.audio_token_logits.reshape(-1, old)),
         (student.visual_token_logits[:, :old, :old].reshape(-1, old), teacher.visual_token_logits.reshape(-1, old)),
     )
+    head_kl = cign_fast.bernoulli_distill_kl if form == "bernoulli" else cign_fast.token_distill_kl
     total = student.audio_logits.new_zeros((), dtype=torch.float32)
     for student_rows, teacher_rows in head_pairs:
-        if form == "bernoulli":
-            total = total + _bernoulli_distill_kl(student_rows, teacher_rows, temperature)
-        else:
-            total = total + cign_fast.token_distill_kl(student_rows, teacher_rows, temperature=temperature,
-                                                       backend=backend)
+        total = total + head_kl(student_rows, teacher_rows, temperature=temperature, backend=backend)
     if token_heads:
         for student_rows, teacher_rows in token_pairs:
             total = total + cign_fast.token_distill_kl(student_rows, teacher_rows, temperature=temperature,
