@@ -9,6 +9,7 @@ Every error names the offending key (and the file it came from) and what was exp
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -83,6 +84,7 @@ class RunConfig:
     epoch_checkpoints: bool = True     # checkpoint after every epoch (else only after every task)
     progress: bool = True
     tensorboard: bool = True
+    divergence_factor: float = 100.0   # stop when a step's loss exceeds this times the task's first (0: NaN/inf only)
 
 
 @dataclass
@@ -119,7 +121,7 @@ POSITIVE = {
 NON_NEGATIVE = {
     "data.num_workers", "optim.weight_decay", "optim.precise_bn_batches", "optim.warmup_epochs", "optim.grad_clip",
     "distill.weight",
-    "memory.budget",
+    "memory.budget", "run.divergence_factor",
 }
 
 
@@ -179,6 +181,8 @@ def check_value(key: str, value: object) -> None:
     """Range and choice constraints of one ``section.name`` key."""
     if value is None:
         return
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"config {key}: expected a finite number, got {value!r}")
     if key in CHOICES and value not in CHOICES[key]:
         raise ValueError(f"config {key}: expected one of {', '.join(map(repr, CHOICES[key]))}, got {value!r}")
     if key in POSITIVE and not value > 0:

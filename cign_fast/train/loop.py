@@ -38,6 +38,7 @@ from cign_fast.train.checkpoint import (
 )
 from cign_fast.train.config import TrainConfig, save_config
 from cign_fast.train.data import RunData, dataset_skip_report, load_run_data
+from cign_fast.train.divergence import CHECK_EVERY_STEPS, DivergenceMonitor
 from cign_fast.train.distributed import (
     DistContext, all_reduce_sum, barrier, broadcast_from_main, per_rank_batch_size, setup_distributed,
     teardown_distributed,
@@ -131,6 +132,8 @@ class IncrementalTrainer:
             self.skips.merge(dataset_skip_report(dataset))
         self.num_tasks = len(data.class_tasks)
         self.task_of_class = [t for t, names in enumerate(data.class_tasks) for _ in names]
+        self.divergence = DivergenceMonitor(LOSS_KEYS, config.run.divergence_factor, context, self.num_tasks,
+                                            config.optim.epochs, lambda: self.checkpoints.newest)
 
     # ----- task structure -------------------------------------------------------------------------------------
 
@@ -188,14 +191,23 @@ class IncrementalTrainer:
             labels = batch["label"].to(device, non_blocking=True)
             if not self.every_rank_has_clips(labels.numel()):
                 continue
-            losses = self.train_step(batch["audio"].to(device, non_blocking=True),
-                                     batch["visual"].to(device, non_blocking=True), labels, trainable)
+            lr = self.scheduler.get_last_lr()[0]
+            audio, visual = batch["audio"].to(device, non_blocking=True), batch["visual"].to(device, non_blocking=True)
+            try:
+                losses = self.train_step(audio, visual, labels, trainable)
+            except ValueError as error:   # NaN or inf inside the model fails an op's input check
+                self.divergence.raise_if_diverged(error, (audio, visual), trainable, task, epoch)
+                raise
+            self.divergence.observe(task, epoch, step, lr, losses)
             sums += torch.stack([losses[key].detach().double() * labels.numel() for key in LOSS_KEYS]
                                 + [torch.tensor(float(labels.numel()), dtype=torch.float64, device=device)])
+            if (step + 1) % CHECK_EVERY_STEPS == 0:
+                self.divergence.check(task, epoch)
             if show and step % 5 == 0:
                 elapsed = time.perf_counter() - start
                 bar.set_postfix(loss=f"{float(sums[0] / sums[-1]):.4f}",
                                 clips_per_s=f"{float(sums[-1]) * self.context.world_size / max(elapsed, 1e-9):.1f}")
+        self.divergence.check(task, epoch, trainable)
         all_reduce_sum(sums, self.context)
         seconds = time.perf_counter() - start
         bar.close()
