@@ -27,7 +27,9 @@ from torch.utils.data import Dataset
 from cign_fast.data.cache import MANIFEST_NAME, open_shard_file, read_manifest, verify_shard_file
 from cign_fast.data.clips import check_class_names, check_split, require_every_class
 from cign_fast.data.safe_pickle import load_feature_dict, load_label_dict
-from cign_fast.data.skips import MISSING_AUDIO, MISSING_AUDIO_AND_VISUAL, MISSING_VISUAL, SkippedItem, SkipReport
+from cign_fast.data.skips import (
+    MISSING_AUDIO, MISSING_AUDIO_AND_VISUAL, MISSING_VISUAL, SkippedItem, SkipReport, non_finite_inputs,
+)
 
 AVCIL_LABELS = "all_id_category_dict.npy"
 AVCIL_AUDIO = "audio_pretrained_feature/audio_pretrained_feature_dict.npy"
@@ -151,7 +153,8 @@ class FeatureDataset(Dataset):
     """Pre-extracted features of ``split`` whose label is in ``class_names`` (class index = position).
 
     ``root``: a project feature cache (``manifest.json``) or an AV-CIL feature folder.
-    Item: ``{"audio": [S_a, D_a] float32, "visual": [S_v, D_v] float32, "label": int, "id": str}``.
+    Item: ``{"audio": [S_a, D_a] float32, "visual": [S_v, D_v] float32, "label": int, "id": str}``, or a
+    :class:`SkippedItem` (``non_finite_input``) when a feature holds NaN or inf (use ``collate_skipping``).
     ``targets``, ``ids`` and ``skip_report`` (clips left out when the features were made, or without a
     feature) are available without reading any feature; ``feature_dims`` is ``(D_a, D_v)``.
     """
@@ -181,10 +184,10 @@ class FeatureDataset(Dataset):
         require_every_class(self.targets, self.class_names, split, self.root)
         if verify:
             self._source.verify(self._locators)
-        first = self[0]
+        first_audio, first_visual = self._tokens(0)
         self._source.close()   # no file handle is inherited by DataLoader worker processes
-        self.audio_shape = tuple(first["audio"].shape)
-        self.visual_shape = tuple(first["visual"].shape)
+        self.audio_shape = tuple(first_audio.shape)
+        self.visual_shape = tuple(first_visual.shape)
 
     @property
     def feature_dims(self) -> tuple[int, int]:
@@ -194,8 +197,14 @@ class FeatureDataset(Dataset):
     def __len__(self) -> int:
         return len(self.ids)
 
-    def __getitem__(self, index: int) -> dict[str, Any]:
+    def _tokens(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         clip_id = self.ids[index]
         audio, visual = self._source.read(self._locators[index])
-        return {"audio": _as_tokens(audio, clip_id, "audio"), "visual": _as_tokens(visual, clip_id, "visual"),
-                "label": self.targets[index], "id": clip_id}
+        return _as_tokens(audio, clip_id, "audio"), _as_tokens(visual, clip_id, "visual")
+
+    def __getitem__(self, index: int) -> dict[str, Any] | SkippedItem:
+        audio, visual = self._tokens(index)
+        bad = non_finite_inputs(self.ids[index], audio=audio, visual=visual)
+        if bad is not None:
+            return bad
+        return {"audio": audio, "visual": visual, "label": self.targets[index], "id": self.ids[index]}
