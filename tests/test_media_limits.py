@@ -114,5 +114,6 @@ def test_non_finite_features_are_skipped_and_the_run_goes_on(tmp_path: Path) -> 
     assert item == SkippedItem("class_0_train_3", "non_finite_input", "the audio input holds NaN or inf")
     with one_thread(), warnings.catch_warnings():
         warnings.simplefilter("ignore", SkippedClipWarning)
-        results = train_incremental(tiny_config(data, tmp_path / "run"), log=lambda message: None)
+        results = train_incremental(tiny_config(data, tmp_path / "run", "--tasks", "2", "--epochs", "1"),
+                                    log=lambda message: None)
     assert results.skips.ids("non_finite_input") == ["class_0_train_3"]

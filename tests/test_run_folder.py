@@ -15,6 +15,7 @@ from cign_fast.train.run_folder import RUN_OUTPUTS, RunFolderError, RunFolderLoc
 from test_trainer_helpers import one_thread, tiny_config, write_feature_dataset
 
 QUIET = {"log": lambda message: None}
+FAST = ("--tasks", "2", "--epochs", "1")   # 2 tasks of 3 classes, 4 checkpoints
 
 
 @pytest.fixture(scope="module")
@@ -23,7 +24,7 @@ def finished_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     root = tmp_path_factory.mktemp("run_folder")
     data = write_feature_dataset(root / "data")
     with one_thread():
-        train_incremental(tiny_config(data, root / "run"), **QUIET)
+        train_incremental(tiny_config(data, root / "run", *FAST), **QUIET)
     return data, root / "run"
 
 
@@ -45,19 +46,19 @@ def test_fresh_run_into_a_used_folder_is_refused_and_overwrite_replaces_it(finis
     metrics = (out / "metrics.json").read_bytes()
     with pytest.raises(RunFolderError, match=r"already holds a run \(config\.yaml, run\.json, metrics\.json.*--resume.*"
                                              r"--overwrite"):
-        train_incremental(tiny_config(data, out, "--epochs", "1"), **QUIET)
+        train_incremental(tiny_config(data, out, *FAST), **QUIET)
     assert (out / "metrics.json").read_bytes() == metrics
     with pytest.raises(RunFolderError, match="exclude each other"):
-        train_incremental(tiny_config(data, out), resume=True, overwrite=True, **QUIET)
+        train_incremental(tiny_config(data, out, *FAST), resume=True, overwrite=True, **QUIET)
 
     messages: list[str] = []
     with one_thread():
-        train_incremental(tiny_config(data, out, "--epochs", "1", "--tasks", "2"), overwrite=True, log=messages.append)
+        train_incremental(tiny_config(data, out, "--tasks", "1", "--epochs", "1"), overwrite=True,
+                          log=messages.append)
     assert any("replacing the earlier run" in message for message in messages)
     assert (out / "notes.txt").read_text() == "mine"   # not an output of the run: left alone
     names = [path.name for path in list_checkpoints(out / "checkpoints")]
-    assert names == ["checkpoint-000002-task0-done.pt", "checkpoint-000003-task1-epoch1.pt",
-                     "checkpoint-000004-task1-done.pt"]   # only the new run's (keep 3)
+    assert names == ["checkpoint-000001-task0-epoch1.pt", "checkpoint-000002-task0-done.pt"]   # none of the old run's
 
 
 def hold_lock(out: Path, locked, release) -> None:
@@ -96,7 +97,7 @@ def test_resume_with_other_settings_is_refused_naming_both(finished_run, tmp_pat
     data, out = copy_run(finished_run, tmp_path)
     saved = (out / "config.yaml").read_text()
     with pytest.raises(RunFolderError, match=match):
-        train_incremental(tiny_config(data, out, *change), resume=True, **QUIET)
+        train_incremental(tiny_config(data, out, *FAST, *change), resume=True, **QUIET)
     assert (out / "config.yaml").read_text() == saved
 
 
@@ -106,15 +107,15 @@ def test_resume_with_other_data_is_refused_naming_both(finished_run, tmp_path: P
     saved = (out / "run.json").read_text()
     with pytest.raises(RunFolderError, match=r"other data .*audio_pretrained_feature_dict\.npy sha256 \w{12} there, "
                                              r"sha256 \w{12} here"):
-        train_incremental(tiny_config(same_classes, out), resume=True, **QUIET)
+        train_incremental(tiny_config(same_classes, out, *FAST), resume=True, **QUIET)
     fewer_clips = write_feature_dataset(tmp_path / "fewer", train_per_class=15)
     with pytest.raises(RunFolderError, match="train clips: 96 there, 90 here"):
-        train_incremental(tiny_config(fewer_clips, out), resume=True, **QUIET)
+        train_incremental(tiny_config(fewer_clips, out, *FAST), resume=True, **QUIET)
     assert (out / "run.json").read_text() == saved
     moved = shutil.copytree(data, tmp_path / "moved")   # the same data elsewhere: data.root does not matter
     messages: list[str] = []
     with one_thread():
-        train_incremental(tiny_config(moved, out), resume=True, log=messages.append)
+        train_incremental(tiny_config(moved, out, *FAST), resume=True, log=messages.append)
     assert any("resumed from checkpoint-" in message for message in messages)
 
 
@@ -122,12 +123,12 @@ def test_rejected_checkpoints_are_set_aside_never_named_final(finished_run, tmp_
     data, out = copy_run(finished_run, tmp_path)
     checkpoints = out / "checkpoints"
     newest = list_checkpoints(checkpoints)[-1]
-    stray = checkpoints / "checkpoint-000099-task2-done.pt"
+    stray = checkpoints / "checkpoint-000099-task1-done.pt"
     stray.write_bytes(b"not a checkpoint")
     (checkpoints / f".{newest.name}.tmp-12345").write_bytes(b"half-written")   # a killed write's leftover
     messages: list[str] = []
     with one_thread():
-        train_incremental(tiny_config(data, out), resume=True, log=messages.append)
+        train_incremental(tiny_config(data, out, *FAST), resume=True, log=messages.append)
     assert any(f"set aside the unreadable checkpoint {stray.name}" in message for message in messages)
     assert messages[-1].endswith(f"final checkpoint {newest}")
     assert list_checkpoints(checkpoints)[-1] == newest and load_checkpoint(newest)["progress"]["evaluated"]

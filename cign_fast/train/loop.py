@@ -36,7 +36,7 @@ from cign_fast.train.checkpoint import (
     RunCheckpoints, capture_rng_state, checkpoint_name, checkpoint_sequence, load_latest_checkpoint, rebuild_model,
     restore_rng_state,
 )
-from cign_fast.train.config import TrainConfig, save_config
+from cign_fast.train.config import TrainConfig, config_from_dict, save_config
 from cign_fast.train.data import RunData, dataset_skip_report, load_run_data
 from cign_fast.train.divergence import CHECK_EVERY_STEPS, DivergenceMonitor
 from cign_fast.train.distributed import (
@@ -422,6 +422,7 @@ def train_incremental(config: TrainConfig, *, resume: bool = False, overwrite: b
     """Train ``config`` task after task (single process, or one rank of a torchrun job) and write its outputs.
 
     ``resume``: continue the run in ``run.out``; ``overwrite``: replace it (see ``run_folder``)."""
+    config = config_from_dict(config.to_dict(), source="train_incremental(config)")   # a hand-built one too
     if config.run.out is None:
         raise ValueError("run.out: the output directory is required (--out DIR)")
     context = setup_distributed(config.run.device)
