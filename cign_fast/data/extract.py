@@ -220,6 +220,6 @@ def extract_features(data_root: str | Path, cache_dir: str | Path, encoders: Map
             skips.update(SkippedItem(clip_id, reason, detail) for clip_id, _label, reason, detail in entry["skipped"])
         clips[split] = sum(len(entry["ids"]) for entry in record["shards"].values())
     manifest["complete"] = True
-    if manifest != as_found:   # a finished cache is only read (it may lie on a read-only disk)
+    if pending or manifest != as_found:   # a finished, intact cache is only read (it may lie on a read-only disk)
         write_manifest(cache_dir, manifest)
     return ExtractionResult(cache_dir=cache_dir, shards_written=written, shards_kept=kept, clips=clips, skips=skips)
