@@ -120,9 +120,10 @@ POSITIVE = {
     "optim.epochs", "distill.temperature", "run.keep_checkpoints",
 }
 NON_NEGATIVE = {
-    "data.num_workers", "run.seed", "optim.weight_decay", "optim.precise_bn_batches", "optim.warmup_epochs", "optim.grad_clip",
+    "data.num_workers", "optim.weight_decay", "optim.precise_bn_batches", "optim.warmup_epochs", "optim.grad_clip",
     "distill.weight",
-    "memory.budget", "run.divergence_factor",
+    "memory.budget",
+    "run.seed", "run.divergence_factor",
 }
 
 
