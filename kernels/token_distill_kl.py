@@ -4,8 +4,10 @@ Contract: ``cign_fast.ops.reference.token_distill_kl_forward``. Grid (cdiv(R, BL
 owns BLOCK_R rows and makes two sweeps over them:
 
 1. over the distilled columns [start, stop) in BLOCK_K chunks: online max and sum of exp of
-   z_s = student / T and z_t = teacher / T (the two log-sum-exps);
-2. over all K columns: on [start, stop) log p = z - lse, the KL term p_t (log p_t - log p_s) summed
+   z_s = student / T and z_t = teacher / T (the two log-sum-exps, kept as max and log-sum apart);
+2. over all K columns: on [start, stop) log p = (z - max) - log sum, shifted before anything else so a
+   constant offset of any size added to a row changes nothing beyond the rounding of the inputs,
+   the KL term p_t (log p_t - log p_s) summed
    into the row loss (the reference's formula, so student == teacher gives exactly 0) and the
    gradient T (p_s - p_t) * grad_scale; 0 outside the range. The gradient is written once in the
    student's dtype.
@@ -64,16 +66,16 @@ def _distill_kl_kernel(
         sum_s = sum_s * tl.exp(max_s - new_max_s) + tl.sum(tl.exp(z_s - new_max_s[:, None]), axis=1)
         sum_t = sum_t * tl.exp(max_t - new_max_t) + tl.sum(tl.exp(z_t - new_max_t[:, None]), axis=1)
         max_s, max_t = new_max_s, new_max_t
-    lse_s = max_s + tl.log(sum_s)
-    lse_t = max_t + tl.log(sum_t)
+    log_sum_s = tl.log(sum_s)
+    log_sum_t = tl.log(sum_t)
     kl = tl.zeros([BLOCK_R], dtype=tl.float32)
     for k0 in range(0, K, BLOCK_K):
         cols = k0 + tl.arange(0, BLOCK_K)
         in_range = (cols >= start) & (cols < stop)
-        log_p_s = _scaled_logits(student_ptr, student_stride_r, student_stride_k, rows, cols, r_mask, in_range,
-                                 temperature) - lse_s[:, None]
-        log_p_t = _scaled_logits(teacher_ptr, teacher_stride_r, teacher_stride_k, rows, cols, r_mask, in_range,
-                                 temperature) - lse_t[:, None]
+        log_p_s = (_scaled_logits(student_ptr, student_stride_r, student_stride_k, rows, cols, r_mask, in_range,
+                                  temperature) - max_s[:, None]) - log_sum_s[:, None]
+        log_p_t = (_scaled_logits(teacher_ptr, teacher_stride_r, teacher_stride_k, rows, cols, r_mask, in_range,
+                                  temperature) - max_t[:, None]) - log_sum_t[:, None]
         p_t = tl.exp(log_p_t)
         kl += tl.sum(tl.where(in_range[None, :], p_t * (log_p_t - log_p_s), 0.0), axis=1)
         grad = (temperature * grad_scale) * (tl.exp(log_p_s) - p_t)

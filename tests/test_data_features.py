@@ -105,7 +105,7 @@ def test_extraction_resumes_after_interruption(data_root: Path, cache: Path, enc
 
     with pytest.raises(Interrupted):
         _extract(data_root, folder, encoders, on_shard=stop_after_two)
-    (folder / "train/audio-00002.npy.partial").write_bytes(b"half-written")   # as a kill mid-write leaves
+    (folder / "train/.audio-00002.npy.tmp-999").write_bytes(b"half-written")   # as a kill mid-write leaves
     with pytest.raises(ValueError, match="incomplete"):
         FeatureDataset(folder, "train", NAMES)
     result = _extract(data_root, folder, encoders, on_shard=lambda split, index: written.append((split, index)))

@@ -92,6 +92,28 @@ def test_zero_when_student_equals_teacher_positive_otherwise(backend):
     assert cign_fast.token_distill_kl(student, teacher, backend=backend).item() > 1e-3
 
 
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("offset", [0.0, 1e3, 1e6, 1e10, 1e30, 1e38])
+def test_constant_row_offsets_change_nothing_beyond_input_rounding(backend, dtype, offset):
+    """The KL is shift-invariant per row: with student + offset and teacher - offset every backend gives
+    the float64 reference of the very inputs it was handed (after their own rounding), and KL >= 0."""
+    device = require_backend(backend, OP, dtype)
+    generator = torch.Generator().manual_seed(13)
+    student, teacher = (torch.randn(16, 36, generator=generator) for _ in range(2))
+    student = (student + offset).to(device, dtype).requires_grad_()
+    teacher = (teacher - offset).to(device, dtype)
+    loss = cign_fast.token_distill_kl(student, teacher, columns=slice(0, 27), reduction="none", backend=backend)
+    (grad,) = torch.autograd.grad(loss.sum(), student)
+    leaf = student.detach().cpu().double().requires_grad_()
+    want = token_distill_kl_reference(leaf, teacher.cpu().double(), columns=slice(0, 27), reduction="none")
+    (want_grad,) = torch.autograd.grad(want.sum(), leaf)
+    assert torch.isfinite(loss).all() and (loss >= 0).all(), loss
+    torch.testing.assert_close(loss.detach().cpu().double(), want.detach(), rtol=1e-4, atol=1e-5)
+    grad_tolerance = {"rtol": 1e-4, "atol": 1e-6} if dtype == torch.float32 else {"rtol": 1e-2, "atol": 1e-4}
+    torch.testing.assert_close(grad.cpu().double(), want_grad, **grad_tolerance)
+
+
 def test_teacher_gets_no_gradient_and_columns_outside_the_range_none():
     student, teacher = logits(5, 9)
     teacher.requires_grad_()

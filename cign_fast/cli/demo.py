@@ -51,7 +51,7 @@ def main(args: argparse.Namespace) -> int:
     )
     try:
         results = run_demo(options)
-    except (ValueError, FileNotFoundError) as err:
+    except (ValueError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(f"metrics: {results.out_dir / 'metrics.json'}; heatmaps: {results.out_dir / 'accuracy_matrices.png'}")

@@ -41,7 +41,7 @@ def main(args: argparse.Namespace) -> int:
                                   sample_rate=args.sample_rate, shard_size=args.shard_size,
                                   batch_size=args.batch_size, num_workers=args.workers, dtype=args.dtype,
                                   device=device)
-    except (ValueError, FileNotFoundError) as error:
+    except (ValueError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     per_split = ", ".join(f"{split} {count}" for split, count in result.clips.items())

@@ -33,7 +33,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", type=Path, help="YAML config file (see configs/)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                         help="override one config key, e.g. --set optim.lr=3e-4 (repeatable)")
-    parser.add_argument("--resume", action="store_true", help="continue from the newest intact checkpoint in OUT")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue the run in OUT from its newest intact checkpoint (same settings, seed and data)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace the earlier run's outputs in OUT (without it a fresh run refuses a used OUT)")
     parser.add_argument("--benchmark", help="preset: vggsound-instruments (4x9), vggsound100 (--tasks 10 or 4), "
                                             "vgg-ss (220 classes, list from --class-order); default: the data's labels")
     parser.add_argument("--tasks", type=int, help="number of tasks (custom split, or a preset's variant)")
@@ -63,8 +66,8 @@ def settings_from_flags(args: argparse.Namespace) -> dict[str, object]:
 def main(args: argparse.Namespace) -> int:
     try:
         config = build_config(args.config, args.overrides, flags=settings_from_flags(args))
-        train_incremental(config, resume=args.resume)
-    except (ValueError, FileNotFoundError) as err:
+        train_incremental(config, resume=args.resume, overwrite=args.overwrite)
+    except (ValueError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     return 0

@@ -8,18 +8,20 @@ Layout::
 
 The manifest records the settings the cache was made with, the feature shapes and, per shard, the clip ids,
 labels, each file's shape and SHA-256, and the clips skipped while extracting it. Files and the manifest are
-written to a temporary name and renamed, so a killed extraction leaves only whole shards behind.
+written atomically (:func:`cign_fast.files.write_atomically`), so a killed extraction leaves only whole shards.
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from cign_fast.files import write_atomically
 
 CACHE_FORMAT = "cign_fast.feature_cache"
 CACHE_VERSION = 1
@@ -40,14 +42,6 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _replace_atomically(path: Path, write: Any) -> None:
-    """Calls ``write(handle)`` on a temporary file beside ``path``, then renames it to ``path``."""
-    temporary = path.with_name(path.name + ".partial")
-    with temporary.open("wb") as handle:
-        write(handle)
-    os.replace(temporary, path)
-
-
 def shard_file_name(split: str, modality: str, index: int) -> str:
     """Path of a shard file relative to the cache folder, e.g. ``train/audio-00003.npy``."""
     return f"{split}/{modality}-{index:05d}.npy"
@@ -57,7 +51,9 @@ def write_shard_file(cache_dir: Path, relative: str, array: np.ndarray) -> dict[
     """Saves ``array`` as ``cache_dir/relative``; returns its manifest entry ``{"file", "shape", "sha256"}``."""
     path = cache_dir / relative
     path.parent.mkdir(parents=True, exist_ok=True)
-    _replace_atomically(path, lambda handle: np.save(handle, array, allow_pickle=False))
+    buffer = io.BytesIO()
+    np.save(buffer, array, allow_pickle=False)
+    write_atomically(path, buffer.getbuffer())
     return {"file": relative, "shape": list(array.shape), "sha256": file_sha256(path)}
 
 
@@ -97,7 +93,7 @@ def read_manifest(cache_dir: Path) -> dict[str, Any]:
 
 def write_manifest(cache_dir: Path, manifest: dict[str, Any]) -> None:
     text = json.dumps(manifest, indent=1, sort_keys=True).encode("utf-8")
-    _replace_atomically(cache_dir / MANIFEST_NAME, lambda handle: handle.write(text))
+    write_atomically(cache_dir / MANIFEST_NAME, text)
 
 
 def new_manifest(settings: dict[str, Any]) -> dict[str, Any]:

@@ -17,31 +17,38 @@ from typing import Any, Sequence
 import torch
 from torch.utils.data import Dataset
 
-from cign_fast.data.audio import LogSpectrogram, load_clip_waveform
+from cign_fast.data.audio import MAX_FILE_RATE, MIN_FILE_RATE, LogSpectrogram, load_clip_waveform
 from cign_fast.data.labels import SPLITS, LabelRow, read_labels
 from cign_fast.data.skips import (
     MISSING_AUDIO, MISSING_AUDIO_AND_VISUAL, MISSING_VISUAL, ClipDecodeError, SkippedClipWarning, SkippedItem,
-    SkipReport, warn_skipped,
+    SkipReport, non_finite_inputs, warn_skipped,
 )
 from cign_fast.data.visual import IMAGE_SUFFIXES, choose_frame, image_transform, read_rgb
 
 AUDIO_SUFFIXES = (".wav", ".flac")
-MIN_SAMPLE_RATE = 1000
 
 
 def _media_by_id(folder: Path, suffixes: tuple[str, ...], allow_folders: bool) -> dict[str, Path]:
-    """One directory listing: clip id -> file (or frame folder) in ``folder``."""
+    """One directory listing: clip id -> file (or frame folder) in ``folder``. An entry that cannot be
+    followed (a symlink loop, a dangling link) is not a folder; as a file it fails to decode, by name."""
     if not folder.is_dir():
         raise FileNotFoundError(f"dataset folder {folder} does not exist")
     found: dict[str, Path] = {}
     with os.scandir(folder) as entries:
         for entry in entries:
             path = Path(entry.path)
-            if allow_folders and entry.is_dir():
+            if allow_folders and _is_folder(entry):
                 found[entry.name] = path
             elif path.suffix.lower() in suffixes:
                 found.setdefault(path.stem, path)
     return found
+
+
+def _is_folder(entry: os.DirEntry) -> bool:
+    try:
+        return entry.is_dir()
+    except OSError:
+        return False
 
 
 def check_class_names(class_names: Sequence[str]) -> list[str]:
@@ -86,7 +93,7 @@ class ClipDataset(Dataset):
 
     Item: ``{"audio": [1, 257, T] float32, "visual": [3, image_size, image_size] float32, "label": int,
     "id": str}`` with T = 1 + 3 * sample_rate // 238, or a :class:`SkippedItem` when a file cannot be decoded
-    (use :func:`collate_skipping`). Clips missing a modality are excluded when the dataset is built and listed
+    or its decoded input holds NaN / inf (use :func:`collate_skipping`). Clips missing a modality are excluded when the dataset is built and listed
     in ``skip_report``. ``targets`` (one class index per clip) needs no decoding.
 
     ``rows``: labels already read with :func:`read_labels` (default: read from ``root``).
@@ -99,8 +106,8 @@ class ClipDataset(Dataset):
         self.class_names = check_class_names(class_names)
         if not isinstance(image_size, int) or image_size < 32:
             raise ValueError(f"image_size: expected an int >= 32, got {image_size!r}")
-        if not isinstance(sample_rate, int) or sample_rate < MIN_SAMPLE_RATE:
-            raise ValueError(f"sample_rate: expected an int >= {MIN_SAMPLE_RATE} Hz, got {sample_rate!r}")
+        if not isinstance(sample_rate, int) or not MIN_FILE_RATE <= sample_rate <= MAX_FILE_RATE:
+            raise ValueError(f"sample_rate: expected an int in {MIN_FILE_RATE}..{MAX_FILE_RATE} Hz, got {sample_rate!r}")
         self.train = bool(train)
         self.image_size = image_size
         self.sample_rate = sample_rate
@@ -148,6 +155,9 @@ class ClipDataset(Dataset):
             return skipped
         with torch.no_grad():
             spectrogram = self._spectrogram(waveform).unsqueeze(0)
-        return {"audio": spectrogram, "visual": self._image_transform(image), "label": self.targets[index],
-                "id": self.ids[index]}
+        visual = self._image_transform(image)
+        bad = non_finite_inputs(self.ids[index], audio=spectrogram, visual=visual)
+        if bad is not None:
+            return bad
+        return {"audio": spectrogram, "visual": visual, "label": self.targets[index], "id": self.ids[index]}
 

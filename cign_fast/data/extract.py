@@ -6,11 +6,13 @@ the 512-channel maps before the model's trainable 1x1 projection, flattened to t
 A features-mode model then projects them with its own linear layer.
 
 Extraction is resumable: each finished shard is recorded in the manifest at once, and a rerun with the same
-settings keeps the shards that verify against their SHA-256 and computes only the others.
+settings keeps the shards that verify against their SHA-256 and computes only the others. A rerun on a
+finished, intact cache writes nothing (the cache may lie on a read-only disk).
 """
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import math
 from dataclasses import dataclass
@@ -33,6 +35,7 @@ from cign_fast.data.clips import ClipDataset
 from cign_fast.data.labels import SPLITS, find_labels_file, read_labels
 from cign_fast.data.skips import SkippedItem, SkipReport, collate_skipping
 from cign_fast.model.encoders import ResNetTokenEncoder
+from cign_fast.seeds import check_seed
 
 AUDIO_TOKEN_MODES = ("map", "pooled")
 
@@ -62,7 +65,7 @@ def build_frozen_encoders(*, audio_weights: str | None = None, visual_weights: s
     if audio_tokens not in AUDIO_TOKEN_MODES:
         raise ValueError(f"audio_tokens: expected one of {', '.join(AUDIO_TOKEN_MODES)}, got {audio_tokens!r}")
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+        torch.manual_seed(check_seed(seed))
         return {"audio": TrunkTokens(1, audio_tokens == "pooled", audio_weights, "audio_weights"),
                 "visual": TrunkTokens(3, False, visual_weights, "visual_weights")}
 
@@ -154,6 +157,7 @@ def extract_features(data_root: str | Path, cache_dir: str | Path, encoders: Map
         "splits": {split: {"num_clips": len(ds), "ids_sha256": _ids_digest(ds.ids)} for split, ds in datasets.items()},
     }
     manifest = _open_manifest(cache_dir, settings)
+    as_found = copy.deepcopy(manifest)
     label_of = {row.id: row.label for row in rows}
     encoders = {modality: encoders[modality].to(device).eval() for modality in ("audio", "visual")}
 
@@ -216,5 +220,6 @@ def extract_features(data_root: str | Path, cache_dir: str | Path, encoders: Map
             skips.update(SkippedItem(clip_id, reason, detail) for clip_id, _label, reason, detail in entry["skipped"])
         clips[split] = sum(len(entry["ids"]) for entry in record["shards"].values())
     manifest["complete"] = True
-    write_manifest(cache_dir, manifest)
+    if pending or manifest != as_found:   # a finished, intact cache is only read (it may lie on a read-only disk)
+        write_manifest(cache_dir, manifest)
     return ExtractionResult(cache_dir=cache_dir, shards_written=written, shards_kept=kept, clips=clips, skips=skips)

@@ -10,8 +10,9 @@
       ROOT/visual_pretrained_feature/visual_pretrained_feature_dict.npy  {clip id: array}
         or ROOT/visual_pretrained_feature/visual_features.h5       one dataset per clip id (needs h5py)
 
-  Those .npy files are pickled dictionaries: they are loaded with ``allow_pickle=True``, so only open files
-  you trust. A 1-D feature [D] is read as one token [1, D].
+  Those .npy files are pickled dictionaries. They are read with :mod:`cign_fast.data.safe_pickle`, which
+  rebuilds only numpy arrays, dtypes and scalars: a file that holds any other object is refused by name
+  before anything in it runs. A 1-D feature [D] is read as one token [1, D].
 """
 
 from __future__ import annotations
@@ -25,7 +26,10 @@ from torch.utils.data import Dataset
 
 from cign_fast.data.cache import MANIFEST_NAME, open_shard_file, read_manifest, verify_shard_file
 from cign_fast.data.clips import check_class_names, check_split, require_every_class
-from cign_fast.data.skips import MISSING_AUDIO, MISSING_AUDIO_AND_VISUAL, MISSING_VISUAL, SkippedItem, SkipReport
+from cign_fast.data.safe_pickle import load_feature_dict, load_label_dict
+from cign_fast.data.skips import (
+    MISSING_AUDIO, MISSING_AUDIO_AND_VISUAL, MISSING_VISUAL, SkippedItem, SkipReport, non_finite_inputs,
+)
 
 AVCIL_LABELS = "all_id_category_dict.npy"
 AVCIL_AUDIO = "audio_pretrained_feature/audio_pretrained_feature_dict.npy"
@@ -89,17 +93,17 @@ class _AvCilFeatures:
 
     def __init__(self, root: Path, split: str) -> None:
         self.root = root
-        categories = np.load(root / AVCIL_LABELS, allow_pickle=True).item()
+        categories = load_label_dict(root / AVCIL_LABELS)
         if split not in categories:
             raise ValueError(f"split {split!r}: {root / AVCIL_LABELS} has no such split "
                              f"(splits: {', '.join(categories)})")
         audio_path = root / AVCIL_AUDIO
         if not audio_path.is_file():
             raise FileNotFoundError(f"AV-CIL features: {audio_path} does not exist")
-        self.audio = np.load(audio_path, allow_pickle=True).item()
+        self.audio = load_feature_dict(audio_path)
         self.h5_path = root / AVCIL_VISUAL_H5
         if (root / AVCIL_VISUAL_NPY).is_file():
-            self.visual: Any = np.load(root / AVCIL_VISUAL_NPY, allow_pickle=True).item()
+            self.visual: Any = load_feature_dict(root / AVCIL_VISUAL_NPY)
             visual_ids = set(self.visual)
         elif self.h5_path.is_file():
             self.visual = None   # opened lazily in each process (h5py handles do not survive fork)
@@ -111,11 +115,11 @@ class _AvCilFeatures:
         for clip_id, label in categories[split].items():
             has_audio, has_visual = clip_id in self.audio, clip_id in visual_ids
             if has_audio and has_visual:
-                self.clips.append((clip_id, str(label), clip_id))
+                self.clips.append((clip_id, label, clip_id))
             else:
                 reason = MISSING_AUDIO_AND_VISUAL if not (has_audio or has_visual) else (
                     MISSING_VISUAL if has_audio else MISSING_AUDIO)
-                self.skipped.append((clip_id, str(label), reason, f"no feature for clip under {root}"))
+                self.skipped.append((clip_id, label, reason, f"no feature for clip under {root}"))
 
     def _h5py(self) -> Any:
         try:
@@ -149,7 +153,8 @@ class FeatureDataset(Dataset):
     """Pre-extracted features of ``split`` whose label is in ``class_names`` (class index = position).
 
     ``root``: a project feature cache (``manifest.json``) or an AV-CIL feature folder.
-    Item: ``{"audio": [S_a, D_a] float32, "visual": [S_v, D_v] float32, "label": int, "id": str}``.
+    Item: ``{"audio": [S_a, D_a] float32, "visual": [S_v, D_v] float32, "label": int, "id": str}``, or a
+    :class:`SkippedItem` (``non_finite_input``) when a feature holds NaN or inf (use ``collate_skipping``).
     ``targets``, ``ids`` and ``skip_report`` (clips left out when the features were made, or without a
     feature) are available without reading any feature; ``feature_dims`` is ``(D_a, D_v)``.
     """
@@ -179,10 +184,10 @@ class FeatureDataset(Dataset):
         require_every_class(self.targets, self.class_names, split, self.root)
         if verify:
             self._source.verify(self._locators)
-        first = self[0]
+        first_audio, first_visual = self._tokens(0)
         self._source.close()   # no file handle is inherited by DataLoader worker processes
-        self.audio_shape = tuple(first["audio"].shape)
-        self.visual_shape = tuple(first["visual"].shape)
+        self.audio_shape = tuple(first_audio.shape)
+        self.visual_shape = tuple(first_visual.shape)
 
     @property
     def feature_dims(self) -> tuple[int, int]:
@@ -192,8 +197,14 @@ class FeatureDataset(Dataset):
     def __len__(self) -> int:
         return len(self.ids)
 
-    def __getitem__(self, index: int) -> dict[str, Any]:
+    def _tokens(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         clip_id = self.ids[index]
         audio, visual = self._source.read(self._locators[index])
-        return {"audio": _as_tokens(audio, clip_id, "audio"), "visual": _as_tokens(visual, clip_id, "visual"),
-                "label": self.targets[index], "id": clip_id}
+        return _as_tokens(audio, clip_id, "audio"), _as_tokens(visual, clip_id, "visual")
+
+    def __getitem__(self, index: int) -> dict[str, Any] | SkippedItem:
+        audio, visual = self._tokens(index)
+        bad = non_finite_inputs(self.ids[index], audio=audio, visual=visual)
+        if bad is not None:
+            return bad
+        return {"audio": audio, "visual": visual, "label": self.targets[index], "id": self.ids[index]}

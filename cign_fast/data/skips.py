@@ -34,7 +34,9 @@ MISSING_AUDIO_AND_VISUAL = "missing_audio_and_visual"
 CORRUPT_AUDIO = "corrupt_audio"
 EMPTY_AUDIO = "empty_audio"
 CORRUPT_IMAGE = "corrupt_image"
-SKIP_REASONS = (MISSING_AUDIO, MISSING_VISUAL, MISSING_AUDIO_AND_VISUAL, CORRUPT_AUDIO, EMPTY_AUDIO, CORRUPT_IMAGE)
+NON_FINITE_INPUT = "non_finite_input"   # decoded, but the model input (spectrogram, image, features) holds NaN / inf
+SKIP_REASONS = (MISSING_AUDIO, MISSING_VISUAL, MISSING_AUDIO_AND_VISUAL, CORRUPT_AUDIO, EMPTY_AUDIO, CORRUPT_IMAGE,
+                NON_FINITE_INPUT)
 
 
 class SkippedClipWarning(UserWarning):
@@ -62,6 +64,16 @@ class SkippedItem:
 
 def warn_skipped(item: SkippedItem) -> None:
     warnings.warn(f"skipping clip {item.id!r} ({item.reason}): {item.detail}", SkippedClipWarning, stacklevel=3)
+
+
+def non_finite_inputs(clip_id: str, **inputs: torch.Tensor) -> SkippedItem | None:
+    """A warned :class:`SkippedItem` (``non_finite_input``) when one of ``inputs`` holds NaN or inf, else None."""
+    bad = [name for name, tensor in inputs.items() if not bool(torch.isfinite(tensor).all())]
+    if not bad:
+        return None
+    item = SkippedItem(clip_id, NON_FINITE_INPUT, f"the {' and '.join(bad)} input holds NaN or inf")
+    warn_skipped(item)
+    return item
 
 
 class SkipReport:

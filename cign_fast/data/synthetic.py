@@ -22,6 +22,7 @@ import soundfile
 from PIL import Image, ImageDraw
 
 from cign_fast.data.labels import SPLITS
+from cign_fast.seeds import check_seed
 
 SHAPES = ("circle", "square", "triangle", "diamond")
 
@@ -121,6 +122,7 @@ def write_synthetic_dataset(root: str | Path, *, num_classes: int = 8, train_per
         raise ValueError(f"sample_rate: expected an int >= 1000, got {sample_rate!r}")
     if not seconds > 0:
         raise ValueError(f"seconds: expected a number > 0, got {seconds!r}")
+    seed = check_seed(seed)
 
     root = Path(root)
     (root / "frames").mkdir(parents=True, exist_ok=True)

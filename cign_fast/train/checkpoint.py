@@ -2,14 +2,13 @@
 
 File layout: the ``torch.save`` payload, then ``MAGIC`` and the payload's SHA-256. A file that was cut
 short or damaged fails the check and is reported by name; :func:`load_latest_checkpoint` then falls
-back to the previous one. Writes go to a temporary file that is flushed, fsynced and renamed.
+back to the previous one. Writes are atomic (:func:`cign_fast.files.write_atomically`).
 """
 
 from __future__ import annotations
 
 import hashlib
 import io
-import os
 import random
 import re
 from collections.abc import Callable, Sequence
@@ -18,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from cign_fast.files import write_atomically
 from cign_fast.model import CIGN, ModelConfig
 
 MAGIC = b"CIGNCKPT"
@@ -48,22 +48,6 @@ def checkpoint_sequence(path: Path) -> int:
     if match is None:
         raise ValueError(f"checkpoint: {path.name} does not follow the checkpoint-NNNNNN-... naming")
     return int(match.group(1))
-
-
-def write_atomically(path: Path, *chunks: bytes | memoryview) -> None:
-    """Write ``chunks`` to ``path`` so a reader sees either the old file or the complete new one."""
-    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with temporary.open("wb") as handle:
-        for chunk in chunks:
-            handle.write(chunk)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temporary, path)
-    directory = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(directory)
-    finally:
-        os.close(directory)
 
 
 def save_checkpoint(path: Path, state: dict[str, object]) -> None:
@@ -105,10 +89,52 @@ def load_latest_checkpoint(
     return None
 
 
-def prune_checkpoints(directory: Path, keep: int) -> None:
-    """Delete all but the newest ``keep`` checkpoints."""
-    for path in list_checkpoints(directory)[:-keep]:
-        path.unlink(missing_ok=True)
+class RunCheckpoints:
+    """The checkpoints this run wrote or verified, oldest first: the only ones it prunes or names as final.
+
+    :meth:`adopt` (on resume) takes the checkpoint that read back intact and the older ones of the same
+    run; the newer ones, rejected as damaged, are renamed ``NAME.rejected`` so that no later resume tries
+    them again and no pruning weighs them, and a killed write's temporary files are removed.
+    :meth:`save` writes a checkpoint and deletes all but the newest ``keep`` of the run's own.
+    ``enabled`` false (ranks other than 0): nothing is read, written or deleted.
+    """
+
+    def __init__(self, directory: Path, keep: int, enabled: bool) -> None:
+        self.directory = Path(directory)
+        self.keep = keep
+        self.enabled = enabled
+        self.paths: list[Path] = []
+
+    @property
+    def newest(self) -> Path | None:
+        return self.paths[-1] if self.paths else None
+
+    def adopt(self, resumed_from: Path | None, report: Callable[[str], None] = print) -> None:
+        """Adopt ``resumed_from`` and its predecessors; set aside every later one (all, when ``None``)."""
+        if not self.enabled:
+            return
+        last = -1 if resumed_from is None else checkpoint_sequence(resumed_from)
+        for path in list_checkpoints(self.directory):
+            if checkpoint_sequence(path) <= last:
+                self.paths.append(path)
+                continue
+            target = path.with_name(path.name + ".rejected")
+            path.replace(target)
+            report(f"set aside the unreadable checkpoint {path.name} as {target.name}")
+        for leftover in self.directory.glob(".*.tmp-*"):
+            leftover.unlink(missing_ok=True)
+
+    def save(self, name: str, state: dict[str, object]) -> None:
+        """Write checkpoint ``name`` (see :func:`save_checkpoint`), then prune the run's older ones."""
+        if not self.enabled:
+            return
+        self.directory.mkdir(parents=True, exist_ok=True)
+        path = self.directory / name
+        save_checkpoint(path, state)
+        self.paths = [known for known in self.paths if known != path] + [path]
+        for old in self.paths[:-self.keep]:
+            old.unlink(missing_ok=True)
+        self.paths = self.paths[-self.keep:]
 
 
 def capture_rng_state() -> dict[str, object]:

@@ -9,6 +9,7 @@ Every error names the offending key (and the file it came from) and what was exp
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -16,6 +17,7 @@ from pathlib import Path
 
 import yaml
 
+from cign_fast.files import write_atomically
 from cign_fast.model import ModelConfig
 from cign_fast.model.config import INPUT_MODES
 
@@ -87,6 +89,7 @@ class RunConfig:
     epoch_checkpoints: bool = True     # checkpoint after every epoch (else only after every task)
     progress: bool = True
     tensorboard: bool = True
+    divergence_factor: float = 100.0   # stop when a step's loss exceeds this times the task's first (0: NaN/inf only)
 
 
 @dataclass
@@ -125,6 +128,7 @@ NON_NEGATIVE = {
     "data.num_workers", "optim.weight_decay", "optim.precise_bn_batches", "optim.warmup_epochs", "optim.grad_clip",
     "distill.weight", "distill.token_weight",
     "memory.budget",
+    "run.seed", "run.divergence_factor",
 }
 
 
@@ -184,6 +188,8 @@ def check_value(key: str, value: object) -> None:
     """Range and choice constraints of one ``section.name`` key."""
     if value is None:
         return
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"config {key}: expected a finite number, got {value!r}")
     if key in CHOICES and value not in CHOICES[key]:
         raise ValueError(f"config {key}: expected one of {', '.join(map(repr, CHOICES[key]))}, got {value!r}")
     if key in POSITIVE and not value > 0:
@@ -229,12 +235,20 @@ def set_key(target: dict[str, dict[str, object]], dotted: str, value: object, so
     target[section][key] = coerced
 
 
+def load_yaml(text: str, source: str) -> object:
+    """``yaml.safe_load(text)``; malformed YAML is a ValueError naming ``source`` and the line."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        raise ValueError(f"{source}: not valid YAML ({' '.join(str(error).split())})") from None
+
+
 def parse_override(text: str) -> tuple[str, object]:
     """``"optim.lr=3e-4"`` -> ``("optim.lr", "3e-4")`` (the value is coerced by :func:`set_key`)."""
     key, sep, value = text.partition("=")
     if not sep or not key.strip():
         raise ValueError(f"--set: expected section.key=value, got {text!r}")
-    return key.strip(), yaml.safe_load(value) if value.strip() else ""
+    return key.strip(), load_yaml(value, f"--set {text}") if value.strip() else ""
 
 
 def build_config(
@@ -242,17 +256,17 @@ def build_config(
     overrides: list[str] | tuple[str, ...] = (),
     base: dict[str, dict[str, object]] | None = None,
     flags: dict[str, object] | None = None,
+    base_source: str = "defaults",
 ) -> TrainConfig:
-    """Defaults < ``base`` (e.g. the demo's) < ``config_file`` < ``flags`` ({"optim.lr": 1e-3}) < ``overrides``
-    ("optim.lr=1e-3" strings, values parsed as YAML)."""
+    """Defaults < ``base`` (e.g. the demo's; errors name it ``base_source``) < ``config_file`` < ``flags``
+    ({"optim.lr": 1e-3}) < ``overrides`` ("optim.lr=1e-3" strings, values parsed as YAML)."""
     values: dict[str, dict[str, object]] = {name: {} for name in SECTIONS}
-    merge_mapping(values, base, "defaults")
+    merge_mapping(values, base, base_source)
     if config_file is not None:
         path = Path(config_file)
         if not path.is_file():
             raise FileNotFoundError(f"--config: no such file {path}")
-        with path.open() as handle:
-            merge_mapping(values, yaml.safe_load(handle), str(path))
+        merge_mapping(values, load_yaml(path.read_text(encoding="utf-8"), f"--config {path}"), str(path))
     for key, value in (flags or {}).items():
         set_key(values, key, value, "command line")
     for text in overrides:
@@ -282,11 +296,10 @@ def check_model_section(config: TrainConfig) -> None:
         raise ValueError(f"config model.{err}") from None
 
 
-def config_from_dict(values: dict[str, dict[str, object]]) -> TrainConfig:
-    """Rebuild a saved config (``TrainConfig.to_dict()``), checking it like a file."""
-    return build_config(base=values)
+def config_from_dict(values: dict[str, dict[str, object]], source: str = "saved config") -> TrainConfig:
+    """Rebuild a saved config (``TrainConfig.to_dict()``), checking it like a file (errors name ``source``)."""
+    return build_config(base=values, base_source=source)
 
 
 def save_config(config: TrainConfig, path: Path) -> None:
-    with Path(path).open("w") as handle:
-        yaml.safe_dump(config.to_dict(), handle, sort_keys=False)
+    write_atomically(Path(path), yaml.safe_dump(config.to_dict(), sort_keys=False).encode("utf-8"))

@@ -79,4 +79,4 @@ def run_demo(options: DemoOptions, log: Callable[[str], None] = print) -> TrainR
     options.out.mkdir(parents=True, exist_ok=True)
     data_root = prepare_synthetic_data(options, log)
     config = build_config(base=demo_overrides(options, data_root))
-    return train_incremental(config, log=log)
+    return train_incremental(config, overwrite=True, log=log)   # a rerun replaces the earlier demo run's outputs

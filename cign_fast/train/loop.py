@@ -33,24 +33,25 @@ from cign_fast.metrics import MODALITIES, format_summary, metrics_summary
 from cign_fast.model import CIGN, CIGNOutput, ModelConfig, cign_loss
 from cign_fast.train.batchnorm import recalibrate_batchnorm
 from cign_fast.train.checkpoint import (
-    capture_rng_state, checkpoint_name, checkpoint_sequence, list_checkpoints, load_latest_checkpoint,
-    prune_checkpoints, rebuild_model, restore_rng_state, save_checkpoint,
+    RunCheckpoints, capture_rng_state, checkpoint_name, checkpoint_sequence, load_latest_checkpoint, rebuild_model,
+    restore_rng_state,
 )
-from cign_fast.train.config import TrainConfig, save_config
+from cign_fast.train.config import TrainConfig, config_from_dict, save_config
 from cign_fast.train.data import RunData, dataset_skip_report, load_run_data
+from cign_fast.train.divergence import CHECK_EVERY_STEPS, DivergenceMonitor
 from cign_fast.train.distributed import (
     DistContext, all_reduce_sum, barrier, broadcast_from_main, per_rank_batch_size, setup_distributed,
     teardown_distributed,
 )
 from cign_fast.train.embed import embed_clips
 from cign_fast.train.evaluate import TaskAccuracy, autocast_context, evaluate_tasks
+from cign_fast.train.fingerprint import settings_differences
 from cign_fast.train.memory import ExemplarMemory
 from cign_fast.train.outputs import RunWriter
+from cign_fast.train.run_folder import RunFolder
 
 CHECKPOINT_FORMAT = 1
 LOSS_KEYS = ("total", "bce_audio", "bce_visual", "token_ce", "kd")
-COMPATIBLE_SECTIONS = ("data", "model", "optim", "distill", "memory")
-RESULT_NEUTRAL_KEYS = ("data.root", "data.num_workers", "optim.eval_batch_size")
 
 
 @dataclass
@@ -115,6 +116,7 @@ class IncrementalTrainer:
         self.log = log if context.is_main else (lambda message: None)
         self.out_dir = Path(config.run.out)
         self.checkpoint_dir = self.out_dir / "checkpoints"
+        self.checkpoints = RunCheckpoints(self.checkpoint_dir, config.run.keep_checkpoints, context.is_main)
         self.batch_size = per_rank_batch_size(config.optim.batch_size, context, "optim.batch_size")
         self.eval_batch_size = per_rank_batch_size(config.optim.eval_batch_size, context, "optim.eval_batch_size")
         self.model_config: ModelConfig = config.model_config(*data.feature_dims)
@@ -130,6 +132,8 @@ class IncrementalTrainer:
             self.skips.merge(dataset_skip_report(dataset))
         self.num_tasks = len(data.class_tasks)
         self.task_of_class = [t for t, names in enumerate(data.class_tasks) for _ in names]
+        self.divergence = DivergenceMonitor(LOSS_KEYS, config.run.divergence_factor, context, self.num_tasks,
+                                            config.optim.epochs, lambda: self.checkpoints.newest)
 
     # ----- task structure -------------------------------------------------------------------------------------
 
@@ -187,14 +191,23 @@ class IncrementalTrainer:
             labels = batch["label"].to(device, non_blocking=True)
             if not self.every_rank_has_clips(labels.numel()):
                 continue
-            losses = self.train_step(batch["audio"].to(device, non_blocking=True),
-                                     batch["visual"].to(device, non_blocking=True), labels, trainable)
+            lr = self.scheduler.get_last_lr()[0]
+            audio, visual = batch["audio"].to(device, non_blocking=True), batch["visual"].to(device, non_blocking=True)
+            try:
+                losses = self.train_step(audio, visual, labels, trainable)
+            except ValueError as error:   # NaN or inf inside the model fails an op's input check
+                self.divergence.raise_if_diverged(error, (audio, visual), trainable, task, epoch)
+                raise
+            self.divergence.observe(task, epoch, step, lr, losses)
             sums += torch.stack([losses[key].detach().double() * labels.numel() for key in LOSS_KEYS]
                                 + [torch.tensor(float(labels.numel()), dtype=torch.float64, device=device)])
+            if (step + 1) % CHECK_EVERY_STEPS == 0:
+                self.divergence.check(task, epoch)
             if show and step % 5 == 0:
                 elapsed = time.perf_counter() - start
                 bar.set_postfix(loss=f"{float(sums[0] / sums[-1]):.4f}",
                                 clips_per_s=f"{float(sums[-1]) * self.context.world_size / max(elapsed, 1e-9):.1f}")
+        self.divergence.check(task, epoch, trainable)
         all_reduce_sum(sums, self.context)
         seconds = time.perf_counter() - start
         bar.close()
@@ -303,10 +316,7 @@ class IncrementalTrainer:
         """Checkpoint after ``epoch`` of the current task (``None``: after its evaluation); rank 0 writes."""
         self.progress.sequence += 1
         if self.context.is_main:
-            self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
-            name = checkpoint_name(self.progress.sequence, self.progress.task, epoch)
-            save_checkpoint(self.checkpoint_dir / name, self.state_dict())
-            prune_checkpoints(self.checkpoint_dir, self.config.run.keep_checkpoints)
+            self.checkpoints.save(checkpoint_name(self.progress.sequence, self.progress.task, epoch), self.state_dict())
 
     def restore(self, state: dict[str, object], source: Path) -> None:
         """Rebuild the model, teacher, optimiser, memory, progress and RNG states from a checkpoint."""
@@ -360,9 +370,9 @@ class IncrementalTrainer:
         seconds = time.perf_counter() - start
         self.log(format_summary(summary))
         self.log(f"skipped clips: {self.skips.summary()}")
-        newest = list_checkpoints(self.checkpoint_dir)
+        newest = self.checkpoints.newest
         self.log(f"wall time {seconds:.1f} s; outputs in {self.out_dir}"
-                 + (f"; final checkpoint {newest[-1]}" if newest else ""))
+                 + (f"; final checkpoint {newest}" if newest else ""))
         barrier(self.context)
         return TrainResults(summary=summary, class_tasks=self.data.class_tasks, out_dir=self.out_dir,
                             history=self.progress.history, skips=self.skips, seconds=seconds)
@@ -370,6 +380,7 @@ class IncrementalTrainer:
     def resume_from_latest(self) -> bool:
         """Restore the newest intact checkpoint (damaged ones are reported and skipped); False if none."""
         found = load_latest_checkpoint(self.checkpoint_dir, report=self.log)
+        self.checkpoints.adopt(None if found is None else found[1], report=self.log)
         if found is None:
             self.log(f"--resume: no usable checkpoint in {self.checkpoint_dir}; starting from the beginning")
             return False
@@ -399,31 +410,31 @@ class IncrementalTrainer:
 
 def check_resume_compatible(state: dict[str, object], config: TrainConfig, class_tasks: list[list[str]],
                             source: Path) -> None:
-    """A run resumes only with the settings and class sequence it was started with (``run.*`` may differ)."""
-    saved = state["config"]
-    current = config.to_dict()
-    differing = [f"{section}.{key}" for section in COMPATIBLE_SECTIONS
-                 for key in sorted(set(saved[section]) | set(current[section]))
-                 if saved[section].get(key) != current[section].get(key)
-                 and f"{section}.{key}" not in RESULT_NEUTRAL_KEYS]
+    """A run resumes only with the settings and class sequence it was started with (see ``fingerprint``)."""
+    differing = settings_differences(state["config"], config.to_dict())
     if differing:
-        raise ValueError(f"--resume: checkpoint {source} was written with different settings for "
-                         f"{', '.join(differing)}; resume with the config saved in "
-                         f"{source.parent.parent / 'config.yaml'}")
+        raise ValueError(f"--resume: checkpoint {source} was written with other settings ({'; '.join(differing)}); "
+                         f"resume with the config saved in {source.parent.parent / 'config.yaml'}")
     if state["class_tasks"] != class_tasks:
         raise ValueError(f"--resume: checkpoint {source} was written for a different class sequence")
 
 
-def train_incremental(config: TrainConfig, *, resume: bool = False, log: Callable[[str], None] = print) -> TrainResults:
-    """Train ``config`` task after task (single process, or one rank of a torchrun job) and write its outputs."""
+def train_incremental(config: TrainConfig, *, resume: bool = False, overwrite: bool = False,
+                      log: Callable[[str], None] = print) -> TrainResults:
+    """Train ``config`` task after task (single process, or one rank of a torchrun job) and write its outputs.
+
+    ``resume``: continue the run in ``run.out``; ``overwrite``: replace it (see ``run_folder``)."""
+    config = config_from_dict(config.to_dict(), source="train_incremental(config)")   # a hand-built one too
     if config.run.out is None:
         raise ValueError("run.out: the output directory is required (--out DIR)")
     context = setup_distributed(config.run.device)
     try:
-        seed_everything(config.run.seed, config.run.deterministic)
-        data = load_run_data(config)
-        trainer = IncrementalTrainer(config, context, data, log)
-        return trainer.run(resume)
+        with RunFolder(Path(config.run.out), context, resume=resume, overwrite=overwrite, log=log) as folder:
+            seed_everything(config.run.seed, config.run.deterministic)
+            data = load_run_data(config)
+            folder.check_identity(config, data)
+            trainer = IncrementalTrainer(config, context, data, log)
+            return trainer.run(resume)
     finally:
         teardown_distributed(context)
 

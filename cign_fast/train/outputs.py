@@ -13,12 +13,13 @@ duplicates rows; TensorBoard events past the resume point are purged.
 from __future__ import annotations
 
 import csv
+import io
 import json
 from pathlib import Path
 
 from cign_fast.metrics import MODALITIES
 from cign_fast.plots import plot_accuracy_matrices, plot_step_accuracy
-from cign_fast.train.checkpoint import write_atomically
+from cign_fast.files import write_atomically
 
 EPOCH_COLUMNS = ("task", "epoch", "loss", "bce_audio", "bce_visual", "token_ce", "kd", "lr", "samples", "seconds",
                  "samples_per_second")
@@ -90,9 +91,8 @@ def accuracy_rows(summary: dict[str, object]) -> list[dict[str, object]]:
 
 
 def write_csv(path: Path, columns: tuple[str, ...], rows: list[dict[str, object]]) -> None:
-    temporary = path.with_suffix(".csv.tmp")
-    with temporary.open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(columns), restval="")
-        writer.writeheader()
-        writer.writerows(rows)
-    temporary.replace(path)
+    text = io.StringIO(newline="")
+    writer = csv.DictWriter(text, fieldnames=list(columns), restval="")
+    writer.writeheader()
+    writer.writerows(rows)
+    write_atomically(path, text.getvalue().encode())

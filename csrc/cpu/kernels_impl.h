@@ -746,7 +746,9 @@ inline const float* distill_row(const void* base, int64_t row_stride, int64_t co
 
 // Per row r: z = x[r, start:stop] / T for student and teacher, the loss T^2 KL(p_t || p_s) and the
 // gradient grad_scale * (p_s - p_t) on the columns (zero elsewhere). Three sweeps over the row:
-// maxima; exponentials, their sums and sum_c e_t (z_t - z_s); gradient.
+// maxima; exponentials, their sums and sum_c e_t (d_t - d_s); gradient. Every term is written in the
+// shifted logits d = z - max(z) <= 0 (log p = d - log sum exp d), never in z itself, so a constant
+// offset of any size added to a row changes nothing beyond the rounding of the inputs.
 void distill_rows(const DistillIO& io, int64_t row_begin, int64_t row_end, float* scratch) {
   const int64_t width = io.stop - io.start;
   const Dtype dtype = io.dtype;
@@ -765,19 +767,18 @@ void distill_rows(const DistillIO& io, int64_t row_begin, int64_t row_end, float
     const float ms = hmax(max_s), mt = hmax(max_t);
     f32x8 sum_s = splat(0.0f), sum_t = splat(0.0f), cross = splat(0.0f);
     for_each_chunk(width, [&](int64_t c, int64_t n) {
-      const f32x8 s = load_part<f32x8>(xs + c, n), t = load_part<f32x8>(xt + c, n);
+      const f32x8 ds = (load_part<f32x8>(xs + c, n) - ms) * inv_t, dt = (load_part<f32x8>(xt + c, n) - mt) * inv_t;
       const i32x8 valid = lanes_below(n);
-      const f32x8 es = select(valid, exp8((s - ms) * inv_t), splat(0.0f));
-      const f32x8 et = select(valid, exp8((t - mt) * inv_t), splat(0.0f));
+      const f32x8 es = select(valid, exp8(ds), splat(0.0f));
+      const f32x8 et = select(valid, exp8(dt), splat(0.0f));
       sum_s += es;
       sum_t += et;
-      cross += et * (t - s);
+      cross += select(valid, et * (dt - ds), splat(0.0f));
       store_part(exp_s + c, es, n);
       store_part(exp_t + c, et, n);
     });
     const double total_s = hsum(sum_s), total_t = hsum(sum_t);
-    const double lse_s = ms * inv_t + std::log(total_s), lse_t = mt * inv_t + std::log(total_t);
-    const double kl = hsum(cross) * inv_t / total_t - lse_t + lse_s;
+    const double kl = hsum(cross) / total_t - std::log(total_t) + std::log(total_s);
     io.row_loss[r] = static_cast<float>(static_cast<double>(io.temperature) * io.temperature * kl);
     const float gs = static_cast<float>(io.grad_scale / total_s), gt = static_cast<float>(io.grad_scale / total_t);
     void* grad_row = advance(io.grad, dtype, r * io.width);

@@ -20,7 +20,9 @@ __device__ __forceinline__ float warp_max(float x) {
 }
 
 // Per row r: z = x[r, start:stop] / T; row_loss[r] = T^2 KL(softmax(z_t) || softmax(z_s));
-// grad[r, :] = grad_scale * (p_s - p_t) on the columns, 0 elsewhere.
+// grad[r, :] = grad_scale * (p_s - p_t) on the columns, 0 elsewhere. Every term is written in the
+// shifted logits d = z - max(z) <= 0 (log p = d - log sum exp d), so a constant offset of any size
+// added to a row changes nothing beyond the rounding of the inputs.
 template <typename scalar_t>
 __global__ void distill_rows_kernel(const scalar_t* __restrict__ student, const scalar_t* __restrict__ teacher,
                                     DistillShape shape, float temperature, float grad_scale,
@@ -41,23 +43,25 @@ __global__ void distill_rows_kernel(const scalar_t* __restrict__ student, const 
   }
   max_s = warp_max(max_s);
   max_t = warp_max(max_t);
-  float sum_s = 0.0f, sum_t = 0.0f, cross = 0.0f;  // cross = sum_c e_t (z_t - z_s)
+  float sum_s = 0.0f, sum_t = 0.0f, cross = 0.0f;  // cross = sum_c e_t (d_t - d_s)
   for (int64_t c = shape.start + lane; c < shape.stop; c += kWarp) {
-    const float zs = z_s(c), zt = z_t(c);
-    const float et = __expf(zt - max_t);
-    sum_s += __expf(zs - max_s);
+    const float ds = z_s(c) - max_s, dt = z_t(c) - max_t;
+    const float et = __expf(dt);
+    sum_s += __expf(ds);
     sum_t += et;
-    cross += et * (zt - zs);
+    cross += et * (dt - ds);
   }
   sum_s = warp_sum(sum_s);
   sum_t = warp_sum(sum_t);
   cross = warp_sum(cross);
-  const float lse_s = max_s + __logf(sum_s), lse_t = max_t + __logf(sum_t);
-  if (lane == 0) row_loss[r] = temperature * temperature * (cross / sum_t - lse_t + lse_s);
+  const float log_sum_s = __logf(sum_s), log_sum_t = __logf(sum_t);
+  if (lane == 0) row_loss[r] = temperature * temperature * (cross / sum_t - log_sum_t + log_sum_s);
   scalar_t* g_row = grad + r * shape.width;
   for (int64_t c = lane; c < shape.width; c += kWarp) {
     float value = 0.0f;
-    if (c >= shape.start && c < shape.stop) value = grad_scale * (__expf(z_s(c) - lse_s) - __expf(z_t(c) - lse_t));
+    if (c >= shape.start && c < shape.stop) {
+      value = grad_scale * (__expf((z_s(c) - max_s) - log_sum_s) - __expf((z_t(c) - max_t) - log_sum_t));
+    }
     g_row[c] = static_cast<scalar_t>(value);
   }
 }
