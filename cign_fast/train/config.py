@@ -90,6 +90,7 @@ class RunConfig:
     epoch_checkpoints: bool = True     # checkpoint after every epoch (else only after every task)
     progress: bool = True
     tensorboard: bool = True
+    plots: bool = True                 # rewrite the PNG plots after every task
 
 
 # ----- the methods' sections (cign_fast.methods; each method's docstring cites where the defaults come from) -----

@@ -348,7 +348,7 @@ class IncrementalTrainer:
             save_config(self.config, self.out_dir / "config.yaml")
         purge_step = self.progress.task * epochs + self.progress.epochs_done if restored else None
         writer = RunWriter(self.out_dir, self.context.is_main, self.config.run.tensorboard, purge_step,
-                           self.method.loss_terms)
+                           self.method.loss_terms, self.config.run.plots)
         if restored and self.progress.evaluated:
             first_task, continue_current = self.progress.task + 1, False
         else:

@@ -4,7 +4,7 @@
 * ``epochs.csv``: one row per epoch (the total loss and the method's named terms, learning rate, wall time, samples/s);
 * ``accuracy.csv``: one row per (modality, step): ``A_t`` both ways and the row ``a[t][*]``;
 * ``metrics.json``: the foundation schema (see :func:`cign_fast.metrics.metrics_summary`), rewritten after every task;
-* ``accuracy_matrices.png``, ``accuracy_steps.png``; ``tensorboard/`` event files.
+* ``accuracy_matrices.png``, ``accuracy_steps.png`` (``run.plots``); ``tensorboard/`` event files.
 
 The CSV files are rewritten from the run's history (kept in the checkpoints), so a resumed run never
 duplicates rows; TensorBoard events past the resume point are purged.
@@ -31,10 +31,11 @@ class RunWriter:
     """Writes the run's files; every method is a no-op when ``enabled`` is false (ranks other than 0)."""
 
     def __init__(self, out_dir: Path, enabled: bool, tensorboard: bool, purge_step: int | None,
-                 loss_terms: Sequence[str]) -> None:
+                 loss_terms: Sequence[str], plots: bool = True) -> None:
         self.out_dir = Path(out_dir)
         self.enabled = enabled
         self.loss_terms = tuple(loss_terms)
+        self.plots = plots
         self.board = None
         if enabled:
             self.out_dir.mkdir(parents=True, exist_ok=True)
@@ -54,14 +55,16 @@ class RunWriter:
             self.board.flush()
 
     def task(self, summary: dict[str, object], num_tasks: int, global_epoch: int, board: bool = True) -> None:
-        """After a task's evaluation: metrics.json, accuracy.csv, the plots and (``board``) TensorBoard scalars."""
+        """After a task's evaluation: metrics.json, accuracy.csv, the plots (``plots``) and (``board``) TensorBoard
+        scalars."""
         if not self.enabled:
             return
         text = json.dumps(summary, indent=2) + "\n"
         write_atomically(self.out_dir / "metrics.json", text.encode())
         write_csv(self.out_dir / "accuracy.csv", accuracy_columns(num_tasks), accuracy_rows(summary))
-        plot_accuracy_matrices(summary, self.out_dir / "accuracy_matrices.png", num_tasks)
-        plot_step_accuracy(summary, self.out_dir / "accuracy_steps.png")
+        if self.plots:
+            plot_accuracy_matrices(summary, self.out_dir / "accuracy_matrices.png", num_tasks)
+            plot_step_accuracy(summary, self.out_dir / "accuracy_steps.png")
         if board and self.board is not None:
             for modality in MODALITIES:
                 block = summary[modality]
