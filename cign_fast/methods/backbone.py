@@ -120,10 +120,6 @@ class Backbone(nn.Module):
         """Classes per task added so far (a copy)."""
         return list(self._task_sizes)
 
-    @property
-    def num_classes(self) -> int:
-        return sum(self._task_sizes)
-
     def add_task(self, num_new_classes: int) -> None:
         """Grow both heads by ``num_new_classes`` outputs (old rows kept)."""
         if not isinstance(num_new_classes, int) or isinstance(num_new_classes, bool) or num_new_classes <= 0:

@@ -119,6 +119,7 @@ class ContinualMethod:
     loss_terms: ClassVar[tuple[str, ...]] = ()
     memory_use: ClassVar[str] = "optional"
     config_sections: ClassVar[tuple[str, ...]] = ()
+    uses_teacher: bool = False      # a class attribute, or a property where a setting decides
 
     def __init__(self, config: TrainConfig, model_config: ModelConfig) -> None:
         if not isinstance(model_config, ModelConfig):
@@ -127,11 +128,6 @@ class ContinualMethod:
         self.model_config = model_config
         self.teacher: nn.Module | None = None
         self.task: TaskInfo | None = None
-
-    @property
-    def uses_teacher(self) -> bool:
-        """Whether :meth:`begin_task` keeps the old model as ``self.teacher`` (tasks t > 0)."""
-        return False
 
     # ----- the model ------------------------------------------------------------------------------------------
 

@@ -70,14 +70,11 @@ class ICaRL(BackboneMethod):
     loss_terms = ("bce_audio", "bce_visual", "kd")
     memory_use = "required"
     config_sections = ("icarl",)
+    uses_teacher = True
 
     def __init__(self, *args: object, **kwargs: object) -> None:
         super().__init__(*args, **kwargs)
         self.means: Tensor | None = None    # [N, 2D] class means of the exemplars, on the CPU
-
-    @property
-    def uses_teacher(self) -> bool:
-        return True
 
     def loss(self, model: nn.Module, out: BackboneOutput, labels: Tensor,
              teacher_out: BackboneOutput | None) -> dict[str, Tensor]:

@@ -28,10 +28,7 @@ class LwF(BackboneMethod):
     loss_terms = ("ce_audio", "ce_visual", "kd")
     memory_use = "optional"
     config_sections = ("lwf",)
-
-    @property
-    def uses_teacher(self) -> bool:
-        return True
+    uses_teacher = True
 
     def loss(self, model: nn.Module, out: BackboneOutput, labels: Tensor,
              teacher_out: BackboneOutput | None) -> dict[str, Tensor]:

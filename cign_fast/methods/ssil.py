@@ -47,10 +47,7 @@ class SSIL(BackboneMethod):
     loss_terms = ("ce_audio", "ce_visual", "kd")
     memory_use = "required"
     config_sections = ("ssil",)
-
-    @property
-    def uses_teacher(self) -> bool:
-        return True
+    uses_teacher = True
 
     def loss(self, model: nn.Module, out: BackboneOutput, labels: Tensor,
              teacher_out: BackboneOutput | None) -> dict[str, Tensor]:

@@ -30,7 +30,7 @@ from cign_fast.metrics import MODALITIES
 from cign_fast.plots import TITLES, plot_method_curves
 from cign_fast.train.checkpoint import list_checkpoints, write_atomically
 from cign_fast.train.config import TrainConfig, config_from_dict
-from cign_fast.train.distributed import barrier, setup_distributed, teardown_distributed
+from cign_fast.train.distributed import DistContext, barrier, setup_distributed, teardown_distributed
 from cign_fast.train.loop import differing_settings, train_incremental
 
 METRICS = {"avg_incremental_accuracy": "Average incremental accuracy", "last_accuracy": "Last accuracy",
@@ -158,12 +158,16 @@ def write_report(out: Path, report: dict[str, object]) -> None:
 
 def run_compare(base: TrainConfig, methods: Sequence[str], seeds: Sequence[int], out: str | Path, *,
                 memory_per_class: int = 0, required_memory_per_class: int = 20,
-                log: Callable[[str], None] = print) -> dict[str, object]:
-    """Train (or reuse, or resume) every run of the comparison, then write the report; returns compare.json."""
+                log: Callable[[str], None] = print, context: DistContext | None = None) -> dict[str, object]:
+    """Train (or reuse, or resume) every run of the comparison, then write the report; returns compare.json.
+
+    ``context``: a process group already set up; by default one is set up from torchrun's environment
+    and torn down at the end."""
     out = Path(out)
     runs = plan_runs(methods, seeds, out, memory_per_class, required_memory_per_class)
     configs = [run_config(base, run) for run in runs]   # every config checked before the first run starts
-    context = setup_distributed(base.run.device)
+    own_context = context is None
+    context = setup_distributed(base.run.device) if own_context else context
     say = log if context.is_main else (lambda message: None)
     try:
         summaries: dict[str, list[dict[str, object]]] = {name: [] for name in methods}
@@ -194,4 +198,5 @@ def run_compare(base: TrainConfig, methods: Sequence[str], seeds: Sequence[int],
         barrier(context)
         return report
     finally:
-        teardown_distributed(context)
+        if own_context:
+            teardown_distributed(context)
