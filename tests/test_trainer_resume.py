@@ -7,7 +7,7 @@ import torch
 from cign_fast.train.checkpoint import (
     CorruptCheckpoint, checkpoint_name, list_checkpoints, load_checkpoint, load_latest_checkpoint, save_checkpoint,
 )
-from cign_fast.train.loop import train_incremental
+from cign_fast.train.loop import check_resume_compatible, train_incremental
 from test_trainer_helpers import (
     KILLING_RUNNER, one_thread, read_run_results, run_runner, run_train, tiny_config, tiny_train_args,
     write_feature_dataset,
@@ -67,6 +67,13 @@ def test_truncated_checkpoint_falls_back_to_the_previous_one(tmp_path, method):
     with pytest.raises(ValueError, match=r"optim\.lr"):
         train_incremental(changed, resume=True, log=lambda message: None)
     assert "lr: 0.003" in (out / "config.yaml").read_text()   # the run's own config is kept
+    other = "finetune" if method != "finetune" else "cign"
+    with pytest.raises(ValueError, match=r"different settings for method;"):
+        train_incremental(tiny_config(data, out, "--method", other, "--memory-per-class", "3", "--epochs", "2"),
+                          resume=True, log=lambda message: None)
+    old_format = {**load_checkpoint(previous), "format": 1}
+    with pytest.raises(ValueError, match=r"has format 1, this version reads format 2"):
+        check_resume_compatible(old_format, config, uninterrupted.class_tasks, previous)
 
 
 def test_checkpoint_digest_detects_damage(tmp_path):

@@ -302,7 +302,7 @@ class IncrementalTrainer:
             "config": self.config.to_dict(),
             "model_config": dataclasses.asdict(self.model_config),
             "class_tasks": self.data.class_tasks,
-            "task_sizes": self.model.task_sizes,
+            "task_sizes": list(self.task_info(self.progress.task).task_sizes),   # the tasks the model has grown by
             "model": self.model.state_dict(),
             "method": self.method.state_dict(),
             "optimizer": self.optimizer.state_dict(),
