@@ -50,7 +50,7 @@ def resources(task: TaskInfo, model, method, audio, visual, labels, exemplars=No
             return method.embed(model.eval()(audio[rows], visual[rows]), labels[rows]), list(indices)
 
     return TaskResources(task=task, task_indices=list(range(len(labels))), exemplars=exemplars or {},
-                         context=DistContext(0, 1, 0, torch.device("cpu")), precision="fp32", batches=batches,
+                         context=DistContext(0, 1, 0, torch.device("cpu")), batches=batches,
                          embed=embed, all_reduce_sum=lambda tensor: tensor)
 
 

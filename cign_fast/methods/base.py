@@ -81,7 +81,6 @@ class TaskResources:
     task_indices: list[int]                      # the task's training clips (dataset indices)
     exemplars: dict[int, list[int]]              # the memory after this task's update (class -> indices)
     context: DistContext
-    precision: str
     batches: Callable[[Sequence[int]], Iterator[tuple[Tensor, Tensor, Tensor]]]
     embed: Embed
     all_reduce_sum: Callable[[Tensor], Tensor]

@@ -278,7 +278,7 @@ class IncrementalTrainer:
         resources = TaskResources(
             task=self.task_info(task), task_indices=self.data.train_indices_of_task(task),
             exemplars={cls: list(indices) for cls, indices in self.memory.exemplars.items()}, context=self.context,
-            precision=self.config.run.precision, batches=self.training_batches, embed=self.embed_training_clips,
+            batches=self.training_batches, embed=self.embed_training_clips,
             all_reduce_sum=lambda tensor: all_reduce_sum(tensor, self.context))
         self.method.end_task(self.model, resources)
 
