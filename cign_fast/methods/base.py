@@ -26,6 +26,7 @@ its own state (``self``), which :meth:`ContinualMethod.state_dict` must capture 
 from __future__ import annotations
 
 import copy
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar, NamedTuple
@@ -103,7 +104,7 @@ def as_float32(out: NamedTuple) -> NamedTuple:
     return type(out)(*(tensor.float() for tensor in out))
 
 
-class ContinualMethod:
+class ContinualMethod(ABC):
     """Base class of the methods (see the module docstring for the protocol).
 
     Subclasses set ``name`` (the registry name), ``loss_terms`` (the named terms of :meth:`loss` besides
@@ -130,9 +131,9 @@ class ContinualMethod:
 
     # ----- the model ------------------------------------------------------------------------------------------
 
+    @abstractmethod
     def build_model(self) -> nn.Module:
         """The model before its first task."""
-        raise NotImplementedError
 
     def grow_model(self, model: nn.Module, num_new_classes: int) -> None:
         """Add a task of ``num_new_classes`` classes to ``model`` (in place; old weights kept)."""
@@ -179,18 +180,22 @@ class ContinualMethod:
         """The old model's output on the batch, or ``None`` without one (the loop runs this without grad)."""
         return None if self.teacher is None else self.teacher(audio, visual)
 
+    @abstractmethod
     def loss(self, model: nn.Module, out: NamedTuple, labels: Tensor,
              teacher_out: NamedTuple | None) -> dict[str, Tensor]:
-        """Scalars ``"total"`` (what is minimised) and every name of ``loss_terms``; ``out`` is float32."""
-        raise NotImplementedError
+        """Scalars ``"total"`` (what is minimised) and every name of ``loss_terms``.
 
+        ``model``: the model being trained (not the DDP wrapper: for penalties on its parameters);
+        ``out``, ``teacher_out``: its and the teacher's float32 outputs on the batch; ``labels`` [B].
+        """
+
+    @abstractmethod
     def predict(self, out: NamedTuple) -> dict[str, Tensor]:
         """Class indices [B] (long) for ``"audio"``, ``"visual"`` and ``"audio_visual"``."""
-        raise NotImplementedError
 
+    @abstractmethod
     def embed(self, out: NamedTuple, labels: Tensor) -> Tensor:
         """[B, E] float32 per-clip embeddings (herding and ``cign-fast embed``)."""
-        raise NotImplementedError
 
     # ----- extra state ----------------------------------------------------------------------------------------
 
