@@ -69,6 +69,15 @@ def test_eval_reproduces_each_methods_last_row(comparison, tmp_path, name):
         assert evaluation[modality]["per_task"] == pytest.approx(metrics[modality]["matrix"][-1])
 
 
+def test_embed_uses_the_methods_embedding(comparison, tmp_path):
+    data, out, _ = comparison
+    checkpoint = list_checkpoints(out / "icarl" / "seed0" / "checkpoints")[-1]
+    with one_thread():
+        assert main(["embed", "--checkpoint", str(checkpoint), "--data", str(data), "--out", str(tmp_path / "t.png"),
+                     "--device", "cpu", "--perplexity", "3"]) == 0
+    assert (tmp_path / "t.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
 def test_a_killed_comparison_resumes_where_it_stopped(comparison, capsys):
     _, out, args = comparison
     before = json.loads((out / "compare.json").read_text())
