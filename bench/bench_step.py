@@ -22,10 +22,10 @@ from pathlib import Path
 import torch
 
 from cign_fast.bench import common
+from cign_fast.methods.base import as_float32
 from cign_fast.model import CIGN, ModelConfig, cign_loss
 from cign_fast.ops.backends import select_backend
 from cign_fast.train.evaluate import autocast_context
-from cign_fast.train.loop import as_float32
 
 BACKENDS = ("reference", "auto")
 QUICK = {"batch": 16, "dim": 256, "depth": 1, "heads": 4}

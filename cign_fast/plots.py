@@ -75,3 +75,28 @@ def _save(figure: plt.Figure, path: Path) -> Path:
     figure.savefig(path, dpi=110)
     plt.close(figure)
     return path
+
+
+def plot_method_curves(curves: dict[str, dict[str, dict[str, Sequence[float]]]], path: Path, title: str) -> Path:
+    """Accuracy after each step per method, one panel per modality: ``curves[method][modality]`` holds
+    ``"mean"`` and ``"std"`` lists (fractions); the band is mean +- std over the seeds."""
+    figure, axes = plt.subplots(1, len(MODALITIES), figsize=(4.6 * len(MODALITIES), 4), constrained_layout=True,
+                                sharey=True)
+    colours = plt.get_cmap("tab10")
+    for axis, modality in zip(axes, MODALITIES):
+        for index, (method, by_modality) in enumerate(curves.items()):
+            mean = 100 * np.asarray(by_modality[modality]["mean"], dtype=float)
+            std = 100 * np.asarray(by_modality[modality]["std"], dtype=float)
+            steps = np.arange(len(mean))
+            colour = colours(index % colours.N)
+            axis.plot(steps, mean, marker="o", color=colour, label=method)
+            axis.fill_between(steps, mean - std, mean + std, color=colour, alpha=0.15, linewidth=0)
+        axis.set_title(TITLES[modality])
+        axis.set_xlabel("after training task t")
+        axis.set_xticks(range(max(len(c[modality]["mean"]) for c in curves.values())))
+        axis.set_ylim(0, 100)
+        axis.grid(alpha=0.3)
+    axes[0].set_ylabel("accuracy on tasks 0..t (%)")
+    axes[-1].legend(fontsize=8)
+    figure.suptitle(title)
+    return _save(figure, path)

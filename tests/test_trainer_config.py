@@ -6,6 +6,7 @@ import pytest
 import yaml
 
 from cign_fast.cli import train as train_cli
+from cign_fast.methods import METHODS
 from cign_fast.train.config import build_config, config_from_dict, save_config
 from test_trainer_helpers import REPO
 
@@ -65,6 +66,28 @@ def test_saved_config_round_trips(tmp_path):
 def test_shipped_configs_load(config_file):
     config = build_config(config_file)
     assert config.optim.lr > 0
+
+
+@pytest.mark.parametrize("name", list(METHODS))
+def test_each_method_has_a_config_layered_over_a_dataset_config(name):
+    config = build_config([REPO / "configs" / "vggsound-instruments.yaml", REPO / "configs" / "methods" / f"{name}.yaml"])
+    assert config.method == name
+    assert config.data.benchmark == build_config(REPO / "configs" / "vggsound-instruments.yaml").data.benchmark
+    assert (config.memory.per_class > 0) == (METHODS[name].memory_use == "required")
+
+
+def test_method_flag_and_top_level_key(tmp_path):
+    config_file = tmp_path / "run.yaml"
+    config_file.write_text("method: lwf\nlwf:\n  weight: 0.5\n")
+    assert build_config(config_file).method == "lwf" and build_config(config_file).lwf.weight == 0.5
+    parser = argparse.ArgumentParser()
+    train_cli.add_arguments(parser)
+    args = parser.parse_args(["--method", "ewc", "--config", str(config_file), "--set", "ewc.weight=10"])
+    config = build_config(args.config, args.overrides, flags=train_cli.settings_from_flags(args))
+    assert config.method == "ewc" and config.ewc.weight == 10.0 and config.lwf.weight == 0.5
+    config_file.write_text("method: [ewc]\n")
+    with pytest.raises(ValueError, match=r"run\.yaml: config method: expected str"):
+        build_config(config_file)
 
 
 def test_default_config_file_lists_every_default():

@@ -26,6 +26,23 @@ from cign_fast.train.config import TrainConfig, build_config
 REPO = Path(__file__).resolve().parents[1]
 TRAIN_RUNNER = ("import sys; from cign_fast.cli import main; "
                 "sys.exit(main(['train'] + sys.argv[1:]))")
+COMPARE_RUNNER = TRAIN_RUNNER.replace("'train'", "'compare'")
+# ``train`` that SIGKILLs itself on the N-th call of a trainer method: arguments HOOK N, then train's
+KILLING_RUNNER = """
+import os, signal, sys
+from cign_fast.cli import main
+from cign_fast.train.loop import IncrementalTrainer
+hook, fatal_call = sys.argv[1], int(sys.argv[2])
+original, calls = getattr(IncrementalTrainer, hook), []
+def killing(self, *args, **kwargs):
+    calls.append(hook)
+    if len(calls) == fatal_call:
+        sys.stdout.flush()
+        os.kill(os.getpid(), signal.SIGKILL)
+    return original(self, *args, **kwargs)
+setattr(IncrementalTrainer, hook, killing)
+sys.exit(main(['train'] + sys.argv[3:]))
+"""
 
 
 def write_feature_dataset(root: Path, num_classes: int = 6, train_per_class: int = 16, test_per_class: int = 6,
@@ -60,12 +77,13 @@ def write_feature_dataset(root: Path, num_classes: int = 6, train_per_class: int
 
 
 def tiny_train_args(data: Path, out: Path, *extra: str) -> list[str]:
-    """``cign-fast train`` arguments for a fast features-mode run (3 tasks of 2 classes)."""
+    """``cign-fast train`` arguments for a fast features-mode run (3 tasks of 2 classes, no plots)."""
     return [
         "--data", str(data), "--out", str(out), "--input-mode", "features", "--tasks", "3", "--epochs", "3",
         "--batch-size", "16", "--lr", "3e-3", "--workers", "0", "--no-progress", "--device", "cpu",
         "--set", "model.dim=16", "--set", "model.depth=1", "--set", "model.num_heads=2",
         "--set", "model.drop_path=0.0", "--set", "optim.eval_batch_size=32", "--set", "run.tensorboard=false",
+        "--set", "run.plots=false",
         *extra,
     ]
 
@@ -97,14 +115,14 @@ def subprocess_env() -> dict[str, str]:
     return env
 
 
-def run_train(args: list[str], **kwargs) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-c", TRAIN_RUNNER, *args], env=subprocess_env(), cwd=REPO,
+def run_runner(runner: str, args: list[str], **kwargs) -> subprocess.CompletedProcess:
+    """``python -c runner args`` with one thread, output captured."""
+    return subprocess.run([sys.executable, "-c", runner, *args], env=subprocess_env(), cwd=REPO,
                           capture_output=True, text=True, **kwargs)
 
 
-def start_train(args: list[str]) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-c", TRAIN_RUNNER, *args], env=subprocess_env(), cwd=REPO,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+def run_train(args: list[str], **kwargs) -> subprocess.CompletedProcess:
+    return run_runner(TRAIN_RUNNER, args, **kwargs)
 
 
 def read_run_results(out: Path) -> tuple[dict, list[float]]:

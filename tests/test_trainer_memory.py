@@ -32,6 +32,18 @@ def test_budget_is_shared_evenly_and_old_classes_keep_their_best():
     assert len(memory.indices()) == 12
 
 
+def test_per_class_memory_keeps_the_same_number_for_every_class_and_selected_leaves_the_memory_alone():
+    memory = ExemplarMemory(budget=0, selection="random", seed=3, per_class=4)
+    memory.update({0: list(range(0, 20)), 1: list(range(20, 40))})
+    first_choice = dict(memory.exemplars)
+    proposal = memory.selected({2: list(range(40, 60)), 3: list(range(60, 63))})
+    assert memory.exemplars == first_choice                      # a proposal, not an update
+    assert [len(proposal[c]) for c in range(4)] == [4, 4, 4, 3]  # class 3 has only 3 clips
+    assert proposal[0] == first_choice[0]
+    with pytest.raises(ValueError, match=r"memory\.budget, memory\.per_class: set one of the two"):
+        ExemplarMemory(budget=8, per_class=2)
+
+
 def test_random_selection_depends_only_on_seed_and_class():
     picks = [ExemplarMemory(8, "random", seed=1) for _ in range(2)]
     for memory in picks:

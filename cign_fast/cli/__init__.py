@@ -8,7 +8,8 @@ import importlib
 SUBCOMMANDS = {
     "info": "versions and which backends can run here (and why not)",
     "demo": "train CIGN over incremental tasks on built-in synthetic audio-visual data",
-    "train": "class-incremental training on your data (one process or torchrun)",
+    "train": "class-incremental training of one method on your data (one process or torchrun)",
+    "compare": "several methods x seeds on one dataset: a table (mean +- std) and accuracy curves",
     "eval": "re-evaluate a checkpoint on a dataset",
     "embed": "t-SNE of the audio-visual class embeddings of a checkpoint",
     "extract": "run the frozen encoders once and write a feature cache",

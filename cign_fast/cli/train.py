@@ -1,6 +1,7 @@
-"""``cign-fast train``: class-incremental training from a YAML config plus command-line overrides.
+"""``cign-fast train``: class-incremental training of one method from YAML configs plus command-line overrides.
 
-Precedence: defaults < ``--config FILE`` < the explicit flags below < ``--set section.key=value``.
+Precedence: defaults < ``--config FILE`` (repeatable, later files win) < the explicit flags below
+< ``--set section.key=value``.
 Under ``torchrun --nproc_per_node=K`` it runs DDP; a plain run is a single process.
 """
 
@@ -10,15 +11,17 @@ import argparse
 import sys
 from pathlib import Path
 
+from cign_fast.methods import method_names
 from cign_fast.train.config import build_config
 from cign_fast.train.loop import train_incremental
 
 # flag attribute -> config key (flags not given are left unset)
 FLAG_KEYS = {
-    "data": "data.root", "out": "run.out", "benchmark": "data.benchmark", "tasks": "data.tasks",
+    "method": "method", "data": "data.root", "out": "run.out", "benchmark": "data.benchmark", "tasks": "data.tasks",
     "class_order": "data.class_order", "input_mode": "data.input_mode", "epochs": "optim.epochs",
     "batch_size": "optim.batch_size", "lr": "optim.lr", "memory_budget": "memory.budget",
-    "memory_selection": "memory.selection", "seed": "run.seed", "device": "run.device", "workers": "data.num_workers",
+    "memory_per_class": "memory.per_class", "memory_selection": "memory.selection", "seed": "run.seed",
+    "device": "run.device", "workers": "data.num_workers",
 }
 # switch attribute -> (config key, value when the switch is given)
 SWITCH_KEYS = {
@@ -30,13 +33,24 @@ SWITCH_KEYS = {
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", type=Path, help="dataset root (labels.csv, frames/, audio/) or feature cache")
     parser.add_argument("--out", type=Path, help="output directory (config, checkpoints, metrics, plots)")
-    parser.add_argument("--config", type=Path, help="YAML config file (see configs/)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                        help="override one config key, e.g. --set optim.lr=3e-4 (repeatable)")
     parser.add_argument("--resume", action="store_true",
                         help="continue the run in OUT from its newest intact checkpoint (same settings, seed and data)")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace the earlier run's outputs in OUT (without it a fresh run refuses a used OUT)")
+    parser.add_argument("--method", choices=method_names(),
+                        help="continual-learning method (default: cign); its settings are in its config section")
+    parser.add_argument("--seed", type=int)
+    parser.add_argument("--memory-budget", type=int, help="exemplar memory size in clips (0: none)")
+    parser.add_argument("--memory-per-class", type=int, help="exemplars per class instead of a total budget")
+    add_run_arguments(parser)
+
+
+def add_run_arguments(parser: argparse.ArgumentParser) -> None:
+    """The settings shared by ``train`` and ``compare`` (all but the output, method, seed and memory size)."""
+    parser.add_argument("--config", type=Path, action="append", default=[],
+                        help="YAML config file (see configs/ and configs/methods/); repeatable, later files win")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                        help="override one config key, e.g. --set optim.lr=3e-4 (repeatable)")
     parser.add_argument("--benchmark", help="preset: vggsound-instruments (4x9), vggsound100 (--tasks 10 or 4), "
                                             "vgg-ss (220 classes, list from --class-order); default: the data's labels")
     parser.add_argument("--tasks", type=int, help="number of tasks (custom split, or a preset's variant)")
@@ -46,10 +60,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--epochs", type=int, help="epochs per task")
     parser.add_argument("--batch-size", type=int, help="global batch size (split over the processes)")
     parser.add_argument("--lr", type=float, help="Adam learning rate")
-    parser.add_argument("--memory-budget", type=int, help="exemplar memory size in clips (0: none)")
     parser.add_argument("--memory-selection", choices=("herding", "random"))
-    parser.add_argument("--no-distill", action="store_true", help="train without class-token distillation")
-    parser.add_argument("--seed", type=int)
+    parser.add_argument("--no-distill", action="store_true", help="CIGN: train without class-token distillation")
     parser.add_argument("--deterministic", action="store_true", help="deterministic kernels only")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"))
     parser.add_argument("--workers", type=int, help="DataLoader worker processes per rank")
@@ -58,7 +70,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def settings_from_flags(args: argparse.Namespace) -> dict[str, object]:
     """``{"section.key": value}`` for the explicit flags that were given."""
-    settings = {key: getattr(args, name) for name, key in FLAG_KEYS.items() if getattr(args, name) is not None}
+    settings = {key: getattr(args, name) for name, key in FLAG_KEYS.items()
+                if getattr(args, name, None) is not None}
     settings.update(setting for name, setting in SWITCH_KEYS.items() if getattr(args, name))
     return settings
 

@@ -11,15 +11,19 @@ import hashlib
 import io
 import random
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import torch
+from torch import nn
 
 from cign_fast.files import write_atomically
-from cign_fast.model import CIGN, ModelConfig
+from cign_fast.methods import ContinualMethod, build_method
+from cign_fast.model import ModelConfig
+from cign_fast.train.config import config_from_dict
 
+CHECKPOINT_FORMAT = 2   # 2: the method's name in the config and its state under "method"
 MAGIC = b"CIGNCKPT"
 DIGEST_BYTES = 32
 NAME_PATTERN = re.compile(r"^checkpoint-(\d{6})-task(\d+)-(epoch\d+|done)\.pt$")
@@ -162,21 +166,17 @@ def restore_rng_state(state: dict[str, object]) -> None:
     random.setstate((saved["version"], tuple(saved["state"]), saved["gauss"]))
 
 
-def rebuild_model(model_config: ModelConfig, task_sizes: Sequence[int], state: dict[str, torch.Tensor],
-                  device: torch.device | str = "cpu") -> CIGN:
-    """``CIGN(cfg)``, ``add_task`` per task, ``load_state_dict``: the documented way to restore a model."""
-    model = CIGN(model_config)
-    for size in task_sizes:
-        model.add_task(int(size))
-    model.load_state_dict(state)
-    return model.to(device)
-
-
-def load_trained_model(path: str | Path, device: torch.device | str = "cpu") -> tuple[CIGN, dict[str, object]]:
-    """The model stored in a training checkpoint (eval mode) and the checkpoint itself."""
+def load_trained_model(path: str | Path, device: torch.device | str = "cpu",
+                       ) -> tuple[ContinualMethod, nn.Module, dict[str, object]]:
+    """The method (its state restored) and model (eval mode) of a training checkpoint, and the checkpoint itself."""
     state = load_checkpoint(path)
-    for key in ("model_config", "task_sizes", "model", "class_tasks", "config"):
+    if state.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(f"checkpoint: {path} has format {state.get('format')!r}; this version reads training "
+                         f"checkpoints of format {CHECKPOINT_FORMAT}")
+    for key in ("model_config", "task_sizes", "model", "method", "class_tasks", "config"):
         if key not in state:
             raise ValueError(f"checkpoint: {path} is not a cign_fast training checkpoint (no {key!r})")
-    model = rebuild_model(ModelConfig(**state["model_config"]), state["task_sizes"], state["model"], device)
-    return model.eval(), state
+    method = build_method(config_from_dict(state["config"]), ModelConfig(**state["model_config"]))
+    model = method.rebuild_model(state["task_sizes"], state["model"], device)
+    method.load_state_dict(state["method"], device)
+    return method, model.eval(), state

@@ -1,6 +1,8 @@
 """Training configuration: a YAML file plus ``key=value`` overrides, checked key by key.
 
-The config has five sections (``data``, ``model``, ``optim``, ``distill``, ``memory``, ``run``).
+The config has the sections ``data``, ``model``, ``optim``, ``distill``, ``memory``, ``run``, the top-level
+key ``method`` (a name of :mod:`cign_fast.methods`, default ``cign``) and one section per baseline with
+hyper-parameters (``ewc``, ``lwf``, ``icarl``, ``ssil``; ``distill`` is CIGN's).
 ``model`` holds any field of :class:`cign_fast.model.ModelConfig` except ``input_mode`` (taken from
 ``data.input_mode``) and the feature widths (read from the data in features mode).
 Every error names the offending key (and the file it came from) and what was expected.
@@ -12,12 +14,15 @@ import dataclasses
 import math
 import types
 import typing
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 
 from cign_fast.files import write_atomically
+from cign_fast.methods import method_class, method_names
+from cign_fast.methods.icarl import CLASSIFIERS
 from cign_fast.model import ModelConfig
 from cign_fast.model.config import INPUT_MODES
 
@@ -70,9 +75,11 @@ class DistillConfig:
 
 @dataclass
 class MemoryConfig:
-    """Exemplar memory: ``budget`` clips in total, shared evenly by the classes seen; 0 turns it off."""
+    """Exemplar memory: ``budget`` clips in total shared evenly by the classes seen, or ``per_class`` clips
+    for every class; both 0 turns it off."""
 
     budget: int = 0
+    per_class: int = 0                 # exemplars per class (instead of a total budget)
     selection: str = "herding"         # "herding" or "random"
 
 
@@ -90,16 +97,55 @@ class RunConfig:
     progress: bool = True
     tensorboard: bool = True
     divergence_factor: float = 100.0   # stop when a step's loss exceeds this times the task's first (0: NaN/inf only)
+    plots: bool = True                 # rewrite the PNG plots after every task
+
+
+# ----- the methods' sections (cign_fast.methods; each method's docstring cites where the defaults come from) -----
+
+@dataclass
+class EWCConfig:
+    """EWC (Kirkpatrick et al. 2017): ``weight / 2 * sum F (theta - theta*)^2``."""
+
+    weight: float = 5000.0             # lambda
+    fisher_decay: float = 1.0          # F <- decay * F + F_task (1: sum over tasks; < 1: online EWC)
+
+
+@dataclass
+class LwFConfig:
+    """LwF (Li & Hoiem 2016): distillation of the old classes' logits from the previous model."""
+
+    temperature: float = 2.0
+    weight: float = 1.0                # lambda_o
+
+
+@dataclass
+class ICaRLConfig:
+    """iCaRL (Rebuffi et al. 2017)."""
+
+    classifier: str = "nme"            # "nme" (nearest mean of exemplars) or "cnn" (the sigmoid heads)
+
+
+@dataclass
+class SSILConfig:
+    """SS-IL (Ahn et al. 2021): separated softmax plus task-wise distillation."""
+
+    temperature: float = 2.0
+    weight: float = 1.0
 
 
 @dataclass
 class TrainConfig:
+    method: str = "cign"
     data: DataConfig = field(default_factory=DataConfig)
     model: dict[str, object] = field(default_factory=dict)
     optim: OptimConfig = field(default_factory=OptimConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
     memory: MemoryConfig = field(default_factory=MemoryConfig)
     run: RunConfig = field(default_factory=RunConfig)
+    ewc: EWCConfig = field(default_factory=EWCConfig)
+    lwf: LwFConfig = field(default_factory=LwFConfig)
+    icarl: ICaRLConfig = field(default_factory=ICaRLConfig)
+    ssil: SSILConfig = field(default_factory=SSILConfig)
 
     def model_config(self, audio_feature_dim: int | None = None, visual_feature_dim: int | None = None) -> ModelConfig:
         """The :class:`ModelConfig` of this run (feature widths are required in features mode)."""
@@ -110,8 +156,11 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
 
-SECTIONS = {f.name: f for f in dataclasses.fields(TrainConfig)}
+TOP_LEVEL_KEYS = {"method": str}
+SECTIONS = {f.name: f for f in dataclasses.fields(TrainConfig) if f.name not in TOP_LEVEL_KEYS}
 CHOICES = {
+    "method": method_names(),
+    "icarl.classifier": CLASSIFIERS,
     "data.input_mode": INPUT_MODES,
     "data.eval_split": ("test", "val"),
     "optim.schedule": ("constant", "cosine"),
@@ -123,13 +172,16 @@ CHOICES = {
 POSITIVE = {
     "data.tasks", "data.image_size", "data.sample_rate", "optim.lr", "optim.batch_size", "optim.eval_batch_size",
     "optim.epochs", "distill.temperature", "run.keep_checkpoints",
+    "lwf.temperature", "ssil.temperature",
 }
 NON_NEGATIVE = {
     "data.num_workers", "optim.weight_decay", "optim.precise_bn_batches", "optim.warmup_epochs", "optim.grad_clip",
     "distill.weight", "distill.token_weight",
     "memory.budget",
     "run.seed", "run.divergence_factor",
+    "memory.per_class", "ewc.weight", "lwf.weight", "ssil.weight",
 }
+UNIT_INTERVAL = {"ewc.fisher_decay"}
 
 
 def model_field_types() -> dict[str, object]:
@@ -196,6 +248,8 @@ def check_value(key: str, value: object) -> None:
         raise ValueError(f"config {key}: expected a number > 0, got {value!r}")
     if key in NON_NEGATIVE and not value >= 0:
         raise ValueError(f"config {key}: expected a number >= 0, got {value!r}")
+    if key in UNIT_INTERVAL and not 0 <= value <= 1:
+        raise ValueError(f"config {key}: expected a number in [0, 1], got {value!r}")
 
 
 def merge_mapping(target: dict[str, dict[str, object]], mapping: object, source: str) -> None:
@@ -206,8 +260,12 @@ def merge_mapping(target: dict[str, dict[str, object]], mapping: object, source:
         raise ValueError(f"{source}: expected a mapping of sections ({', '.join(SECTIONS)}), "
                          f"got {type(mapping).__name__}")
     for section, values in mapping.items():
+        if section in TOP_LEVEL_KEYS:
+            set_key(target, section, values, source)
+            continue
         if section not in SECTIONS:
-            raise ValueError(f"{source}: config key {section!r} is unknown; expected one of {', '.join(SECTIONS)}")
+            raise ValueError(f"{source}: config key {section!r} is unknown; expected one of "
+                             f"{', '.join([*TOP_LEVEL_KEYS, *SECTIONS])}")
         if values is None:
             continue
         if not isinstance(values, dict):
@@ -217,11 +275,19 @@ def merge_mapping(target: dict[str, dict[str, object]], mapping: object, source:
 
 
 def set_key(target: dict[str, dict[str, object]], dotted: str, value: object, source: str) -> None:
-    """Set ``section.key`` in ``target`` after checking the key exists and coercing the value."""
+    """Set ``section.key`` (or a top-level key) in ``target`` after checking the key exists and coercing the value."""
+    if dotted in TOP_LEVEL_KEYS:
+        try:
+            coerced = coerce(dotted, value, TOP_LEVEL_KEYS[dotted])
+            check_value(dotted, coerced)
+        except ValueError as err:
+            raise ValueError(f"{source}: {err}") from None
+        target[dotted] = coerced
+        return
     section, _, key = dotted.partition(".")
     if section not in SECTIONS or not key:
-        raise ValueError(f"{source}: config key {dotted!r} is unknown; expected section.key with section one of "
-                         f"{', '.join(SECTIONS)}")
+        raise ValueError(f"{source}: config key {dotted!r} is unknown; expected {', '.join(TOP_LEVEL_KEYS)} or "
+                         f"section.key with section one of {', '.join(SECTIONS)}")
     types_by_key = section_field_types(section)
     if key not in types_by_key:
         hint = " (set by the trainer from the data)" if section == "model" and key in MODEL_KEYS_SET_BY_TRAINER else ""
@@ -252,18 +318,19 @@ def parse_override(text: str) -> tuple[str, object]:
 
 
 def build_config(
-    config_file: str | Path | None = None,
+    config_file: str | Path | Sequence[str | Path] | None = None,
     overrides: list[str] | tuple[str, ...] = (),
     base: dict[str, dict[str, object]] | None = None,
     flags: dict[str, object] | None = None,
     base_source: str = "defaults",
 ) -> TrainConfig:
-    """Defaults < ``base`` (e.g. the demo's; errors name it ``base_source``) < ``config_file`` < ``flags``
-    ({"optim.lr": 1e-3}) < ``overrides`` ("optim.lr=1e-3" strings, values parsed as YAML)."""
+    """Defaults < ``base`` (e.g. the demo's; errors name it ``base_source``) < ``config_file`` (one, or several:
+    later files win) < ``flags`` ({"optim.lr": 1e-3}) < ``overrides`` ("optim.lr=1e-3" strings, values parsed as YAML)."""
     values: dict[str, dict[str, object]] = {name: {} for name in SECTIONS}
     merge_mapping(values, base, base_source)
-    if config_file is not None:
-        path = Path(config_file)
+    files = [] if config_file is None else [config_file] if isinstance(config_file, (str, Path)) else config_file
+    for file in files:
+        path = Path(file)
         if not path.is_file():
             raise FileNotFoundError(f"--config: no such file {path}")
         merge_mapping(values, load_yaml(path.read_text(encoding="utf-8"), f"--config {path}"), str(path))
@@ -272,12 +339,14 @@ def build_config(
     for text in overrides:
         key, value = parse_override(text)
         set_key(values, key, value, f"--set {text}")
+    section_types = typing.get_type_hints(TrainConfig)
     config = TrainConfig(
-        data=DataConfig(**values["data"]), model=_complete_model_section(values["model"]),
-        optim=OptimConfig(**values["optim"]), distill=DistillConfig(**values["distill"]),
-        memory=MemoryConfig(**values["memory"]), run=RunConfig(**values["run"]),
+        **{key: values[key] for key in TOP_LEVEL_KEYS if key in values},
+        **{name: _complete_model_section(values[name]) if name == "model" else section_types[name](**values[name])
+           for name in SECTIONS},
     )
     check_model_section(config)
+    check_method_memory(config)
     return config
 
 
@@ -294,6 +363,22 @@ def check_model_section(config: TrainConfig) -> None:
         config.model_config(widths, widths)
     except (TypeError, ValueError) as err:
         raise ValueError(f"config model.{err}") from None
+
+
+def check_method_memory(config: TrainConfig) -> None:
+    """The memory settings must suit the method: one of budget / per_class, present when the method needs one."""
+    memory = config.memory
+    if memory.budget > 0 and memory.per_class > 0:
+        raise ValueError(f"config memory.budget, memory.per_class: set one of the two, got {memory.budget} and "
+                         f"{memory.per_class}")
+    use = method_class(config.method).memory_use
+    has_memory = memory.budget > 0 or memory.per_class > 0
+    if use == "required" and not has_memory:
+        raise ValueError(f"config memory.budget, memory.per_class: method {config.method!r} needs an exemplar memory; "
+                         "set one of them (e.g. memory.per_class=20)")
+    if use == "none" and has_memory:
+        raise ValueError(f"config memory.budget, memory.per_class: method {config.method!r} keeps no exemplars "
+                         "(it trains on every clip seen); set both to 0")
 
 
 def config_from_dict(values: dict[str, dict[str, object]], source: str = "saved config") -> TrainConfig:

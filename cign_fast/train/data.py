@@ -7,8 +7,9 @@ task list), so a clip's label is its global class index and a task's clips are f
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 from torch.utils.data import Dataset
@@ -25,7 +26,7 @@ class RunData:
     class_tasks: list[list[str]]                 # class names of each task, in order
     train_set: Dataset                           # training split, training transforms
     eval_set: Dataset                            # ``data.eval_split``, evaluation transforms
-    herding_set: Dataset | None                  # training split, evaluation transforms (herding only)
+    make_reference_set: Callable[[], Dataset]    # builds the training split with evaluation transforms
     feature_dims: tuple[int | None, int | None]  # (D_a, D_v) in features mode, else (None, None)
     _train_by_class: list[list[int]] = field(init=False, repr=False)
     _eval_by_class: list[list[int]] = field(init=False, repr=False)
@@ -35,8 +36,13 @@ class RunData:
         self._train_by_class = indices_by_class(self.train_set.targets, num_classes)
         self._eval_by_class = indices_by_class(self.eval_set.targets, num_classes)
 
+    @cached_property
+    def reference_set(self) -> Dataset:
+        """The training split with evaluation transforms (herding, a method's end-of-task pass), built on first use."""
+        return self.make_reference_set()
+
     def datasets(self) -> list[Dataset]:
-        return [d for d in (self.train_set, self.eval_set, self.herding_set) if d is not None]
+        return [self.train_set, self.eval_set]
 
     def classes_of_task(self, task: int) -> range:
         first = sum(len(names) for names in self.class_tasks[:task])
@@ -107,9 +113,8 @@ def load_run_data(config: TrainConfig) -> RunData:
     names = [name for task in class_tasks for name in task]
     train_set = make_dataset(data, root, "train", names, True, rows)
     eval_set = make_dataset(data, root, data.eval_split, names, False, rows)
-    herding_set = None
-    if config.memory.budget > 0 and config.memory.selection == "herding":
-        herding_set = (train_set if data.input_mode == "features"
-                       else make_dataset(data, root, "train", names, False, rows))
+    # features have no augmentation: the training set is its own reference
+    make_reference_set = ((lambda: train_set) if data.input_mode == "features"
+                          else (lambda: make_dataset(data, root, "train", names, False, rows)))
     widths = train_set.feature_dims if data.input_mode == "features" else (None, None)
-    return RunData(class_tasks, train_set, eval_set, herding_set, widths)
+    return RunData(class_tasks, train_set, eval_set, make_reference_set, widths)

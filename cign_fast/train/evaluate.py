@@ -1,4 +1,4 @@
-"""Evaluation: per-task accuracy of the audio, visual and audio-visual predictions, reduced across ranks.
+"""Evaluation: per-task accuracy of a method's audio, visual and audio-visual predictions, reduced across ranks.
 
 Evaluation loaders get their own fixed ``torch.Generator`` so they consume nothing from torch's
 default generator: an evaluation in the middle of a run does not change the Gumbel seeds and data
@@ -8,17 +8,18 @@ order that follow, which keeps a resumed run identical to an uninterrupted one.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
 from cign_fast.data import SkipReport, SkippedItem, collate_skipping
+from cign_fast.methods import ContinualMethod
 from cign_fast.metrics import MODALITIES
-from cign_fast.model import CIGNOutput, predict
 from cign_fast.train.checkpoint import load_trained_model
 from cign_fast.train.config import config_from_dict
 from cign_fast.train.data import make_dataset
@@ -58,8 +59,8 @@ def eval_loader(dataset: Dataset, indices: Sequence[int], batch_size: int, num_w
 @torch.no_grad()
 def run_inference(
     model: nn.Module, loader: DataLoader, device: torch.device, precision: str, skips: SkipReport | None = None,
-) -> Iterator[tuple[CIGNOutput, Tensor, Tensor]]:
-    """``(output, labels [B], dataset indices [B])`` per non-empty batch, model in eval mode (hard assignment)."""
+) -> Iterator[tuple[NamedTuple, Tensor, Tensor]]:
+    """``(model output, labels [B], dataset indices [B])`` per non-empty batch, the model in eval mode."""
     was_training = model.training
     model.eval()
     try:
@@ -89,6 +90,7 @@ class TaskAccuracy:
 
 def evaluate_tasks(
     model: nn.Module,
+    predict: Callable[[NamedTuple], dict[str, Tensor]],
     dataset: Dataset,
     indices: Sequence[int],
     task_of_class: Sequence[int],
@@ -101,6 +103,7 @@ def evaluate_tasks(
 ) -> TaskAccuracy:
     """Accuracy on each task's clips; every rank evaluates a disjoint shard and the counts are summed.
 
+    ``predict``: model output -> class indices [B] per modality (the method's ``predict``);
     ``indices``: the clips of ``dataset`` to evaluate (labels are global class indices);
     ``task_of_class[c]``: the task that class c belongs to; ``batch_size`` is per rank.
     """
@@ -120,8 +123,9 @@ def evaluate_tasks(
 
 @dataclass
 class CheckpointData:
-    """A trained model with the evaluation clips of the classes it has seen."""
+    """A trained method and model with the evaluation clips of the classes it has seen."""
 
+    method: ContinualMethod
     model: nn.Module
     dataset: Dataset
     class_names: list[str]          # classes seen, in class-index order
@@ -131,8 +135,8 @@ class CheckpointData:
 
 def load_checkpoint_data(checkpoint: str | Path, data_root: str | Path, split: str,
                          device: torch.device) -> CheckpointData:
-    """Rebuild the checkpoint's model and the ``split`` dataset of ``data_root`` over the classes it has seen."""
-    model, state = load_trained_model(checkpoint, device)
+    """Rebuild the checkpoint's method and model and the ``split`` dataset of ``data_root`` over the classes it has seen."""
+    method, model, state = load_trained_model(checkpoint, device)
     config = config_from_dict(state["config"])
     seen_tasks = state["class_tasks"][: len(state["task_sizes"])]
     names = [name for task in seen_tasks for name in task]
@@ -141,7 +145,7 @@ def load_checkpoint_data(checkpoint: str | Path, data_root: str | Path, split: s
         raise FileNotFoundError(f"--data: no such dataset folder {root}")
     dataset = make_dataset(config.data, root, split, names, train=False)
     task_of_class = [t for t, task in enumerate(seen_tasks) for _ in task]
-    return CheckpointData(model, dataset, names, task_of_class, state)
+    return CheckpointData(method, model, dataset, names, task_of_class, state)
 
 
 def evaluate_checkpoint(checkpoint: str | Path, data_root: str | Path, *, split: str = "test", batch_size: int = 64,
@@ -151,11 +155,12 @@ def evaluate_checkpoint(checkpoint: str | Path, data_root: str | Path, *, split:
     loaded = load_checkpoint_data(checkpoint, data_root, split, context.device)
     skips = SkipReport()
     skips.merge(getattr(loaded.dataset, "skip_report", None) or SkipReport())
-    accuracy = evaluate_tasks(loaded.model, loaded.dataset, range(len(loaded.dataset)), loaded.task_of_class,
+    accuracy = evaluate_tasks(loaded.model, loaded.method.predict, loaded.dataset, range(len(loaded.dataset)),
+                              loaded.task_of_class,
                               batch_size=batch_size, context=context, num_workers=num_workers, skips=skips)
     total = sum(accuracy.totals)
     return {
-        "checkpoint": str(checkpoint), "split": split, "tasks_seen": len(accuracy.totals),
+        "checkpoint": str(checkpoint), "method": loaded.method.name, "split": split, "tasks_seen": len(accuracy.totals),
         "task_sizes": accuracy.totals,
         **{m: {"per_task": accuracy.accuracies(m), "overall": sum(accuracy.correct[m]) / max(total, 1)}
            for m in MODALITIES},
@@ -164,8 +169,8 @@ def evaluate_checkpoint(checkpoint: str | Path, data_root: str | Path, *, split:
 
 
 def format_evaluation(result: dict[str, object]) -> str:
-    lines = [f"{result['checkpoint']} on the {result['split']} split of the {result['tasks_seen']} task(s) seen "
-             f"({sum(result['task_sizes'])} clips)"]
+    lines = [f"{result['checkpoint']} ({result['method']}) on the {result['split']} split of the "
+             f"{result['tasks_seen']} task(s) seen ({sum(result['task_sizes'])} clips)"]
     for modality in MODALITIES:
         per_task = "  ".join(f"{100 * a:5.1f}" for a in result[modality]["per_task"])
         lines.append(f"  {modality:<13s} overall {100 * result[modality]['overall']:5.1f}%   per task: {per_task}")

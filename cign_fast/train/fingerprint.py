@@ -1,7 +1,7 @@
 """What makes two training sessions the same run: the result-affecting settings and the data.
 
-* Settings: every key of the ``data``, ``model``, ``optim``, ``distill`` and ``memory`` sections and
-  ``run.seed``, except the few that cannot change a result (:data:`RESULT_NEUTRAL_KEYS`: where the data
+* Settings: the method, every key of the ``data``, ``model``, ``optim`` and ``memory`` sections and of
+  the method's own sections (CIGN's ``distill``), and ``run.seed``, except the few that cannot change a result (:data:`RESULT_NEUTRAL_KEYS`: where the data
   lies, how many loader workers read it, the evaluation batch size).
 * Data: the number of clips in the training and evaluation sets and the SHA-256 of the labels file
   and, in features mode, of the cache's ``manifest.json`` (which holds every shard's SHA-256) or of
@@ -20,10 +20,11 @@ from typing import Any
 from cign_fast.data.cache import MANIFEST_NAME, file_sha256
 from cign_fast.data.features import AVCIL_AUDIO, AVCIL_LABELS, AVCIL_VISUAL_H5, AVCIL_VISUAL_NPY
 from cign_fast.data.labels import LABELS_FILE_NAMES
+from cign_fast.methods import method_class
 from cign_fast.train.config import TrainConfig
 from cign_fast.train.data import RunData
 
-COMPATIBLE_SECTIONS = ("data", "model", "optim", "distill", "memory")
+COMPATIBLE_SECTIONS = ("data", "model", "optim", "memory")   # plus the method's own sections
 RESULT_AFFECTING_RUN_KEYS = ("seed",)
 RESULT_NEUTRAL_KEYS = ("data.root", "data.num_workers", "optim.eval_batch_size")
 SHOWN_DIGEST_CHARS = 12
@@ -31,8 +32,12 @@ FEATURE_IDENTITY_FILES = (MANIFEST_NAME, AVCIL_LABELS, AVCIL_AUDIO, AVCIL_VISUAL
 
 
 def settings_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
-    """``"section.key: A there, B here"`` for every result-affecting key whose value differs."""
-    keys = [(section, key) for section in COMPATIBLE_SECTIONS
+    """``"section.key: A there, B here"`` for every result-affecting key whose value differs (the method first:
+    another method's settings are not compared)."""
+    if saved.get("method") != current["method"]:
+        return [f"method: {saved.get('method')!r} there, {current['method']!r} here"]
+    sections = COMPATIBLE_SECTIONS + method_class(current["method"]).config_sections
+    keys = [(section, key) for section in sections
             for key in sorted(set(saved.get(section) or {}) | set(current[section]))]
     keys += [("run", key) for key in RESULT_AFFECTING_RUN_KEYS]
     differences = []

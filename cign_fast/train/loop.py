@@ -1,9 +1,12 @@
-"""The class-incremental training loop shared by ``cign-fast demo`` and ``cign-fast train``.
+"""The class-incremental training loop shared by ``cign-fast demo``, ``cign-fast train`` and ``cign-fast compare``.
 
-Per task t: copy the frozen teacher (t > 0, distillation on), grow the model by the task's classes,
-train ``optim.epochs`` epochs on the task's clips plus the exemplar memory (checkpoint after every
-epoch), evaluate on the test clips of tasks 0..t (a row of the accuracy matrix), update the memory,
-checkpoint, and write metrics.json, the CSV files, the plots and TensorBoard scalars.
+The loop is the same for every method of :mod:`cign_fast.methods` (``config.method``); the method only
+answers its questions (see :mod:`cign_fast.methods.base`). Per task t: ``begin_task`` (the method keeps
+what it needs of the old model and grows it by the task's classes), train ``optim.epochs`` epochs on the
+method's ``train_indices`` (default: the task's clips plus the exemplar memory; checkpoint after every
+epoch), update the memory (``select_exemplars``), ``end_task`` (e.g. a Fisher, class means), evaluate on
+the test clips of tasks 0..t with the method's ``predict`` (a row of the accuracy matrix), checkpoint,
+and write metrics.json, the CSV files, the plots and TensorBoard scalars.
 
 Single process, or DDP under torchrun (gloo on CPU, NCCL on GPU): the global batch is split evenly
 over the ranks, only rank 0 writes or prints, evaluation counts are summed over the ranks.
@@ -16,7 +19,7 @@ import math
 import os
 import random
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,10 +33,12 @@ from tqdm import tqdm
 
 from cign_fast.data import SkippedItem, SkipReport, collate_skipping
 from cign_fast.metrics import MODALITIES, format_summary, metrics_summary
-from cign_fast.model import CIGN, CIGNOutput, ModelConfig, cign_loss
+from cign_fast.methods import TaskInfo, TaskResources, build_method
+from cign_fast.methods.base import as_float32
+from cign_fast.model import ModelConfig
 from cign_fast.train.batchnorm import recalibrate_batchnorm
 from cign_fast.train.checkpoint import (
-    RunCheckpoints, capture_rng_state, checkpoint_name, checkpoint_sequence, load_latest_checkpoint, rebuild_model,
+    CHECKPOINT_FORMAT, RunCheckpoints, capture_rng_state, checkpoint_name, checkpoint_sequence, load_latest_checkpoint,
     restore_rng_state,
 )
 from cign_fast.train.config import TrainConfig, config_from_dict, save_config
@@ -44,14 +49,12 @@ from cign_fast.train.distributed import (
     teardown_distributed,
 )
 from cign_fast.train.embed import embed_clips
-from cign_fast.train.evaluate import TaskAccuracy, autocast_context, evaluate_tasks
+from cign_fast.train.evaluate import TaskAccuracy, autocast_context, eval_loader, evaluate_tasks
 from cign_fast.train.fingerprint import settings_differences
 from cign_fast.train.memory import ExemplarMemory
 from cign_fast.train.outputs import RunWriter
 from cign_fast.train.run_folder import RunFolder
 
-CHECKPOINT_FORMAT = 1
-LOSS_KEYS = ("total", "bce_audio", "bce_visual", "token_ce", "kd")
 
 
 @dataclass
@@ -100,13 +103,8 @@ def lr_multiplier(step: int, warmup_steps: int, total_steps: int, schedule: str)
     return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
 
-def as_float32(out: CIGNOutput) -> CIGNOutput:
-    """The loss is computed in float32 even when the forward ran under bf16 autocast."""
-    return CIGNOutput(*(tensor.float() for tensor in out))
-
-
 class IncrementalTrainer:
-    """Owns the model, teacher, optimiser, memory and bookkeeping of one run (see the module docstring)."""
+    """Owns the model, method, optimiser, memory and bookkeeping of one run (see the module docstring)."""
 
     def __init__(self, config: TrainConfig, context: DistContext, data: RunData,
                  log: Callable[[str], None] = print) -> None:
@@ -120,26 +118,30 @@ class IncrementalTrainer:
         self.batch_size = per_rank_batch_size(config.optim.batch_size, context, "optim.batch_size")
         self.eval_batch_size = per_rank_batch_size(config.optim.eval_batch_size, context, "optim.eval_batch_size")
         self.model_config: ModelConfig = config.model_config(*data.feature_dims)
-        self.model = CIGN(self.model_config).to(context.device)
-        self.teacher: CIGN | None = None
+        self.method = build_method(config, self.model_config)
+        self.model: nn.Module = self.method.build_model().to(context.device)
         self.optimizer: torch.optim.Optimizer | None = None
         self.scheduler: torch.optim.lr_scheduler.LambdaLR | None = None
         self.ddp_model: nn.Module = self.model
-        self.memory = ExemplarMemory(config.memory.budget, config.memory.selection, config.run.seed)
+        self.memory = ExemplarMemory(config.memory.budget, config.memory.selection, config.run.seed,
+                                     config.memory.per_class)
         self.progress = RunProgress()
         self.skips = SkipReport()
         for dataset in data.datasets():
             self.skips.merge(dataset_skip_report(dataset))
         self.num_tasks = len(data.class_tasks)
         self.task_of_class = [t for t, names in enumerate(data.class_tasks) for _ in names]
-        self.divergence = DivergenceMonitor(LOSS_KEYS, config.run.divergence_factor, context, self.num_tasks,
+        self.divergence = DivergenceMonitor(("total", *self.method.loss_terms), config.run.divergence_factor, context, self.num_tasks,
                                             config.optim.epochs, lambda: self.checkpoints.newest)
 
     # ----- task structure -------------------------------------------------------------------------------------
 
+    def task_info(self, task: int) -> TaskInfo:
+        return TaskInfo(task, tuple(len(names) for names in self.data.class_tasks[: task + 1]))
+
     def train_indices(self, task: int) -> list[int]:
-        """Training clips of ``task`` plus the exemplars of the earlier classes (dataset indices)."""
-        return self.data.train_indices_of_task(task) + self.memory.indices()
+        """The clips the method trains ``task`` on (dataset indices; default: the task's plus the exemplars)."""
+        return self.method.train_indices(self.task_info(task), self.data.train_indices_of_task, self.memory.indices())
 
     def make_train_loader(self, task: int) -> tuple[DataLoader, DistributedSampler]:
         subset = Subset(self.data.train_set, self.train_indices(task))
@@ -150,16 +152,13 @@ class IncrementalTrainer:
         return loader, sampler
 
     def begin_task(self, task: int) -> None:
-        """Teacher copy (before growing), grow the model, fresh optimiser, schedule and DDP wrapper."""
-        use_teacher = task > 0 and self.config.distill.enabled
-        self.teacher = self.model.frozen_copy() if use_teacher else None
-        self.model.add_task(len(self.data.class_tasks[task]))
-        self.model.to(self.context.device)
+        """The method's ``begin_task`` (old model kept, model grown), fresh optimiser, schedule and DDP wrapper."""
+        self.model = self.method.begin_task(self.model, self.task_info(task)).to(self.context.device)
         self.build_optimizer(task)
 
     def build_optimizer(self, task: int) -> None:
         optim = self.config.optim
-        trainable = [p for p in self.model.parameters() if p.requires_grad]
+        trainable = self.method.trainable_parameters(self.model)
         self.optimizer = torch.optim.Adam(trainable, lr=optim.lr, weight_decay=optim.weight_decay)
         steps_per_epoch = math.ceil(len(self.train_indices(task)) / self.context.world_size / self.batch_size)
         total_steps = steps_per_epoch * optim.epochs
@@ -179,8 +178,9 @@ class IncrementalTrainer:
         config, device = self.config, self.context.device
         loader, sampler = self.make_train_loader(task)
         sampler.set_epoch(task * config.optim.epochs + epoch)
-        trainable = [p for p in self.model.parameters() if p.requires_grad]
-        sums = torch.zeros(len(LOSS_KEYS) + 1, dtype=torch.float64, device=device)
+        trainable = self.method.trainable_parameters(self.model)
+        loss_keys = ("total", *self.method.loss_terms)
+        sums = torch.zeros(len(loss_keys) + 1, dtype=torch.float64, device=device)
         self.ddp_model.train()
         show = self.context.is_main and config.run.progress
         bar = tqdm(loader, desc=f"task {task + 1}/{self.num_tasks} epoch {epoch + 1}/{config.optim.epochs}",
@@ -199,7 +199,7 @@ class IncrementalTrainer:
                 self.divergence.raise_if_diverged(error, (audio, visual), trainable, task, epoch)
                 raise
             self.divergence.observe(task, epoch, step, lr, losses)
-            sums += torch.stack([losses[key].detach().double() * labels.numel() for key in LOSS_KEYS]
+            sums += torch.stack([losses[key].detach().double() * labels.numel() for key in loss_keys]
                                 + [torch.tensor(float(labels.numel()), dtype=torch.float64, device=device)])
             if (step + 1) % CHECK_EVERY_STEPS == 0:
                 self.divergence.check(task, epoch)
@@ -213,12 +213,13 @@ class IncrementalTrainer:
         bar.close()
         samples = float(sums[-1])
         means = (sums[:-1] / max(samples, 1.0)).tolist()
-        losses = {("loss" if key == "total" else key): value for key, value in zip(LOSS_KEYS, means)}
+        losses = {("loss" if key == "total" else key): value for key, value in zip(loss_keys, means)}
         record = {"task": task, "epoch": epoch, **losses,
                   "lr": self.scheduler.get_last_lr()[0], "samples": samples, "seconds": seconds,
                   "samples_per_second": samples / max(seconds, 1e-9)}
+        terms = ", ".join(f"{key} {record[key]:.4f}" for key in self.method.loss_terms)
         self.log(f"task {task + 1}/{self.num_tasks} epoch {epoch + 1}/{config.optim.epochs}: loss {record['loss']:.4f} "
-                 f"(kd {record['kd']:.4f})  {record['samples_per_second']:.1f} clips/s  {seconds:.1f} s")
+                 f"({terms})  {record['samples_per_second']:.1f} clips/s  {seconds:.1f} s")
         return record
 
     def every_rank_has_clips(self, count: int) -> bool:
@@ -231,19 +232,14 @@ class IncrementalTrainer:
 
     def train_step(self, audio: Tensor, visual: Tensor, labels: Tensor,
                    trainable: Sequence[Tensor]) -> dict[str, Tensor]:
-        """Forward (student and teacher), loss, backward, clipping, Adam step, schedule step."""
+        """Forward (model and the method's teacher), the method's loss, backward, clipping, Adam step, schedule step."""
         precision = self.config.run.precision
         with autocast_context(self.context.device, precision):
             out = self.ddp_model(audio, visual)
-            teacher_out = None
-            if self.teacher is not None:
-                with torch.no_grad():
-                    teacher_out = as_float32(self.teacher(audio, visual))
-        distill = self.config.distill
-        losses = cign_loss(as_float32(out), labels, teacher_out, self.model.num_old_classes,
-                           temperature=distill.temperature, kd_weight=distill.weight, backend=self.model_config.backend,
-                           distill_form=distill.form, old_class_negatives=distill.old_class_negatives,
-                           token_weight=distill.token_weight)
+            with torch.no_grad():
+                teacher_out = self.method.teacher_forward(audio, visual)
+        losses = self.method.loss(self.model, as_float32(out), labels,
+                                  None if teacher_out is None else as_float32(teacher_out))
         self.optimizer.zero_grad(set_to_none=True)
         losses["total"].backward()
         if self.config.optim.grad_clip > 0:
@@ -257,28 +253,47 @@ class IncrementalTrainer:
     def evaluate(self, task: int) -> TaskAccuracy:
         """Accuracy on the evaluation clips of tasks 0..task."""
         indices = [i for t in range(task + 1) for i in self.data.eval_indices_of_task(t)]
-        return evaluate_tasks(self.model, self.data.eval_set, indices, self.task_of_class[: self.model.num_classes],
+        num_classes = self.task_info(task).num_classes
+        return evaluate_tasks(self.model, self.method.predict, self.data.eval_set, indices,
+                              self.task_of_class[:num_classes],
                               batch_size=self.eval_batch_size, context=self.context,
                               precision=self.config.run.precision, num_workers=self.config.data.num_workers,
                               skips=self.skips)
 
     def update_memory(self, task: int) -> None:
-        """Select exemplars of the task's classes (rank 0 computes, every rank receives the same choice)."""
+        """The method's choice of exemplars after ``task`` (rank 0 computes, every rank receives the same)."""
         if not self.memory.enabled:
             return
+        exemplars = None
         if self.context.is_main:
-            first = sum(len(names) for names in self.data.class_tasks[:task])
-            candidates = {first + offset: self.data.train_indices_of_class(first + offset)
-                          for offset in range(len(self.data.class_tasks[task]))}
-            self.memory.update(candidates, self.embed_for_herding)
-        self.memory.exemplars = broadcast_from_main(self.memory.exemplars, self.context)
+            candidates = {cls: self.data.train_indices_of_class(cls) for cls in self.data.classes_of_task(task)}
+            exemplars = self.method.select_exemplars(self.memory, candidates, self.embed_training_clips)
+        self.memory.exemplars = broadcast_from_main(exemplars, self.context)
 
-    def embed_for_herding(self, indices: Sequence[int]) -> tuple[Tensor, list[int]]:
-        embeddings, _, kept = embed_clips(self.model, self.data.herding_set, indices,
+    def embed_training_clips(self, indices: Sequence[int]) -> tuple[Tensor, list[int]]:
+        """The method's embeddings of training clips (evaluation transforms) and the indices that decoded."""
+        embeddings, _, kept = embed_clips(self.model, self.method.embed, self.data.reference_set, indices,
                                           batch_size=self.eval_batch_size, device=self.context.device,
                                           precision=self.config.run.precision,
                                           num_workers=self.config.data.num_workers, skips=self.skips)
         return embeddings, kept.tolist()
+
+    def training_batches(self, indices: Sequence[int]) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
+        """``(audio, visual, labels)`` on the device for training clips (evaluation transforms, in order)."""
+        device = self.context.device
+        for batch in eval_loader(self.data.reference_set, indices, self.eval_batch_size, self.config.data.num_workers):
+            self.skips.update(batch["skipped"])
+            if batch["label"].numel():
+                yield batch["audio"].to(device), batch["visual"].to(device), batch["label"].to(device)
+
+    def end_task(self, task: int) -> None:
+        """The method's ``end_task`` hook, with the task's clips, the memory and ways to run the model."""
+        resources = TaskResources(
+            task=self.task_info(task), task_indices=self.data.train_indices_of_task(task),
+            exemplars={cls: list(indices) for cls, indices in self.memory.exemplars.items()}, context=self.context,
+            batches=self.training_batches, embed=self.embed_training_clips,
+            all_reduce_sum=lambda tensor: all_reduce_sum(tensor, self.context))
+        self.method.end_task(self.model, resources)
 
     def summary(self) -> dict[str, object]:
         """metrics.json content from the evaluations so far."""
@@ -300,9 +315,9 @@ class IncrementalTrainer:
             "config": self.config.to_dict(),
             "model_config": dataclasses.asdict(self.model_config),
             "class_tasks": self.data.class_tasks,
-            "task_sizes": self.model.task_sizes,
+            "task_sizes": list(self.task_info(self.progress.task).task_sizes),   # the tasks the model has grown by
             "model": self.model.state_dict(),
-            "teacher": None if self.teacher is None else self.teacher.state_dict(),
+            "method": self.method.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "memory": self.memory.state_dict(),
@@ -319,15 +334,12 @@ class IncrementalTrainer:
             self.checkpoints.save(checkpoint_name(self.progress.sequence, self.progress.task, epoch), self.state_dict())
 
     def restore(self, state: dict[str, object], source: Path) -> None:
-        """Rebuild the model, teacher, optimiser, memory, progress and RNG states from a checkpoint."""
+        """Rebuild the model, the method's state, optimiser, memory, progress and RNG states from a checkpoint."""
         check_resume_compatible(state, self.config, self.data.class_tasks, source)
         self.progress = RunProgress(**state["progress"])
         self.progress.sequence = max(self.progress.sequence, checkpoint_sequence(source))
-        sizes = list(state["task_sizes"])
-        if state["teacher"] is not None:
-            teacher = rebuild_model(self.model_config, sizes[:-1], state["teacher"], self.context.device)
-            self.teacher = teacher.frozen_copy()
-        self.model = rebuild_model(self.model_config, sizes, state["model"], self.context.device)
+        self.model = self.method.rebuild_model(state["task_sizes"], state["model"], self.context.device)
+        self.method.load_state_dict(state["method"], self.context.device)
         self.memory.load_state_dict(state["memory"])   # before the optimiser: the schedule counts its clips
         self.build_optimizer(self.progress.task)
         self.optimizer.load_state_dict(state["optimizer"])
@@ -345,7 +357,8 @@ class IncrementalTrainer:
             self.out_dir.mkdir(parents=True, exist_ok=True)
             save_config(self.config, self.out_dir / "config.yaml")
         purge_step = self.progress.task * epochs + self.progress.epochs_done if restored else None
-        writer = RunWriter(self.out_dir, self.context.is_main, self.config.run.tensorboard, purge_step)
+        writer = RunWriter(self.out_dir, self.context.is_main, self.config.run.tensorboard, purge_step,
+                           self.method.loss_terms, self.config.run.plots)
         if restored and self.progress.evaluated:
             first_task, continue_current = self.progress.task + 1, False
         else:
@@ -391,15 +404,17 @@ class IncrementalTrainer:
         return True
 
     def finish_task(self, task: int, writer: RunWriter) -> None:
-        """Re-estimate BatchNorm statistics (optional), evaluate, update the memory, write the metrics, checkpoint."""
+        """Re-estimate BatchNorm statistics (optional), update the memory, the method's ``end_task``, evaluate,
+        write the metrics, checkpoint."""
         if self.config.optim.precise_bn_batches:
             recalibrate_batchnorm(self.model, self.data.train_set, self.train_indices(task),
                                   max_batches=self.config.optim.precise_bn_batches, batch_size=self.batch_size,
                                   context=self.context, seed=self.config.run.seed * 1000 + task,
                                   precision=self.config.run.precision, num_workers=self.config.data.num_workers)
+        self.update_memory(task)
+        self.end_task(task)
         accuracy = self.evaluate(task)
         self.progress.evaluations.append({"correct": accuracy.correct, "totals": accuracy.totals})
-        self.update_memory(task)
         self.progress.evaluated = True
         summary = self.summary()
         row = "  ".join(f"{m} {100 * summary[m]['accuracy_after_step'][-1]:.1f}%" for m in MODALITIES)
@@ -410,7 +425,10 @@ class IncrementalTrainer:
 
 def check_resume_compatible(state: dict[str, object], config: TrainConfig, class_tasks: list[list[str]],
                             source: Path) -> None:
-    """A run resumes only with the settings and class sequence it was started with (see ``fingerprint``)."""
+    """A run resumes only with the settings and class sequence it was started with (``run.*`` but the seed may differ)."""
+    if state.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(f"--resume: checkpoint {source} has format {state.get('format')!r}, this version reads "
+                         f"format {CHECKPOINT_FORMAT}; start the run again in a new folder")
     differing = settings_differences(state["config"], config.to_dict())
     if differing:
         raise ValueError(f"--resume: checkpoint {source} was written with other settings ({'; '.join(differing)}); "
@@ -420,14 +438,18 @@ def check_resume_compatible(state: dict[str, object], config: TrainConfig, class
 
 
 def train_incremental(config: TrainConfig, *, resume: bool = False, overwrite: bool = False,
-                      log: Callable[[str], None] = print) -> TrainResults:
+                      log: Callable[[str], None] = print, context: DistContext | None = None) -> TrainResults:
     """Train ``config`` task after task (single process, or one rank of a torchrun job) and write its outputs.
 
-    ``resume``: continue the run in ``run.out``; ``overwrite``: replace it (see ``run_folder``)."""
+    ``resume``: continue the run in ``run.out``; ``overwrite``: replace it (see ``run_folder``). ``context``: a
+    process group already set up (``cign-fast compare`` runs many trainings in one); by default the run sets one
+    up from torchrun's environment and tears it down at the end.
+    """
     config = config_from_dict(config.to_dict(), source="train_incremental(config)")   # a hand-built one too
     if config.run.out is None:
         raise ValueError("run.out: the output directory is required (--out DIR)")
-    context = setup_distributed(config.run.device)
+    own_context = context is None
+    context = setup_distributed(config.run.device) if own_context else context
     try:
         with RunFolder(Path(config.run.out), context, resume=resume, overwrite=overwrite, log=log) as folder:
             seed_everything(config.run.seed, config.run.deterministic)
@@ -436,5 +458,6 @@ def train_incremental(config: TrainConfig, *, resume: bool = False, overwrite: b
             trainer = IncrementalTrainer(config, context, data, log)
             return trainer.run(resume)
     finally:
-        teardown_distributed(context)
+        if own_context:
+            teardown_distributed(context)
 

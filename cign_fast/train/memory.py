@@ -1,8 +1,9 @@
-"""Exemplar memory: a fixed total budget of training clips shared evenly by the classes seen so far.
+"""Exemplar memory: a fixed total budget of training clips shared evenly by the classes seen so far, or a
+fixed number of clips per class.
 
-After each task the old classes keep the first ``budget // classes_seen`` of their exemplars (the
-list is in priority order) and each new class gets as many, chosen by herding (iCaRL: greedily
-match the class mean of L2-normalised embeddings) or uniformly at random.
+After each task the old classes keep the first ``budget // classes_seen`` (or ``per_class``) of their
+exemplars (the list is in priority order) and each new class gets as many, chosen by herding (iCaRL:
+greedily match the class mean of L2-normalised embeddings) or uniformly at random.
 """
 
 from __future__ import annotations
@@ -43,19 +44,28 @@ def random_order(num_candidates: int, count: int, seed: int) -> list[int]:
 class ExemplarMemory:
     """Dataset indices of the stored exemplars per class (class index -> list, best first)."""
 
-    def __init__(self, budget: int, selection: str = "herding", seed: int = 0) -> None:
+    def __init__(self, budget: int, selection: str = "herding", seed: int = 0, per_class: int = 0) -> None:
         if budget < 0:
             raise ValueError(f"memory.budget: expected an int >= 0, got {budget}")
+        if per_class < 0:
+            raise ValueError(f"memory.per_class: expected an int >= 0, got {per_class}")
+        if budget > 0 and per_class > 0:
+            raise ValueError(f"memory.budget, memory.per_class: set one of the two, got {budget} and {per_class}")
         if selection not in SELECTIONS:
             raise ValueError(f"memory.selection: expected one of {', '.join(SELECTIONS)}, got {selection!r}")
         self.budget = budget
+        self.per_class = per_class
         self.selection = selection
         self.seed = seed
         self.exemplars: dict[int, list[int]] = {}
 
     @property
     def enabled(self) -> bool:
-        return self.budget > 0
+        return self.budget > 0 or self.per_class > 0
+
+    def quota(self, num_classes: int) -> int:
+        """Exemplars each class keeps once ``num_classes`` classes are seen."""
+        return self.per_class if self.per_class > 0 else self.budget // num_classes
 
     def indices(self) -> list[int]:
         """Every stored exemplar (dataset indices), class by class."""
@@ -66,16 +76,24 @@ class ExemplarMemory:
         candidates_by_class: dict[int, Sequence[int]],
         embed: Callable[[Sequence[int]], tuple[Tensor, Sequence[int]]] | None = None,
     ) -> None:
-        """Shrink the old classes' share and select exemplars for the new classes.
+        """``self.exemplars = self.selected(candidates_by_class, embed)``."""
+        self.exemplars = self.selected(candidates_by_class, embed)
+
+    def selected(
+        self,
+        candidates_by_class: dict[int, Sequence[int]],
+        embed: Callable[[Sequence[int]], tuple[Tensor, Sequence[int]]] | None = None,
+    ) -> dict[int, list[int]]:
+        """The exemplars after adding classes (the memory itself is left as it is): the old classes' share
+        shrunk, the new classes' exemplars selected by ``selection``.
 
         ``candidates_by_class``: the new classes' training clips (dataset indices).
         ``embed``: dataset indices -> (embeddings [m, d], the m indices that could be decoded); herding needs it.
         """
         if not self.enabled:
-            return
-        per_class = self.budget // (len(self.exemplars) + len(candidates_by_class))
-        for cls in self.exemplars:
-            self.exemplars[cls] = self.exemplars[cls][:per_class]
+            return {}
+        per_class = self.quota(len(self.exemplars) + len(candidates_by_class))
+        exemplars = {cls: kept[:per_class] for cls, kept in self.exemplars.items()}
         for cls, candidates in sorted(candidates_by_class.items()):
             candidates = list(candidates)
             if self.selection == "herding":
@@ -85,12 +103,14 @@ class ExemplarMemory:
                 order = herding_order(features, per_class)
             else:
                 order = random_order(len(candidates), per_class, self.seed * 100_003 + cls)
-            self.exemplars[cls] = [int(candidates[position]) for position in order]
+            exemplars[cls] = [int(candidates[position]) for position in order]
+        return exemplars
 
     def state_dict(self) -> dict[str, object]:
-        return {"budget": self.budget, "selection": self.selection, "seed": self.seed,
+        return {"budget": self.budget, "per_class": self.per_class, "selection": self.selection, "seed": self.seed,
                 "exemplars": {int(cls): list(indices) for cls, indices in self.exemplars.items()}}
 
     def load_state_dict(self, state: dict[str, object]) -> None:
         self.budget, self.selection, self.seed = int(state["budget"]), str(state["selection"]), int(state["seed"])
+        self.per_class = int(state["per_class"])
         self.exemplars = {int(cls): [int(i) for i in indices] for cls, indices in state["exemplars"].items()}

@@ -1,10 +1,10 @@
 """What a run writes into its output directory (rank 0 only).
 
 * ``config.yaml``: the effective configuration;
-* ``epochs.csv``: one row per epoch (losses, learning rate, wall time, samples/s);
+* ``epochs.csv``: one row per epoch (the total loss and the method's named terms, learning rate, wall time, samples/s);
 * ``accuracy.csv``: one row per (modality, step): ``A_t`` both ways and the row ``a[t][*]``;
 * ``metrics.json``: the foundation schema (see :func:`cign_fast.metrics.metrics_summary`), rewritten after every task;
-* ``accuracy_matrices.png``, ``accuracy_steps.png``; ``tensorboard/`` event files.
+* ``accuracy_matrices.png``, ``accuracy_steps.png`` (``run.plots``); ``tensorboard/`` event files.
 
 The CSV files are rewritten from the run's history (kept in the checkpoints), so a resumed run never
 duplicates rows; TensorBoard events past the resume point are purged.
@@ -15,22 +15,28 @@ from __future__ import annotations
 import csv
 import io
 import json
+from collections.abc import Sequence
 from pathlib import Path
 
 from cign_fast.metrics import MODALITIES
 from cign_fast.plots import plot_accuracy_matrices, plot_step_accuracy
 from cign_fast.files import write_atomically
 
-EPOCH_COLUMNS = ("task", "epoch", "loss", "bce_audio", "bce_visual", "token_ce", "kd", "lr", "samples", "seconds",
-                 "samples_per_second")
+
+def epoch_columns(loss_terms: Sequence[str]) -> tuple[str, ...]:
+    """The columns of ``epochs.csv`` for a method whose loss has the named ``loss_terms``."""
+    return ("task", "epoch", "loss", *loss_terms, "lr", "samples", "seconds", "samples_per_second")
 
 
 class RunWriter:
     """Writes the run's files; every method is a no-op when ``enabled`` is false (ranks other than 0)."""
 
-    def __init__(self, out_dir: Path, enabled: bool, tensorboard: bool, purge_step: int | None) -> None:
+    def __init__(self, out_dir: Path, enabled: bool, tensorboard: bool, purge_step: int | None,
+                 loss_terms: Sequence[str], plots: bool = True) -> None:
         self.out_dir = Path(out_dir)
         self.enabled = enabled
+        self.loss_terms = tuple(loss_terms)
+        self.plots = plots
         self.board = None
         if enabled:
             self.out_dir.mkdir(parents=True, exist_ok=True)
@@ -43,21 +49,23 @@ class RunWriter:
         """Rewrite ``epochs.csv`` and log the newest epoch to TensorBoard at step ``global_epoch``."""
         if not self.enabled:
             return
-        write_csv(self.out_dir / "epochs.csv", EPOCH_COLUMNS, history)
+        write_csv(self.out_dir / "epochs.csv", epoch_columns(self.loss_terms), history)
         if self.board is not None:
-            for key in ("loss", "bce_audio", "bce_visual", "token_ce", "kd", "lr", "samples_per_second"):
+            for key in ("loss", *self.loss_terms, "lr", "samples_per_second"):
                 self.board.add_scalar(f"train/{key}", history[-1][key], global_epoch)
             self.board.flush()
 
     def task(self, summary: dict[str, object], num_tasks: int, global_epoch: int, board: bool = True) -> None:
-        """After a task's evaluation: metrics.json, accuracy.csv, the plots and (``board``) TensorBoard scalars."""
+        """After a task's evaluation: metrics.json, accuracy.csv, the plots (``plots``) and (``board``) TensorBoard
+        scalars."""
         if not self.enabled:
             return
         text = json.dumps(summary, indent=2) + "\n"
         write_atomically(self.out_dir / "metrics.json", text.encode())
         write_csv(self.out_dir / "accuracy.csv", accuracy_columns(num_tasks), accuracy_rows(summary))
-        plot_accuracy_matrices(summary, self.out_dir / "accuracy_matrices.png", num_tasks)
-        plot_step_accuracy(summary, self.out_dir / "accuracy_steps.png")
+        if self.plots:
+            plot_accuracy_matrices(summary, self.out_dir / "accuracy_matrices.png", num_tasks)
+            plot_step_accuracy(summary, self.out_dir / "accuracy_steps.png")
         if board and self.board is not None:
             for modality in MODALITIES:
                 block = summary[modality]

@@ -1,0 +1,98 @@
+"""Methods benchmark: ``cign-fast compare`` of every method on the demo's synthetic clips and, when the
+recordings are present, on FSDD spoken digits paired with handwritten digit images; exemplar-free and with
+``--memory`` exemplars per class; ``--seeds`` seeds (default 3).
+
+Every run uses the demo's recipe (raw clips, 64 px frames, 8 kHz audio, D = 128, depth 1, 4 epochs per task,
+Adam 1e-3, batch 8; see ``cign_fast/train/demo.py``): the demo data as 4 tasks of 2 classes, the digits as 5
+tasks of 2. In the exemplar-free setting the methods that cannot run without exemplars (iCaRL, SS-IL) get
+``--memory`` per class; the results file says so. The comparison folders stay in ``--work`` (resumable:
+run the same command again after a crash).
+
+Writes ``<results>/methods.json`` and ``<results>/methods.md``. A benchmark, not a test.
+
+    PYTHONPATH=. python bench/bench_methods.py [--seeds 0 1 2] [--methods cign,ewc] [--datasets demo fsdd]
+    PYTHONPATH=. torchrun --nproc_per_node=8 bench/bench_methods.py ...
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from cign_fast.bench import common
+from cign_fast.cli.compare import method_list
+from cign_fast.data.fsdd import write_fsdd_digits_dataset
+from cign_fast.methods import method_names
+from cign_fast.train.compare import format_table, run_compare
+from cign_fast.train.config import build_config
+from cign_fast.train.demo import DemoOptions, demo_overrides, prepare_synthetic_data
+from cign_fast.train.distributed import broadcast_from_main, setup_distributed, teardown_distributed
+
+REPO = Path(__file__).resolve().parents[1]
+FSDD_RECORDINGS = REPO.parent / "shared" / "data" / "fsdd" / "recordings"
+FSDD_TASKS = 5
+
+
+def prepare_datasets(names: list[str], work: Path, fsdd: Path, options: DemoOptions) -> dict[str, tuple[Path, int]]:
+    """``{dataset: (root, tasks)}``: the demo's synthetic clips, and the FSDD digits when ``fsdd`` exists."""
+    datasets = {}
+    if "demo" in names:
+        demo = DemoOptions(out=work, data_dir=work / "data" / "demo", seed=0, tasks=options.tasks)
+        datasets["demo"] = (prepare_synthetic_data(demo), demo.tasks)
+    if "fsdd" in names:
+        if not fsdd.is_dir():
+            print(f"FSDD recordings not found at {fsdd}: skipping the digits", file=sys.stderr)
+        else:
+            root = work / "data" / "fsdd"
+            if not (root / "labels.csv").is_file():
+                write_fsdd_digits_dataset(fsdd, root, image_size=options.image_size, seed=0)
+            datasets["fsdd"] = (root, FSDD_TASKS)
+    return datasets
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--methods", type=method_list, default=list(method_names()), metavar="NAME,NAME,...")
+    parser.add_argument("--datasets", nargs="+", choices=("demo", "fsdd"), default=["demo", "fsdd"])
+    parser.add_argument("--memory", type=int, default=20, help="exemplars per class of the memory setting")
+    parser.add_argument("--epochs", type=int, default=DemoOptions.epochs, help="epochs per task (default: the demo's)")
+    parser.add_argument("--fsdd", type=Path, default=FSDD_RECORDINGS, help="FSDD recordings folder")
+    parser.add_argument("--work", type=Path, default=REPO / "runs" / "bench-methods", help="comparison folders")
+    parser.add_argument("--results", type=Path, default=common.RESULTS, help="where methods.json/.md go")
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    args = parser.parse_args(argv)
+
+    options = DemoOptions(out=args.work, epochs=args.epochs, device=args.device, progress=False)
+    context = setup_distributed(args.device)
+    try:
+        env = common.environment(context.device)
+        datasets = prepare_datasets(args.datasets, args.work, args.fsdd, options) if context.is_main else None
+        datasets = broadcast_from_main(datasets, context)   # the other ranks wait until the data is written
+        sections, reports = [], {}
+        for dataset, (root, tasks) in datasets.items():
+            base = build_config(base=demo_overrides(DemoOptions(**{**vars(options), "tasks": tasks}), root))
+            for memory in (0, args.memory):
+                setting = "exemplar-free" if memory == 0 else f"{memory} exemplars per class"
+                report = run_compare(base, args.methods, args.seeds, args.work / dataset / f"memory{memory}",
+                                     memory_per_class=memory, required_memory_per_class=args.memory, context=context)
+                reports[f"{dataset}, {setting}"] = report
+                body = format_table(report).split("\n", 1)[1].replace("\n## ", "\n### ")
+                sections.append(f"## {dataset}, {setting}\n{body}")
+    finally:
+        teardown_distributed(context)
+    if not context.is_main:
+        return 0
+    env["load_average_end"] = common.load_average()
+    header = ["# Methods compared (`cign-fast compare`)", "", *common.environment_markdown(env), "",
+              f"Recipe: the demo's (raw clips, D = 128, depth 1, {args.epochs} epochs per task, Adam 1e-3, batch 8); "
+              f"seeds {' '.join(map(str, args.seeds))}.", ""]
+    json_path, md_path = common.write_results("methods", {"environment": env, "comparisons": reports},
+                                              "\n".join(header) + "\n" + "\n".join(sections), args.results)
+    print(f"wrote {json_path} and {md_path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

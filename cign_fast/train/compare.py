@@ -1,0 +1,202 @@
+"""``cign-fast compare``: several methods x seeds on one dataset and config, then a table and a plot.
+
+Every run is a normal run folder ``OUT/<method>/seed<seed>`` (``cign-fast train --resume`` continues it).
+A run whose ``metrics.json`` already covers every task is reused (after checking that it was made with the
+same settings); an unfinished one resumes from its newest intact checkpoint. So a killed compare, started
+again with the same arguments, resumes where it stopped. Under torchrun every run is a DDP run of the one
+process group; only rank 0 writes.
+
+Memory: ``memory_per_class`` exemplars per class for every method that can keep exemplars (0: the
+exemplar-free comparison); methods that cannot run without exemplars (``memory_use == "required"``:
+iCaRL, SS-IL) then get ``required_memory_per_class``; methods that keep none (joint training) never get any.
+
+Outputs in ``OUT``: ``compare.json`` and ``compare.md`` (mean +- std over the seeds of the average
+incremental accuracy, last accuracy, forgetting and BWT for audio, visual and audio-visual) and
+``compare.png`` (accuracy after each step per method, mean +- std band).
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from cign_fast.methods import method_class, method_names
+from cign_fast.metrics import MODALITIES
+from cign_fast.plots import TITLES, plot_method_curves
+from cign_fast.train.checkpoint import list_checkpoints, write_atomically
+from cign_fast.train.config import TrainConfig, config_from_dict
+from cign_fast.train.distributed import DistContext, barrier, setup_distributed, teardown_distributed
+from cign_fast.train.loop import differing_settings, train_incremental
+
+METRICS = {"avg_incremental_accuracy": "Average incremental accuracy", "last_accuracy": "Last accuracy",
+           "forgetting": "Forgetting", "bwt": "Backward transfer (BWT)"}
+
+
+@dataclass(frozen=True)
+class PlannedRun:
+    """One run of a comparison."""
+
+    method: str
+    seed: int
+    memory_per_class: int
+    out: Path
+
+
+def memory_of(method: str, memory_per_class: int, required_memory_per_class: int) -> int:
+    """Exemplars per class that ``method`` gets in a comparison (module docstring)."""
+    use = method_class(method).memory_use
+    if use == "none":
+        return 0
+    if memory_per_class > 0:
+        return memory_per_class
+    return required_memory_per_class if use == "required" else 0
+
+
+def plan_runs(methods: Sequence[str], seeds: Sequence[int], out: Path, memory_per_class: int,
+              required_memory_per_class: int) -> list[PlannedRun]:
+    """The runs seed by seed (a partial comparison then has every method), each with its folder and memory."""
+    if not methods:
+        raise ValueError(f"--methods: expected at least one of {', '.join(method_names())}")
+    for name in methods:
+        method_class(name)
+    duplicates = sorted({name for name in methods if list(methods).count(name) > 1})
+    if duplicates:
+        raise ValueError(f"--methods: each method once, got {', '.join(duplicates)} more than once")
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise ValueError(f"--seeds: expected distinct seeds, got {list(seeds)}")
+    if memory_per_class < 0 or required_memory_per_class <= 0:
+        raise ValueError(f"--memory-per-class, --required-memory-per-class: expected >= 0 and > 0, got "
+                         f"{memory_per_class} and {required_memory_per_class}")
+    return [PlannedRun(name, seed, memory_of(name, memory_per_class, required_memory_per_class),
+                       out / name / f"seed{seed}") for seed in seeds for name in methods]
+
+
+def run_config(base: TrainConfig, run: PlannedRun) -> TrainConfig:
+    """``base`` with the run's method, seed, memory and folder (checked like a config file)."""
+    values = base.to_dict()
+    values["method"] = run.method
+    values["memory"] = {**values["memory"], "budget": 0, "per_class": run.memory_per_class}
+    values["run"] = {**values["run"], "seed": run.seed, "out": str(run.out)}
+    return config_from_dict(values)
+
+
+def finished_summary(config: TrainConfig) -> dict[str, object] | None:
+    """The metrics of a finished run in ``config.run.out`` (made with ``config``'s settings), else ``None``."""
+    out = Path(config.run.out)
+    metrics, saved = out / "metrics.json", out / "config.yaml"
+    if not metrics.is_file() or not saved.is_file():
+        return None
+    summary = json.loads(metrics.read_text())
+    if len(summary[MODALITIES[0]]["matrix"]) < len(summary["class_tasks"]):
+        return None
+    differing = differing_settings(yaml.safe_load(saved.read_text()), config)
+    if differing:
+        raise ValueError(f"--out: the finished run in {out} was made with different settings for "
+                         f"{', '.join(differing)}; compare into another --out folder")
+    return summary
+
+
+def mean_and_std(values: Sequence[float]) -> dict[str, object]:
+    """``{"mean", "std", "values"}``; std is the sample standard deviation (0 for one seed)."""
+    values = [float(v) for v in values]
+    return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0,
+            "values": values}
+
+
+def aggregate(summaries: dict[str, list[dict[str, object]]]) -> dict[str, dict[str, object]]:
+    """Per method and modality: mean and std over the seeds of each of ``METRICS`` and of the accuracy after
+    each step."""
+    results = {}
+    for method, runs in summaries.items():
+        block = {}
+        for modality in MODALITIES:
+            entry = {metric: mean_and_std([run[modality][metric] for run in runs]) for metric in METRICS}
+            steps = [run[modality]["accuracy_after_step"] for run in runs]
+            per_step = [mean_and_std(column) for column in zip(*steps)]
+            entry["accuracy_after_step"] = {"mean": [s["mean"] for s in per_step], "std": [s["std"] for s in per_step]}
+            block[modality] = entry
+        results[method] = block
+    return results
+
+
+def format_table(report: dict[str, object]) -> str:
+    """compare.md: one table per metric, a row per method, a column per modality (percent, mean +- std)."""
+    memory = report["memory_per_class"]
+    lines = [f"# Comparison on {report['data']}", "",
+             f"{len(report['class_tasks'])} tasks, seeds {', '.join(map(str, report['seeds']))} "
+             f"(mean ± sample std over the seeds), evaluated on the {report['eval_split']} split. "
+             "A_t is the accuracy over all test clips of tasks 0..t (clip-weighted).", ""]
+    given = [m for m in report["methods"] if memory[m] and report["requested_memory_per_class"] == 0]
+    if given:
+        lines += [f"Exemplar-free comparison, except for {', '.join(given)}: "
+                  f"{'it cannot' if len(given) == 1 else 'they cannot'} run without exemplars and "
+                  f"{'keeps' if len(given) == 1 else 'keep'} {memory[given[0]]} per class.", ""]
+    for metric, title in METRICS.items():
+        lines += [f"## {title} (%)", "", "| method | exemplars / class | " + " | ".join(TITLES[m] for m in MODALITIES)
+                  + " |", "|---|---|" + "---|" * len(MODALITIES)]
+        for method in report["methods"]:
+            cells = [f"{100 * report['results'][method][m][metric]['mean']:.1f} ± "
+                     f"{100 * report['results'][method][m][metric]['std']:.1f}" for m in MODALITIES]
+            lines.append(f"| {method} | {memory[method] or '-'} | " + " | ".join(cells) + " |")
+        lines.append("")
+    lines.append("Runs: `" + "`, `".join(f"{m}/seed{s}" for s in report["seeds"] for m in report["methods"]) + "`")
+    return "\n".join(lines) + "\n"
+
+
+def write_report(out: Path, report: dict[str, object]) -> None:
+    write_atomically(out / "compare.json", (json.dumps(report, indent=2) + "\n").encode())
+    write_atomically(out / "compare.md", format_table(report).encode())
+    curves = {method: {m: report["results"][method][m]["accuracy_after_step"] for m in MODALITIES}
+              for method in report["methods"]}
+    plot_method_curves(curves, out / "compare.png", f"accuracy after each step ({Path(report['data']).name})")
+
+
+def run_compare(base: TrainConfig, methods: Sequence[str], seeds: Sequence[int], out: str | Path, *,
+                memory_per_class: int = 0, required_memory_per_class: int = 20,
+                log: Callable[[str], None] = print, context: DistContext | None = None) -> dict[str, object]:
+    """Train (or reuse, or resume) every run of the comparison, then write the report; returns compare.json.
+
+    ``context``: a process group already set up; by default one is set up from torchrun's environment
+    and torn down at the end."""
+    out = Path(out)
+    runs = plan_runs(methods, seeds, out, memory_per_class, required_memory_per_class)
+    configs = [run_config(base, run) for run in runs]   # every config checked before the first run starts
+    own_context = context is None
+    context = setup_distributed(base.run.device) if own_context else context
+    say = log if context.is_main else (lambda message: None)
+    try:
+        summaries: dict[str, list[dict[str, object]]] = {name: [] for name in methods}
+        for number, (run, config) in enumerate(zip(runs, configs), start=1):
+            barrier(context)   # every rank looks at the run folder after rank 0 finished the previous run
+            summary = finished_summary(config)
+            label = f"[{number}/{len(runs)}] {run.method} seed {run.seed}"
+            if summary is None:
+                resume = bool(list_checkpoints(run.out / "checkpoints"))
+                say(f"{label}: {'resuming' if resume else 'training'} in {run.out}")
+                summary = train_incremental(config, resume=resume, log=say, context=context).summary
+            else:
+                say(f"{label}: finished earlier, reusing {run.out / 'metrics.json'}")
+            summaries[run.method].append(summary)
+        report = {
+            "data": str(base.data.root), "methods": list(methods), "seeds": list(seeds),
+            "requested_memory_per_class": memory_per_class,
+            "memory_per_class": {name: memory_of(name, memory_per_class, required_memory_per_class) for name in methods},
+            "class_tasks": summaries[methods[0]][0]["class_tasks"], "eval_split": base.data.eval_split,
+            "runs": {name: [str(run.out) for run in runs if run.method == name] for name in methods},
+            "results": aggregate(summaries),
+        }
+        if context.is_main:
+            out.mkdir(parents=True, exist_ok=True)
+            write_report(out, report)
+            say(format_table(report))
+            say(f"wrote {out / 'compare.md'}, {out / 'compare.json'} and {out / 'compare.png'}")
+        barrier(context)
+        return report
+    finally:
+        if own_context:
+            teardown_distributed(context)
