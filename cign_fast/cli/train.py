@@ -10,9 +10,6 @@ import argparse
 import sys
 from pathlib import Path
 
-from cign_fast.train.config import build_config
-from cign_fast.train.loop import train_incremental
-
 # flag attribute -> config key (flags not given are left unset)
 FLAG_KEYS = {
     "data": "data.root", "out": "run.out", "benchmark": "data.benchmark", "tasks": "data.tasks",
@@ -61,6 +58,9 @@ def settings_from_flags(args: argparse.Namespace) -> dict[str, object]:
 
 
 def main(args: argparse.Namespace) -> int:
+    from cign_fast.train.config import build_config
+    from cign_fast.train.loop import train_incremental
+
     try:
         config = build_config(args.config, args.overrides, flags=settings_from_flags(args))
         train_incremental(config, resume=args.resume)
