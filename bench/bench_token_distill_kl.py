@@ -9,7 +9,7 @@ of student and teacher read once, the gradient written once) and the peak memory
 are timed through the custom op ``cign_fast::token_distill_kl_fwd`` (argument validation, a NaN/inf
 scan of the inputs, is not part of the op and not timed).
 
-    python bench/bench_token_distill_kl.py [--quick] [--threads 2]
+    python -m cign_fast.bench.bench_token_distill_kl [--quick] [--threads 2]
 """
 
 from __future__ import annotations
@@ -99,7 +99,7 @@ def run(shapes: tuple[str, ...], dtypes: tuple[str, ...], device: torch.device, 
 
 
 def target_checks(rows: list[dict]) -> list[dict]:
-    """Issue 4's target: fused loss + gradient at [384, 220] fp32 at least 2x eager."""
+    """The speed target: fused loss + gradient at [384, 220] fp32 at least 2x eager."""
     checks = []
     for row in rows:
         if row["provider"] in ("eager", "compile") or row["provider"].endswith(DIRECT) or \
@@ -132,7 +132,7 @@ def grid(quick: bool, shapes: list[str] | None = None,
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    common.add_run_arguments(parser, quick_help="only the issue-4 target case ([384, 220] fp32)")
+    common.add_run_arguments(parser, quick_help="only the case with a speed target ([384, 220] fp32)")
     parser.add_argument("--shapes", nargs="+", choices=sorted(SHAPES), help="shapes (default: all)")
     parser.add_argument("--dtypes", nargs="+", choices=sorted(DTYPES), help="dtypes (default: all)")
     args = parser.parse_args(argv)
