@@ -4,7 +4,8 @@
 not compile), ``0`` skips it, unset builds it when a CUDA toolkit and a CUDA build of torch are
 present and, if it then fails to build, goes on with the CPU extension alone. Every skip prints one
 line saying why. Architectures come from ``TORCH_CUDA_ARCH_LIST`` (default ``8.0;9.0+PTX``: A100,
-H100/H200, and PTX that newer GPUs compile at load time).
+H100/H200, and PTX that newer GPUs compile at load time). ``CIGN_FAST_BUILD_TEMP=DIR`` keeps the
+object files in DIR across builds (pip's editable builds otherwise compile in a new temporary folder).
 
 The build writes ``cign_fast/build_info.json`` next to the extensions (the torch it compiled
 against, the CUDA architectures or why CUDA was skipped): ``cign-fast info`` prints it.
@@ -113,6 +114,8 @@ class BuildExtensions(cpp_extension.BuildExtension):
     def finalize_options(self) -> None:
         super().finalize_options()
         self.cuda_skipped = CUDA_SKIPPED
+        if os.environ.get("CIGN_FAST_BUILD_TEMP"):  # keep the objects: ninja then recompiles only what changed
+            self.build_temp = os.environ["CIGN_FAST_BUILD_TEMP"]
 
     def build_extension(self, ext) -> None:
         try:
