@@ -26,8 +26,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     ops.add_argument("--ops", nargs="+", choices=tuple(MODULES), default=list(MODULES), help="ops to run (default: both)")
     ops.add_argument("--shapes", nargs="+", metavar="SHAPE",
                      help="shape names of either op's grid (default: the full grid; a wrong name lists them)")
-    ops.add_argument("--modes", nargs="+", metavar="MODE", help="assign_attention modes (default: soft gumbel)")
-    ops.add_argument("--dtypes", nargs="+", metavar="DTYPE", help="dtypes: fp32, bf16 (default: both)")
+    ops.add_argument("--modes", nargs="+", metavar="MODE",
+                     help="assign_attention modes (default: the grid's; a wrong name lists them)")
+    ops.add_argument("--dtypes", nargs="+", metavar="DTYPE", help="dtypes (default: the grid's; a wrong name lists them)")
     ops.add_argument("--note", action="append", default=[], help="a remark for the results file (repeatable)")
     ops.add_argument("--out", type=Path, default=RESULTS, help=f"results folder (default: ./{RESULTS})")
     # Every argument after `step` (options included: this parser has no "-" options) goes to bench_step.py.
