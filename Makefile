@@ -5,10 +5,10 @@ VENV := .venv
 PY := $(VENV)/bin/python
 CUDA_HOME ?= $(shell [ -d /usr/local/cuda ] && echo /usr/local/cuda)
 export CUDA_HOME
-NATIVE_SOURCES := $(shell find csrc -name '*.cpp' -o -name '*.cu' -o -name '*.h') setup.py
+NATIVE_SOURCES := $(shell find csrc -name '*.cpp' -o -name '*.cu' -o -name '*.h') setup.py pyproject.toml
 DEMO_OUT ?= demo_out
 
-.PHONY: demo test build bench clean
+.PHONY: demo test build bench clean install-check
 
 $(VENV)/.deps: requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -18,6 +18,7 @@ $(VENV)/.deps: requirements.txt
 
 $(VENV)/.built: $(VENV)/.deps $(NATIVE_SOURCES)
 	MAX_JOBS=$${MAX_JOBS:-2} $(PY) -m pip install --quiet --no-build-isolation --no-deps -e .
+	$(PY) -c "from cign_fast.build_info import cuda_build_line, read_build_info; print(cuda_build_line(read_build_info()))"
 	touch $@
 
 build: $(VENV)/.built
@@ -28,8 +29,12 @@ demo: build
 test: build
 	$(PY) -m pytest tests -q -rs --durations=15
 
+# Install cign_fast each way a researcher does (fresh venvs, their own pip): see .ci/install-check.
+install-check: build
+	.ci/install-check $(VENV)
+
 bench: build
 	$(VENV)/bin/cign-fast bench ops
 
 clean:
-	rm -rf build *.egg-info cign_fast/*.so $(VENV)/.built
+	rm -rf build *.egg-info cign_fast/*.so cign_fast/build_info.json $(VENV)/.built

@@ -7,7 +7,7 @@ backward) and the peak memory of a forward+backward. Fused backends are timed th
 op ``cign_fast::assign_attention_fwd`` (what ``cign_fast.assign_attention`` calls after validating
 its arguments; the validation, a NaN/inf scan of q, k, v, is not part of the op and not timed).
 
-    python bench/bench_assign_attention.py [--quick] [--shapes cign-n36 ...] [--threads 2]
+    python -m cign_fast.bench.bench_assign_attention [--quick] [--shapes cign-n36 ...] [--threads 2]
 
 ``cign-fast bench ops`` runs this and the distillation benchmark and writes the results files.
 """
@@ -39,7 +39,7 @@ DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 GRID_MODES = ("soft", "gumbel")
 QUICK = {"shapes": ("cign-n36",), "modes": MODES, "dtypes": ("fp32",)}
 TARGET_SHAPE, TARGET_DTYPE = "cign-n36", "fp32"
-TARGETS = {"vs_eager": 2.0, "vs_compile": 1.3}  # fused forward+backward, issue 4
+TARGETS = {"vs_eager": 2.0, "vs_compile": 1.3}  # fused forward+backward speedups at the target case
 
 
 @dataclass(frozen=True)
@@ -146,7 +146,7 @@ def run(shapes: tuple[str, ...], modes: tuple[str, ...], dtypes: tuple[str, ...]
 
 
 def target_checks(rows: list[dict]) -> list[dict]:
-    """Issue 4's targets: fused forward+backward at the CIGN N=36 shape in fp32, every mode measured."""
+    """The speed targets: fused forward+backward at the CIGN N=36 shape in fp32, every mode measured."""
     checks = []
     for row in rows:
         if row["provider"] in ("eager", "compile") or (row["shape"], row["dtype"]) != (TARGET_SHAPE, TARGET_DTYPE):
@@ -181,7 +181,7 @@ def grid(quick: bool, shapes: list[str] | None = None, modes: list[str] | None =
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    common.add_run_arguments(parser, quick_help="only the issue-4 target cases (CIGN N=36, fp32, all modes)")
+    common.add_run_arguments(parser, quick_help="only the cases with speed targets (CIGN N=36, fp32, all modes)")
     parser.add_argument("--shapes", nargs="+", choices=sorted(SHAPES), help="shapes (default: all)")
     parser.add_argument("--modes", nargs="+", choices=MODES, help=f"modes (default: {' '.join(GRID_MODES)})")
     parser.add_argument("--dtypes", nargs="+", choices=sorted(DTYPES), help="dtypes (default: all)")

@@ -2,10 +2,10 @@
 (224 px JPEG frames, 3 s 16 kHz WAV audio, train transforms), and clips/s of FeatureDataset on a feature
 cache extracted from the same clips.
 
-Writes ``bench/results/cpu-loader.json`` and ``bench/results/cpu-loader.md``. A benchmark, not a test:
-numbers depend on the machine and on what else runs on it.
+Writes ``cpu-loader.json`` and ``cpu-loader.md`` into ``--out`` (default ``bench-results`` in the working
+directory). A benchmark, not a test: numbers depend on the machine and on what else runs on it.
 
-    PYTHONPATH=. python bench/bench_loader.py [--classes 8] [--clips-per-class 32] [--passes 2]
+    python -m cign_fast.bench.bench_loader [--classes 8] [--clips-per-class 32] [--passes 2]
 """
 
 from __future__ import annotations
@@ -28,10 +28,9 @@ import torchvision
 from torch.utils.data import DataLoader, Dataset
 
 from cign_fast.data import ClipDataset, FeatureDataset, collate_skipping, synthetic_class_names, write_synthetic_dataset
-from cign_fast.bench.common import cpu_name
+from cign_fast.bench.common import RESULTS, cpu_name
 from cign_fast.data.extract import build_frozen_encoders, describe_encoders, extract_features
 
-RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def clips_per_second(dataset: Dataset, batch_size: int, num_workers: int, passes: int) -> float:
@@ -89,7 +88,7 @@ def main() -> None:
     parser.add_argument("--feature-passes", type=int, default=10)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--feature-batch-size", type=int, default=128)
-    parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--out", type=Path, default=RESULTS, help=f"results folder (default: ./{RESULTS})")
     args = parser.parse_args()
     setup = {"classes": args.classes, "clips": args.classes * args.clips_per_class, "frame_px": 224,
              "audio_seconds": 3.0, "audio_rate": 16000, "image_size": 224, "batch_size": args.batch_size,

@@ -7,9 +7,10 @@ step. The model's ``backend`` (used by ``assign_attention`` and ``token_distill_
 Default size: B=128, N=100 classes (75 old, distilled), S_v=49, S_a=64, D=512, depth 3, 8 heads,
 512-wide input features. ``--quick`` shrinks it for a CPU (B=16, D=256, depth 1, 4 heads).
 
-    python bench/bench_step.py [--quick] [--threads 2]      (or: cign-fast bench step [...])
+    python -m cign_fast.bench.bench_step [--quick] [--threads 2]      (or: cign-fast bench step [...])
 
-Writes ``bench/results/<gpu-name-or-cpu>-step.json`` and ``.md`` with the device, versions, date and sizes.
+Writes ``<gpu-name-or-cpu>-step.json`` and ``.md`` (device, versions, date and sizes) into ``--out``
+(default ``bench-results`` in the working directory).
 """
 
 from __future__ import annotations
@@ -130,7 +131,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
                         help="auto: bf16 autocast on CUDA, fp32 on CPU")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps first (default 2)")
-    parser.add_argument("--out", type=Path, default=common.RESULTS, help=f"results folder (default {common.RESULTS})")
+    parser.add_argument("--out", type=Path, default=common.RESULTS, help=f"results folder (default: ./{common.RESULTS})")
     args = parser.parse_args(argv)
     if args.repeats == parser.get_default("repeats"):
         args.repeats = 5   # a full step is long: fewer repeats than the op benchmarks

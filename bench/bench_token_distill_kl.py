@@ -9,7 +9,7 @@ of student and teacher read once, the gradient written once) and the peak memory
 are timed through the custom op ``cign_fast::token_distill_kl_fwd`` (argument validation, a NaN/inf
 scan of the inputs, is not part of the op and not timed).
 
-    python bench/bench_token_distill_kl.py [--quick] [--threads 2]
+    python -m cign_fast.bench.bench_token_distill_kl [--quick] [--threads 2]
 """
 
 from __future__ import annotations
@@ -98,7 +98,7 @@ def run(shapes: tuple[str, ...], dtypes: tuple[str, ...], device: torch.device, 
 
 
 def target_checks(rows: list[dict]) -> list[dict]:
-    """Issue 4's target: fused loss + gradient at [384, 220] fp32 at least 2x eager."""
+    """The speed target: fused loss + gradient at [384, 220] fp32 at least 2x eager."""
     checks = []
     for row in rows:
         if row["provider"] in ("eager", "compile") or row["provider"].endswith(DIRECT) or \
@@ -130,8 +130,8 @@ def grid(quick: bool, shapes: list[str] | None = None,
 
 
 def main(argv: list[str] | None = None) -> int:
-    rows = common.shape_dtype_main(argv, __doc__, "only the issue-4 target case ([384, 220] fp32)", SHAPES, DTYPES,
-                                   grid, run)
+    rows = common.shape_dtype_main(argv, __doc__, "only the case with a speed target ([384, 220] fp32)", SHAPES,
+                                   DTYPES, grid, run)
     print("\n".join(markdown(rows)))
     return 0
 

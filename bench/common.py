@@ -9,7 +9,6 @@ memory the C++ kernels take outside ATen's allocator is not seen).
 
 from __future__ import annotations
 
-import argparse
 import datetime
 import json
 import os
@@ -22,13 +21,14 @@ from typing import Callable
 
 import torch
 
+from cign_fast.bench.options import RESULTS, add_run_arguments  # noqa: F401  (the benchmarks use both from here)
 from cign_fast.ops.backends import refusal
 
-RESULTS = Path(__file__).resolve().parent / "results"
 FUSED_BACKENDS = ("cpp", "cuda", "triton")
 TIMER_NOTE = ("CUDA: triton.testing.do_bench median. CPU: time.perf_counter around each call, 3 warm-up calls, "
               "the providers timed in turns (one call each per round) and the median per provider; "
               "backward = median(forward+backward) - median(forward).")
+TARGETS_HEADING = "Speed targets: fused forward+backward against eager PyTorch and torch.compile"
 MEMORY_NOTE = ("CUDA: torch.cuda.max_memory_allocated during one forward+backward minus what was allocated before. "
                "CPU: peak of ATen's allocations replayed from the torch profiler's memory events (approximate: "
                "an op's own temporaries count at its start, C++ scratch outside ATen's allocator is not seen).")
@@ -249,7 +249,7 @@ def ops_markdown(report: dict, tables: dict[str, list[str]]) -> str:
              "Fused backends are timed through the custom ops, without the public functions' argument validation "
              "(a NaN/inf scan of the inputs). Speedups are eager or compile time divided by the provider's time. "
              "GB/s at floor: the bytes of the memory floor (every input read once, every output written once) "
-             "divided by the time.", "", "## Targets (issue 4)", "", *targets_markdown(report["targets"])]
+             "divided by the time.", "", f"## {TARGETS_HEADING}", "", *targets_markdown(report["targets"])]
     if report["notes"]:
         lines += ["", "## Notes", "", *(f"- {note}" for note in report["notes"])]
     for name, table in tables.items():

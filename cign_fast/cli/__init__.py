@@ -1,9 +1,14 @@
-"""``cign-fast``: one subcommand per module in this package (``add_arguments`` + ``main``)."""
+"""``cign-fast``: one subcommand per module in this package (``add_arguments`` + ``main``).
+
+Only the chosen subcommand's module is imported, and those modules import their heavy dependencies
+(torch, the model, benchmarks, Triton, matplotlib) inside ``main``: ``--help`` stays instant.
+"""
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import sys
 
 SUBCOMMANDS = {
     "info": "versions and which backends can run here (and why not)",
@@ -17,23 +22,21 @@ SUBCOMMANDS = {
 }
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The parser; only ``command``'s arguments are added (its module imported), the others are listed."""
     parser = argparse.ArgumentParser(prog="cign-fast", description="CIGN continual audio-visual learning, fused.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, help_text in SUBCOMMANDS.items():
-        try:
-            module = importlib.import_module(f"cign_fast.cli.{name}")
-        except ModuleNotFoundError as err:
-            if err.name != f"cign_fast.cli.{name}":
-                raise
-            continue  # a subcommand not shipped in this build
         sub = commands.add_parser(name, help=help_text, description=help_text)
-        module.add_arguments(sub)
-        sub.set_defaults(entry=module.main)
+        if name == command:
+            module = importlib.import_module(f"cign_fast.cli.{name}")
+            module.add_arguments(sub)
+            sub.set_defaults(entry=module.main)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    command = next((arg for arg in argv if not arg.startswith("-")), None)
+    args = build_parser(command).parse_args(argv)
     return int(args.entry(args) or 0)
-

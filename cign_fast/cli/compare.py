@@ -10,10 +10,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from cign_fast.cli.train import add_run_arguments, settings_from_flags
-from cign_fast.methods import method_names
-from cign_fast.train.compare import run_compare
-from cign_fast.train.config import build_config
+from cign_fast.cli.train import METHOD_NAMES, add_run_arguments, settings_from_flags
 
 
 def method_list(text: str) -> list[str]:
@@ -25,8 +22,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", type=Path, required=True, help="dataset root or feature cache")
     parser.add_argument("--out", type=Path, required=True,
                         help="comparison folder: one run folder per method and seed, compare.md/.json/.png")
-    parser.add_argument("--methods", type=method_list, default=list(method_names()), metavar="NAME,NAME,...",
-                        help=f"comma-separated methods (default: all: {','.join(method_names())})")
+    parser.add_argument("--methods", type=method_list, default=list(METHOD_NAMES), metavar="NAME,NAME,...",
+                        help=f"comma-separated methods (default: all: {','.join(METHOD_NAMES)})")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="run seeds (default: 0)")
     parser.add_argument("--memory-per-class", type=int, default=0,
                         help="exemplars per class for every method that can keep some (default: 0, exemplar-free)")
@@ -37,6 +34,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
+    from cign_fast.train.compare import run_compare
+    from cign_fast.train.config import build_config
+
     try:
         base = build_config(args.config, args.overrides, flags=settings_from_flags(args))
         run_compare(base, args.methods, args.seeds, args.out, memory_per_class=args.memory_per_class,

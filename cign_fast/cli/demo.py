@@ -7,7 +7,7 @@ import sys
 from dataclasses import fields
 from pathlib import Path
 
-from cign_fast.train.demo import DemoOptions, run_demo
+from cign_fast.train.demo import DemoOptions
 
 DEFAULTS = {f.name: f.default for f in fields(DemoOptions)}
 
@@ -42,6 +42,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
+    from cign_fast.train.demo import run_demo
+
     options = DemoOptions(
         out=args.out, data_dir=args.data_dir, tasks=args.tasks, classes=args.classes,
         train_per_class=args.train_per_class, test_per_class=args.test_per_class, epochs=args.epochs,

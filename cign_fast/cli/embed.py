@@ -6,8 +6,6 @@ import argparse
 import sys
 from pathlib import Path
 
-from cign_fast.train.embed import embed_checkpoint
-
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", type=Path, required=True, help="a checkpoint written by train or demo")
@@ -21,6 +19,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
+    from cign_fast.train.embed import embed_checkpoint
+
     try:
         path = embed_checkpoint(args.checkpoint, args.data, args.out, split=args.split, batch_size=args.batch_size,
                                 device=args.device, perplexity=args.perplexity, seed=args.seed)

@@ -7,8 +7,6 @@ import json
 import sys
 from pathlib import Path
 
-from cign_fast.train.evaluate import evaluate_checkpoint, format_evaluation
-
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", type=Path, required=True, help="a checkpoint written by train or demo")
@@ -20,6 +18,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
+    from cign_fast.train.evaluate import evaluate_checkpoint, format_evaluation
+
     try:
         result = evaluate_checkpoint(args.checkpoint, args.data, split=args.split, batch_size=args.batch_size,
                                      device=args.device)

@@ -5,10 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-import torch
-
-from cign_fast.data.cache import CACHE_DTYPES
-from cign_fast.data.extract import AUDIO_TOKEN_MODES, build_frozen_encoders, describe_encoders, extract_features
+from cign_fast.data.cache import AUDIO_TOKEN_MODES, CACHE_DTYPES
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -29,6 +26,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
+    import torch
+
+    from cign_fast.data.extract import build_frozen_encoders, describe_encoders, extract_features
+
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
     if args.visual_weights is None or args.audio_weights is None:
         print("warning: without --visual-weights / --audio-weights the encoders are randomly initialised "

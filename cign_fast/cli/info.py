@@ -6,9 +6,7 @@ import argparse
 import json
 import platform
 
-import torch
-
-from cign_fast.ops.backends import backend_report
+from cign_fast.build_info import cuda_build_line, read_build_info
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -16,7 +14,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def collect() -> dict:
-    """Versions, devices and the backend report."""
+    """Versions, devices, the build record and the backend report."""
+    import torch
+
+    from cign_fast.ops.backends import backend_report
+
     try:
         import triton
 
@@ -33,6 +35,7 @@ def collect() -> dict:
         "triton": triton_version,
         "cuda_devices": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())],
         "cpu_threads": torch.get_num_threads(),
+        "build": read_build_info(),
         "backends": backend_report(),
     }
 
@@ -43,8 +46,9 @@ def main(args: argparse.Namespace) -> int:
         print(json.dumps(info, indent=2))
         return 0
     for key, value in info.items():
-        if key != "backends":
+        if key not in ("backends", "build"):
             print(f"{key:>12}: {value}")
+    print(f"{'build':>12}: {cuda_build_line(info['build'])}")
     print("backends (float32):")
     for name, ops in info["backends"].items():
         refusals = {op: why for op, why in ops.items() if why is not None}

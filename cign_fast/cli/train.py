@@ -11,10 +11,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from cign_fast.methods import method_names
-from cign_fast.train.config import build_config
-from cign_fast.train.loop import train_incremental
-
+# the registered methods (cign_fast.methods, which imports torch: --help must not); a test holds them equal
+METHOD_NAMES = ("cign", "finetune", "joint", "ewc", "lwf", "icarl", "ssil")
 # flag attribute -> config key (flags not given are left unset)
 FLAG_KEYS = {
     "method": "method", "data": "data.root", "out": "run.out", "benchmark": "data.benchmark", "tasks": "data.tasks",
@@ -37,7 +35,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="continue the run in OUT from its newest intact checkpoint (same settings, seed and data)")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace the earlier run's outputs in OUT (without it a fresh run refuses a used OUT)")
-    parser.add_argument("--method", choices=method_names(),
+    parser.add_argument("--method", choices=METHOD_NAMES,
                         help="continual-learning method (default: cign); its settings are in its config section")
     parser.add_argument("--seed", type=int)
     parser.add_argument("--memory-budget", type=int, help="exemplar memory size in clips (0: none)")
@@ -77,6 +75,9 @@ def settings_from_flags(args: argparse.Namespace) -> dict[str, object]:
 
 
 def main(args: argparse.Namespace) -> int:
+    from cign_fast.train.config import build_config
+    from cign_fast.train.loop import train_incremental
+
     try:
         config = build_config(args.config, args.overrides, flags=settings_from_flags(args))
         train_incremental(config, resume=args.resume, overwrite=args.overwrite)

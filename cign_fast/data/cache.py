@@ -28,6 +28,7 @@ CACHE_VERSION = 1
 MANIFEST_NAME = "manifest.json"
 MODALITIES = ("audio", "visual")
 CACHE_DTYPES = ("float16", "float32")
+AUDIO_TOKEN_MODES = ("map", "pooled")  # the encoders' audio token map, or one max-pooled token (the authors')
 
 
 class CorruptShardError(ValueError):

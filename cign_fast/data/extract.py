@@ -28,16 +28,14 @@ from tqdm import tqdm
 
 from cign_fast.data.benchmarks import class_order_of_first_appearance
 from cign_fast.data.cache import (
-    CACHE_DTYPES, MANIFEST_NAME, CorruptShardError, file_sha256, new_manifest, read_manifest, shard_file_name,
-    verify_shard_file, write_manifest, write_shard_file,
+    AUDIO_TOKEN_MODES, CACHE_DTYPES, MANIFEST_NAME, CorruptShardError, file_sha256, new_manifest, read_manifest,
+    shard_file_name, verify_shard_file, write_manifest, write_shard_file,
 )
 from cign_fast.data.clips import ClipDataset
 from cign_fast.data.labels import SPLITS, find_labels_file, read_labels
 from cign_fast.data.skips import SkippedItem, SkipReport, collate_skipping
 from cign_fast.model.encoders import ResNetTokenEncoder
 from cign_fast.seeds import check_seed
-
-AUDIO_TOKEN_MODES = ("map", "pooled")
 
 
 class TrunkTokens(nn.Module):

@@ -12,10 +12,10 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from cign_fast.data import write_synthetic_dataset
-from cign_fast.train.config import build_config
-from cign_fast.train.loop import TrainResults, train_incremental
+if TYPE_CHECKING:  # the functions import what they run: `cign-fast demo --help` reads DemoOptions without torch
+    from cign_fast.train.loop import TrainResults
 
 STAMP_FILE = "synthetic.json"
 
@@ -44,6 +44,8 @@ class DemoOptions:
 
 def prepare_synthetic_data(options: DemoOptions, log: Callable[[str], None] = print) -> Path:
     """Write the synthetic dataset once; reuse it when the folder was written with the same parameters."""
+    from cign_fast.data import write_synthetic_dataset
+
     root = options.data_dir if options.data_dir is not None else options.out / "data"
     parameters = {"num_classes": options.classes, "train_per_class": options.train_per_class,
                   "val_per_class": 1, "test_per_class": options.test_per_class,
@@ -76,6 +78,9 @@ def demo_overrides(options: DemoOptions, data_root: Path) -> dict[str, dict[str,
 
 def run_demo(options: DemoOptions, log: Callable[[str], None] = print) -> TrainResults:
     """Write the data, train task after task, print the matrices and write OUT/metrics.json and the plots."""
+    from cign_fast.train.config import build_config
+    from cign_fast.train.loop import train_incremental
+
     options.out.mkdir(parents=True, exist_ok=True)
     data_root = prepare_synthetic_data(options, log)
     config = build_config(base=demo_overrides(options, data_root))

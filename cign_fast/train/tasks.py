@@ -15,7 +15,7 @@ from cign_fast.data.benchmarks import (
 from cign_fast.data.labels import LabelRow
 from cign_fast.train.config import DataConfig
 
-# the spellings of the issue tracker, mapped to cign_fast.data.benchmarks' names
+# other spellings of the preset names, mapped to cign_fast.data.benchmarks' names
 BENCHMARK_ALIASES = {"vggsound-100": "vggsound100", "vggsound_100": "vggsound100", "vggss": "vgg-ss"}
 
 
