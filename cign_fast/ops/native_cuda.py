@@ -13,8 +13,8 @@ from functools import partial
 import torch
 
 from cign_fast import _cuda
+from cign_fast.contract import seed_keys
 from cign_fast.ops import native
-from cign_fast.ops.gumbel import seed_keys
 
 
 def unavailable_reason(device: torch.device) -> str | None:
