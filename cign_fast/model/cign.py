@@ -13,7 +13,7 @@ from torch import Tensor, nn
 
 from cign_fast.model.config import ModelConfig
 from cign_fast.model.encoders import ResNetTokenEncoder
-from cign_fast.model.grouping import GroupingBlock, keep_old_weights
+from cign_fast.model.grouping import AssignAttention, GroupingBlock, keep_old_weights
 from cign_fast.model.transformer import Transformer, init_weights
 from cign_fast.ops.checks import check_float_tensor
 
@@ -165,6 +165,13 @@ class CIGN(nn.Module):
         return CIGNOutput(
             audio_logits, visual_logits, audio_token_logits, visual_token_logits, audio_groups, visual_groups
         )
+
+    def set_noise_batch(self, offset: int, stride: int) -> None:
+        """Local clip b draws the Gumbel noise of clip ``offset + b * stride`` of the global batch (a
+        ``DistributedSampler`` rank: ``rank, world_size``), so data-parallel ranks draw what one process would."""
+        for module in self.modules():
+            if isinstance(module, AssignAttention):
+                module.noise_batch = (offset, stride)
 
     def frozen_copy(self) -> CIGN:
         """A deep copy in eval mode with no gradients anywhere: the distillation teacher."""

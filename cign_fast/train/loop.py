@@ -162,6 +162,7 @@ class IncrementalTrainer:
         warmup_steps = round(optim.warmup_epochs * steps_per_epoch)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda step: lr_multiplier(step, warmup_steps, total_steps, optim.schedule))
+        self.model.set_noise_batch(self.context.rank, self.context.world_size)  # DistributedSampler's interleaving
         if self.context.is_distributed:
             device_ids = [self.context.device] if self.context.device.type == "cuda" else None
             self.ddp_model = DistributedDataParallel(self.model, device_ids=device_ids)
