@@ -6,9 +6,10 @@ together are the single run's batch) and average the same per-clip gradients. Wh
 float32 summation order (two partial means averaged by all-reduce versus one mean), about 1e-7
 relative per step; over these ~40 Adam steps that stays far below 1e-4 in the epoch losses, and an
 accuracy could change only for a clip whose two best logits are that close. So the losses must agree
-to 1e-4 relative and each accuracy to within one clip. The assignment runs in "hard" mode: Gumbel
-noise is drawn per position in a batch, and a rank's half batch sits at other positions than in the
-single run, so the noise (not the training) would differ.
+to 1e-4 relative and each accuracy to within one clip. The assignment runs in gumbel mode (the
+default): every rank draws the same seeds (same torch seed, same draws) and each clip's noise is
+indexed by its position in the global batch (the trainer passes rank and world size, the layout of
+DistributedSampler, to ``CIGN.set_noise_batch``), so a rank's clips get the noise of the single run.
 """
 
 import csv
@@ -20,7 +21,7 @@ import pytest
 
 from test_trainer_helpers import REPO, TRAIN_RUNNER, read_run_results, run_train, subprocess_env, tiny_train_args, write_feature_dataset
 
-EXTRA = ("--set", "model.assign_mode=hard", "--memory-budget", "12")
+EXTRA = ("--set", "model.assign_mode=gumbel", "--memory-budget", "12")
 
 
 def free_port() -> int:
