@@ -53,9 +53,11 @@ def assign_attention_reference(
     seed: int = 0,
     noise_batch_offset: int = 0,
     noise_batch_stride: int = 1,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The spec's AssignAttention, differentiable. Returns ``(out [B,N,C], hard [B,N,S], soft [B,N,S])``;
-    ``soft`` is the softmax without the noise (the authors' soft map, also in gumbel mode)."""
+    return_maps: bool = True,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The spec's AssignAttention, differentiable. Returns ``(out [B,N,C], hard [B,N,S], soft [B,N,S])``, or
+    ``out`` alone without ``return_maps``; ``soft`` is the softmax without the noise (the authors' soft map,
+    also in gumbel mode), ``hard`` the one-hot the output used."""
     params = AssignParams(mode=MODES.index(mode), tau=tau, eps=eps, sum_assign=sum_assign, seed=seed,
                           noise_batch_offset=noise_batch_offset, noise_batch_stride=noise_batch_stride)
     y = torch.softmax(assignment_logits(q, k, params), dim=-2)
@@ -63,9 +65,11 @@ def assign_attention_reference(
     assign = y if params.mode == MODE_SOFT else hard - y.detach() + y
     if not sum_assign:
         assign = assign / (assign.sum(dim=-1, keepdim=True) + eps)
-    out = torch.matmul(assign, v.to(assign.dtype))
+    out = torch.matmul(assign, v.to(assign.dtype)).to(q.dtype)
+    if not return_maps:
+        return out
     soft = clean_soft_map(q, k, params) if params.mode == MODE_GUMBEL else y.to(q.dtype)
-    return out.to(q.dtype), hard.to(q.dtype), soft
+    return out, hard.to(q.dtype), soft
 
 
 def assign_attention_forward(
