@@ -40,8 +40,20 @@ def collect() -> dict:
         "triton": triton_version,
         "cuda_devices": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())],
         "cpu_threads": torch.get_num_threads(),
+        "cuda_extension_archs": cuda_extension_archs(),
         "backends": backend_report(),
     }
+
+
+def cuda_extension_archs() -> str:
+    """The compute capabilities the CUDA extension was compiled for, or why there is none."""
+    from cign_fast.ops.backends import load_backend
+
+    module, why = load_backend("cuda")
+    if module is None:
+        return f"none ({why})"
+    archs = module.compiled_archs()
+    return ", ".join(archs) + " (a newer GPU needs PTX of the newest: TORCH_CUDA_ARCH_LIST ending in +PTX)"
 
 
 def check_table(rows: list[dict]) -> list[str]:
@@ -62,7 +74,7 @@ def main(args: argparse.Namespace) -> int:
         return int(any(row["result"].startswith("FAILED") for row in info.get("checks", ())))
     for key, value in info.items():
         if key not in ("backends", "checks"):
-            print(f"{key:>12}: {value}")
+            print(f"{key:>20}: {value}")
     print("backends (float32):")
     for name, ops in info["backends"].items():
         refusals = {op: why for op, why in ops.items() if why is not None}

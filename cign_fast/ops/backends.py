@@ -140,12 +140,12 @@ def backend_function(name: str, op: str):
 def backend_report(device: torch.device | None = None) -> dict[str, dict[str, str | None]]:
     """For ``cign-fast info``: per backend and op, ``None`` if usable in float32, else why not.
 
-    Each backend is asked on ``device``, or on its own kind of device when none is given."""
+    Each backend is asked on ``device``, or on the device it would serve here (``check_devices``)."""
     ops = ("assign_attention_forward", "assign_attention_backward", "token_distill_kl_forward")
     report = {}
-    for name, spec in BACKENDS.items():
+    for name in BACKENDS:
         module, why = load_backend(name)
-        dev = device or torch.device(spec.devices[-1])
+        dev = device or check_devices(name)[-1]
         if module is not None and dev.type == "cuda" and not torch.cuda.is_available():
             why = "imports, but no CUDA device is visible to torch"
         report[name] = {op: why if why is not None else refusal(name, op, dev, torch.float32) for op in ops}

@@ -22,6 +22,11 @@ def unavailable_reason(device: torch.device) -> str | None:
     return None if torch.cuda.is_available() else "no CUDA device is visible to torch"
 
 
+def compiled_archs() -> list[str]:
+    """The compute capabilities the extension holds code for, e.g. ``["8.0", "9.0"]`` (nvcc's ``__CUDA_ARCH_LIST__``)."""
+    return [f"{int(arch) // 100}.{int(arch) % 100 // 10}" for arch in _cuda.compiled_archs().split(",") if arch]
+
+
 def gumbel_noise(shape: tuple[int, int, int], seed: int, device: torch.device) -> torch.Tensor:
     """Float32 Gumbel noise [B, N, S] computed by a CUDA kernel on ``device``."""
     return _cuda.gumbel_noise(*shape, *seed_keys(int(seed)), torch.device(device).index or 0)

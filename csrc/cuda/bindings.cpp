@@ -16,6 +16,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> assign_attention_backward_cuda(
     const at::Tensor& col_lse, const at::Tensor& col_argmax, const at::Tensor& row_sum, int64_t mode, double tau,
     double eps, bool sum_assign, int64_t key_a, int64_t key_b, int64_t noise_batch_offset,
     int64_t noise_batch_stride);
+std::string compiled_archs_cuda();
 std::tuple<at::Tensor, at::Tensor> token_distill_kl_forward_cuda(const at::Tensor& student, const at::Tensor& teacher,
                                                                  int64_t start, int64_t stop, double temperature,
                                                                  const std::string& reduction);
@@ -36,6 +37,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         py::arg("grad_out"), py::arg("q"), py::arg("k"), py::arg("v"), py::arg("col_lse"), py::arg("col_argmax"),
         py::arg("row_sum"), py::arg("mode"), py::arg("tau"), py::arg("eps"), py::arg("sum_assign"), py::arg("key_a"),
         py::arg("key_b"), py::arg("noise_batch_offset"), py::arg("noise_batch_stride"));
+  m.def("compiled_archs", &cf::compiled_archs_cuda,
+        "the compute capabilities the extension was compiled for (nvcc's __CUDA_ARCH_LIST__, e.g. '800,900')");
   m.def("token_distill_kl_forward", &cf::token_distill_kl_forward_cuda, "(loss, grad_student) of the distillation KL",
         py::arg("student"), py::arg("teacher"), py::arg("start"), py::arg("stop"), py::arg("temperature"),
         py::arg("reduction"));
