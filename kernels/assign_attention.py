@@ -5,8 +5,9 @@ Maths and contract: :mod:`cign_fast.ops.reference` (``assign_attention_forward``
 any strides: the launchers pass them to the kernels and copy nothing; outputs are contiguous.
 Offsets are int64 wherever one batch element's span may pass 2**31 elements (``utils.tile_offsets``,
 ``_map_offsets``), so N*S or S*C >= 2**31 is addressed correctly.
-Every product accumulates in float32. Float32 operands use IEEE dots (no TF32), so the hard
-choices match the reference; float16/bfloat16 operands use tensor-core dots (wgmma for 64-row
+Every product accumulates in float32. Float32 operands use IEEE dots (no TF32), and the logits
+``(scale q k^T + g) / tau`` are rounded after every step as the reference rounds them (no fma, a
+correctly rounded division: ``utils.exact_logits``), so the hard choices match the reference; float16/bfloat16 operands use tensor-core dots (wgmma for 64-row
 tiles on sm_90, mma below). A float32 map tile multiplied by 16-bit values (A @ v in soft mode and
 the three backward products) is split into a high and a low 16-bit part, two dots, so that the
 results are the float32 ones rounded once (``_weighted_dot``). Bfloat16 has float32's exponent
