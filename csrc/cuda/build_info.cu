@@ -4,8 +4,8 @@
 
 namespace cign_fast {
 
-#define CIGN_FAST_STRINGIFY_VALUE(x) #x
-#define CIGN_FAST_STRINGIFY(x) CIGN_FAST_STRINGIFY_VALUE(x)
+#define CIGN_FAST_STRINGIFY_VALUE(...) #__VA_ARGS__
+#define CIGN_FAST_STRINGIFY(...) CIGN_FAST_STRINGIFY_VALUE(__VA_ARGS__)
 
 std::string compiled_archs_cuda() {
 #if defined(__CUDA_ARCH_LIST__)
