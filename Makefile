@@ -38,3 +38,9 @@ bench: build
 
 clean:
 	rm -rf build *.egg-info cign_fast/*.so cign_fast/build_info.json $(VENV)/.built
+
+# On a machine with an NVIDIA GPU: build, self-check every backend, the GPU tests and the quick benchmarks,
+# results in bench/results/<gpu>-*.json/.md (under 8 minutes). Without a GPU it says so and exits 0.
+.PHONY: gpu-check
+gpu-check:
+	$(if $(wildcard $(PY)),$(PY),$(PYTHON)) bench/gpu_check.py

@@ -21,7 +21,8 @@ from typing import Callable
 import torch
 
 from cign_fast.bench import common
-from cign_fast.ops.assign_attention import assign_attention_fwd
+from cign_fast.contract import AssignParams
+from cign_fast.ops.assign_attention import assign_attention_fwd, op_options
 from cign_fast.ops.reference import MODES, assign_attention_reference
 
 OP = "assign_attention_forward"
@@ -80,13 +81,13 @@ def providers(case: Case, device: torch.device) -> dict[str, Callable]:
     mode = case.mode
 
     def eager(q, k, v):
-        return assign_attention_reference(q, k, v, mode=mode, seed=SEED)[0]
+        return assign_attention_reference(q, k, v, mode=mode, seed=SEED, return_maps=False)
 
     found: dict[str, Callable] = {"eager": eager, "compile": common.compiled(eager)}
-    mode_id, seed = MODES.index(mode), torch.tensor(SEED, dtype=torch.int64)  # the op takes a 0-d CPU seed tensor
+    options = op_options(AssignParams(mode=MODES.index(mode), seed=SEED))
+    seed = torch.tensor(SEED, dtype=torch.int64)  # the op takes a 0-d CPU seed tensor
     for name in common.fused_backends(OP, device, case.dtype):
-        found[name] = (lambda backend: lambda q, k, v: assign_attention_fwd(
-            q, k, v, mode_id, 1.0, 1.0, False, seed, False, backend)[0])(name)
+        found[name] = (lambda backend: lambda q, k, v: assign_attention_fwd(q, k, v, seed, *options, backend)[0])(name)
     return found
 
 

@@ -1,8 +1,8 @@
 """The ``triton`` backend (``cign_fast.kernels``): fused Triton kernels behind the backend contract.
 
 Exports ``assign_attention_forward``, ``assign_attention_backward``, ``token_distill_kl_forward``,
-``bernoulli_distill_kl_forward`` (contracts in :mod:`cign_fast.ops.reference`), ``gumbel_noise`` and
-``unavailable_reason``.
+``bernoulli_distill_kl_forward`` (contracts in :mod:`cign_fast.ops.reference`; parameters
+:class:`cign_fast.contract.AssignParams`), ``gumbel_noise`` and ``unavailable_reason``.
 On CPU tensors the kernels run under Triton's interpreter, which must be switched on
 (``TRITON_INTERPRET=1``) before this package is imported: Triton reads it when a kernel is defined.
 """

@@ -5,8 +5,9 @@ Maths and contract: :mod:`cign_fast.ops.reference` (``assign_attention_forward``
 any strides: the launchers pass them to the kernels and copy nothing; outputs are contiguous.
 Offsets are int64 wherever one batch element's span may pass 2**31 elements (``utils.tile_offsets``,
 ``_map_offsets``), so N*S or S*C >= 2**31 is addressed correctly.
-Every product accumulates in float32. Float32 operands use IEEE dots (no TF32), so the hard
-choices match the reference; float16/bfloat16 operands use tensor-core dots (wgmma for 64-row
+Every product accumulates in float32. Float32 operands use IEEE dots (no TF32), and the logits
+``(scale q k^T + g) / tau`` are rounded after every step as the reference rounds them (no fma, a
+correctly rounded division: ``utils.exact_logits``), so the hard choices match the reference; float16/bfloat16 operands use tensor-core dots (wgmma for 64-row
 tiles on sm_90, mma below). A float32 map tile multiplied by 16-bit values (A @ v in soft mode and
 the three backward products) is split into a high and a low 16-bit part, two dots, so that the
 results are the float32 ones rounded once (``_weighted_dot``). Bfloat16 has float32's exponent
@@ -15,8 +16,9 @@ scales each row of the tile by a power of two (exact) and unscales the tile's pr
 |dz| > 65504 does not turn into inf - inf and |dz| ~ 1e-6 keeps its bits.
 
 Gumbel noise is never stored: every kernel that needs the logits regenerates it from
-``(key_a, key_b)`` (``cign_fast.ops.gumbel.seed_keys``) and the element index
-``e = (b * N + i) * S + s`` with the ``mix32`` hash in uint32 arithmetic.
+``(key_a, key_b)`` (``cign_fast.contract.seed_keys``) and the element index
+``e = (g * N + i) * S + s`` with the ``mix32`` hash in uint32 arithmetic, where
+``g = noise_offset + b * noise_stride`` is the clip's position in the global batch.
 
 Grids: every launch is a one-axis grid ``utils.batch_grid(B, tiles...)`` of B * tiles programs,
 batch-major (the programs of one batch element are adjacent, so its k and v stay in L2), decoded in
@@ -35,7 +37,9 @@ Forward. It saves for the backward only ``col_lse`` [B, S] f32, ``col_argmax`` [
 1. ``_column_stats_kernel``, tiles cdiv(S, BLOCK_S) per batch element. A program owns an S-block
    of one batch element and walks all N in BLOCK_N steps: logits tile = scale * q_n k_s^T (C in
    BLOCK_C chunks), + noise, / tau; online column max, sum of exp and first-index argmax (ties
-   keep the lower group, like torch). Writes col_lse and col_argmax. One N*S*C product.
+   keep the lower group, like torch). Writes col_lse and col_argmax. One N*S*C product. With
+   ``return_maps`` in gumbel mode it also writes the log-sum-exp of the logits without noise (a
+   second product), from which the next kernel writes the clean soft map.
 2. ``_assign_output_kernel``, tiles cdiv(C, BLOCK_CV) x cdiv(N, BLOCK_N) per batch element. A
    program owns rows of N and a C-slice of the output and walks all S: hard modes build the
    one-hot tile from col_argmax (no logits), soft mode recomputes the logits tile and
@@ -90,23 +94,31 @@ import torch
 import triton
 import triton.language as tl
 
-from cign_fast.ops.gumbel import seed_keys
-from cign_fast.ops.reference import MODE_GUMBEL, MODE_SOFT
+from cign_fast.contract import (
+    MIX_MUL_1, MIX_MUL_2, MODE_GUMBEL, MODE_HARD, MODE_SOFT, UNIFORM_OFFSET, UNIFORM_STEP, AssignParams,
+)
 
-from .utils import batch_grid, batch_program, block_size, dot_dtype, on_device, rounded_to, signed_int32, tile_offsets
+from .utils import (
+    batch_grid, batch_program, block_size, dot_dtype, exact_logits, on_device, rounded_to, signed_int32, tile_offsets,
+)
 
-KEY_ARGS = ["key_a", "key_b"]  # vary per call: never specialise on their values
+NOISE_ARGS = ["key_a", "key_b", "noise_offset", "noise_stride"]  # vary per call: never specialise on their values
 SOFT = tl.constexpr(MODE_SOFT)
+HARD = tl.constexpr(MODE_HARD)
 GUMBEL = tl.constexpr(MODE_GUMBEL)
+MIX_1 = tl.constexpr(MIX_MUL_1)
+MIX_2 = tl.constexpr(MIX_MUL_2)
+STEP = tl.constexpr(UNIFORM_STEP)
+OFFSET = tl.constexpr(UNIFORM_OFFSET)
 
 
 @triton.jit
 def _mix32(x):
     """The ``lowbias32`` finaliser on uint32 values (wrap-around arithmetic)."""
     x = x ^ (x >> 16)
-    x = x * 0x7FEB352D
+    x = x * MIX_1
     x = x ^ (x >> 15)
-    x = x * 0x846CA68B
+    x = x * MIX_2
     return x ^ (x >> 16)
 
 
@@ -114,7 +126,7 @@ def _mix32(x):
 def _uniform_tile(index, key_a, key_b):
     """Float32 uniforms in [2**-24, 1 - 2**-24] for uint32 element indices; keys are int32 bit patterns."""
     x = _mix32(_mix32(index ^ key_a.to(tl.uint32, bitcast=True)) ^ key_b.to(tl.uint32, bitcast=True))
-    return (x >> 9).to(tl.float32) * 1.1920928955078125e-07 + 5.9604644775390625e-08
+    return (x >> 9).to(tl.float32) * STEP + OFFSET
 
 
 @triton.jit
@@ -124,9 +136,11 @@ def _map_offsets(b, offs_n, offs_s, N, S):
 
 
 @triton.jit
-def _gumbel_tile(b, offs_n, offs_s, N, S, key_a, key_b):
-    """Gumbel(0, 1) noise for the map tile [offs_n, offs_s] of batch element ``b``, float32."""
-    u = _uniform_tile(_map_offsets(b, offs_n, offs_s, N, S).to(tl.uint32), key_a, key_b)
+def _gumbel_tile(b, offs_n, offs_s, N, S, key_a, key_b, noise_offset, noise_stride):
+    """Gumbel(0, 1) noise for the map tile [offs_n, offs_s] of local batch element ``b`` (global clip
+    ``noise_offset + b * noise_stride``), float32."""
+    clip = noise_offset.to(tl.int64) + b * noise_stride
+    u = _uniform_tile(_map_offsets(clip, offs_n, offs_s, N, S).to(tl.uint32), key_a, key_b)
     return -tl.log(-tl.log(u))
 
 
@@ -195,28 +209,31 @@ def _product_tile(a_ptr, a_stride_row, a_stride_c, offs_a, a_mask, b_ptr, b_stri
 
 @triton.jit
 def _logits_tile(q_ptr, q_stride_n, q_stride_c, k_ptr, k_stride_s, k_stride_c, b, offs_n, n_mask, offs_s, s_mask,
-                 N, S, C, scale, tau, key_a, key_b,
+                 N, S, C, scale, tau, key_a, key_b, noise_offset, noise_stride,
                  MODE: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_C: tl.constexpr,
                  DOT_DTYPE: tl.constexpr):
-    """``(scale q k^T + g) / tau`` for one [BLOCK_N, BLOCK_S] tile, float32; rows past N are -inf.
+    """``(scale q k^T + g) / tau`` for one [BLOCK_N, BLOCK_S] tile, float32, rounded as the reference rounds it
+    (``utils.exact_logits``); rows past N are -inf.
 
     ``q_ptr``/``k_ptr`` point at batch element ``b``; columns past S are finite (they hold noise only)."""
-    logits = scale * _product_tile(q_ptr, q_stride_n, q_stride_c, offs_n, n_mask, k_ptr, k_stride_s, k_stride_c,
-                                   offs_s, s_mask, C, BLOCK_N, BLOCK_S, BLOCK_C, DOT_DTYPE)
+    product = _product_tile(q_ptr, q_stride_n, q_stride_c, offs_n, n_mask, k_ptr, k_stride_s, k_stride_c,
+                            offs_s, s_mask, C, BLOCK_N, BLOCK_S, BLOCK_C, DOT_DTYPE)
+    noise = 0.0
     if MODE == GUMBEL:
-        logits += _gumbel_tile(b, offs_n, offs_s, N, S, key_a, key_b)
-    return tl.where(n_mask[:, None], logits / tau, float("-inf"))
+        noise = _gumbel_tile(b, offs_n, offs_s, N, S, key_a, key_b, noise_offset, noise_stride)
+    logits = exact_logits(product, scale, noise, tau, MODE == GUMBEL)
+    return tl.where(n_mask[:, None], logits, float("-inf"))
 
 
 @triton.jit
 def _soft_tile(q_ptr, q_stride_n, q_stride_c, k_ptr, k_stride_s, k_stride_c, lse_ptr, b, offs_n, n_mask,
-               offs_s, s_mask, N, S, C, scale, tau, key_a, key_b,
+               offs_s, s_mask, N, S, C, scale, tau, key_a, key_b, noise_offset, noise_stride,
                MODE: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_C: tl.constexpr,
                DOT_DTYPE: tl.constexpr):
     """The soft map tile y = exp(logits - col_lse), float32, recomputed from q, k (``_logits_tile``); 0 off the map."""
     logits = _logits_tile(q_ptr, q_stride_n, q_stride_c, k_ptr, k_stride_s, k_stride_c, b, offs_n, n_mask,
-                          offs_s, s_mask, N, S, C, scale, tau, key_a, key_b, MODE, BLOCK_N, BLOCK_S, BLOCK_C,
-                          DOT_DTYPE)
+                          offs_s, s_mask, N, S, C, scale, tau, key_a, key_b, noise_offset, noise_stride, MODE,
+                          BLOCK_N, BLOCK_S, BLOCK_C, DOT_DTYPE)
     col_lse = tl.load(lse_ptr + b * S + offs_s, mask=s_mask, other=0.0)
     return tl.where(n_mask[:, None] & s_mask[None, :], tl.exp(logits - col_lse[None, :]), 0.0)
 
@@ -228,26 +245,36 @@ def _hard_tile(argmax_ptr, b, offs_n, offs_s, valid, S):
     return tl.where(valid & (offs_n[:, None] == col_argmax[None, :]), 1.0, 0.0)
 
 
-@triton.jit(do_not_specialize=KEY_ARGS)
-def _gumbel_noise_kernel(out_ptr, N, S, key_a, key_b, BLOCK_N: tl.constexpr, BLOCK_S: tl.constexpr):
+@triton.jit(do_not_specialize=NOISE_ARGS)
+def _gumbel_noise_kernel(out_ptr, N, S, key_a, key_b, noise_offset, noise_stride, BLOCK_N: tl.constexpr,
+                         BLOCK_S: tl.constexpr):
     """Grid ``batch_grid(B, cdiv(N, BLOCK_N), cdiv(S, BLOCK_S))``: the noise map [B, N, S], float32, contiguous."""
     s_tiles = tl.cdiv(S, BLOCK_S)
     b, tile = batch_program(tl.cdiv(N, BLOCK_N) * s_tiles)
     offs_n = (tile // s_tiles) * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_s = (tile % s_tiles) * BLOCK_S + tl.arange(0, BLOCK_S)
     valid = (offs_n[:, None] < N) & (offs_s[None, :] < S)
-    noise = _gumbel_tile(b, offs_n, offs_s, N, S, key_a, key_b)
+    noise = _gumbel_tile(b, offs_n, offs_s, N, S, key_a, key_b, noise_offset, noise_stride)
     tl.store(out_ptr + _map_offsets(b, offs_n, offs_s, N, S), noise, mask=valid)
 
 
-@triton.jit(do_not_specialize=KEY_ARGS)
+@triton.jit
+def _online_column_sum(logits, col_max, col_sum):
+    """One N-block of the online log-sum-exp over groups: the updated ``(col_max, col_sum)`` [BLOCK_S]."""
+    new_max = tl.maximum(col_max, tl.max(logits, axis=0))
+    return new_max, col_sum * tl.exp(col_max - new_max) + tl.sum(tl.exp(logits - new_max[None, :]), axis=0)
+
+
+@triton.jit(do_not_specialize=NOISE_ARGS)
 def _column_stats_kernel(
-    q_ptr, k_ptr, lse_ptr, argmax_ptr,
+    q_ptr, k_ptr, lse_ptr, argmax_ptr, clean_lse_ptr,
     q_stride_b, q_stride_n, q_stride_c, k_stride_b, k_stride_s, k_stride_c,
-    N, S, C, scale, tau, key_a, key_b,
-    MODE: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_C: tl.constexpr, DOT_DTYPE: tl.constexpr,
+    N, S, C, scale, tau, key_a, key_b, noise_offset, noise_stride,
+    MODE: tl.constexpr, CLEAN_LSE: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_S: tl.constexpr,
+    BLOCK_C: tl.constexpr, DOT_DTYPE: tl.constexpr,
 ):
-    """Grid ``batch_grid(B, cdiv(S, BLOCK_S))``: col_lse [B, S] and first-index col_argmax [B, S] over all N."""
+    """Grid ``batch_grid(B, cdiv(S, BLOCK_S))``: col_lse [B, S] and first-index col_argmax [B, S] over all N;
+    with ``CLEAN_LSE`` also the log-sum-exp of the logits without noise [B, S] (for the clean soft map)."""
     b, s_tile = batch_program(tl.cdiv(S, BLOCK_S))
     offs_s = s_tile * BLOCK_S + tl.arange(0, BLOCK_S)
     s_mask = offs_s < S
@@ -256,32 +283,39 @@ def _column_stats_kernel(
     col_max = tl.full([BLOCK_S], float("-inf"), dtype=tl.float32)
     col_sum = tl.zeros([BLOCK_S], dtype=tl.float32)
     col_argmax = tl.zeros([BLOCK_S], dtype=tl.int32)
+    clean_max = tl.full([BLOCK_S], float("-inf"), dtype=tl.float32)
+    clean_sum = tl.zeros([BLOCK_S], dtype=tl.float32)
     for n0 in range(0, N, BLOCK_N):
         offs_n = n0 + tl.arange(0, BLOCK_N)
         logits = _logits_tile(q_ptr, q_stride_n, q_stride_c, k_ptr, k_stride_s, k_stride_c, b, offs_n, offs_n < N,
-                              offs_s, s_mask, N, S, C, scale, tau, key_a, key_b, MODE, BLOCK_N, BLOCK_S, BLOCK_C,
-                              DOT_DTYPE)
-        block_max = tl.max(logits, axis=0)
+                              offs_s, s_mask, N, S, C, scale, tau, key_a, key_b, noise_offset, noise_stride, MODE,
+                              BLOCK_N, BLOCK_S, BLOCK_C, DOT_DTYPE)
         block_argmax = tl.argmax(logits, axis=0).to(tl.int32) + n0
-        new_max = tl.maximum(col_max, block_max)
-        col_sum = col_sum * tl.exp(col_max - new_max) + tl.sum(tl.exp(logits - new_max[None, :]), axis=0)
-        col_argmax = tl.where(block_max > col_max, block_argmax, col_argmax)  # ties keep the earlier row
-        col_max = new_max
+        col_argmax = tl.where(tl.max(logits, axis=0) > col_max, block_argmax, col_argmax)  # ties keep the earlier row
+        col_max, col_sum = _online_column_sum(logits, col_max, col_sum)
+        if CLEAN_LSE:
+            clean = _logits_tile(q_ptr, q_stride_n, q_stride_c, k_ptr, k_stride_s, k_stride_c, b, offs_n, offs_n < N,
+                                 offs_s, s_mask, N, S, C, scale, tau, key_a, key_b, noise_offset, noise_stride, HARD,
+                                 BLOCK_N, BLOCK_S, BLOCK_C, DOT_DTYPE)
+            clean_max, clean_sum = _online_column_sum(clean, clean_max, clean_sum)
     tl.store(lse_ptr + b * S + offs_s, col_max + tl.log(col_sum), mask=s_mask)
     tl.store(argmax_ptr + b * S + offs_s, col_argmax, mask=s_mask)
+    if CLEAN_LSE:
+        tl.store(clean_lse_ptr + b * S + offs_s, clean_max + tl.log(clean_sum), mask=s_mask)
 
 
-@triton.jit(do_not_specialize=KEY_ARGS)
+@triton.jit(do_not_specialize=NOISE_ARGS)
 def _assign_output_kernel(
-    q_ptr, k_ptr, v_ptr, lse_ptr, argmax_ptr, out_ptr, row_sum_ptr, hard_ptr, soft_ptr,
+    q_ptr, k_ptr, v_ptr, lse_ptr, argmax_ptr, clean_lse_ptr, out_ptr, row_sum_ptr, hard_ptr, soft_ptr,
     q_stride_b, q_stride_n, q_stride_c, k_stride_b, k_stride_s, k_stride_c, v_stride_b, v_stride_s, v_stride_c,
-    N, S, C, scale, tau, eps, key_a, key_b,
+    N, S, C, scale, tau, eps, key_a, key_b, noise_offset, noise_stride,
     MODE: tl.constexpr, SUM_ASSIGN: tl.constexpr, RETURN_MAPS: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_CV: tl.constexpr,
     DOT_DTYPE: tl.constexpr,
 ):
     """Grid ``batch_grid(B, cdiv(C, BLOCK_CV), cdiv(N, BLOCK_N))``: out [B, N, C] (contiguous), row_sum [B, N]
-    and the maps (the latter two from the first C-slice)."""
+    and the maps (the latter two from the first C-slice; in gumbel mode the soft map is the softmax without
+    noise, from ``clean_lse``)."""
     n_tiles = tl.cdiv(N, BLOCK_N)
     b, tile = batch_program(tl.cdiv(C, BLOCK_CV) * n_tiles)
     first_slice = tile < n_tiles
@@ -303,8 +337,8 @@ def _assign_output_kernel(
                          mask=s_mask[:, None] & cv_mask[None, :], other=0.0)
         if MODE == SOFT:
             soft = _soft_tile(q_ptr, q_stride_n, q_stride_c, k_ptr, k_stride_s, k_stride_c, lse_ptr, b, offs_n,
-                              n_mask, offs_s, s_mask, N, S, C, scale, tau, key_a, key_b, MODE, BLOCK_N, BLOCK_S,
-                              BLOCK_C, DOT_DTYPE)
+                              n_mask, offs_s, s_mask, N, S, C, scale, tau, key_a, key_b, noise_offset, noise_stride,
+                              MODE, BLOCK_N, BLOCK_S, BLOCK_C, DOT_DTYPE)
             row_total += tl.sum(soft, axis=1)
             acc = _weighted_dot(soft, v_tile, acc, DOT_DTYPE)
         else:  # a one-hot tile is exact in any type: one dot
@@ -312,10 +346,14 @@ def _assign_output_kernel(
             acc = _dot(hard.to(v_tile.dtype), v_tile, acc, DOT_DTYPE)
         if RETURN_MAPS:
             if first_slice:  # only the first C-slice stores the maps; hard modes recompute y only there
-                if MODE != SOFT:
+                if MODE == HARD:
                     soft = _soft_tile(q_ptr, q_stride_n, q_stride_c, k_ptr, k_stride_s, k_stride_c, lse_ptr, b,
-                                      offs_n, n_mask, offs_s, s_mask, N, S, C, scale, tau, key_a, key_b, MODE,
-                                      BLOCK_N, BLOCK_S, BLOCK_C, DOT_DTYPE)
+                                      offs_n, n_mask, offs_s, s_mask, N, S, C, scale, tau, key_a, key_b,
+                                      noise_offset, noise_stride, HARD, BLOCK_N, BLOCK_S, BLOCK_C, DOT_DTYPE)
+                elif MODE == GUMBEL:  # the soft map without the noise
+                    soft = _soft_tile(q_ptr, q_stride_n, q_stride_c, k_ptr, k_stride_s, k_stride_c, clean_lse_ptr, b,
+                                      offs_n, n_mask, offs_s, s_mask, N, S, C, scale, tau, key_a, key_b,
+                                      noise_offset, noise_stride, HARD, BLOCK_N, BLOCK_S, BLOCK_C, DOT_DTYPE)
                 map_offsets = _map_offsets(b, offs_n, offs_s, N, S)
                 tl.store(hard_ptr + map_offsets, hard.to(hard_ptr.dtype.element_ty), mask=valid)
                 tl.store(soft_ptr + map_offsets, rounded_to(soft, soft_ptr.dtype.element_ty), mask=valid)
@@ -328,12 +366,12 @@ def _assign_output_kernel(
     tl.store(row_sum_ptr + b * N + offs_n, row_sum, mask=n_mask & first_slice)
 
 
-@triton.jit(do_not_specialize=KEY_ARGS)
+@triton.jit(do_not_specialize=NOISE_ARGS)
 def _backward_row_kernel(
     q_ptr, k_ptr, v_ptr, grad_out_ptr, lse_ptr, argmax_ptr, row_sum_ptr, soft_ptr, grad_map_ptr, row_dot_ptr,
     q_stride_b, q_stride_n, q_stride_c, k_stride_b, k_stride_s, k_stride_c, v_stride_b, v_stride_s, v_stride_c,
     g_stride_b, g_stride_n, g_stride_c,
-    N, S, C, scale, tau, key_a, key_b,
+    N, S, C, scale, tau, key_a, key_b, noise_offset, noise_stride,
     MODE: tl.constexpr, SUM_ASSIGN: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_C: tl.constexpr,
     DOT_DTYPE: tl.constexpr,
 ):
@@ -352,8 +390,8 @@ def _backward_row_kernel(
         s_mask = offs_s < S
         valid = n_mask[:, None] & s_mask[None, :]
         soft = _soft_tile(q_ptr, q_stride_n, q_stride_c, k_ptr, k_stride_s, k_stride_c, lse_ptr, b, offs_n, n_mask,
-                          offs_s, s_mask, N, S, C, scale, tau, key_a, key_b, MODE, BLOCK_N, BLOCK_S, BLOCK_C,
-                          DOT_DTYPE)
+                          offs_s, s_mask, N, S, C, scale, tau, key_a, key_b, noise_offset, noise_stride, MODE,
+                          BLOCK_N, BLOCK_S, BLOCK_C, DOT_DTYPE)
         grad_assign_n = _product_tile(grad_out_ptr, g_stride_n, g_stride_c, offs_n, n_mask, v_ptr, v_stride_s,
                                       v_stride_c, offs_s, s_mask, C, BLOCK_N, BLOCK_S, BLOCK_C, DOT_DTYPE)
         map_offsets = _map_offsets(b, offs_n, offs_s, N, S)
@@ -451,23 +489,23 @@ def _map_product_kernel(
              mask=m_mask[:, None] & c_mask[None, :])
 
 
-def _kernel_keys(mode: int, seed: int) -> tuple[int, int]:
-    """The Gumbel keys as int32 bit patterns (zeros when the mode has no noise)."""
-    if mode != MODE_GUMBEL:
-        return 0, 0
-    key_a, key_b = seed_keys(int(seed))
-    return signed_int32(key_a), signed_int32(key_b)
+def _noise_args(params: AssignParams) -> tuple[int, int, int, int]:
+    """``(key_a, key_b, noise_offset, noise_stride)`` for the kernels, the keys as int32 bit patterns (zeros
+    when the mode has no noise)."""
+    key_a, key_b = params.noise_keys()
+    return signed_int32(key_a), signed_int32(key_b), params.noise_batch_offset, params.noise_batch_stride
 
 
-def gumbel_noise(shape: tuple[int, int, int], seed: int, device: torch.device | str) -> torch.Tensor:
+def gumbel_noise(shape: tuple[int, int, int], seed: int, device: torch.device | str, batch_offset: int = 0,
+                 batch_stride: int = 1) -> torch.Tensor:
     """Float32 Gumbel noise [B, N, S] computed by a Triton kernel (the values of ``ops.gumbel.gumbel_noise``)."""
     batch, groups, tokens = shape
     out = torch.empty(shape, dtype=torch.float32, device=device)
-    key_a, key_b = _kernel_keys(MODE_GUMBEL, seed)
+    params = AssignParams(mode=MODE_GUMBEL, seed=seed, noise_batch_offset=batch_offset, noise_batch_stride=batch_stride)
     block_n, block_s = block_size(groups, 32), block_size(tokens, 64)
     with on_device(out):
         _gumbel_noise_kernel[batch_grid(batch, triton.cdiv(groups, block_n), triton.cdiv(tokens, block_s))](
-            out, groups, tokens, key_a, key_b, BLOCK_N=block_n, BLOCK_S=block_s,
+            out, groups, tokens, *_noise_args(params), BLOCK_N=block_n, BLOCK_S=block_s,
         )
     return out
 
@@ -497,66 +535,65 @@ def tile_sizes(dtype: torch.dtype, groups: int, tokens: int, channels: int) -> T
 
 
 def assign_attention_forward(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mode: int, tau: float, eps: float,
-    sum_assign: bool, seed: int, return_maps: bool,
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, params: AssignParams,
 ) -> tuple[torch.Tensor, ...]:
     """``(out [B,N,C], col_lse [B,S] f32, col_argmax [B,S] i32, row_sum [B,N] f32, hard_map, soft_map)``;
     the maps are [B, N, S] in q's dtype with ``return_maps``, else empty. See ``reference.assign_attention_forward``."""
     batch, groups, channels = q.shape
     tokens = k.shape[1]
-    key_a, key_b = _kernel_keys(mode, seed)
     scale = channels**-0.5
     tiles = tile_sizes(q.dtype, groups, tokens, channels)
     col_lse = torch.empty((batch, tokens), dtype=torch.float32, device=q.device)
     col_argmax = torch.empty((batch, tokens), dtype=torch.int32, device=q.device)
     row_sum = torch.empty((batch, groups), dtype=torch.float32, device=q.device)
     out = torch.empty((batch, groups, channels), dtype=q.dtype, device=q.device)
-    map_shape = (batch, groups, tokens) if return_maps else (0,)
+    map_shape = (batch, groups, tokens) if params.return_maps else (0,)
     hard_map, soft_map = q.new_empty(map_shape), q.new_empty(map_shape)
+    clean_lse = torch.empty((batch, tokens) if params.return_maps and params.noisy else (0,), dtype=torch.float32,
+                            device=q.device)
+    noise = _noise_args(params)
     blocks = dict(BLOCK_N=tiles.groups, BLOCK_S=tiles.tokens, BLOCK_C=tiles.channels, DOT_DTYPE=dot_dtype(q.dtype))
     output_grid = batch_grid(batch, triton.cdiv(channels, tiles.out_channels), triton.cdiv(groups, tiles.groups))
     with on_device(q):
         _column_stats_kernel[batch_grid(batch, triton.cdiv(tokens, tiles.tokens))](
-            q, k, col_lse, col_argmax, *q.stride(), *k.stride(),
-            groups, tokens, channels, scale, tau, key_a, key_b,
-            MODE=mode, **blocks, num_warps=tiles.warps,
+            q, k, col_lse, col_argmax, clean_lse, *q.stride(), *k.stride(),
+            groups, tokens, channels, scale, params.tau, *noise,
+            MODE=params.mode, CLEAN_LSE=clean_lse.numel() > 0, **blocks, num_warps=tiles.warps,
         )
         _assign_output_kernel[output_grid](
-            q, k, v, col_lse, col_argmax, out, row_sum, hard_map, soft_map, *q.stride(), *k.stride(), *v.stride(),
-            groups, tokens, channels, scale, tau, eps, key_a, key_b,
-            MODE=mode, SUM_ASSIGN=sum_assign, RETURN_MAPS=return_maps, BLOCK_CV=tiles.out_channels, **blocks,
-            num_warps=tiles.warps,
+            q, k, v, col_lse, col_argmax, clean_lse, out, row_sum, hard_map, soft_map,
+            *q.stride(), *k.stride(), *v.stride(), groups, tokens, channels, scale, params.tau, params.eps, *noise,
+            MODE=params.mode, SUM_ASSIGN=params.sum_assign, RETURN_MAPS=params.return_maps,
+            BLOCK_CV=tiles.out_channels, **blocks, num_warps=tiles.warps,
         )
     return out, col_lse, col_argmax, row_sum, hard_map, soft_map
 
 
 def assign_attention_backward(
     grad_out: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-    col_lse: torch.Tensor, col_argmax: torch.Tensor, row_sum: torch.Tensor,
-    mode: int, tau: float, eps: float, sum_assign: bool, seed: int,
+    col_lse: torch.Tensor, col_argmax: torch.Tensor, row_sum: torch.Tensor, params: AssignParams,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(grad_q [B,N,C], grad_k [B,S,C], grad_v [B,S,C])`` in the inputs' dtype, recomputing the map from
     ``q, k`` and the saved column statistics (``eps`` is already inside ``row_sum``)."""
     batch, groups, channels = q.shape
     tokens = k.shape[1]
-    key_a, key_b = _kernel_keys(mode, seed)
     scale = channels**-0.5
     tiles = tile_sizes(q.dtype, groups, tokens, channels)
     col_lse, col_argmax, row_sum = col_lse.contiguous(), col_argmax.contiguous(), row_sum.contiguous()
     soft_map = torch.empty((batch, groups, tokens), dtype=torch.float32, device=q.device)
     grad_map = torch.empty_like(soft_map)
     row_dot = torch.empty((batch, groups), dtype=torch.float32, device=q.device)
+    modes = dict(MODE=params.mode, SUM_ASSIGN=params.sum_assign, BLOCK_N=tiles.groups, BLOCK_S=tiles.tokens)
     with on_device(q):
         _backward_row_kernel[batch_grid(batch, triton.cdiv(groups, tiles.groups))](
             q, k, v, grad_out, col_lse, col_argmax, row_sum, soft_map, grad_map, row_dot,
             *q.stride(), *k.stride(), *v.stride(), *grad_out.stride(),
-            groups, tokens, channels, scale, tau, key_a, key_b,
-            MODE=mode, SUM_ASSIGN=sum_assign, BLOCK_N=tiles.groups, BLOCK_S=tiles.tokens, BLOCK_C=tiles.channels,
-            DOT_DTYPE=dot_dtype(q.dtype), num_warps=tiles.warps,
+            groups, tokens, channels, scale, params.tau, *_noise_args(params),
+            **modes, BLOCK_C=tiles.channels, DOT_DTYPE=dot_dtype(q.dtype), num_warps=tiles.warps,
         )
         _backward_column_kernel[batch_grid(batch, triton.cdiv(tokens, tiles.tokens))](
-            soft_map, grad_map, col_argmax, row_sum, row_dot, groups, tokens, tau,
-            MODE=mode, SUM_ASSIGN=sum_assign, BLOCK_N=tiles.groups, BLOCK_S=tiles.tokens, num_warps=tiles.warps,
+            soft_map, grad_map, col_argmax, row_sum, row_dot, groups, tokens, params.tau, **modes,
+            num_warps=tiles.warps,
         )
         grad_q = _map_product(grad_map, k, scale, tiles)
         grad_k = _map_product(grad_map.transpose(1, 2), q, scale, tiles)

@@ -26,7 +26,7 @@ import torch
 import triton
 import triton.language as tl
 
-from cign_fast.ops.reference import bernoulli_divisor, reduce_bernoulli_rows
+from cign_fast.contract import bernoulli_divisor, reduce_bernoulli_rows
 
 from .utils import block_size, on_device, rounded_to, tile_offsets
 

@@ -15,7 +15,7 @@ owns BLOCK_R rows and makes two sweeps over them:
 Inputs are read through their strides (int64 offsets, so a transposed [R, K] view with R*K >=
 2**31 is addressed correctly), twice over the column range and never copied; the only
 outputs are the gradient [R, K] (contiguous) and the per-row loss [R] float32, reduced after the
-launch with ``reference.reduce_rows`` (deterministic, no atomics). Tiles: BLOCK_K up to 1024
+launch with ``contract.reduce_rows`` (deterministic, no atomics). Tiles: BLOCK_K up to 1024
 columns, BLOCK_R rows so that a tile holds at most MAX_TILE elements, 4 warps.
 """
 
@@ -25,7 +25,7 @@ import torch
 import triton
 import triton.language as tl
 
-from cign_fast.ops.reference import reduce_rows
+from cign_fast.contract import reduce_rows
 
 from .utils import block_size, on_device, rounded_to, tile_offsets
 

@@ -8,15 +8,15 @@ from __future__ import annotations
 
 import contextlib
 import math
-import os
 
 import torch
 import triton
 import triton.language as tl
+from triton.language.extra import libdevice
 
-# Triton reads TRITON_INTERPRET when a kernel is defined, i.e. when this package is imported.
-INTERPRETED = os.environ.get("TRITON_INTERPRET", "0") == "1"
-ROUND_IN_INTEGERS = tl.constexpr(INTERPRETED)  # see ``rounded_to``
+from cign_fast.contract import TRITON_INTERPRETED as INTERPRETED
+
+UNDER_INTERPRETER = tl.constexpr(INTERPRETED)  # see ``rounded_to`` and ``exact_logits``
 
 # tl.dot needs every block dimension >= 16.
 MIN_DOT_BLOCK = 16
@@ -34,12 +34,29 @@ def rounded_to(x, dtype: tl.constexpr):
     done here with integer ops on the bits (exact for finite values and infinities); a NaN, which
     the integer rounding would carry into a zero, gets its quiet bit set instead (a NaN in bfloat16,
     like the hardware conversion gives)."""
-    if ROUND_IN_INTEGERS:
+    if UNDER_INTERPRETER:
         if dtype == tl.bfloat16:
             bits = x.to(tl.uint32, bitcast=True)
             bits = tl.where(x != x, bits | 0x00400000, (bits + (0x7FFF + ((bits >> 16) & 1))) & 0xFFFF0000)
             x = bits.to(tl.float32, bitcast=True)
     return x.to(dtype)
+
+
+@triton.jit
+def exact_logits(product, scale, noise, tau, NOISY: tl.constexpr):
+    """``(scale * product + noise) / tau`` (float32, ``noise`` ignored unless ``NOISY``) rounded after every
+    step as the reference rounds it: no multiply-add contracted into an fma, a correctly rounded division
+    (Triton's ``/`` is ``div.full.f32``, within 2 ulp). Equal products then give equal logits, and so
+    equal hard choices, in every backend. Under the interpreter numpy already rounds each operation."""
+    if UNDER_INTERPRETER:
+        logits = scale * product
+        if NOISY:
+            logits = logits + noise
+    else:
+        logits = libdevice.mul_rn(product, scale)
+        if NOISY:
+            logits = libdevice.add_rn(logits, noise)
+    return tl.math.div_rn(logits, tau)
 
 
 @triton.jit

@@ -21,6 +21,7 @@ import torch
 import triton
 import triton.language as tl
 
+from cign_fast.contract import MODES, AssignParams
 from cign_fast.ops import reference
 from cign_fast.ops.gumbel import gumbel_noise, seed_keys, uniform_from_index
 
@@ -30,7 +31,13 @@ from cign_fast.kernels.utils import MAX_PROGRAMS, batch_grid, rounded_to, signed
 
 OP = "assign_attention_forward"
 TESTS_DIR = Path(__file__).resolve().parent
-MODE_IDS = {name: index for index, name in enumerate(reference.MODES)}
+MODE_IDS = {name: index for index, name in enumerate(MODES)}
+
+
+def params(mode: str, *, tau: float = 1.0, eps: float = 1.0, sum_assign: bool = False, seed: int = 0,
+           return_maps: bool = False) -> AssignParams:
+    return AssignParams(mode=MODE_IDS[mode], tau=tau, eps=eps, sum_assign=sum_assign, seed=seed,
+                        return_maps=return_maps)
 
 
 @pytest.fixture
@@ -74,22 +81,22 @@ def test_kernel_uniforms_equal_the_reference_bitwise(device, seed):
     assert torch.equal(out.cpu(), expected)
 
 
-@pytest.mark.parametrize("seed", [3, 2**40 + 5])
-def test_kernel_noise_matches_the_reference(device, seed):
+@pytest.mark.parametrize("seed, noise_batch", [(3, (0, 1)), (2**40 + 5, (0, 1)), (7, (5, 3))])
+def test_kernel_noise_matches_the_reference(device, seed, noise_batch):
     shape = (3, 11, 17)
-    got = kernels.gumbel_noise(shape, seed, device).cpu()
-    torch.testing.assert_close(got, gumbel_noise(shape, seed), rtol=0, atol=1e-6)
+    got = kernels.gumbel_noise(shape, seed, device, *noise_batch).cpu()
+    torch.testing.assert_close(got, gumbel_noise(shape, seed, "cpu", *noise_batch), rtol=0, atol=1e-6)
 
 
 def run_both(q, k, v, mode, *, tau=0.9, eps=1.0, sum_assign=False, seed=11, return_maps=True):
     """Forward and backward of the Triton kernels and of the reference (float64) on the same inputs."""
     grad_out = torch.randn(q.shape, dtype=q.dtype, device=q.device)
-    args = (MODE_IDS[mode], tau, eps, sum_assign, seed)
-    got = kernels.assign_attention_forward(q, k, v, *args, return_maps)
-    got_grads = kernels.assign_attention_backward(grad_out, q, k, v, *got[1:4], *args)
+    options = params(mode, tau=tau, eps=eps, sum_assign=sum_assign, seed=seed, return_maps=return_maps)
+    got = kernels.assign_attention_forward(q, k, v, options)
+    got_grads = kernels.assign_attention_backward(grad_out, q, k, v, *got[1:4], options)
     q64, k64, v64, g64 = (t.detach().cpu().double() for t in (q, k, v, grad_out))
-    want = reference.assign_attention_forward(q64, k64, v64, *args, return_maps)
-    want_grads = reference.assign_attention_backward(g64, q64, k64, v64, *want[1:4], *args)
+    want = reference.assign_attention_forward(q64, k64, v64, options)
+    want_grads = reference.assign_attention_backward(g64, q64, k64, v64, *want[1:4], options)
     return got, got_grads, want, want_grads
 
 
@@ -127,7 +134,7 @@ def test_ties_across_n_blocks_choose_the_first_group(device):
     q, k, v = (torch.randn(1, n, 16, device=device) for n in (70, 9, 9))
     q[:, 66] = q[:, 2]
     k[:, :] = q[:, 2:3] * 3.0 + 0.1 * k  # every token prefers group 2 (and its twin 66)
-    got = kernels.assign_attention_forward(q, k, v, MODE_IDS["hard"], 1.0, 1.0, False, 0, False)
+    got = kernels.assign_attention_forward(q, k, v, params("hard"))
     assert torch.equal(got[2].cpu(), torch.full((1, 9), 2, dtype=torch.int32))
 
 
@@ -184,12 +191,12 @@ def test_16_bit_gradients_far_from_one(device, dtype, grad_scale):
     v = (v_scale * torch.randn(batch, tokens, channels)).to(dtype)
     grad_out = (grad_scale * torch.randn(batch, groups, channels)).to(dtype)
     q, k, v, grad_out = (t.to(device) for t in (q, k, v, grad_out))
-    args = (MODE_IDS["soft"], 1.0, 1.0, True, 0)
-    saved = kernels.assign_attention_forward(q, k, v, *args, False)[1:4]
-    grads = kernels.assign_attention_backward(grad_out, q, k, v, *saved, *args)
+    options = params("soft", sum_assign=True)
+    saved = kernels.assign_attention_forward(q, k, v, options)[1:4]
+    grads = kernels.assign_attention_backward(grad_out, q, k, v, *saved, options)
     q64, k64, v64, g64 = (t.cpu().double() for t in (q, k, v, grad_out))
-    want = reference.assign_attention_forward(q64, k64, v64, *args, False)
-    want_grads = reference.assign_attention_backward(g64, q64, k64, v64, *want[1:4], *args)
+    want = reference.assign_attention_forward(q64, k64, v64, options)
+    want_grads = reference.assign_attention_backward(g64, q64, k64, v64, *want[1:4], options)
     for name, grad, expected in zip("qk", grads, want_grads):
         error = (grad.cpu().double() - expected).norm() / expected.norm()
         assert error <= torch.finfo(dtype).eps, f"grad {name}: relative error {error:.2e}"
@@ -203,9 +210,8 @@ def test_batches_past_65535_use_grid_axis_0(monkeypatch):
                         lambda self, *args, grid, warmup, **kwargs: launches.append((self.__name__, grid)))
     batch = 70_000
     q, k, v = (torch.randn(batch, n, 8) for n in (3, 5, 5))
-    args = (MODE_IDS["gumbel"], 1.0, 1.0, False, 0)
-    saved = kernels.assign_attention_forward(q, k, v, *args, True)[1:4]
-    kernels.assign_attention_backward(q, q, k, v, *saved, *args)
+    saved = kernels.assign_attention_forward(q, k, v, params("gumbel", return_maps=True))[1:4]
+    kernels.assign_attention_backward(q, q, k, v, *saved, params("gumbel"))
     kernels.gumbel_noise((batch, 3, 5), 0, "cpu")
     assert len(launches) == 8  # forward 2, backward 2 + 3 map products, noise 1
     assert all(grid == (batch,) for _, grid in launches), launches
@@ -230,14 +236,14 @@ def test_strided_inputs_are_read_in_place(device):
     k = torch.randn(2, 22, 20, device=device)[:, ::2]  # [2, 11, 20] with token stride 40
     v = torch.randn(20, 2, 11, device=device).permute(1, 2, 0)  # [2, 11, 20] with channel stride 22
     grad_out = torch.randn(2, 20, 9, device=device).transpose(1, 2)
-    args = (MODE_IDS["soft"], 1.0, 1.0, False, 0)
-    strided = kernels.assign_attention_forward(q, k, v, *args, True)
-    dense = kernels.assign_attention_forward(q.contiguous(), k.contiguous(), v.contiguous(), *args, True)
+    options = params("soft", return_maps=True)
+    strided = kernels.assign_attention_forward(q, k, v, options)
+    dense = kernels.assign_attention_forward(q.contiguous(), k.contiguous(), v.contiguous(), options)
     for a, b in zip(strided, dense):
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
-    grads = kernels.assign_attention_backward(grad_out, q, k, v, *strided[1:4], *args)
+    grads = kernels.assign_attention_backward(grad_out, q, k, v, *strided[1:4], options)
     dense_grads = kernels.assign_attention_backward(grad_out.contiguous(), q.contiguous(), k.contiguous(),
-                                                    v.contiguous(), *dense[1:4], *args)
+                                                    v.contiguous(), *dense[1:4], options)
     for a, b in zip(grads, dense_grads):
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
 
@@ -316,11 +322,13 @@ def compile_launches_for_sm90() -> dict:
         (torch.bfloat16, "gumbel", False, False, (2, 100, 49, 512)),  # on visual tokens, the float32 path and
         (torch.float32, "soft", True, True, (2, 64, 196, 384)),  # float16 (row-scaled products) with the maps
         (torch.float16, "hard", False, True, (2, 100, 49, 512)),  # of a hard mode (stored by the first slice)
+        (torch.bfloat16, "gumbel", False, True, (2, 100, 49, 512)),  # and of gumbel mode (the clean soft map)
     ]
     for dtype, mode, sum_assign, maps, (batch, groups, tokens, channels) in variants:
         q, k, v = (torch.randn(batch, n, channels, dtype=dtype) for n in (groups, tokens, tokens))
-        fwd = kernels.assign_attention_forward(q, k, v, MODE_IDS[mode], 1.0, 1.0, sum_assign, 5, maps)
-        kernels.assign_attention_backward(q, q, k, v, *fwd[1:4], MODE_IDS[mode], 1.0, 1.0, sum_assign, 5)
+        options = params(mode, sum_assign=sum_assign, seed=5, return_maps=maps)
+        fwd = kernels.assign_attention_forward(q, k, v, options)
+        kernels.assign_attention_backward(q, q, k, v, *fwd[1:4], options)
     kernels.token_distill_kl_forward(*torch.randn(2, 128, 90, dtype=torch.bfloat16), 3, 80, 2.0, "batchmean")
     compiled, seen = [], set()
     for fn, args, kwargs in launches:

@@ -13,6 +13,7 @@ import torch
 
 import cign_fast
 from cign_fast import _C
+from cign_fast.contract import AssignParams
 from cign_fast.ops import native_cpp
 from cign_fast.ops.backends import backend_report
 from cign_fast.ops.gumbel import gumbel_noise, seed_keys
@@ -51,8 +52,9 @@ def small_problem(dtype=torch.float32, shape=(3, 7, 11, 20)):
 
 
 def run_cpp(q, k, v, grad_out, mode, sum_assign=False, seed=9):
-    forward = native_cpp.assign_attention_forward(q, k, v, mode, 0.7, 0.5, sum_assign, seed, True)
-    backward = native_cpp.assign_attention_backward(grad_out, q, k, v, *forward[1:4], mode, 0.7, 0.5, sum_assign, seed)
+    params = AssignParams(mode=mode, tau=0.7, eps=0.5, sum_assign=sum_assign, seed=seed, return_maps=True)
+    forward = native_cpp.assign_attention_forward(q, k, v, params)
+    backward = native_cpp.assign_attention_backward(grad_out, q, k, v, *forward[1:4], params)
     return (*forward, *backward)
 
 
@@ -140,7 +142,8 @@ def test_bfloat16_outputs_follow_the_float32_computation():
 
 def assign_args(**changes):
     q, k, v, _ = small_problem()
-    args = dict(q=q, k=k, v=v, mode=0, tau=1.0, eps=1.0, sum_assign=False, key_a=1, key_b=2, return_maps=False)
+    args = dict(q=q, k=k, v=v, mode=0, tau=1.0, eps=1.0, sum_assign=False, key_a=1, key_b=2, noise_batch_offset=0,
+                noise_batch_stride=1, return_maps=False)
     args.update(changes)
     return args
 
@@ -161,6 +164,8 @@ def assign_args(**changes):
         (lambda a: dict(tau=0.0), "tau must be"),
         (lambda a: dict(eps=float("nan")), "eps must be"),
         (lambda a: dict(key_a=-1), "32-bit"),
+        (lambda a: dict(noise_batch_stride=0), "noise_batch_stride in \\[1, 2\\^32\\)"),
+        (lambda a: dict(noise_batch_offset=2**31, noise_batch_stride=2**31), "global"),
     ],
 )
 def test_bad_assign_inputs_raise_runtime_errors(changes, match):
@@ -182,9 +187,10 @@ def test_bad_assign_inputs_raise_runtime_errors(changes, match):
 )
 def test_bad_backward_inputs_raise_runtime_errors(statistic, value, match):
     q, k, v, grad_out = small_problem()
-    forward = _C.assign_attention_forward(q, k, v, 0, 1.0, 1.0, False, 1, 2, False)
+    forward = _C.assign_attention_forward(q, k, v, 0, 1.0, 1.0, False, 1, 2, 0, 1, False)
     args = dict(grad_out=grad_out, q=q, k=k, v=v, col_lse=forward[1], col_argmax=forward[2], row_sum=forward[3],
-                mode=1, tau=1.0, eps=1.0, sum_assign=False, key_a=1, key_b=2)
+                mode=1, tau=1.0, eps=1.0, sum_assign=False, key_a=1, key_b=2, noise_batch_offset=0,
+                noise_batch_stride=1)
     args[statistic] = value(forward, grad_out)
     with pytest.raises(RuntimeError, match=match):
         _C.assign_attention_backward(**args)
@@ -226,7 +232,7 @@ def test_cuda_extension_imports_exposes_the_ops_and_checks_the_device():
         assert callable(getattr(_cuda, name)), name
     q, k, v, _ = small_problem()
     with pytest.raises(RuntimeError, match="q must be a cuda tensor"):
-        _cuda.assign_attention_forward(q, k, v, 0, 1.0, 1.0, False, *seed_keys(3), False)
+        _cuda.assign_attention_forward(q, k, v, 0, 1.0, 1.0, False, *seed_keys(3), 0, 1, False)
     with pytest.raises(RuntimeError, match="student must be a cuda tensor"):
         _cuda.token_distill_kl_forward(torch.randn(4, 7), torch.randn(4, 7), 0, 7, 2.0, "sum")
     with pytest.raises(RuntimeError, match="bernoulli_distill_kl_rows: student must be a cuda tensor"):

@@ -170,7 +170,7 @@ def test_compiles_without_graph_break():
         (lambda s, t: (s, t), {"reduction": "max"}, ValueError, "reduction"),
     ],
 )
-def test_bad_input_raises_naming_the_argument(args, kwargs, error, match):
+def test_bad_input_raises_naming_the_argument(value_checks, args, kwargs, error, match):
     student, teacher = (t.detach() for t in logits(4, 7))
     with pytest.raises(error, match=match):
         cign_fast.token_distill_kl(*args(student, teacher), **kwargs)

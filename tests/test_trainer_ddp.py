@@ -8,9 +8,10 @@ float32 summation order (two partial means averaged by all-reduce versus one mea
 relative per step; over these ~40 Adam steps that stays far below 1e-4 in the epoch losses, and an
 accuracy could change only for a clip whose two best logits are that close. So the losses must agree
 to 1e-4 relative and each accuracy to within one clip (EWC's Fisher, summed over the ranks' shards, differs
-in the same way). The assignment runs in "hard" mode: Gumbel
-noise is drawn per position in a batch, and a rank's half batch sits at other positions than in the
-single run, so the noise (not the training) would differ.
+in the same way). CIGN's assignment runs in gumbel mode (the default): every rank draws the same seeds
+(same torch seed, same draws) and each clip's noise is indexed by its position in the global batch (the
+trainer passes rank and world size, the layout of DistributedSampler, to ``CIGN.set_noise_batch``), so a
+rank's clips get the noise of the single run.
 """
 
 import csv
@@ -27,7 +28,7 @@ from test_trainer_helpers import (
 
 # CIGN and two methods with extra state: EWC (Fisher summed over the ranks' shards), iCaRL (memory, class means)
 METHODS = ("cign", "ewc", "icarl")
-EXTRA = ("--set", "model.assign_mode=hard", "--memory-per-class", "6", "--methods", ",".join(METHODS))
+EXTRA = ("--set", "model.assign_mode=gumbel", "--memory-per-class", "6", "--methods", ",".join(METHODS))
 
 
 def free_port() -> int:

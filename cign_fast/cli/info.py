@@ -1,4 +1,8 @@
-"""``cign-fast info``: versions, and for each backend whether it can run here and if not why."""
+"""``cign-fast info``: versions, the build record, and for each backend whether it can run here and if not why.
+
+``--check`` also holds every backend, op and dtype against the reference on a tiny input (the
+dispatcher's self-check) and prints a table; Triton on CPU needs ``TRITON_INTERPRET=1``.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +15,9 @@ from cign_fast.build_info import cuda_build_line, read_build_info
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print a JSON object instead of text")
+    parser.add_argument("--check", action="store_true",
+                        help="hold every backend, op and dtype against the reference on a tiny input and print a "
+                             "table (Triton on CPU: set TRITON_INTERPRET=1)")
 
 
 def collect() -> dict:
@@ -40,13 +47,27 @@ def collect() -> dict:
     }
 
 
+def check_table(rows: list[dict]) -> list[str]:
+    """The ``--check`` rows as an aligned text table."""
+    header = ("backend", "op", "device", "dtype", "max rel. error", "result")
+    cells = [header] + [(row["backend"], row["op"], row["device"], row["dtype"],
+                         "-" if row["error"] is None else f"{row['error']:.1e}", row["result"]) for row in rows]
+    widths = [max(len(line[column]) for line in cells) for column in range(len(header) - 1)]
+    return ["  ".join(cell.ljust(width) for cell, width in zip(line, widths)) + "  " + line[-1] for line in cells]
+
+
 def main(args: argparse.Namespace) -> int:
     info = collect()
+    if args.check:
+        from cign_fast.ops.backends import check_report
+
+        info["checks"] = check_report()
+    failed = int(any(row["result"].startswith("FAILED") for row in info.get("checks", ())))
     if args.json:
         print(json.dumps(info, indent=2))
-        return 0
+        return failed
     for key, value in info.items():
-        if key not in ("backends", "build"):
+        if key not in ("backends", "build", "checks"):
             print(f"{key:>12}: {value}")
     print(f"{'build':>12}: {cuda_build_line(info['build'])}")
     print("backends (float32):")
@@ -59,4 +80,8 @@ def main(args: argparse.Namespace) -> int:
         print(f"  {name:<10} {state}")
         for op, why in refusals.items():
             print(f"  {'':<10}   {op}: {why}")
-    return 0
+    if args.check:
+        print("self-check against the reference (tiny inputs; relative error against the largest output):")
+        for line in check_table(info["checks"]):
+            print(f"  {line}")
+    return failed

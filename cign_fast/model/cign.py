@@ -13,7 +13,7 @@ from torch import Tensor, nn
 
 from cign_fast.model.config import ModelConfig
 from cign_fast.model.encoders import ResNetTokenEncoder
-from cign_fast.model.grouping import GroupingBlock, keep_old_weights
+from cign_fast.model.grouping import GroupingBlock, keep_old_weights, set_noise_batch
 from cign_fast.model.transformer import Transformer, init_weights
 from cign_fast.ops.checks import check_float_tensor
 
@@ -168,6 +168,10 @@ class CIGN(nn.Module):
         return CIGNOutput(
             audio_logits, visual_logits, audio_token_logits, visual_token_logits, audio_groups, visual_groups
         )
+
+    def set_noise_batch(self, offset: int, stride: int) -> None:
+        """See :func:`cign_fast.model.grouping.set_noise_batch`."""
+        set_noise_batch(self, offset, stride)
 
     def frozen_copy(self) -> CIGN:
         """A deep copy in eval mode with no gradients anywhere: the distillation teacher."""

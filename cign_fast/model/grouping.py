@@ -32,12 +32,14 @@ class AssignAttention(nn.Module):
     """One-head assignment of modality tokens to groups, then the output projection.
 
     ``group_tokens`` [B, N, D], ``tokens`` [B, S, D] -> [B, N, D]; softmax over the group axis,
-    via :func:`cign_fast.assign_attention` (``mode`` "soft", "hard" or "gumbel").
+    via :func:`cign_fast.assign_attention` (``mode`` "soft", "hard" or "gumbel"). ``noise_batch``
+    (offset, stride) places the local batch in the global one for the Gumbel noise (see ``CIGN.set_noise_batch``).
     """
 
     def __init__(self, dim: int, backend: str) -> None:
         super().__init__()
         self.backend = backend
+        self.noise_batch = (0, 1)
         self.q_proj = nn.Linear(dim, dim)
         self.k_proj = nn.Linear(dim, dim)
         self.v_proj = nn.Linear(dim, dim)
@@ -45,7 +47,8 @@ class AssignAttention(nn.Module):
 
     def forward(self, group_tokens: Tensor, tokens: Tensor, mode: str) -> Tensor:
         assigned = cign_fast.assign_attention(
-            self.q_proj(group_tokens), self.k_proj(tokens), self.v_proj(tokens), mode=mode, backend=self.backend
+            self.q_proj(group_tokens), self.k_proj(tokens), self.v_proj(tokens), mode=mode, backend=self.backend,
+            noise_batch_offset=self.noise_batch[0], noise_batch_stride=self.noise_batch[1],
         )
         return self.out_proj(assigned)
 
@@ -102,3 +105,12 @@ class GroupingBlock(nn.Module):
         groups = self.norm_cross(self.cross_attn(groups, tokens))
         grouped = self.assign(groups, tokens, assign_mode) + groups
         return grouped + self.channel_mlp(self.norm_assigned(grouped))
+
+
+def set_noise_batch(model: nn.Module, offset: int, stride: int) -> None:
+    """Every :class:`AssignAttention` in ``model``: local clip b draws the Gumbel noise of clip
+    ``offset + b * stride`` of the global batch (a ``DistributedSampler`` rank: ``rank, world_size``), so
+    data-parallel ranks draw what one process would. A model without assignment is left as it is."""
+    for module in model.modules():
+        if isinstance(module, AssignAttention):
+            module.noise_batch = (offset, stride)

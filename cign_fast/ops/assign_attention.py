@@ -1,40 +1,54 @@
 """``assign_attention``: the grouping block's assignment attention, as a torch custom op with autograd.
 
 Public entry point :func:`assign_attention`; the maths is in :mod:`cign_fast.ops.reference`, the
-backends are chosen by :mod:`cign_fast.ops.backends`. The forward and backward are registered as
-the custom ops ``cign_fast::assign_attention_fwd`` / ``cign_fast::assign_attention_bwd`` and joined
-by ``torch.library.register_autograd`` (which wraps them in a ``torch.autograd.Function``), so
-``torch.compile`` traces through the op without a graph break.
+parameters travel as one :class:`~cign_fast.contract.AssignParams`, the backends are chosen by
+:mod:`cign_fast.ops.backends`. The forward and backward are registered as the custom ops
+``cign_fast::assign_attention_fwd`` / ``cign_fast::assign_attention_bwd`` and joined by
+``torch.library.register_autograd`` (which wraps them in a ``torch.autograd.Function``), so
+``torch.compile`` traces through the op without a graph break. A custom op's schema takes no
+dataclass: at its boundary the parameters are the seed (a 0-d int64 CPU tensor, so that a drawn
+seed needs no ``.item()`` under ``torch.compile``) and the other fields in ``OPTION_FIELDS`` order.
 """
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 from torch import Tensor
 
+from cign_fast.contract import MAX_NOISE_ELEMENTS, MODE_GUMBEL, MODES, AssignParams, seed_keys
 from cign_fast.ops.backends import backend_function, select_backend
 from cign_fast.ops.checks import (
-    check_choice, check_finite, check_float_tensor, check_non_negative, check_positive, check_same_device,
-    check_same_dtype,
+    check_choice, check_finite, check_float_tensor, check_group_indices, check_non_negative, check_positive,
+    check_same_device, check_same_dtype, value_checks_enabled,
 )
-from cign_fast.ops.gumbel import MAX_NOISE_ELEMENTS, seed_keys
-from cign_fast.ops.reference import MODE_GUMBEL, MODES
+
+OPTION_FIELDS = tuple(field.name for field in dataclasses.fields(AssignParams) if field.name != "seed")
+
+
+def op_options(params: AssignParams) -> tuple:
+    """``params`` without the seed, as the custom ops take them (``OPTION_FIELDS`` order)."""
+    return tuple(getattr(params, name) for name in OPTION_FIELDS)
+
+
+def params_from_op(seed: Tensor, options: tuple) -> AssignParams:
+    """The :class:`AssignParams` a custom op call carries (inside the op: the seed tensor is real there)."""
+    return AssignParams(seed=int(seed), **dict(zip(OPTION_FIELDS, options)))
 
 
 @torch.library.custom_op("cign_fast::assign_attention_fwd", mutates_args=())
 def assign_attention_fwd(
-    q: Tensor, k: Tensor, v: Tensor, mode: int, tau: float, eps: float, sum_assign: bool, seed: Tensor,
-    return_maps: bool, backend: str,
+    q: Tensor, k: Tensor, v: Tensor, seed: Tensor, mode: int, tau: float, eps: float, sum_assign: bool,
+    return_maps: bool, noise_batch_offset: int, noise_batch_stride: int, backend: str,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """Returns ``(out, col_lse, col_argmax, row_sum, hard_map, soft_map)``, see ``reference.assign_attention_forward``.
-
-    ``seed`` is a 0-d int64 CPU tensor (so a drawn seed needs no ``.item()`` under ``torch.compile``)."""
-    forward = backend_function(backend, "assign_attention_forward")
-    return tuple(forward(q, k, v, mode, tau, eps, sum_assign, int(seed), return_maps))
+    """Returns ``(out, col_lse, col_argmax, row_sum, hard_map, soft_map)``, see ``reference.assign_attention_forward``."""
+    params = params_from_op(seed, (mode, tau, eps, sum_assign, return_maps, noise_batch_offset, noise_batch_stride))
+    return tuple(backend_function(backend, "assign_attention_forward")(q, k, v, params))
 
 
 @assign_attention_fwd.register_fake
-def _(q, k, v, mode, tau, eps, sum_assign, seed, return_maps, backend):
+def _(q, k, v, seed, mode, tau, eps, sum_assign, return_maps, noise_batch_offset, noise_batch_stride, backend):
     batch, groups, _ = q.shape
     tokens = k.shape[1]
     stat = torch.float64 if q.dtype == torch.float64 else torch.float32
@@ -49,36 +63,45 @@ def _(q, k, v, mode, tau, eps, sum_assign, seed, return_maps, backend):
 @torch.library.custom_op("cign_fast::assign_attention_bwd", mutates_args=())
 def assign_attention_bwd(
     grad_out: Tensor, q: Tensor, k: Tensor, v: Tensor, col_lse: Tensor, col_argmax: Tensor, row_sum: Tensor,
-    mode: int, tau: float, eps: float, sum_assign: bool, seed: Tensor, backend: str,
+    seed: Tensor, mode: int, tau: float, eps: float, sum_assign: bool, return_maps: bool, noise_batch_offset: int,
+    noise_batch_stride: int, backend: str,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Returns ``(grad_q, grad_k, grad_v)``, see ``reference.assign_attention_backward``."""
+    params = params_from_op(seed, (mode, tau, eps, sum_assign, return_maps, noise_batch_offset, noise_batch_stride))
+    if value_checks_enabled():
+        check_group_indices("col_argmax", col_argmax, q.shape[1])
     backward = backend_function(backend, "assign_attention_backward")
-    return tuple(backward(grad_out, q, k, v, col_lse, col_argmax, row_sum, mode, tau, eps, sum_assign, int(seed)))
+    return tuple(backward(grad_out, q, k, v, col_lse, col_argmax, row_sum, params))
 
 
 @assign_attention_bwd.register_fake
-def _(grad_out, q, k, v, col_lse, col_argmax, row_sum, mode, tau, eps, sum_assign, seed, backend):
+def _(grad_out, q, k, v, col_lse, col_argmax, row_sum, seed, *options_and_backend):
     return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape)
 
 
 def _setup_context(ctx, inputs, output) -> None:
-    q, k, v, mode, tau, eps, sum_assign, seed, _, backend = inputs
+    q, k, v, seed, *options, backend = inputs
     _, col_lse, col_argmax, row_sum, _, _ = output
-    ctx.save_for_backward(q, k, v, col_lse, col_argmax, row_sum)
-    ctx.args = (mode, tau, eps, sum_assign, seed, backend)
+    ctx.save_for_backward(q, k, v, col_lse, col_argmax, row_sum, seed)
+    ctx.options = tuple(options)
+    ctx.backend = backend
 
 
-def _backward(ctx, grad_out, *unused_grads):
-    q, k, v, col_lse, col_argmax, row_sum = ctx.saved_tensors
-    grads = assign_attention_bwd(grad_out.contiguous(), q, k, v, col_lse, col_argmax, row_sum, *ctx.args)
-    return (*grads, None, None, None, None, None, None, None)
+def _backward(ctx, grad_out, *map_grads):
+    q, k, v, col_lse, col_argmax, row_sum, seed = ctx.saved_tensors
+    grads = assign_attention_bwd(grad_out.contiguous(), q, k, v, col_lse, col_argmax, row_sum, seed, *ctx.options,
+                                 ctx.backend)
+    no_grads = (None,) * (len(ctx.options) + 2)  # the seed, the options and the backend
+    return (*grads, *no_grads)
 
 
 assign_attention_fwd.register_autograd(_backward, setup_context=_setup_context)
 
 
-def check_assign_inputs(q: Tensor, k: Tensor, v: Tensor, tau: float, eps: float) -> None:
-    """Validate shapes, dtypes, devices and values; raises ValueError/TypeError naming the argument."""
+def check_assign_inputs(q: Tensor, k: Tensor, v: Tensor, params: AssignParams) -> None:
+    """Validate shapes, dtypes, devices and the parameters, raising ValueError/TypeError naming the argument.
+
+    Metadata only; the values (NaN/inf) are checked when value checks are on (``checks.value_checks_enabled``)."""
     for name, tensor in (("q", q), ("k", k), ("v", v)):
         check_float_tensor(name, tensor, 3)
     check_same_device(q=q, k=k, v=v)
@@ -91,13 +114,26 @@ def check_assign_inputs(q: Tensor, k: Tensor, v: Tensor, tau: float, eps: float)
         raise ValueError(f"tokens S: expected k and v to agree, got k {tuple(k.shape)}, v {tuple(v.shape)}")
     if min(q.shape) == 0 or min(k.shape) == 0:
         raise ValueError(f"q, k, v: expected non-empty tensors, got q {tuple(q.shape)}, k {tuple(k.shape)}")
-    if q.shape[0] * q.shape[1] * k.shape[1] >= MAX_NOISE_ELEMENTS:
-        raise ValueError(f"q, k: the [B, N, S] map would have >= 2**32 elements ({tuple(q.shape[:2]) + (k.shape[1],)})")
-    check_positive("tau", tau)
-    check_non_negative("eps", eps)
-    if not torch.compiler.is_compiling():
-        for name, tensor in (("q", q), ("k", k), ("v", v)):
-            check_finite(name, tensor)
+    check_positive("tau", params.tau)
+    check_non_negative("eps", params.eps)
+    for name in ("sum_assign", "return_maps"):
+        if not isinstance(getattr(params, name), bool):
+            raise TypeError(f"{name}: expected a bool, got {type(getattr(params, name)).__name__}")
+    check_count("noise_batch_offset", params.noise_batch_offset, 0)
+    check_count("noise_batch_stride", params.noise_batch_stride, 1)
+    global_map = params.global_batch_size(q.shape[0]) * q.shape[1] * k.shape[1]
+    if global_map >= MAX_NOISE_ELEMENTS:
+        raise ValueError(f"q, k: the global [B, N, S] map (noise_batch_offset {params.noise_batch_offset}, "
+                         f"noise_batch_stride {params.noise_batch_stride}, {tuple(q.shape[:2]) + (k.shape[1],)} "
+                         f"locally) would have {global_map} >= 2**32 elements")
+    for name, tensor in (("q", q), ("k", k), ("v", v)):
+        check_finite(name, tensor)
+
+
+def check_count(name: str, value: object, minimum: int) -> None:
+    """``value`` must be an int (not a bool) >= ``minimum``."""
+    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+        raise ValueError(f"{name}: expected an int >= {minimum}, got {value!r}")
 
 
 def assign_attention(
@@ -111,6 +147,8 @@ def assign_attention(
     sum_assign: bool = False,
     seed: int | None = None,
     return_maps: bool = False,
+    noise_batch_offset: int = 0,
+    noise_batch_stride: int = 1,
     backend: str = "auto",
 ) -> Tensor | tuple[Tensor, Tensor, Tensor]:
     """Assignment attention of group tokens onto modality tokens, softmax over the group axis.
@@ -123,24 +161,28 @@ def assign_attention(
         eps: added to each group's total assignment before normalising over tokens.
         sum_assign: skip the normalisation over tokens.
         seed: Gumbel seed; ``None`` draws one from torch's default generator.
-        return_maps: also return the hard and soft maps [B, N, S] (no gradient flows through them).
+        return_maps: also return the hard and soft maps [B, N, S] (no gradient flows through them). The
+            hard map is the one-hot the output used; the soft map is ``softmax_N(scale q k^T / tau)``
+            without the noise in every mode (the authors' soft map).
+        noise_batch_offset, noise_batch_stride: local clip ``b`` draws the Gumbel noise of clip
+            ``noise_batch_offset + b * noise_batch_stride`` of the global batch. A data-parallel rank
+            passes where its clips sit (``DistributedSampler``: rank, world size), so the ranks together
+            draw the noise of one process over the global batch.
         backend: ``"auto"``, ``"reference"``, ``"cpp"``, ``"cuda"`` or ``"triton"``.
 
     Returns:
         ``out`` [B, N, C], or ``(out, hard_map, soft_map)`` with ``return_maps``.
     """
     check_choice("mode", mode, MODES)
-    check_assign_inputs(q, k, v, tau, eps)
-    if not isinstance(sum_assign, bool):
-        raise TypeError(f"sum_assign: expected a bool, got {type(sum_assign).__name__}")
-    mode_id = MODES.index(mode)
-    if seed is None and mode_id == MODE_GUMBEL:
+    params = AssignParams(mode=MODES.index(mode), tau=tau, eps=eps, sum_assign=sum_assign, seed=seed or 0,
+                          return_maps=return_maps, noise_batch_offset=noise_batch_offset,
+                          noise_batch_stride=noise_batch_stride)
+    check_assign_inputs(q, k, v, params)
+    if seed is None and params.mode == MODE_GUMBEL:
         seed_tensor = torch.randint(0, 2**62, (), dtype=torch.int64)  # torch's default CPU generator
     else:
-        seed_keys(seed or 0)  # validates the range
-        seed_tensor = torch.tensor(seed or 0, dtype=torch.int64)
+        seed_keys(params.seed)  # validates the range
+        seed_tensor = torch.tensor(params.seed, dtype=torch.int64)
     name = select_backend(backend, "assign_attention_forward", q.device, q.dtype)
-    out, _, _, _, hard_map, soft_map = assign_attention_fwd(
-        q, k, v, mode_id, float(tau), float(eps), sum_assign, seed_tensor, return_maps, name
-    )
+    out, _, _, _, hard_map, soft_map = assign_attention_fwd(q, k, v, seed_tensor, *op_options(params), name)
     return (out, hard_map, soft_map) if return_maps else out

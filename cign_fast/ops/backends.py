@@ -2,12 +2,20 @@
 
 A backend is a module that implements some of the functions below for some devices and dtypes:
 
-* ``assign_attention_forward(q, k, v, mode, tau, eps, sum_assign, seed, return_maps)``
-* ``assign_attention_backward(grad_out, q, k, v, col_lse, col_argmax, row_sum, mode, tau, eps, sum_assign, seed)``
+* ``assign_attention_forward(q, k, v, params)``
+* ``assign_attention_backward(grad_out, q, k, v, col_lse, col_argmax, row_sum, params)``
 * ``token_distill_kl_forward(student, teacher, start, stop, temperature, reduction)``
 * ``bernoulli_distill_kl_forward(student, teacher, start, stop, temperature, reduction)``
 
-with the contracts of :mod:`cign_fast.ops.reference`, which is itself the ``reference`` backend.
+with the contracts of :mod:`cign_fast.ops.reference`, which is itself the ``reference`` backend;
+``params`` is a :class:`cign_fast.contract.AssignParams`.
+
+Self-check: the first time ``backend="auto"`` would give an op family (``assign_attention``,
+``token_distill_kl``) on a device and dtype to a fused backend in this process, that backend is
+held against the reference on a tiny input (:mod:`cign_fast.ops.self_check`, milliseconds). If it
+disagrees, a warning naming the backend and the error is issued once and ``auto`` falls back to the
+next backend for that device and dtype. A backend asked for by name is used as asked. The check
+is skipped inside ``torch.compile`` (the trace does not run kernels) and with ``CIGN_FAST_SELF_CHECK=0``.
 """
 
 from __future__ import annotations
@@ -15,10 +23,14 @@ from __future__ import annotations
 import functools
 import importlib
 import os
+import warnings
 from dataclasses import dataclass
 from types import ModuleType
 
 import torch
+
+from cign_fast.contract import TRITON_INTERPRETED
+from cign_fast.ops.self_check import OP_FAMILIES, op_family, run_check
 
 BACKEND_NAMES = ("reference", "cpp", "cuda", "triton")
 AUTO_ORDER = {"cuda": ("triton", "cuda", "reference"), "cpu": ("cpp", "reference")}
@@ -48,9 +60,9 @@ BACKENDS = {
 }
 
 
-def triton_interpreted() -> bool:
-    """``TRITON_INTERPRET=1`` runs Triton kernels on CPU tensors (slowly): tests use it in CI."""
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+SELF_CHECK_VARIABLE = "CIGN_FAST_SELF_CHECK"
+# (backend, op family, device, dtype) -> None when the backend passed its self-check, else why it failed.
+_self_check_failures: dict[tuple[str, str, torch.device, torch.dtype], str | None] = {}
 
 
 @functools.cache
@@ -65,7 +77,7 @@ def load_backend(name: str) -> tuple[ModuleType | None, str | None]:
 def refusal(name: str, op: str, device: torch.device, dtype: torch.dtype) -> str | None:
     """Why backend ``name`` cannot run ``op`` on ``device``/``dtype``, or ``None`` if it can."""
     spec = BACKENDS[name]
-    devices = spec.devices + (("cpu",) if name == "triton" and triton_interpreted() else ())
+    devices = spec.devices + (("cpu",) if name == "triton" and TRITON_INTERPRETED else ())
     if device.type not in devices:
         return f"runs on {'/'.join(devices)} tensors, got {device.type}"
     if dtype not in spec.dtypes:
@@ -94,10 +106,28 @@ def select_backend(requested: str, op: str, device: torch.device, dtype: torch.d
     reasons = []
     for name in AUTO_ORDER.get(device.type, ("reference",)):
         why = refusal(name, op, device, dtype)
+        if why is None and name != "reference":
+            why = self_check_failure(name, op, device, dtype)
         if why is None:
             return name
         reasons.append(f"  {name}: {why}")
     raise BackendUnavailable(f"no backend can run {op} on {device.type}/{dtype}:\n" + "\n".join(reasons))
+
+
+def self_check_failure(name: str, op: str, device: torch.device, dtype: torch.dtype) -> str | None:
+    """Why backend ``name`` failed its self-check for ``op``'s family on ``device``/``dtype`` (run once per
+    process and cached; the first failure warns), or None when it passed or the check is off."""
+    if torch.compiler.is_compiling() or os.environ.get(SELF_CHECK_VARIABLE, "1") == "0":
+        return None
+    key = (name, op_family(op), torch.device(device), dtype)
+    if key not in _self_check_failures:
+        result = run_check(load_backend(name)[0], key[1], key[2], dtype)
+        _self_check_failures[key] = None if result.passed else f"failed its self-check against the reference: {result.failure}"
+        if not result.passed:
+            warnings.warn(f"cign_fast: backend {name!r} disagrees with the reference for {key[1]} on "
+                          f"{key[2]}/{str(dtype).replace('torch.', '')} ({result.failure}); backend='auto' "
+                          "falls back to the next backend", RuntimeWarning, stacklevel=3)
+    return _self_check_failures[key]
 
 
 def backend_function(name: str, op: str):
@@ -111,14 +141,46 @@ def backend_function(name: str, op: str):
 def backend_report(device: torch.device | None = None) -> dict[str, dict[str, str | None]]:
     """For ``cign-fast info``: per backend and op, ``None`` if usable in float32, else why not.
 
-    Each backend is asked on ``device``, or on its own kind of device when none is given."""
+    Each backend is asked on ``device``, or on the device it would serve here (``check_devices``)."""
     ops = ("assign_attention_forward", "assign_attention_backward", "token_distill_kl_forward",
            "bernoulli_distill_kl_forward")
     report = {}
-    for name, spec in BACKENDS.items():
+    for name in BACKENDS:
         module, why = load_backend(name)
-        dev = device or torch.device(spec.devices[-1])
+        dev = device or check_devices(name)[-1]
         if module is not None and dev.type == "cuda" and not torch.cuda.is_available():
             why = "imports, but no CUDA device is visible to torch"
         report[name] = {op: why if why is not None else refusal(name, op, dev, torch.float32) for op in ops}
     return report
+
+
+def check_devices(name: str) -> list[torch.device]:
+    """The devices ``cign-fast info --check`` holds backend ``name`` to the reference on, here."""
+    devices = [torch.device(kind) for kind in BACKENDS[name].devices if kind != "cuda" or torch.cuda.is_available()]
+    if name == "triton" and TRITON_INTERPRETED and not torch.cuda.is_available():
+        devices.append(torch.device("cpu"))
+    return devices or [torch.device(BACKENDS[name].devices[-1])]
+
+
+def check_report() -> list[dict[str, object]]:
+    """For ``cign-fast info --check``: every backend, op family, device and dtype held against the reference.
+
+    Each row: ``backend``, ``op``, ``device``, ``dtype``, ``result`` ("ok", "FAILED: why" or "unavailable:
+    why") and ``error`` (the largest relative error, None when it did not run)."""
+    rows = []
+    for name, spec in BACKENDS.items():
+        for device in check_devices(name):
+            for family, ops in OP_FAMILIES.items():
+                for dtype in spec.dtypes:
+                    row = {"backend": name, "op": family, "device": str(device),
+                           "dtype": str(dtype).replace("torch.", ""), "error": None}
+                    why = refusal(name, ops[0], device, dtype)
+                    if device.type == "cuda" and not torch.cuda.is_available():
+                        why = why or "no CUDA device is visible to torch"
+                    if why is not None:
+                        rows.append({**row, "result": f"unavailable: {why}"})
+                        continue
+                    result = run_check(load_backend(name)[0], family, device, dtype)
+                    rows.append({**row, "error": result.error,
+                                 "result": "ok" if result.passed else f"FAILED: {result.failure}"})
+    return rows

@@ -1,12 +1,28 @@
-"""Argument checks shared by the public ops: each error names the argument and what was expected."""
+"""Argument checks shared by the public ops: each error names the argument and what was expected.
+
+Shape, dtype and device checks read only metadata and always run. Value checks (NaN/inf in the
+inputs, group indices in range) read tensor values on the host, one device-to-host synchronisation
+each, so they stay off the hot path: they run only when ``CIGN_FAST_CHECKS=1`` is set in the
+environment or autograd's anomaly mode is on (``torch.autograd.set_detect_anomaly(True)``), and never
+inside ``torch.compile``. Without them a NaN or inf input propagates into the outputs.
+"""
 
 from __future__ import annotations
 
 import math
+import os
 
 import torch
 
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+CHECKS_VARIABLE = "CIGN_FAST_CHECKS"
+
+
+def value_checks_enabled() -> bool:
+    """Whether the value checks run: ``CIGN_FAST_CHECKS=1`` or anomaly mode, and not while compiling."""
+    if torch.compiler.is_compiling():
+        return False
+    return os.environ.get(CHECKS_VARIABLE, "0") == "1" or torch.is_anomaly_enabled()
 
 
 def check_float_tensor(name: str, value: object, ndim: int) -> torch.Tensor:
@@ -21,14 +37,22 @@ def check_float_tensor(name: str, value: object, ndim: int) -> torch.Tensor:
 
 
 def check_finite(name: str, value: torch.Tensor) -> None:
-    """``value`` must hold no NaN or inf. ``aminmax`` propagates both and is ~20x cheaper than
-    ``isfinite(value).all()`` on the CPU; one host sync."""
-    if not value.numel():
+    """When value checks are on (:func:`value_checks_enabled`), ``value`` must hold no NaN or inf.
+
+    ``aminmax`` propagates both and is ~20x cheaper than ``isfinite(value).all()`` on the CPU."""
+    if not value.numel() or not value_checks_enabled():
         return
     low, high = torch.aminmax(value)
     if not bool(torch.isfinite(low) & torch.isfinite(high)):
         bad = "NaN" if bool(torch.isnan(low) | torch.isnan(high)) else "inf"
         raise ValueError(f"{name}: contains {bad}; expected finite values")
+
+
+def check_group_indices(name: str, value: torch.Tensor, groups: int) -> None:
+    """``value`` (an integer tensor) must hold indices in [0, groups): a value check, one synchronisation."""
+    low, high = (int(bound) for bound in torch.aminmax(value))
+    if low < 0 or high >= groups:
+        raise ValueError(f"{name}: expected group indices in [0, {groups}), got values in [{low}, {high}]")
 
 
 def check_same_device(**tensors: torch.Tensor) -> torch.device:

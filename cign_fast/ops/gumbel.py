@@ -13,38 +13,21 @@ The noise for element ``e`` (the linear index of ``[b, i, s]`` in a contiguous `
 that it is never 0 or 1 (the fp16 NaN of ``torch.nn.functional.gumbel_softmax`` came from
 ``u = 0``), and it is computed in float32 whatever the input dtype. The keys are computed once on
 the host; kernels receive ``key_a`` and ``key_b`` and need only ``mix32`` and ``log``.
+
+``b`` is the clip's position in the *global* batch: a local batch whose clip ``b`` sits at
+``batch_offset + b * batch_stride`` of the global batch (a data-parallel rank) draws exactly the
+noise of those clips in a one-process run. The constants live in :mod:`cign_fast.contract`.
 """
 
 from __future__ import annotations
 
 import torch
 
-MASK32 = 0xFFFFFFFF
-MIX_MUL_1 = 0x7FEB352D
-MIX_MUL_2 = 0x846CA68B
-SEED_SALT_A = 0x243F6A88
-SEED_SALT_B = 0x85A308D3
-MAX_NOISE_ELEMENTS = 1 << 32
+from cign_fast.contract import (
+    MASK32, MAX_NOISE_ELEMENTS, MIX_MUL_1, MIX_MUL_2, UNIFORM_OFFSET, UNIFORM_STEP, mix32_int, seed_keys,
+)
 
-
-def mix32_int(x: int) -> int:
-    """``mix32`` on a Python int (host side, for the keys)."""
-    x &= MASK32
-    x ^= x >> 16
-    x = (x * MIX_MUL_1) & MASK32
-    x ^= x >> 15
-    x = (x * MIX_MUL_2) & MASK32
-    x ^= x >> 16
-    return x
-
-
-def seed_keys(seed: int) -> tuple[int, int]:
-    """The two 32-bit keys derived from a non-negative 63-bit ``seed``."""
-    if not 0 <= seed < (1 << 63):
-        raise ValueError(f"seed: expected an integer in [0, 2**63), got {seed}")
-    key_a = mix32_int((seed & MASK32) ^ SEED_SALT_A)
-    key_b = mix32_int(((seed >> 32) & MASK32) ^ key_a ^ SEED_SALT_B)
-    return key_a, key_b
+__all__ = ["gumbel_noise", "mix32", "mix32_int", "noise_index", "seed_keys", "uniform_from_index"]
 
 
 def _mul32(x: torch.Tensor, constant: int) -> torch.Tensor:
@@ -67,14 +50,26 @@ def uniform_from_index(index: torch.Tensor, seed: int) -> torch.Tensor:
     """Float32 uniforms in [2**-24, 1 - 2**-24] for int64 element indices ``index``."""
     key_a, key_b = seed_keys(seed)
     x = mix32(mix32(index ^ key_a) ^ key_b)
-    return (x >> 9).to(torch.float32) * 2.0**-23 + 2.0**-24
+    return (x >> 9).to(torch.float32) * UNIFORM_STEP + UNIFORM_OFFSET
 
 
-def gumbel_noise(shape: tuple[int, int, int], seed: int, device: torch.device | str = "cpu") -> torch.Tensor:
-    """Gumbel(0, 1) noise of ``shape = (B, N, S)`` in float32, element ``e`` as the module states."""
-    numel = shape[0] * shape[1] * shape[2]
-    if numel >= MAX_NOISE_ELEMENTS:
-        raise ValueError(f"gumbel noise: the map has {numel} elements; at most 2**32 - 1 are supported")
-    index = torch.arange(numel, device=device, dtype=torch.int64).view(shape)
-    u = uniform_from_index(index, seed)
+def noise_index(shape: tuple[int, int, int], device: torch.device | str = "cpu", batch_offset: int = 0,
+                batch_stride: int = 1) -> torch.Tensor:
+    """Int64 noise indices [B, N, S] of a local map whose clip ``b`` is clip ``batch_offset + b * batch_stride``
+    of the global batch: ``((batch_offset + b * batch_stride) * N + i) * S + s``."""
+    batch, groups, tokens = shape
+    global_batch = batch_offset + (batch - 1) * batch_stride + 1
+    if global_batch * groups * tokens >= MAX_NOISE_ELEMENTS:
+        raise ValueError(f"gumbel noise: the global map has {global_batch * groups * tokens} elements; "
+                         "at most 2**32 - 1 are supported")
+    clips = batch_offset + batch_stride * torch.arange(batch, device=device, dtype=torch.int64)
+    within = torch.arange(groups * tokens, device=device, dtype=torch.int64).view(groups, tokens)
+    return clips.view(batch, 1, 1) * (groups * tokens) + within
+
+
+def gumbel_noise(shape: tuple[int, int, int], seed: int, device: torch.device | str = "cpu", batch_offset: int = 0,
+                 batch_stride: int = 1) -> torch.Tensor:
+    """Gumbel(0, 1) noise of ``shape = (B, N, S)`` in float32, element ``e`` as the module states
+    (local clip ``b`` is global clip ``batch_offset + b * batch_stride``)."""
+    u = uniform_from_index(noise_index(shape, device, batch_offset, batch_stride), seed)
     return -torch.log(-torch.log(u))

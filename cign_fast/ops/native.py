@@ -1,8 +1,9 @@
 """The backend contract over a native extension (``cign_fast._C`` or ``cign_fast._cuda``).
 
-The extensions take the two 32-bit noise keys instead of the seed, and return the Bernoulli
-distillation's per-row losses, reduced here; everything else passes through.
-``native_cpp`` and ``native_cuda`` bind these functions to their extension with ``functools.partial``.
+The extensions take the fields of :class:`~cign_fast.contract.AssignParams` as plain arguments, the
+two 32-bit noise keys instead of the seed, and return the Bernoulli distillation's per-row losses,
+reduced here. ``native_cpp`` and ``native_cuda`` bind these functions to their extension with
+``functools.partial``.
 """
 
 from __future__ import annotations
@@ -11,27 +12,29 @@ from types import ModuleType
 
 import torch
 
-from cign_fast.ops.gumbel import seed_keys
-from cign_fast.ops.reference import reduce_bernoulli_rows
+from cign_fast.contract import AssignParams
+from cign_fast.contract import reduce_bernoulli_rows
+
+
+def extension_args(params: AssignParams) -> tuple[int, float, float, bool, int, int, int, int]:
+    """``(mode, tau, eps, sum_assign, key_a, key_b, noise_batch_offset, noise_batch_stride)`` for the extensions."""
+    return (params.mode, params.tau, params.eps, params.sum_assign, *params.noise_keys(), params.noise_batch_offset,
+            params.noise_batch_stride)
 
 
 def assign_attention_forward(
-    extension: ModuleType, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mode: int, tau: float, eps: float,
-    sum_assign: bool, seed: int, return_maps: bool,
+    extension: ModuleType, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, params: AssignParams,
 ) -> tuple[torch.Tensor, ...]:
     """``(out [B,N,C], col_lse [B,S], col_argmax [B,S], row_sum [B,N], hard_map, soft_map)``."""
-    return extension.assign_attention_forward(q, k, v, mode, tau, eps, sum_assign, *seed_keys(int(seed)), return_maps)
+    return extension.assign_attention_forward(q, k, v, *extension_args(params), params.return_maps)
 
 
 def assign_attention_backward(
     extension: ModuleType, grad_out: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-    col_lse: torch.Tensor, col_argmax: torch.Tensor, row_sum: torch.Tensor,
-    mode: int, tau: float, eps: float, sum_assign: bool, seed: int,
+    col_lse: torch.Tensor, col_argmax: torch.Tensor, row_sum: torch.Tensor, params: AssignParams,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(grad_q, grad_k, grad_v)``, recomputing the map from ``q, k`` and the column statistics."""
-    return extension.assign_attention_backward(
-        grad_out, q, k, v, col_lse, col_argmax, row_sum, mode, tau, eps, sum_assign, *seed_keys(int(seed))
-    )
+    return extension.assign_attention_backward(grad_out, q, k, v, col_lse, col_argmax, row_sum, *extension_args(params))
 
 
 def bernoulli_distill_kl_forward(

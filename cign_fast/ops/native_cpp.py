@@ -12,8 +12,8 @@ from functools import partial
 import torch
 
 from cign_fast import _C
+from cign_fast.contract import seed_keys
 from cign_fast.ops import native
-from cign_fast.ops.gumbel import seed_keys
 
 
 def kernel_isa() -> str:

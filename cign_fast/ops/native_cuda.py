@@ -13,13 +13,18 @@ from functools import partial
 import torch
 
 from cign_fast import _cuda
+from cign_fast.contract import seed_keys
 from cign_fast.ops import native
-from cign_fast.ops.gumbel import seed_keys
 
 
 def unavailable_reason(device: torch.device) -> str | None:
     """Why the CUDA kernels cannot run on ``device`` now, or ``None``."""
     return None if torch.cuda.is_available() else "no CUDA device is visible to torch"
+
+
+def compiled_archs() -> list[str]:
+    """The compute capabilities the extension holds code for, e.g. ``["8.0", "9.0"]`` (nvcc's ``__CUDA_ARCH_LIST__``)."""
+    return [f"{int(arch) // 100}.{int(arch) % 100 // 10}" for arch in _cuda.compiled_archs().split(",") if arch]
 
 
 def gumbel_noise(shape: tuple[int, int, int], seed: int, device: torch.device) -> torch.Tensor:

@@ -16,21 +16,31 @@ from __future__ import annotations
 
 import torch
 
+from cign_fast.contract import (
+    MODE_GUMBEL, MODE_SOFT, MODES, AssignParams, bernoulli_divisor, reduce_bernoulli_rows, reduce_rows,
+)
 from cign_fast.ops.gumbel import gumbel_noise
 
-MODES = ("soft", "hard", "gumbel")
-MODE_SOFT, MODE_HARD, MODE_GUMBEL = 0, 1, 2
 REDUCTIONS = ("batchmean", "sum", "mean", "none")
 
 
-def assignment_logits(q: torch.Tensor, k: torch.Tensor, mode: int, tau: float, seed: int) -> torch.Tensor:
-    """``(scale * q k^T + g) / tau`` in float32 (float64 stays float64), [B, N, S]."""
+def assignment_logits(q: torch.Tensor, k: torch.Tensor, params: AssignParams, noisy: bool | None = None) -> torch.Tensor:
+    """``(scale * q k^T + g) / tau`` in float32 (float64 stays float64), [B, N, S].
+
+    ``g`` is the Gumbel noise of ``params`` when ``noisy`` (default: in gumbel mode), else 0."""
     compute = torch.float64 if q.dtype == torch.float64 else torch.float32
     scale = q.shape[-1] ** -0.5
     logits = scale * torch.matmul(q.to(compute), k.to(compute).transpose(-1, -2))
-    if mode == MODE_GUMBEL:
-        logits = logits + gumbel_noise(tuple(logits.shape), seed, logits.device).to(compute)
-    return logits / tau
+    if params.noisy if noisy is None else noisy:
+        noise = gumbel_noise(tuple(logits.shape), params.seed, logits.device, params.noise_batch_offset,
+                             params.noise_batch_stride)
+        logits = logits + noise.to(compute)
+    return logits / params.tau
+
+
+def clean_soft_map(q: torch.Tensor, k: torch.Tensor, params: AssignParams) -> torch.Tensor:
+    """``softmax_i(scale * q k^T / tau)``, the soft map without noise in every mode, in q's dtype [B, N, S]."""
+    return torch.softmax(assignment_logits(q, k, params, noisy=False), dim=-2).to(q.dtype)
 
 
 def assign_attention_reference(
@@ -43,58 +53,66 @@ def assign_attention_reference(
     eps: float = 1.0,
     sum_assign: bool = False,
     seed: int = 0,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The spec's AssignAttention, differentiable. Returns ``(out [B,N,C], hard [B,N,S], soft [B,N,S])``."""
-    mode_id = MODES.index(mode)
-    y = torch.softmax(assignment_logits(q, k, mode_id, tau, seed), dim=-2)
-    if mode_id == MODE_SOFT:
-        assign = y
-        hard = torch.zeros_like(y).scatter_(-2, y.argmax(dim=-2, keepdim=True), 1.0)
-    else:
-        hard = torch.zeros_like(y).scatter_(-2, y.argmax(dim=-2, keepdim=True), 1.0)
-        assign = hard - y.detach() + y
+    noise_batch_offset: int = 0,
+    noise_batch_stride: int = 1,
+    return_maps: bool = True,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The spec's AssignAttention, differentiable. Returns ``(out [B,N,C], hard [B,N,S], soft [B,N,S])``, or
+    ``out`` alone without ``return_maps``; ``soft`` is the softmax without the noise (the authors' soft map,
+    also in gumbel mode), ``hard`` the one-hot the output used."""
+    params = AssignParams(mode=MODES.index(mode), tau=tau, eps=eps, sum_assign=sum_assign, seed=seed,
+                          noise_batch_offset=noise_batch_offset, noise_batch_stride=noise_batch_stride)
+    y = torch.softmax(assignment_logits(q, k, params), dim=-2)
+    hard = torch.zeros_like(y).scatter_(-2, y.argmax(dim=-2, keepdim=True), 1.0)
+    assign = y if params.mode == MODE_SOFT else hard - y.detach() + y
     if not sum_assign:
         assign = assign / (assign.sum(dim=-1, keepdim=True) + eps)
-    out = torch.matmul(assign, v.to(assign.dtype))
-    return out.to(q.dtype), hard.to(q.dtype), y.to(q.dtype)
+    out = torch.matmul(assign, v.to(assign.dtype)).to(q.dtype)
+    if not return_maps:
+        return out
+    soft = clean_soft_map(q, k, params) if params.mode == MODE_GUMBEL else y.to(q.dtype)
+    return out, hard.to(q.dtype), soft
 
 
 def assign_attention_forward(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mode: int, tau: float, eps: float,
-    sum_assign: bool, seed: int, return_maps: bool,
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, params: AssignParams,
 ) -> tuple[torch.Tensor, ...]:
     """Forward of the fused form. Returns ``(out, col_lse [B,S], col_argmax [B,S] int32, row_sum [B,N],
     hard_map, soft_map)``; ``col_lse`` is the log-sum-exp over N of the logits, ``row_sum`` the
-    normaliser ``sum_s A + eps`` (the maps are empty unless ``return_maps``)."""
-    logits = assignment_logits(q, k, mode, tau, seed)
+    normaliser ``sum_s A + eps``. The maps are empty unless ``params.return_maps``; the soft map is
+    the softmax without the noise (:func:`clean_soft_map`), the hard map the one-hot actually used."""
+    logits = assignment_logits(q, k, params)
     col_lse = torch.logsumexp(logits, dim=-2)
     y = torch.exp(logits - col_lse.unsqueeze(-2))
     col_argmax = logits.argmax(dim=-2)
     hard = torch.zeros_like(y).scatter_(-2, col_argmax.unsqueeze(-2), 1.0)
-    assign = y if mode == MODE_SOFT else hard
-    row_sum = assign.sum(dim=-1) + eps
-    assign_n = assign if sum_assign else assign / row_sum.unsqueeze(-1)
+    assign = y if params.mode == MODE_SOFT else hard
+    row_sum = assign.sum(dim=-1) + params.eps
+    assign_n = assign if params.sum_assign else assign / row_sum.unsqueeze(-1)
     out = torch.matmul(assign_n, v.to(assign_n.dtype)).to(q.dtype)
-    maps = (hard.to(q.dtype), y.to(q.dtype)) if return_maps else (q.new_empty(0), q.new_empty(0))
+    if params.return_maps:
+        soft = clean_soft_map(q, k, params) if params.noisy else y.to(q.dtype)
+        maps = (hard.to(q.dtype), soft)
+    else:
+        maps = (q.new_empty(0), q.new_empty(0))
     return (out, col_lse, col_argmax.to(torch.int32), row_sum, *maps)
 
 
 def assign_attention_backward(
     grad_out: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-    col_lse: torch.Tensor, col_argmax: torch.Tensor, row_sum: torch.Tensor,
-    mode: int, tau: float, eps: float, sum_assign: bool, seed: int,
+    col_lse: torch.Tensor, col_argmax: torch.Tensor, row_sum: torch.Tensor, params: AssignParams,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The spec's backward, recomputing the map from ``q, k`` and the saved column statistics."""
     compute = col_lse.dtype
     scale = q.shape[-1] ** -0.5
     qc, kc, vc, go = (t.to(compute) for t in (q, k, v, grad_out))
-    y = torch.exp(assignment_logits(q, k, mode, tau, seed) - col_lse.unsqueeze(-2))
-    if mode == MODE_SOFT:
+    y = torch.exp(assignment_logits(q, k, params) - col_lse.unsqueeze(-2))
+    if params.mode == MODE_SOFT:
         assign = y
     else:
         assign = torch.zeros_like(y).scatter_(-2, col_argmax.long().unsqueeze(-2), 1.0)
     grad_assign_n = torch.matmul(go, vc.transpose(-1, -2))                      # dA_n = dout v^T
-    if sum_assign:
+    if params.sum_assign:
         assign_n, grad_assign = assign, grad_assign_n
     else:
         assign_n = assign / row_sum.unsqueeze(-1)
@@ -102,7 +120,7 @@ def assign_attention_backward(
         grad_assign = (grad_assign_n - row_dot) / row_sum.unsqueeze(-1)        # dA
     grad_v = torch.matmul(assign_n.transpose(-1, -2), go)                       # dv = A_n^T dout
     col_dot = (y * grad_assign).sum(dim=-2, keepdim=True)
-    grad_logits = y * (grad_assign - col_dot) / tau                             # dz (dy = dA)
+    grad_logits = y * (grad_assign - col_dot) / params.tau                      # dz (dy = dA)
     grad_q = scale * torch.matmul(grad_logits, kc)
     grad_k = scale * torch.matmul(grad_logits.transpose(-1, -2), qc)
     return grad_q.to(q.dtype), grad_k.to(k.dtype), grad_v.to(v.dtype)
@@ -119,15 +137,6 @@ def token_distill_kl_reference(
     log_p_t = torch.log_softmax(teacher.detach()[:, cols].to(compute) / temperature, dim=-1)
     per_row = (log_p_t.exp() * (log_p_t - log_p_s)).sum(dim=-1) * temperature**2
     return reduce_rows(per_row, reduction).to(student.dtype)
-
-
-def reduce_rows(per_row: torch.Tensor, reduction: str) -> torch.Tensor:
-    """Apply ``reduction`` to per-row losses [R]."""
-    if reduction in ("batchmean", "mean"):
-        return per_row.sum() / max(per_row.shape[0], 1)
-    if reduction == "sum":
-        return per_row.sum()
-    return per_row
 
 
 def token_distill_kl_forward(
@@ -176,21 +185,6 @@ def bernoulli_kl(z_s: torch.Tensor, z_t: torch.Tensor) -> torch.Tensor:
     KL (~1e-18) to rounding: both softpluses are ~40."""
     a, b, _ = reflected_logits(z_s, z_t)
     return softplus(b) - softplus(a) - torch.sigmoid(a) * (b - a)
-
-
-def bernoulli_divisor(reduction: str, rows: int, columns: int) -> int:
-    """What ``bernoulli_distill_kl`` divides the summed loss by: R for ``'batchmean'``, R * columns for
-    ``'mean'`` (the mean over elements), 1 for ``'sum'`` and ``'none'``."""
-    return {"batchmean": rows, "mean": rows * columns}.get(reduction, 1)
-
-
-def reduce_bernoulli_rows(per_row: torch.Tensor, reduction: str, columns: int) -> torch.Tensor:
-    """Apply ``reduction`` to the per-row losses [R] of ``columns`` distilled columns each; the sum is
-    taken in float64 (deterministic, and no precision lost over many rows)."""
-    if reduction == "none":
-        return per_row
-    total = per_row.sum(dtype=torch.float64) / bernoulli_divisor(reduction, per_row.shape[0], columns)
-    return total.to(per_row.dtype)
 
 
 def bernoulli_distill_kl_reference(

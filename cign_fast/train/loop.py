@@ -36,6 +36,7 @@ from cign_fast.metrics import MODALITIES, format_summary, metrics_summary
 from cign_fast.methods import TaskInfo, TaskResources, build_method
 from cign_fast.methods.base import as_float32
 from cign_fast.model import ModelConfig
+from cign_fast.model.grouping import set_noise_batch
 from cign_fast.train.batchnorm import recalibrate_batchnorm
 from cign_fast.train.checkpoint import (
     CHECKPOINT_FORMAT, RunCheckpoints, capture_rng_state, checkpoint_name, checkpoint_sequence, load_latest_checkpoint,
@@ -165,6 +166,7 @@ class IncrementalTrainer:
         warmup_steps = round(optim.warmup_epochs * steps_per_epoch)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda step: lr_multiplier(step, warmup_steps, total_steps, optim.schedule))
+        set_noise_batch(self.model, self.context.rank, self.context.world_size)  # DistributedSampler's interleaving
         if self.context.is_distributed:
             device_ids = [self.context.device] if self.context.device.type == "cuda" else None
             self.ddp_model = DistributedDataParallel(self.model, device_ids=device_ids)

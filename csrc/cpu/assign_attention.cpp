@@ -19,8 +19,10 @@ struct CheckedInputs {
 // q [B, N, C], k and v [B, S, C] on the CPU in float32 or bfloat16 (tensor_checks.h), with unit
 // channel stride; the kernels' options from the scalars.
 CheckedInputs check_inputs(const char* op, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, int64_t mode,
-                           double tau, double eps, bool sum_assign, int64_t key_a, int64_t key_b) {
-  check_assign_inputs(op, q, k, v, c10::DeviceType::CPU, mode, tau, eps, key_a, key_b);
+                           double tau, double eps, bool sum_assign, int64_t key_a, int64_t key_b,
+                           int64_t noise_batch_offset, int64_t noise_batch_stride) {
+  check_assign_inputs(op, q, k, v, c10::DeviceType::CPU, mode, tau, eps, key_a, key_b, noise_batch_offset,
+                      noise_batch_stride);
   AssignOptions options{};
   options.batch = q.size(0);
   options.groups = q.size(1);
@@ -33,8 +35,20 @@ CheckedInputs check_inputs(const char* op, const at::Tensor& q, const at::Tensor
   options.sum_assign = sum_assign;
   options.key_a = static_cast<uint32_t>(key_a);
   options.key_b = static_cast<uint32_t>(key_b);
+  options.noise_batch_offset = noise_batch_offset;
+  options.noise_batch_stride = noise_batch_stride;
   options.dtype = kernel_dtype(q, op, "q");
   return {unit_last_stride(q), unit_last_stride(k), unit_last_stride(v), options};
+}
+
+// col_argmax [B, S] (contiguous int32) must hold group indices in [0, groups): the backward kernels
+// index memory with them. A plain loop over host memory: no tensor op, no synchronisation.
+void check_group_indices(const char* op, const at::Tensor& col_argmax, int64_t groups) {
+  const int32_t* index = col_argmax.data_ptr<int32_t>();
+  for (int64_t e = 0; e < col_argmax.numel(); ++e) {
+    TORCH_CHECK(index[e] >= 0 && index[e] < groups, op, ": col_argmax must hold group indices in [0, ", groups,
+                "), got ", index[e], " at flat position ", e);
+  }
 }
 
 // Fewest batch elements worth a thread: about 2^21 multiply-adds each (tiny problems stay serial).
@@ -48,8 +62,10 @@ int64_t batches_per_thread(const AssignOptions& o) {
 // the maps are [B,N,S] with return_maps, else empty. See cign_fast.ops.reference.assign_attention_forward.
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> assign_attention_forward(
     const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, int64_t mode, double tau, double eps,
-    bool sum_assign, int64_t key_a, int64_t key_b, bool return_maps) {
-  const CheckedInputs in = check_inputs(kForward, q, k, v, mode, tau, eps, sum_assign, key_a, key_b);
+    bool sum_assign, int64_t key_a, int64_t key_b, int64_t noise_batch_offset, int64_t noise_batch_stride,
+    bool return_maps) {
+  const CheckedInputs in = check_inputs(kForward, q, k, v, mode, tau, eps, sum_assign, key_a, key_b,
+                                        noise_batch_offset, noise_batch_stride);
   const AssignOptions& o = in.options;
   const auto stat_options = q.options().dtype(at::kFloat);
   at::Tensor out = at::empty({o.batch, o.groups, o.channels}, q.options());
@@ -74,13 +90,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
 std::tuple<at::Tensor, at::Tensor, at::Tensor> assign_attention_backward(
     const at::Tensor& grad_out, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
     const at::Tensor& col_lse, const at::Tensor& col_argmax, const at::Tensor& row_sum, int64_t mode, double tau,
-    double eps, bool sum_assign, int64_t key_a, int64_t key_b) {
-  const CheckedInputs in = check_inputs(kBackward, q, k, v, mode, tau, eps, sum_assign, key_a, key_b);
+    double eps, bool sum_assign, int64_t key_a, int64_t key_b, int64_t noise_batch_offset,
+    int64_t noise_batch_stride) {
+  const CheckedInputs in = check_inputs(kBackward, q, k, v, mode, tau, eps, sum_assign, key_a, key_b,
+                                        noise_batch_offset, noise_batch_stride);
   const AssignOptions& o = in.options;
   const auto statistics = checked_backward_statistics(kBackward, grad_out, q, k, col_lse, col_argmax, row_sum);
   const at::Tensor& lse = std::get<0>(statistics);
   const at::Tensor& argmax = std::get<1>(statistics);
   const at::Tensor& sums = std::get<2>(statistics);
+  check_group_indices(kBackward, argmax, o.groups);
   const at::Tensor go = unit_last_stride(grad_out);
 
   at::Tensor grad_q = at::empty({o.batch, o.groups, o.channels}, q.options());

@@ -9,14 +9,11 @@
 
 #include <cstdint>
 
+#include "contract.h"
+
 namespace cign_fast::cpu {
 
 enum class Dtype : int { kFloat32 = 0, kBFloat16 = 1 };
-
-// Mode ids, as in cign_fast.ops.reference.MODES.
-constexpr int kModeSoft = 0;
-constexpr int kModeHard = 1;
-constexpr int kModeGumbel = 2;
 
 // A batch of row-major matrices with unit column stride: element (b, r, c) lives at
 // data + b * batch_stride + r * row_stride + c (in elements of the dtype).
@@ -28,11 +25,13 @@ struct BatchedMatrix {
 
 struct AssignOptions {
   int64_t batch, groups, tokens, channels;  // B, N, S, C
-  int mode;                                 // kModeSoft / kModeHard / kModeGumbel
+  int mode;                                 // kModeSoft / kModeHard / kModeGumbel (contract.h)
   float scale;                              // C^-0.5
   float tau, eps;
   bool sum_assign;
   uint32_t key_a, key_b;                    // Gumbel keys (gumbel_noise.h)
+  int64_t noise_batch_offset;               // local clip b draws the noise of global clip
+  int64_t noise_batch_stride;               //   noise_batch_offset + b * noise_batch_stride
   Dtype dtype;                              // of q, k, v, grad_out and of every output but the statistics
 };
 

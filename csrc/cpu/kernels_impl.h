@@ -445,26 +445,27 @@ void scatter_rows(const int32_t* owner, const float* x, int64_t ldx, int64_t tok
 // ---------------------------------------------------------------------------------------------
 // Assign attention
 
-// map [N, S] <- (scale * q k^T + g) / tau for batch element b.
-void compute_logits(const AssignOptions& o, int64_t b, Matrix q, Matrix k, float* map, Prefetcher* prefetch) {
+// map [N, S] <- (scale * q k^T + g) / tau for batch element b; g is the Gumbel noise when with_noise, else 0.
+// A true division by tau (not a product with 1 / tau): equal products round to the reference's logits.
+void compute_logits(const AssignOptions& o, int64_t b, Matrix q, Matrix k, float* map, Prefetcher* prefetch,
+                    bool with_noise) {
   const int64_t groups = o.groups, tokens = o.tokens;
   dot_nt(q.data, q.ld, k.data, k.ld, groups, tokens, o.channels, o.scale, map, tokens, prefetch);
-  const bool noisy = o.mode == kModeGumbel;
-  if (!noisy && o.tau == 1.0f) return;
-  const float inv_tau = 1.0f / o.tau;
+  if (!with_noise && o.tau == 1.0f) return;
+  const f32x8 tau = splat(o.tau);
   for (int64_t i = 0; i < groups; ++i) {
     float* row = map + i * tokens;
-    const uint32_t first = static_cast<uint32_t>((b * groups + i) * tokens);
+    const uint32_t first = noise_index(b, i, 0, groups, tokens, o.noise_batch_offset, o.noise_batch_stride);
     for_each_chunk(tokens, [&](int64_t s, int64_t n) {
       f32x8 z = load_part<f32x8>(row + s, n);
-      if (noisy) z += gumbel8(first + static_cast<uint32_t>(s), o.key_a, o.key_b);
-      store_part(row + s, z * inv_tau, n);
+      if (with_noise) z += gumbel8(first + static_cast<uint32_t>(s), o.key_a, o.key_b);
+      store_part(row + s, z / tau, n);
     });
   }
 }
 
-// Column statistics of map [N, S] over the group axis: col_max, col_argmax (first maximum), and
-// map <- exp(map - col_max) with col_sum its column sums.
+// Column statistics of map [N, S] over the group axis: col_max, col_argmax (first maximum; skipped
+// when null), and map <- exp(map - col_max) with col_sum its column sums.
 void exp_columns(float* map, int64_t groups, int64_t tokens, float* col_max, float* col_sum, int32_t* col_argmax) {
   for_each_chunk(tokens, [&](int64_t s, int64_t n) {
     f32x8 best = load_part<f32x8>(map + s, n);
@@ -476,7 +477,7 @@ void exp_columns(float* map, int64_t groups, int64_t tokens, float* col_max, flo
       best_row = (better & splat_i(static_cast<int32_t>(i))) | (~better & best_row);
     }
     store_part(col_max + s, best, n);
-    store_part(col_argmax + s, best_row, n);
+    if (col_argmax != nullptr) store_part(col_argmax + s, best_row, n);
     store_part(col_sum + s, splat(0.0f), n);
   });
   for (int64_t i = 0; i < groups; ++i) {
@@ -507,6 +508,15 @@ void scale_columns(float* map, int64_t groups, int64_t tokens, const float* col_
 void count_owners(const int32_t* col_argmax, int64_t groups, int64_t tokens, float* row_sum) {
   for (int64_t i = 0; i < groups; ++i) row_sum[i] = 0.0f;
   for (int64_t s = 0; s < tokens; ++s) row_sum[col_argmax[s]] += 1.0f;
+}
+
+// map [N, S] <- softmax over groups of (scale * q k^T) / tau, without noise (the soft map that
+// return_maps gives in gumbel mode); col_max and col_sum are scratch of S floats.
+void clean_soft_map(const AssignOptions& o, int64_t b, Matrix q, Matrix k, float* map, float* col_max, float* col_sum) {
+  compute_logits(o, b, q, k, map, nullptr, false);
+  exp_columns(map, o.groups, o.tokens, col_max, col_sum, nullptr);
+  for (int64_t s = 0; s < o.tokens; ++s) col_sum[s] = 1.0f / col_sum[s];
+  scale_columns(map, o.groups, o.tokens, col_sum, nullptr);
 }
 
 struct ForwardScratch {
@@ -558,13 +568,16 @@ void assign_forward(const AssignOptions& o, const AssignForwardIO& io, int64_t b
   }
   Prefetcher* next = next_b >= 0 ? &prefetch : nullptr;
 
-  compute_logits(o, b, q, k, w.map, next);
+  const bool noisy = o.mode == kModeGumbel;
+  compute_logits(o, b, q, k, w.map, next, noisy);
   exp_columns(w.map, groups, tokens, w.col_max, w.col_sum, argmax);
   for (int64_t s = 0; s < tokens; ++s) {
     lse[s] = w.col_max[s] + std::log(w.col_sum[s]);
     w.col_sum[s] = 1.0f / w.col_sum[s];
   }
-  if (soft || io.soft_map != nullptr) scale_columns(w.map, groups, tokens, w.col_sum, soft ? row_sum : nullptr);
+  if (soft || (io.soft_map != nullptr && !noisy)) {
+    scale_columns(w.map, groups, tokens, w.col_sum, soft ? row_sum : nullptr);
+  }
   if (!soft) count_owners(argmax, groups, tokens, row_sum);
   for (int64_t i = 0; i < groups; ++i) {
     row_sum[i] += o.eps;
@@ -572,6 +585,7 @@ void assign_forward(const AssignOptions& o, const AssignForwardIO& io, int64_t b
   }
 
   if (io.soft_map != nullptr) {
+    if (noisy) clean_soft_map(o, b, q, k, w.map, w.col_max, w.col_sum);  // the output needs only argmax from here
     narrow_row(w.map, advance(io.soft_map, dtype, b * groups * tokens), dtype, groups * tokens);
   }
   if (io.hard_map != nullptr) {
@@ -698,7 +712,7 @@ void assign_backward(const AssignOptions& o, const AssignBackwardIO& io, int64_t
   }
   Prefetcher* next = next_b >= 0 ? &prefetch : nullptr;
 
-  compute_logits(o, b, q, k, probs, next);
+  compute_logits(o, b, q, k, probs, next, o.mode == kModeGumbel);
   for (int64_t i = 0; i < groups; ++i) {
     float* row = probs + i * tokens;
     for_each_chunk(tokens, [&](int64_t s, int64_t n) {

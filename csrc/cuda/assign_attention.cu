@@ -28,11 +28,13 @@ namespace {
 constexpr int kWarp = 32;
 constexpr int kWarpsPerBlock = 8;
 constexpr int kThreads = kWarp * kWarpsPerBlock;
-constexpr int kModeSoft = 0;
-constexpr int kModeGumbel = 2;
-
 struct MapShape {
   int64_t batch, groups, tokens;  // B, N, S
+};
+
+// Local clip b draws the Gumbel noise of global clip offset + b * stride (gumbel_noise.h).
+struct NoiseBatch {
+  int64_t offset, stride;
 };
 
 __device__ __forceinline__ float warp_sum(float x) {
@@ -56,14 +58,28 @@ unsigned blocks_for(int64_t items, int64_t per_block) {
   return static_cast<unsigned>((items + per_block - 1) / per_block);
 }
 
+// The logit z = (scale * logit + g) / tau of element (b, i, s) from its raw q.k product, rounded step
+// by step as the reference computes it (no contraction into an fma, a true division by tau), so
+// that equal products give equal hard choices in every backend.
+__device__ __forceinline__ float assignment_logit(float raw, int64_t b, int64_t i, int64_t s, const MapShape& shape,
+                                                  int mode, float scale, float tau, uint32_t key_a, uint32_t key_b,
+                                                  NoiseBatch noise) {
+  float value = __fmul_rn(scale, raw);
+  if (mode == kModeGumbel) {
+    const uint32_t e = noise_index(b, i, s, shape.groups, shape.tokens, noise.offset, noise.stride);
+    value = __fadd_rn(value, gumbel_from_uniform(noise_uniform(e, key_a, key_b)));
+  }
+  return __fdiv_rn(value, tau);
+}
+
 // One warp per token row (b, s) of logits_t [B, S, N] (raw q.k products):
-// z = (scale * logit + g) / tau; col_argmax, col_lse over the row; the row becomes A (y or one-hot);
+// z = assignment_logit; col_argmax, col_lse over the row; the row becomes A (y or one-hot);
 // the maps [B, N, S] get y and the one-hot when requested.
 template <typename scalar_t>
 __global__ void forward_rows_kernel(float* __restrict__ map_t, float* __restrict__ col_lse,
                                     int* __restrict__ col_argmax, scalar_t* __restrict__ hard_map,
                                     scalar_t* __restrict__ soft_map, MapShape shape, int mode, float scale,
-                                    float inv_tau, uint32_t key_a, uint32_t key_b) {
+                                    float tau, uint32_t key_a, uint32_t key_b, NoiseBatch noise) {
   const int64_t row = static_cast<int64_t>(blockIdx.x) * kWarpsPerBlock + threadIdx.x / kWarp;
   const int lane = threadIdx.x % kWarp;
   if (row >= shape.batch * shape.tokens) return;
@@ -74,12 +90,7 @@ __global__ void forward_rows_kernel(float* __restrict__ map_t, float* __restrict
   float best = -INFINITY;
   int best_index = INT_MAX;
   for (int i = lane; i < groups; i += kWarp) {
-    float value = scale * z[i];
-    if (mode == kModeGumbel) {
-      const auto e = static_cast<uint32_t>((b * shape.groups + i) * shape.tokens + s);
-      value += gumbel_from_uniform(noise_uniform(e, key_a, key_b));
-    }
-    value *= inv_tau;
+    const float value = assignment_logit(z[i], b, i, s, shape, mode, scale, tau, key_a, key_b, noise);
     z[i] = value;
     if (value > best) {
       best = value;
@@ -88,15 +99,15 @@ __global__ void forward_rows_kernel(float* __restrict__ map_t, float* __restrict
   }
   warp_argmax(best, best_index);
   float total = 0.0f;
-  for (int i = lane; i < groups; i += kWarp) total += __expf(z[i] - best);
+  for (int i = lane; i < groups; i += kWarp) total += expf(z[i] - best);
   total = warp_sum(total);
-  const float lse = best + __logf(total);
+  const float lse = best + logf(total);
   if (lane == 0) {
     col_lse[row] = lse;
     col_argmax[row] = best_index;
   }
   for (int i = lane; i < groups; i += kWarp) {
-    const float y = __expf(z[i] - lse);
+    const float y = expf(z[i] - lse);
     const float hard = i == best_index ? 1.0f : 0.0f;
     z[i] = mode == kModeSoft ? y : hard;
     const int64_t map_index = (b * shape.groups + i) * shape.tokens + s;
@@ -139,19 +150,16 @@ __global__ void gather_rows_kernel(const scalar_t* __restrict__ v, const int* __
   }
 }
 
-// Elementwise over logits_t [B, S, N]: y = exp((scale * logit + g) / tau - col_lse[b, s]).
+// Elementwise over logits_t [B, S, N]: y = exp(assignment_logit - col_lse[b, s]).
 __global__ void backward_probs_kernel(float* __restrict__ map_t, const float* __restrict__ col_lse, MapShape shape,
-                                      int mode, float scale, float inv_tau, uint32_t key_a, uint32_t key_b) {
+                                      int mode, float scale, float tau, uint32_t key_a, uint32_t key_b,
+                                      NoiseBatch noise) {
   const int64_t index = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (index >= shape.batch * shape.tokens * shape.groups) return;
   const int64_t row = index / shape.groups, i = index % shape.groups;  // row = b * S + s
   const int64_t b = row / shape.tokens, s = row % shape.tokens;
-  float value = scale * map_t[index];
-  if (mode == kModeGumbel) {
-    const auto e = static_cast<uint32_t>((b * shape.groups + i) * shape.tokens + s);
-    value += gumbel_from_uniform(noise_uniform(e, key_a, key_b));
-  }
-  map_t[index] = __expf(value * inv_tau - col_lse[row]);
+  const float value = assignment_logit(map_t[index], b, i, s, shape, mode, scale, tau, key_a, key_b, noise);
+  map_t[index] = expf(value - col_lse[row]);
 }
 
 // One thread per group (b, i): row_dot = sum_s dA_n[b, s, i] * A_n[b, s, i], A_n = A / row_sum.
@@ -197,7 +205,8 @@ __global__ void backward_rows_kernel(float* __restrict__ grad_t, float* __restri
   }
 }
 
-// One thread per element of dv [B, S, C] (hard modes): dv[b, s, :] = dout[b, owner, :] * scale_owner.
+// One thread per element of dv [B, S, C] (hard modes): dv[b, s, :] = dout[b, owner, :] * scale_owner; 0 for an
+// owner outside [0, N) (col_argmax is not range-checked on the host: that would synchronise).
 template <typename scalar_t>
 __global__ void scatter_rows_kernel(const scalar_t* __restrict__ grad_out, const int* __restrict__ col_argmax,
                                     const float* __restrict__ row_sum, scalar_t* __restrict__ grad_v, MapShape shape,
@@ -206,7 +215,12 @@ __global__ void scatter_rows_kernel(const scalar_t* __restrict__ grad_out, const
   if (index >= shape.batch * shape.tokens * channels) return;
   const int64_t row = index / channels, c = index % channels;  // row = b * S + s
   const int64_t b = row / shape.tokens;
-  const int64_t group = b * shape.groups + col_argmax[row];
+  const int owner = col_argmax[row];
+  if (owner < 0 || owner >= shape.groups) {
+    grad_v[index] = static_cast<scalar_t>(0.0f);
+    return;
+  }
+  const int64_t group = b * shape.groups + owner;
   const float scale = sum_assign ? 1.0f : 1.0f / row_sum[group];
   grad_v[index] = static_cast<scalar_t>(static_cast<float>(grad_out[group * channels + c]) * scale);
 }
@@ -226,8 +240,10 @@ at::Tensor widened(const at::Tensor& t) { return t.to(at::kFloat).contiguous(); 
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> assign_attention_forward_cuda(
     const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, int64_t mode, double tau, double eps,
-    bool sum_assign, int64_t key_a, int64_t key_b, bool return_maps) {
-  check_assign_inputs(kForward, q, k, v, c10::DeviceType::CUDA, mode, tau, eps, key_a, key_b);
+    bool sum_assign, int64_t key_a, int64_t key_b, int64_t noise_batch_offset, int64_t noise_batch_stride,
+    bool return_maps) {
+  check_assign_inputs(kForward, q, k, v, c10::DeviceType::CUDA, mode, tau, eps, key_a, key_b, noise_batch_offset,
+                      noise_batch_stride);
   check_cuda_dtype(q, kForward);
   const c10::cuda::CUDAGuard guard(q.device());
   const MapShape shape{q.size(0), q.size(1), k.size(1)};
@@ -246,14 +262,27 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   const auto stream = at::cuda::getCurrentCUDAStream();
   const float scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(channels)));
   const bool soft = mode == kModeSoft;
+  const NoiseBatch noise{noise_batch_offset, noise_batch_stride};
+  // In gumbel mode the soft map is the softmax without the noise: a soft-mode pass over a copy of the
+  // products writes it (its statistics are discarded), the gumbel pass writes only the hard map.
+  const bool clean_soft_map = return_maps && mode == kModeGumbel;
   at::Tensor out;
 
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, q.scalar_type(), "assign_attention_forward_cuda", [&] {
-    forward_rows_kernel<scalar_t><<<blocks_for(shape.batch * shape.tokens, kWarpsPerBlock), kThreads, 0, stream>>>(
+    const unsigned row_blocks = blocks_for(shape.batch * shape.tokens, kWarpsPerBlock);
+    if (clean_soft_map) {
+      at::Tensor clean_t = map_t.clone();
+      at::Tensor clean_lse = at::empty_like(col_lse), clean_argmax = at::empty_like(col_argmax);
+      forward_rows_kernel<scalar_t><<<row_blocks, kThreads, 0, stream>>>(
+          clean_t.data_ptr<float>(), clean_lse.data_ptr<float>(), clean_argmax.data_ptr<int>(), nullptr,
+          soft_map.data_ptr<scalar_t>(), shape, kModeSoft, scale, static_cast<float>(tau), 0u, 0u, noise);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    }
+    forward_rows_kernel<scalar_t><<<row_blocks, kThreads, 0, stream>>>(
         map_t.data_ptr<float>(), col_lse.data_ptr<float>(), col_argmax.data_ptr<int>(),
-        return_maps ? hard_map.data_ptr<scalar_t>() : nullptr, return_maps ? soft_map.data_ptr<scalar_t>() : nullptr,
-        shape, static_cast<int>(mode), scale, static_cast<float>(1.0 / tau), static_cast<uint32_t>(key_a),
-        static_cast<uint32_t>(key_b));
+        return_maps ? hard_map.data_ptr<scalar_t>() : nullptr,
+        return_maps && !clean_soft_map ? soft_map.data_ptr<scalar_t>() : nullptr, shape, static_cast<int>(mode), scale,
+        static_cast<float>(tau), static_cast<uint32_t>(key_a), static_cast<uint32_t>(key_b), noise);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     normalise_columns_kernel<<<blocks_for(shape.batch * shape.groups, kThreads), kThreads, 0, stream>>>(
         map_t.data_ptr<float>(), row_sum.data_ptr<float>(), shape, static_cast<float>(eps), soft && !sum_assign);
@@ -275,8 +304,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
 std::tuple<at::Tensor, at::Tensor, at::Tensor> assign_attention_backward_cuda(
     const at::Tensor& grad_out, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
     const at::Tensor& col_lse, const at::Tensor& col_argmax, const at::Tensor& row_sum, int64_t mode, double tau,
-    double eps, bool sum_assign, int64_t key_a, int64_t key_b) {
-  check_assign_inputs(kBackward, q, k, v, c10::DeviceType::CUDA, mode, tau, eps, key_a, key_b);
+    double eps, bool sum_assign, int64_t key_a, int64_t key_b, int64_t noise_batch_offset,
+    int64_t noise_batch_stride) {
+  check_assign_inputs(kBackward, q, k, v, c10::DeviceType::CUDA, mode, tau, eps, key_a, key_b, noise_batch_offset,
+                      noise_batch_stride);
   check_cuda_dtype(q, kBackward);
   const c10::cuda::CUDAGuard guard(q.device());
   const auto statistics = checked_backward_statistics(kBackward, grad_out, q, k, col_lse, col_argmax, row_sum);
@@ -296,7 +327,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> assign_attention_backward_cuda(
 
   backward_probs_kernel<<<blocks_for(elements, kThreads), kThreads, 0, stream>>>(
       probs_t.data_ptr<float>(), lse.data_ptr<float>(), shape, static_cast<int>(mode), static_cast<float>(scale),
-      static_cast<float>(1.0 / tau), static_cast<uint32_t>(key_a), static_cast<uint32_t>(key_b));
+      static_cast<float>(tau), static_cast<uint32_t>(key_a), static_cast<uint32_t>(key_b),
+      NoiseBatch{noise_batch_offset, noise_batch_stride});
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   if (!sum_assign) {
     row_dot_kernel<<<blocks_for(shape.batch * shape.groups, kThreads), kThreads, 0, stream>>>(

@@ -9,6 +9,8 @@
 #include <cmath>
 #include <cstdint>
 
+#include "contract.h"
+
 #if defined(__CUDACC__)
 #define CIGN_HOST_DEVICE __host__ __device__ __forceinline__
 #else
@@ -17,17 +19,13 @@
 
 namespace cign_fast {
 
-// u = (bits >> 9) * kUniformStep + kUniformOffset, i.e. 2^-23 steps offset by 2^-24.
-static constexpr float kUniformStep = 1.1920928955078125e-07f;
-static constexpr float kUniformOffset = 5.9604644775390625e-08f;
-
 // "lowbias32" finaliser; U is uint32_t or a GCC/Clang vector of uint32_t (lane-wise, wrap-around).
 template <typename U>
 CIGN_HOST_DEVICE U mix32(U x) {
   x ^= x >> 16;
-  x *= 0x7FEB352Du;
+  x *= kMixMul1;
   x ^= x >> 15;
-  x *= 0x846CA68Bu;
+  x *= kMixMul2;
   x ^= x >> 16;
   return x;
 }
@@ -38,14 +36,24 @@ CIGN_HOST_DEVICE U noise_bits(U index, uint32_t key_a, uint32_t key_b) {
   return mix32<U>(mix32<U>(index ^ key_a) ^ key_b);
 }
 
+// The noise index of element [b, i, s] of a local [B, N, S] map whose clip b is clip
+// batch_offset + b * batch_stride of the global batch: ((batch_offset + b * batch_stride) * N + i) * S + s.
+CIGN_HOST_DEVICE uint32_t noise_index(int64_t b, int64_t i, int64_t s, int64_t groups, int64_t tokens,
+                                      int64_t batch_offset, int64_t batch_stride) {
+  return static_cast<uint32_t>(((batch_offset + b * batch_stride) * groups + i) * tokens + s);
+}
+
 // Uniform in [2^-24, 1 - 2^-24]: never 0 or 1, exact in float32.
 CIGN_HOST_DEVICE float noise_uniform(uint32_t index, uint32_t key_a, uint32_t key_b) {
   return static_cast<float>(noise_bits<uint32_t>(index, key_a, key_b) >> 9) * kUniformStep + kUniformOffset;
 }
 
+// On the device the logarithms run in double precision: --use_fast_math would turn logf into the
+// approximate __logf, whose absolute error near u = 1 (2^-21) swamps -log(u) (as small as 2^-24)
+// and would change the noise, and with it the hard choices, against the other backends.
 CIGN_HOST_DEVICE float gumbel_from_uniform(float u) {
 #if defined(__CUDA_ARCH__)
-  return -logf(-logf(u));
+  return static_cast<float>(-log(-log(static_cast<double>(u))));
 #else
   return -std::log(-std::log(u));
 #endif

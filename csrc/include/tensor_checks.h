@@ -8,6 +8,8 @@
 
 #include <torch/extension.h>
 
+#include "contract.h"
+
 namespace cign_fast {
 
 // A defined tensor of the given rank on a device of the given type.
@@ -42,10 +44,11 @@ inline at::Tensor checked_statistic(const at::Tensor& t, const at::Tensor& like,
 }
 
 // The assign attention inputs q [B, N, C], k and v [B, S, C]: one device, one dtype, consistent sizes,
-// non-empty, a [B, N, S] map of < 2^32 elements (the Gumbel index), valid mode/tau/eps/keys.
+// non-empty, a global [B, N, S] map of < 2^32 elements (the Gumbel index), valid mode/tau/eps/keys and
+// noise batch offset/stride. Metadata only: no value of a tensor is read.
 inline void check_assign_inputs(const char* op, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                                 c10::DeviceType device, int64_t mode, double tau, double eps, int64_t key_a,
-                                int64_t key_b) {
+                                int64_t key_b, int64_t noise_batch_offset, int64_t noise_batch_stride) {
   check_tensor(q, op, "q", 3, device);
   check_tensor(k, op, "k", 3, device);
   check_tensor(v, op, "v", 3, device);
@@ -61,9 +64,15 @@ inline void check_assign_inputs(const char* op, const at::Tensor& q, const at::T
   TORCH_CHECK(v.size(1) == tokens, op, ": k and v must have the same tokens S, got k ", k.sizes(), ", v ", v.sizes());
   TORCH_CHECK(batch > 0 && groups > 0 && tokens > 0 && channels > 0, op, ": expected non-empty q, k, v, got q ",
               q.sizes(), ", k ", k.sizes());
-  TORCH_CHECK(batch * groups * tokens < (int64_t{1} << 32), op, ": the [B, N, S] map must have < 2^32 elements, got ",
-              batch, " x ", groups, " x ", tokens);
-  TORCH_CHECK(mode >= 0 && mode <= 2, op, ": mode must be 0 (soft), 1 (hard) or 2 (gumbel), got ", mode);
+  TORCH_CHECK(noise_batch_offset >= 0 && noise_batch_offset < (int64_t{1} << 32) && noise_batch_stride >= 1 &&
+                  noise_batch_stride < (int64_t{1} << 32),
+              op, ": noise_batch_offset must be in [0, 2^32) and noise_batch_stride in [1, 2^32), got ",
+              noise_batch_offset, " and ", noise_batch_stride);
+  const int64_t global_batch = noise_batch_offset + (batch - 1) * noise_batch_stride + 1;
+  TORCH_CHECK(global_batch * groups * tokens < (int64_t{1} << 32), op,
+              ": the global [B, N, S] map must have < 2^32 elements, got ", global_batch, " x ", groups, " x ", tokens);
+  TORCH_CHECK(mode == kModeSoft || mode == kModeHard || mode == kModeGumbel, op, ": mode must be ", kModeSoft,
+              " (soft), ", kModeHard, " (hard) or ", kModeGumbel, " (gumbel), got ", mode);
   TORCH_CHECK(std::isfinite(tau) && tau > 0, op, ": tau must be a finite number > 0, got ", tau);
   TORCH_CHECK(std::isfinite(eps) && eps >= 0, op, ": eps must be a finite number >= 0, got ", eps);
   TORCH_CHECK(key_a >= 0 && key_a <= 0xFFFFFFFFLL && key_b >= 0 && key_b <= 0xFFFFFFFFLL, op,
@@ -71,7 +80,8 @@ inline void check_assign_inputs(const char* op, const at::Tensor& q, const at::T
 }
 
 // The statistics passed to the backward, checked against q [B, N, C] and k [B, S, C]; returns them
-// contiguous and checks that col_argmax holds group indices (they index memory in the kernels).
+// contiguous. Metadata only: whether col_argmax holds group indices is a value check, left to the
+// caller (the CPU op checks it on the host; the CUDA kernels ignore an index outside [0, N)).
 inline std::tuple<at::Tensor, at::Tensor, at::Tensor> checked_backward_statistics(
     const char* op, const at::Tensor& grad_out, const at::Tensor& q, const at::Tensor& k, const at::Tensor& col_lse,
     const at::Tensor& col_argmax, const at::Tensor& row_sum) {
@@ -84,10 +94,6 @@ inline std::tuple<at::Tensor, at::Tensor, at::Tensor> checked_backward_statistic
   at::Tensor lse = checked_statistic(col_lse, q, op, "col_lse", at::kFloat, {batch, tokens});
   at::Tensor argmax = checked_statistic(col_argmax, q, op, "col_argmax", at::kInt, {batch, tokens});
   at::Tensor sums = checked_statistic(row_sum, q, op, "row_sum", at::kFloat, {batch, groups});
-  const auto [lowest, highest] = at::aminmax(argmax);
-  const int64_t low = lowest.item<int32_t>(), high = highest.item<int32_t>();
-  TORCH_CHECK(low >= 0 && high < groups, op, ": col_argmax must hold group indices in [0, ", groups,
-              "), got values in [", low, ", ", high, "]");
   return {lse, argmax, sums};
 }
 
