@@ -101,7 +101,8 @@ def run_job(job: Job) -> dict:
     from cign_fast.train.loop import train_incremental
 
     start = time.perf_counter()
-    summary = train_incremental(job_config(job), log=lambda message: None).summary
+    resume = Path(job.run_dir).exists()   # a run killed part-way continues from its newest checkpoint
+    summary = train_incremental(job_config(job), resume=resume, log=lambda message: None).summary
     summary["seconds"] = time.perf_counter() - start
     metrics.write_text(json.dumps(summary))
     return summary

@@ -17,10 +17,13 @@ from types import ModuleType
 import torch
 
 from cign_fast.contract import MODE_GUMBEL, MODE_SOFT, MODES, AssignParams
-from cign_fast.ops.reference import assign_attention_reference, token_distill_kl_reference
+from cign_fast.ops.reference import (
+    assign_attention_reference, bernoulli_distill_kl_reference, token_distill_kl_reference,
+)
 
 OP_FAMILIES = {"assign_attention": ("assign_attention_forward", "assign_attention_backward"),
-               "token_distill_kl": ("token_distill_kl_forward",)}
+               "token_distill_kl": ("token_distill_kl_forward",),
+               "bernoulli_distill_kl": ("bernoulli_distill_kl_forward",)}
 # Largest error allowed, relative to the largest magnitude of the reference output (at least 1).
 TOLERANCES = {torch.float64: 1e-9, torch.float32: 1e-4, torch.float16: 5e-3, torch.bfloat16: 3e-2}
 ASSIGN_SHAPE = (2, 5, 7, 8)        # B, N, S, C: odd sizes, a few milliseconds on any backend
@@ -41,7 +44,7 @@ class CheckResult:
 
 
 def op_family(op: str) -> str:
-    """The family (``assign_attention``, ``token_distill_kl``) a backend function belongs to."""
+    """The family (``assign_attention``, ``token_distill_kl``, ``bernoulli_distill_kl``) a backend function belongs to."""
     for family, ops in OP_FAMILIES.items():
         if op in ops:
             return family
@@ -96,17 +99,21 @@ def check_assign_attention(module: ModuleType, device: torch.device, dtype: torc
     return max(results, key=lambda result: result.error)
 
 
-def check_token_distill_kl(module: ModuleType, device: torch.device, dtype: torch.dtype) -> CheckResult:
-    """``module``'s distillation loss and student gradient against the reference."""
+def check_distillation(family: str, module: ModuleType, device: torch.device, dtype: torch.dtype) -> CheckResult:
+    """``module``'s distillation loss and student gradient (``family``: either KL op) against the reference."""
     student, teacher = inputs((DISTILL_SHAPE, DISTILL_SHAPE), device, dtype)
-    loss, grad = module.token_distill_kl_forward(student, teacher, 2, 9, 2.0, "batchmean")
+    loss, grad = getattr(module, f"{family}_forward")(student, teacher, 2, 9, 2.0, "batchmean")
     leaf = student.detach().cpu().double().requires_grad_()
-    want = token_distill_kl_reference(leaf, teacher.cpu().double(), temperature=2.0, columns=slice(2, 9))
+    reference = {"token_distill_kl": token_distill_kl_reference,
+                 "bernoulli_distill_kl": bernoulli_distill_kl_reference}[family]
+    want = reference(leaf, teacher.cpu().double(), temperature=2.0, columns=slice(2, 9))
     (want_grad,) = torch.autograd.grad(want, leaf)
     return compare({"loss": (loss, want), "grad_student": (grad, want_grad)}, dtype)
 
 
-CHECKS = {"assign_attention": check_assign_attention, "token_distill_kl": check_token_distill_kl}
+CHECKS = {"assign_attention": check_assign_attention,
+          "token_distill_kl": lambda *args: check_distillation("token_distill_kl", *args),
+          "bernoulli_distill_kl": lambda *args: check_distillation("bernoulli_distill_kl", *args)}
 
 
 def run_check(module: ModuleType, family: str, device: torch.device, dtype: torch.dtype) -> CheckResult:
