@@ -24,10 +24,8 @@ from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 
-import yaml
-
 from cign_fast.train.checkpoint import write_atomically
-from cign_fast.train.config import TrainConfig
+from cign_fast.train.config import TrainConfig, load_yaml
 from cign_fast.train.data import RunData
 from cign_fast.train.distributed import DistContext, broadcast_from_main
 from cign_fast.train.fingerprint import data_fingerprint, fingerprint_differences, settings_differences
@@ -126,7 +124,7 @@ class RunFolder:
         if self.context.is_main:
             try:
                 action()
-            except (RunFolderError, OSError) as error:
+            except (ValueError, OSError) as error:
                 message = str(error)
         message = broadcast_from_main(message, self.context)
         if message is not None:
@@ -175,10 +173,7 @@ class RunFolder:
 
 
 def read_yaml(path: Path) -> dict[str, object]:
-    try:
-        values = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as error:
-        raise RunFolderError(f"{path} is not valid YAML ({error})") from None
+    values = load_yaml(path.read_text(encoding="utf-8"), str(path))
     if not isinstance(values, dict):
         raise RunFolderError(f"{path}: expected a mapping of config sections")
     return values
