@@ -31,7 +31,8 @@ from cign_fast.plots import TITLES, plot_method_curves
 from cign_fast.train.checkpoint import list_checkpoints, write_atomically
 from cign_fast.train.config import TrainConfig, config_from_dict
 from cign_fast.train.distributed import DistContext, barrier, setup_distributed, teardown_distributed
-from cign_fast.train.loop import differing_settings, train_incremental
+from cign_fast.train.fingerprint import settings_differences
+from cign_fast.train.loop import train_incremental
 
 METRICS = {"avg_incremental_accuracy": "Average incremental accuracy", "last_accuracy": "Last accuracy",
            "forgetting": "Forgetting", "bwt": "Backward transfer (BWT)"}
@@ -94,7 +95,7 @@ def finished_summary(config: TrainConfig) -> dict[str, object] | None:
     summary = json.loads(metrics.read_text())
     if len(summary[MODALITIES[0]]["matrix"]) < len(summary["class_tasks"]):
         return None
-    differing = differing_settings(yaml.safe_load(saved.read_text()), config)
+    differing = settings_differences(yaml.safe_load(saved.read_text()), config.to_dict())
     if differing:
         raise ValueError(f"--out: the finished run in {out} was made with different settings for "
                          f"{', '.join(differing)}; compare into another --out folder")
