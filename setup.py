@@ -131,8 +131,9 @@ class BuildExtensions(cpp_extension.BuildExtension):
         if self.cuda_skipped is not None:
             print(f"cign_fast: CUDA extension skipped: {self.cuda_skipped}; built the CPU extension only",
                   file=sys.stderr)
-            if self.inplace:  # a CUDA extension left by an earlier build would contradict this record
-                Path(self.get_ext_fullpath(CUDA_EXTENSION)).unlink(missing_ok=True)
+            # a CUDA extension left by an earlier build would contradict this record (and go into a wheel)
+            for folder in (Path(self.build_lib), *([ROOT] if self.inplace else [])):
+                (folder / self.get_ext_filename(CUDA_EXTENSION)).unlink(missing_ok=True)
         record = {
             "torch": torch.__version__,
             "torch_cuda": torch.version.cuda,
