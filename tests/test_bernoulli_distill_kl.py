@@ -262,7 +262,7 @@ def test_info_lists_the_op_for_every_backend():
         (lambda s, t: (s, t), {"backend": "numpy"}, ValueError, "backend"),
     ],
 )
-def test_bad_input_raises_naming_the_argument(args, kwargs, error, match):
+def test_bad_input_raises_naming_the_argument(value_checks, args, kwargs, error, match):
     student, teacher = (t.detach() for t in logits(4, 7))
     with pytest.raises(error, match=match):
         cign_fast.bernoulli_distill_kl(*args(student, teacher), **kwargs)
