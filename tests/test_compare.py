@@ -1,6 +1,7 @@
 """``cign-fast compare``: every method end to end through the CLI, the table is the runs' metrics, ``eval``
 reproduces each method's last row from its checkpoint, and a killed comparison resumes where it stopped."""
 
+import csv
 import json
 from pathlib import Path
 
@@ -96,6 +97,20 @@ def test_a_killed_comparison_resumes_where_it_stopped(comparison, capsys):
     assert "epoch 1/1: loss" not in printed                    # nothing is trained again
     assert (out / "lwf" / "seed0" / "metrics.json").stat().st_mtime_ns == untouched
     assert json.loads((out / "compare.json").read_text())["results"] == before["results"]
+
+
+def test_train_method_flag_logs_the_methods_loss_terms(comparison, tmp_path):
+    data, _, _ = comparison
+    with one_thread():
+        assert main(["train", *tiny_train_args(data, tmp_path / "lwf", "--method", "lwf", "--tasks", "2",
+                                               "--epochs", "1")]) == 0
+    with (tmp_path / "lwf" / "epochs.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert list(rows[0])[:6] == ["task", "epoch", "loss", "ce_audio", "ce_visual", "kd"]
+    assert float(rows[0]["kd"]) == 0.0 and float(rows[1]["kd"]) >= 0.0   # no old model at the first task
+    for row in rows:
+        assert float(row["loss"]) == pytest.approx(float(row["ce_audio"]) + float(row["ce_visual"]) + float(row["kd"]))
+    assert "method: lwf" in (tmp_path / "lwf" / "config.yaml").read_text()
 
 
 def test_changed_settings_are_refused_for_finished_runs(comparison, capsys):
