@@ -75,8 +75,10 @@ def main(argv: list[str] | None = None) -> int:
             base = build_config(base=demo_overrides(DemoOptions(**{**vars(options), "tasks": tasks}), root))
             for memory in (0, args.memory):
                 setting = "exemplar-free" if memory == 0 else f"{memory} exemplars per class"
+                # one runs folder for both settings: the runs they share (joint; iCaRL and SS-IL) train once
                 report = run_compare(base, args.methods, args.seeds, args.work / dataset / f"memory{memory}",
-                                     memory_per_class=memory, required_memory_per_class=args.memory, context=context)
+                                     memory_per_class=memory, required_memory_per_class=args.memory, context=context,
+                                     runs_dir=args.work / dataset / "runs")
                 reports[f"{dataset}, {setting}"] = report
                 body = format_table(report).split("\n", 1)[1].replace("\n## ", "\n### ")
                 sections.append(f"## {dataset}, {setting}\n{body}")

@@ -49,12 +49,12 @@ def test_killed_runs_resume_to_the_uninterrupted_metrics(tmp_path):
     assert resumed.stdout.count("finished earlier") == len(KILL_POINTS) - 1
 
     for method, _, _ in KILL_POINTS:
-        expected_metrics, expected_losses = read_run_results(tmp_path / "reference" / method / "seed0")
-        metrics, losses = read_run_results(tmp_path / "killed" / method / "seed0")
+        expected_metrics, expected_losses = read_run_results(tmp_path / "reference" / f"{method}-memory6" / "seed0")
+        metrics, losses = read_run_results(tmp_path / "killed" / f"{method}-memory6" / "seed0")
         for modality in ("audio", "visual", "audio_visual"):
             assert metrics[modality] == expected_metrics[modality], method
         assert losses == pytest.approx(expected_losses, rel=1e-6, abs=1e-9), method
-        assert len(list_checkpoints(tmp_path / "killed" / method / "seed0" / "checkpoints")) == 2
+        assert len(list_checkpoints(tmp_path / "killed" / f"{method}-memory6" / "seed0" / "checkpoints")) == 2
 
 
 def check_resumed(stdout: str, number: int, method: str) -> None:
