@@ -88,8 +88,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     env["load_average_end"] = common.load_average()
     header = ["# Methods compared (`cign-fast compare`)", "", *common.environment_markdown(env), "",
-              f"Recipe: the demo's (raw clips, D = 128, depth 1, {args.epochs} epochs per task, Adam 1e-3, batch 8); "
-              f"seeds {' '.join(map(str, args.seeds))}.", ""]
+              f"Recipe: the demo's (raw clips, D = 128, depth 1, {args.epochs} epoch(s) per task, Adam 1e-3, batch 8); "
+              f"seed(s) {' '.join(map(str, args.seeds))}.", ""]
     json_path, md_path = common.write_results("methods", {"environment": env, "comparisons": reports},
                                               "\n".join(header) + "\n" + "\n".join(sections), args.results)
     print(f"wrote {json_path} and {md_path}")
