@@ -25,7 +25,7 @@ def method_list(text: str) -> list[str]:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", type=Path, required=True, help="dataset root or feature cache")
     parser.add_argument("--out", type=Path, required=True,
-                        help="comparison folder: one run folder per method and seed, compare.md/.json/.png")
+                        help="comparison folder: compare.md/.json/.png, and the run folders unless --runs")
     parser.add_argument("--runs", type=Path,
                         help="where the run folders go (default: OUT); comparisons sharing it reuse their common runs")
     parser.add_argument("--methods", type=method_list, default=list(method_names()), metavar="NAME,NAME,...",
