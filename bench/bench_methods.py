@@ -75,8 +75,10 @@ def main(argv: list[str] | None = None) -> int:
             base = build_config(base=demo_overrides(DemoOptions(**{**vars(options), "tasks": tasks}), root))
             for memory in (0, args.memory):
                 setting = "exemplar-free" if memory == 0 else f"{memory} exemplars per class"
+                # one runs folder for both settings: the runs they share (joint; iCaRL and SS-IL) train once
                 report = run_compare(base, args.methods, args.seeds, args.work / dataset / f"memory{memory}",
-                                     memory_per_class=memory, required_memory_per_class=args.memory, context=context)
+                                     memory_per_class=memory, required_memory_per_class=args.memory, context=context,
+                                     runs_dir=args.work / dataset / "runs")
                 reports[f"{dataset}, {setting}"] = report
                 body = format_table(report).split("\n", 1)[1].replace("\n## ", "\n### ")
                 sections.append(f"## {dataset}, {setting}\n{body}")
@@ -86,8 +88,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     env["load_average_end"] = common.load_average()
     header = ["# Methods compared (`cign-fast compare`)", "", *common.environment_markdown(env), "",
-              f"Recipe: the demo's (raw clips, D = 128, depth 1, {args.epochs} epochs per task, Adam 1e-3, batch 8); "
-              f"seeds {' '.join(map(str, args.seeds))}.", ""]
+              f"Recipe: the demo's (raw clips, D = 128, depth 1, {args.epochs} epoch(s) per task, Adam 1e-3, batch 8); "
+              f"seed(s) {' '.join(map(str, args.seeds))}.", ""]
     json_path, md_path = common.write_results("methods", {"environment": env, "comparisons": reports},
                                               "\n".join(header) + "\n" + "\n".join(sections), args.results)
     print(f"wrote {json_path} and {md_path}")

@@ -1,6 +1,7 @@
 """``cign-fast compare``: every method end to end through the CLI, the table is the runs' metrics, ``eval``
 reproduces each method's last row from its checkpoint, and a killed comparison resumes where it stopped."""
 
+import csv
 import json
 from pathlib import Path
 
@@ -21,6 +22,10 @@ def compare_args(data, out, *extra):
                                         "--required-memory-per-class", str(REQUIRED_MEMORY), *extra)]
 
 
+def run_dir(out: Path, name: str) -> Path:
+    return Path(json.loads((out / "compare.json").read_text())["runs"][name][0])
+
+
 @pytest.fixture(scope="module")
 def comparison(tmp_path_factory):
     root = tmp_path_factory.mktemp("compare")
@@ -39,9 +44,11 @@ def test_every_method_trains_and_the_table_holds_their_metrics(comparison, capsy
     table = (out / "compare.md").read_text()
     assert "except for icarl, ssil" in table
     for name in METHODS:
-        metrics = json.loads((out / name / "seed0" / "metrics.json").read_text())
+        assert run_dir(out, name) == out / (f"{name}-memory{REQUIRED_MEMORY}" if name in ("icarl", "ssil") else name) \
+            / "seed0"
+        metrics = json.loads((run_dir(out, name) / "metrics.json").read_text())
         assert len(metrics["audio_visual"]["matrix"]) == 2
-        assert not (out / name / "seed0" / "accuracy_matrices.png").exists()   # run.plots=false
+        assert not (run_dir(out, name) / "accuracy_matrices.png").exists()   # run.plots=false
         for modality in MODALITIES:
             for metric in METRICS:
                 entry = report["results"][name][modality][metric]
@@ -58,12 +65,12 @@ def test_every_method_trains_and_the_table_holds_their_metrics(comparison, capsy
 @pytest.mark.parametrize("name", list(METHODS))
 def test_eval_reproduces_each_methods_last_row(comparison, tmp_path, name):
     data, out, _ = comparison
-    checkpoint = list_checkpoints(out / name / "seed0" / "checkpoints")[-1]
+    checkpoint = list_checkpoints(run_dir(out, name) / "checkpoints")[-1]
     with one_thread():
         assert main(["eval", "--checkpoint", str(checkpoint), "--data", str(data), "--device", "cpu",
                      "--json", str(tmp_path / "eval.json")]) == 0
     evaluation = json.loads((tmp_path / "eval.json").read_text())
-    metrics = json.loads((out / name / "seed0" / "metrics.json").read_text())
+    metrics = json.loads((run_dir(out, name) / "metrics.json").read_text())
     assert evaluation["method"] == name
     for modality in MODALITIES:
         assert evaluation[modality]["per_task"] == pytest.approx(metrics[modality]["matrix"][-1])
@@ -71,7 +78,7 @@ def test_eval_reproduces_each_methods_last_row(comparison, tmp_path, name):
 
 def test_embed_uses_the_methods_embedding(comparison, tmp_path):
     data, out, _ = comparison
-    checkpoint = list_checkpoints(out / "icarl" / "seed0" / "checkpoints")[-1]
+    checkpoint = list_checkpoints(run_dir(out, "icarl") / "checkpoints")[-1]
     with one_thread():
         assert main(["embed", "--checkpoint", str(checkpoint), "--data", str(data), "--out", str(tmp_path / "t.png"),
                      "--device", "cpu", "--perplexity", "3"]) == 0
@@ -81,8 +88,8 @@ def test_embed_uses_the_methods_embedding(comparison, tmp_path):
 def test_a_killed_comparison_resumes_where_it_stopped(comparison, capsys):
     _, out, args = comparison
     before = json.loads((out / "compare.json").read_text())
-    ewc = out / "ewc" / "seed0"
-    untouched = (out / "lwf" / "seed0" / "metrics.json").stat().st_mtime_ns
+    ewc, lwf = run_dir(out, "ewc"), run_dir(out, "lwf")
+    untouched = (lwf / "metrics.json").stat().st_mtime_ns
     # as if killed while finishing EWC's last task: its "done" checkpoint and final metrics never written
     list_checkpoints(ewc / "checkpoints")[-1].unlink()
     (ewc / "metrics.json").unlink()
@@ -94,8 +101,34 @@ def test_a_killed_comparison_resumes_where_it_stopped(comparison, capsys):
     assert f"ewc seed 0: resuming in {ewc}" in printed
     assert printed.count("finished earlier") == len(METHODS) - 1
     assert "epoch 1/1: loss" not in printed                    # nothing is trained again
-    assert (out / "lwf" / "seed0" / "metrics.json").stat().st_mtime_ns == untouched
+    assert (lwf / "metrics.json").stat().st_mtime_ns == untouched
     assert json.loads((out / "compare.json").read_text())["results"] == before["results"]
+
+
+def test_train_method_flag_logs_the_methods_loss_terms(comparison, tmp_path):
+    data, _, _ = comparison
+    with one_thread():
+        assert main(["train", *tiny_train_args(data, tmp_path / "lwf", "--method", "lwf", "--tasks", "2",
+                                               "--epochs", "1")]) == 0
+    with (tmp_path / "lwf" / "epochs.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert list(rows[0])[:6] == ["task", "epoch", "loss", "ce_audio", "ce_visual", "kd"]
+    assert float(rows[0]["kd"]) == 0.0 and float(rows[1]["kd"]) >= 0.0   # no old model at the first task
+    for row in rows:
+        assert float(row["loss"]) == pytest.approx(float(row["ce_audio"]) + float(row["ce_visual"]) + float(row["kd"]))
+    assert "method: lwf" in (tmp_path / "lwf" / "config.yaml").read_text()
+
+
+def test_a_comparison_sharing_the_runs_folder_reuses_the_runs_in_common(comparison, tmp_path, capsys):
+    data, out, _ = comparison
+    capsys.readouterr()
+    args = compare_args(data, tmp_path / "with-memory", "--methods", "joint,icarl", "--seeds", "0",
+                        "--memory-per-class", str(REQUIRED_MEMORY), "--runs", str(out))
+    with one_thread():
+        assert main(args) == 0
+    assert capsys.readouterr().out.count("finished earlier") == 2   # joint keeps no memory; icarl had 3 per class
+    report = json.loads((tmp_path / "with-memory" / "compare.json").read_text())
+    assert report["runs"]["icarl"] == [str(run_dir(out, "icarl"))]
 
 
 def test_changed_settings_are_refused_for_finished_runs(comparison, capsys):

@@ -53,8 +53,8 @@ def test_two_gloo_processes_match_one_process(tmp_path):
     assert (tmp_path / "ddp" / "compare.md").is_file()
 
     for method in METHODS:
-        single_metrics, single_losses = read_run_results(tmp_path / "single" / method / "seed0")
-        ddp_metrics, ddp_losses = read_run_results(tmp_path / "ddp" / method / "seed0")
+        single_metrics, single_losses = read_run_results(tmp_path / "single" / f"{method}-memory6" / "seed0")
+        ddp_metrics, ddp_losses = read_run_results(tmp_path / "ddp" / f"{method}-memory6" / "seed0")
         assert ddp_losses == pytest.approx(single_losses, rel=1e-4), method
         sizes = single_metrics["task_test_sizes"]
         assert ddp_metrics["task_test_sizes"] == sizes
@@ -65,7 +65,7 @@ def test_two_gloo_processes_match_one_process(tmp_path):
                     if a is not None:
                         assert abs(a - b) <= 1 / sizes[task] + 1e-9, (method, modality, single_row, ddp_row)
         # the memory was chosen once (rank 0) and used by both ranks: same epoch sizes as the single run
-        with (tmp_path / "ddp" / method / "seed0" / "epochs.csv").open() as handle:
+        with (tmp_path / "ddp" / f"{method}-memory6" / "seed0" / "epochs.csv").open() as handle:
             ddp_samples = [float(row["samples"]) for row in csv.DictReader(handle)]
-        with (tmp_path / "single" / method / "seed0" / "epochs.csv").open() as handle:
+        with (tmp_path / "single" / f"{method}-memory6" / "seed0" / "epochs.csv").open() as handle:
             assert ddp_samples == [float(row["samples"]) for row in csv.DictReader(handle)]

@@ -24,24 +24,25 @@ from cign_fast.cli import train as train_cli
 from cign_fast.train.config import TrainConfig, build_config
 
 REPO = Path(__file__).resolve().parents[1]
-TRAIN_RUNNER = ("import sys; from cign_fast.cli import main; "
-                "sys.exit(main(['train'] + sys.argv[1:]))")
-COMPARE_RUNNER = TRAIN_RUNNER.replace("'train'", "'compare'")
-# ``train`` that SIGKILLs itself on the N-th call of a trainer method: arguments HOOK N, then train's
+COMPARE_RUNNER = ("import sys; from cign_fast.cli import main; "
+                  "sys.exit(main(['compare'] + sys.argv[1:]))")
+# ``cign-fast`` that SIGKILLs itself on the N-th call of a trainer method in a run of one method:
+# arguments METHOD HOOK N, then the subcommand and its arguments
 KILLING_RUNNER = """
 import os, signal, sys
 from cign_fast.cli import main
 from cign_fast.train.loop import IncrementalTrainer
-hook, fatal_call = sys.argv[1], int(sys.argv[2])
+target, hook, fatal_call = sys.argv[1], sys.argv[2], int(sys.argv[3])
 original, calls = getattr(IncrementalTrainer, hook), []
 def killing(self, *args, **kwargs):
-    calls.append(hook)
-    if len(calls) == fatal_call:
-        sys.stdout.flush()
-        os.kill(os.getpid(), signal.SIGKILL)
+    if self.method.name == target:
+        calls.append(hook)
+        if len(calls) == fatal_call:
+            sys.stdout.flush()
+            os.kill(os.getpid(), signal.SIGKILL)
     return original(self, *args, **kwargs)
 setattr(IncrementalTrainer, hook, killing)
-sys.exit(main(['train'] + sys.argv[3:]))
+sys.exit(main(sys.argv[4:]))
 """
 
 
@@ -119,10 +120,6 @@ def run_runner(runner: str, args: list[str], **kwargs) -> subprocess.CompletedPr
     """``python -c runner args`` with one thread, output captured."""
     return subprocess.run([sys.executable, "-c", runner, *args], env=subprocess_env(), cwd=REPO,
                           capture_output=True, text=True, **kwargs)
-
-
-def run_train(args: list[str], **kwargs) -> subprocess.CompletedProcess:
-    return run_runner(TRAIN_RUNNER, args, **kwargs)
 
 
 def read_run_results(out: Path) -> tuple[dict, list[float]]:

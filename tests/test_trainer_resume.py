@@ -8,8 +8,9 @@ from cign_fast.train.checkpoint import (
     CorruptCheckpoint, checkpoint_name, list_checkpoints, load_checkpoint, load_latest_checkpoint, save_checkpoint,
 )
 from cign_fast.train.loop import check_resume_compatible, train_incremental
+from cign_fast.cli import main
 from test_trainer_helpers import (
-    KILLING_RUNNER, one_thread, read_run_results, run_runner, run_train, tiny_config, tiny_train_args,
+    COMPARE_RUNNER, KILLING_RUNNER, one_thread, read_run_results, run_runner, tiny_config, tiny_train_args,
     write_feature_dataset,
 )
 
@@ -20,30 +21,48 @@ KILL_POINTS = [
     ("ewc", "evaluate", 2),       # after task 1's memory update and Fisher, before its evaluation
     ("icarl", "train_step", 11),  # inside task 1's second epoch, with task 0's old model and class means
 ]
+METHODS = ",".join(method for method, _, _ in KILL_POINTS)
 
 
-@pytest.mark.parametrize("method, hook, call", KILL_POINTS, ids=[point[0] for point in KILL_POINTS])
-def test_killed_run_resumes_to_the_uninterrupted_metrics(tmp_path, method, hook, call):
+def test_killed_runs_resume_to_the_uninterrupted_metrics(tmp_path):
+    """``compare`` of CIGN, EWC and iCaRL, SIGKILLed inside each method's run in turn: every start resumes the
+    run killed last (without retraining its first task) and the final runs equal uninterrupted ones."""
     data = write_feature_dataset(tmp_path / "data")
-    extra = ("--method", method, "--memory-budget", "12", "--set", "run.keep_checkpoints=2")
-    with one_thread():   # the uninterrupted reference, in this process: one thread computes as the runners do
-        train_incremental(tiny_config(data, tmp_path / "reference", *extra), log=lambda message: None)
+    extra = ("--methods", METHODS, "--memory-per-class", "6", "--set", "run.keep_checkpoints=2")
+    with one_thread():   # the uninterrupted references, in this process: one thread computes as the runners do
+        assert main(["compare", *tiny_train_args(data, tmp_path / "reference", *extra)]) == 0
 
     args = tiny_train_args(data, tmp_path / "killed", *extra)
-    killed = run_runner(KILLING_RUNNER, [hook, str(call), *args], timeout=600)
-    assert killed.returncode == -9, killed.stderr    # SIGKILL: nothing after the kill point ran
-    assert "task 2/3 epoch 1/3" in killed.stdout and "after task 2/3" not in killed.stdout
-
-    resumed = run_train(args + ["--resume"], timeout=600)
+    previous = None
+    for number, (method, hook, call) in enumerate(KILL_POINTS, start=1):
+        killed = run_runner(KILLING_RUNNER, [method, hook, str(call), "compare", *args], timeout=600)
+        assert killed.returncode == -9, killed.stderr    # SIGKILL: nothing after the kill point ran
+        assert f"[{number}/3] {method} seed 0: training" in killed.stdout
+        assert "task 2/3 epoch 1/3" in killed.stdout.split(f"[{number}/3]")[1]
+        assert "after task 2/3" not in killed.stdout.split(f"[{number}/3]")[1]
+        if previous is not None:
+            check_resumed(killed.stdout, number - 1, previous)
+        previous = method
+    resumed = run_runner(COMPARE_RUNNER, args, timeout=600)
     assert resumed.returncode == 0, resumed.stderr
-    assert "resumed from checkpoint-" in resumed.stdout
-    assert "task 1/3 epoch" not in resumed.stdout   # the first task is not trained again
-    expected_metrics, expected_losses = read_run_results(tmp_path / "reference")
-    metrics, losses = read_run_results(tmp_path / "killed")
-    for modality in ("audio", "visual", "audio_visual"):
-        assert metrics[modality] == expected_metrics[modality]
-    assert losses == pytest.approx(expected_losses, rel=1e-6, abs=1e-9)
-    assert len(list_checkpoints(tmp_path / "killed" / "checkpoints")) == 2   # keep_checkpoints
+    check_resumed(resumed.stdout, len(KILL_POINTS), previous)
+    assert resumed.stdout.count("finished earlier") == len(KILL_POINTS) - 1
+
+    for method, _, _ in KILL_POINTS:
+        expected_metrics, expected_losses = read_run_results(tmp_path / "reference" / f"{method}-memory6" / "seed0")
+        metrics, losses = read_run_results(tmp_path / "killed" / f"{method}-memory6" / "seed0")
+        for modality in ("audio", "visual", "audio_visual"):
+            assert metrics[modality] == expected_metrics[modality], method
+        assert losses == pytest.approx(expected_losses, rel=1e-6, abs=1e-9), method
+        assert len(list_checkpoints(tmp_path / "killed" / f"{method}-memory6" / "seed0" / "checkpoints")) == 2
+
+
+def check_resumed(stdout: str, number: int, method: str) -> None:
+    """Run ``number`` of the comparison (``method``) resumed from a checkpoint, its first task not retrained."""
+    assert f"[{number}/3] {method} seed 0: resuming" in stdout
+    segment = stdout.split(f"[{number}/3]")[1].split(f"[{number + 1}/3]")[0]
+    assert "resumed from checkpoint-" in segment
+    assert "task 1/3 epoch" not in segment and "after task 3/3" in segment
 
 
 @pytest.mark.parametrize("method", ["cign", "ewc", "icarl"])

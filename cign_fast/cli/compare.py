@@ -1,7 +1,8 @@
 """``cign-fast compare``: several methods x seeds on one dataset and config; writes compare.md, .json and .png.
 
-Each run is a normal, resumable run folder ``OUT/<method>/seed<seed>``; run the same command again after
-a crash and it continues where it stopped. Under ``torchrun`` every run is a DDP run.
+Each run is a normal, resumable run folder ``RUNS/<method>[-memory<k>]/seed<seed>`` (``RUNS``: ``--runs``, default
+OUT); run the same command again after a crash and it continues where it stopped. Under ``torchrun`` every
+run is a DDP run.
 """
 
 from __future__ import annotations
@@ -21,7 +22,9 @@ def method_list(text: str) -> list[str]:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", type=Path, required=True, help="dataset root or feature cache")
     parser.add_argument("--out", type=Path, required=True,
-                        help="comparison folder: one run folder per method and seed, compare.md/.json/.png")
+                        help="comparison folder: compare.md/.json/.png, and the run folders unless --runs")
+    parser.add_argument("--runs", type=Path,
+                        help="where the run folders go (default: OUT); comparisons sharing it reuse their common runs")
     parser.add_argument("--methods", type=method_list, default=list(METHOD_NAMES), metavar="NAME,NAME,...",
                         help=f"comma-separated methods (default: all: {','.join(METHOD_NAMES)})")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="run seeds (default: 0)")
@@ -40,7 +43,7 @@ def main(args: argparse.Namespace) -> int:
     try:
         base = build_config(args.config, args.overrides, flags=settings_from_flags(args))
         run_compare(base, args.methods, args.seeds, args.out, memory_per_class=args.memory_per_class,
-                    required_memory_per_class=args.required_memory_per_class)
+                    required_memory_per_class=args.required_memory_per_class, runs_dir=args.runs)
     except (ValueError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -1,6 +1,8 @@
 """``cign-fast compare``: several methods x seeds on one dataset and config, then a table and a plot.
 
-Every run is a normal run folder ``OUT/<method>/seed<seed>`` (``cign-fast train --resume`` continues it).
+Every run is a normal run folder ``RUNS/<method>/seed<seed>``, or ``RUNS/<method>-memory<k>/seed<seed>`` with
+k exemplars per class (``cign-fast train --resume`` continues it); ``RUNS`` is ``OUT`` unless told otherwise,
+so comparisons that share a runs folder share the runs they have in common.
 A run whose ``metrics.json`` already covers every task is reused (after checking that it was made with the
 same settings); an unfinished one resumes from its newest intact checkpoint. So a killed compare, started
 again with the same arguments, resumes where it stopped. Under torchrun every run is a DDP run of the one
@@ -58,7 +60,12 @@ def memory_of(method: str, memory_per_class: int, required_memory_per_class: int
     return required_memory_per_class if use == "required" else 0
 
 
-def plan_runs(methods: Sequence[str], seeds: Sequence[int], out: Path, memory_per_class: int,
+def run_folder(runs: Path, method: str, seed: int, memory_per_class: int) -> Path:
+    """``runs/<method>/seed<seed>``, ``runs/<method>-memory<k>/seed<seed>`` with a memory of k per class."""
+    return runs / (method if memory_per_class == 0 else f"{method}-memory{memory_per_class}") / f"seed{seed}"
+
+
+def plan_runs(methods: Sequence[str], seeds: Sequence[int], runs: Path, memory_per_class: int,
               required_memory_per_class: int) -> list[PlannedRun]:
     """The runs seed by seed (a partial comparison then has every method), each with its folder and memory."""
     if not methods:
@@ -73,8 +80,9 @@ def plan_runs(methods: Sequence[str], seeds: Sequence[int], out: Path, memory_pe
     if memory_per_class < 0 or required_memory_per_class <= 0:
         raise ValueError(f"--memory-per-class, --required-memory-per-class: expected >= 0 and > 0, got "
                          f"{memory_per_class} and {required_memory_per_class}")
-    return [PlannedRun(name, seed, memory_of(name, memory_per_class, required_memory_per_class),
-                       out / name / f"seed{seed}") for seed in seeds for name in methods]
+    runs_of = [(name, seed, memory_of(name, memory_per_class, required_memory_per_class))
+               for seed in seeds for name in methods]
+    return [PlannedRun(name, seed, memory, run_folder(runs, name, seed, memory)) for name, seed, memory in runs_of]
 
 
 def run_config(base: TrainConfig, run: PlannedRun) -> TrainConfig:
@@ -145,7 +153,7 @@ def format_table(report: dict[str, object]) -> str:
                      f"{100 * report['results'][method][m][metric]['std']:.1f}" for m in MODALITIES]
             lines.append(f"| {method} | {memory[method] or '-'} | " + " | ".join(cells) + " |")
         lines.append("")
-    lines.append("Runs: `" + "`, `".join(f"{m}/seed{s}" for s in report["seeds"] for m in report["methods"]) + "`")
+    lines.append("Runs: `" + "`, `".join(path for m in report["methods"] for path in report["runs"][m]) + "`")
     return "\n".join(lines) + "\n"
 
 
@@ -159,13 +167,15 @@ def write_report(out: Path, report: dict[str, object]) -> None:
 
 def run_compare(base: TrainConfig, methods: Sequence[str], seeds: Sequence[int], out: str | Path, *,
                 memory_per_class: int = 0, required_memory_per_class: int = 20,
-                log: Callable[[str], None] = print, context: DistContext | None = None) -> dict[str, object]:
+                log: Callable[[str], None] = print, context: DistContext | None = None,
+                runs_dir: str | Path | None = None) -> dict[str, object]:
     """Train (or reuse, or resume) every run of the comparison, then write the report; returns compare.json.
 
-    ``context``: a process group already set up; by default one is set up from torchrun's environment
-    and torn down at the end."""
+    ``runs_dir``: where the run folders go (default ``out``). ``context``: a process group already set up;
+    by default one is set up from torchrun's environment and torn down at the end."""
     out = Path(out)
-    runs = plan_runs(methods, seeds, out, memory_per_class, required_memory_per_class)
+    runs = plan_runs(methods, seeds, out if runs_dir is None else Path(runs_dir), memory_per_class,
+                     required_memory_per_class)
     configs = [run_config(base, run) for run in runs]   # every config checked before the first run starts
     own_context = context is None
     context = setup_distributed(base.run.device) if own_context else context
