@@ -30,6 +30,7 @@ def broken_backend(scale_out: float = 1.0, flip_choices: bool = False) -> types.
     module.assign_attention_forward = assign_attention_forward
     module.assign_attention_backward = reference.assign_attention_backward
     module.token_distill_kl_forward = reference.token_distill_kl_forward
+    module.bernoulli_distill_kl_forward = reference.bernoulli_distill_kl_forward
     return module
 
 
@@ -103,10 +104,8 @@ def test_info_check_prints_a_table_and_fails_on_a_failed_check(with_backend, mon
     assert info.main(parser.parse_args(["--check"])) == 1
     lines = capsys.readouterr().out.splitlines()
     rows = [line.split() for line in lines[lines.index(next(l for l in lines if "self-check" in l)) + 2:]]
-    assert [row[:4] for row in rows] == [["cpp", "assign_attention", "cpu", "bfloat16"],
-                                         ["cpp", "assign_attention", "cpu", "float32"],
-                                         ["cpp", "token_distill_kl", "cpu", "bfloat16"],
-                                         ["cpp", "token_distill_kl", "cpu", "float32"],
-                                         ["broken", "assign_attention", "cpu", "float32"],
-                                         ["broken", "token_distill_kl", "cpu", "float32"]]
-    assert [row[5] for row in rows] == ["ok", "ok", "ok", "ok", "FAILED:", "ok"]
+    families = ("assign_attention", "token_distill_kl", "bernoulli_distill_kl")
+    assert [row[:4] for row in rows] == (
+        [["cpp", family, "cpu", dtype] for family in families for dtype in ("bfloat16", "float32")]
+        + [["broken", family, "cpu", "float32"] for family in families])
+    assert [row[5] for row in rows] == ["ok"] * 6 + ["FAILED:", "ok", "ok"]
