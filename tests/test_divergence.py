@@ -17,7 +17,7 @@ from cign_fast.train.divergence import DivergenceMonitor, TrainingDiverged
 from cign_fast.train.loop import train_incremental
 from test_trainer_helpers import one_thread, tiny_config, tiny_train_args, write_feature_dataset
 
-LOSS_KEYS = ("total", "bce_audio", "bce_visual", "token_ce", "kd")   # CIGN's terms, total first
+LOSS_KEYS = ("total", "cls_audio", "cls_visual", "token_ce", "kd")   # CIGN's terms, total first
 
 FAST = ("--tasks", "2", "--epochs", "2")   # 3 steps per epoch
 CPU = DistContext(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
@@ -40,7 +40,7 @@ def test_observing_a_step_never_reads_the_device(monkeypatch: pytest.MonkeyPatch
         watcher.observe(task=1, epoch=0, step=step, lr=0.5 * (step + 1), losses=losses)
     monkeypatch.undo()
     with pytest.raises(TrainingDiverged, match=r"task 2/3, epoch 1/2, step 2 \(lr 1.5\): loss nan \(bce_audio nan, "
-                                               r"bce_visual nan, token_ce nan, kd nan\)"):
+                                               r"cls_visual nan, token_ce nan, kd nan\)"):
         watcher.check(task=1, epoch=0)
 
 
@@ -73,7 +73,7 @@ def test_exploding_loss_stops_the_run_naming_task_epoch_step_lr_and_terms(tmp_pa
         train_incremental(tiny_config(data, tmp_path / "run", "--lr", lr), log=lambda message: None)
     message = str(caught.value)
     assert message.startswith("training diverged in task 1/3, epoch 1/3, ") and re.search(why, message), message
-    assert all(key in message for key in ("bce_audio", "bce_visual", "token_ce", "kd"))
+    assert all(key in message for key in ("cls_audio", "cls_visual", "token_ce", "kd"))
     assert "no checkpoint was written" in message
 
 

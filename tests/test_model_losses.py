@@ -1,4 +1,4 @@
-"""cign_loss: the BCE / token-CE / distillation terms, their gradients, bad input, and a tiny overfit run."""
+"""cign_loss: the classification (cross-entropy or BCE) / token-CE / distillation terms, their gradients, bad input, and a tiny overfit run."""
 
 from __future__ import annotations
 
@@ -37,11 +37,13 @@ def test_first_task_terms_match_their_formulas():
     out = random_output(batch=4, num_classes=3)
     labels = torch.tensor([0, 2, 1, 2])
     losses = cign_loss(out, labels, None, 0)
-    assert set(losses) == {"bce_audio", "bce_visual", "token_ce", "kd", "total"}
+    assert set(losses) == {"cls_audio", "cls_visual", "token_ce", "kd", "total"}
+    expected_ce = -F.log_softmax(out.audio_logits, dim=-1)[torch.arange(4), labels].mean()
+    torch.testing.assert_close(losses["cls_audio"], expected_ce)
     onehot = F.one_hot(labels, 3).float()
     p_audio = torch.sigmoid(out.audio_logits)
     expected_bce = -(onehot * p_audio.log() + (1 - onehot) * (1 - p_audio).log()).mean()
-    torch.testing.assert_close(losses["bce_audio"], expected_bce)
+    torch.testing.assert_close(cign_loss(out, labels, None, 0, classification="bce")["cls_audio"], expected_bce)
     token_targets = torch.tensor([0, 1, 2] * 4)
     expected_token_ce = sum(
         -F.log_softmax(logits.reshape(12, 3), dim=-1)[torch.arange(12), token_targets].mean()
@@ -49,7 +51,7 @@ def test_first_task_terms_match_their_formulas():
     )
     torch.testing.assert_close(losses["token_ce"], expected_token_ce)
     assert float(losses["kd"]) == 0.0
-    torch.testing.assert_close(losses["total"], losses["bce_audio"] + losses["bce_visual"] + losses["token_ce"])
+    torch.testing.assert_close(losses["total"], losses["cls_audio"] + losses["cls_visual"] + losses["token_ce"])
 
 
 def bernoulli_kl_on_old(student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -101,20 +103,27 @@ def test_old_classes_are_negatives_of_new_clips_only_when_asked():
     torch.manual_seed(0)
     out = random_output(batch=4, num_classes=5, requires_grad=True)
     labels = torch.tensor([0, 3, 4, 1])   # two exemplars of old classes (0, 1), two new clips
-    cign_loss(out, labels, None, 3, old_class_negatives=False)["bce_audio"].backward()
-    grad = out.audio_logits.grad
-    assert not grad[1:3, :3].any()                        # new clips: no BCE term on the old classes
-    assert grad[1:3, 3:].abs().min() > 0 and grad[[0, 3]].abs().min() > 0   # exemplars: every class
     kept = torch.ones(4, 5)
     kept[1:3, :3] = 0
-    p = torch.sigmoid(out.audio_logits.detach())
+    for classification in ("cross_entropy", "bce"):
+        out.audio_logits.grad = None
+        loss = cign_loss(out, labels, None, 3, classification=classification, old_class_negatives=False)["cls_audio"]
+        loss.backward()
+        grad = out.audio_logits.grad
+        assert not grad[1:3, :3].any()                        # new clips: no term on the old classes
+        assert grad[1:3, 3:].abs().min() > 0 and grad[[0, 3]].abs().min() > 0   # exemplars: every class
+        out.audio_logits.grad = None
+        cign_loss(out, labels, None, 3, classification=classification)["cls_audio"].backward()
+        assert out.audio_logits.grad.abs().min() > 0          # the authors' scoring: every class
+    logits = out.audio_logits.detach()
+    p = torch.sigmoid(logits)
     onehot = F.one_hot(labels, 5).float()
     terms = -(onehot * p.log() + (1 - onehot) * (1 - p).log())
-    torch.testing.assert_close(cign_loss(out, labels, None, 3, old_class_negatives=False)["bce_audio"],
+    torch.testing.assert_close(cign_loss(out, labels, None, 3, classification="bce", old_class_negatives=False)["cls_audio"],
                                (terms * kept).sum() / kept.sum())
-    out.audio_logits.grad = None
-    cign_loss(out, labels, None, 3, old_class_negatives=True)["bce_audio"].backward()
-    assert out.audio_logits.grad.abs().min() > 0          # the authors' one-hot BCE scores every class
+    masked = logits.masked_fill(kept == 0, float("-inf"))
+    torch.testing.assert_close(cign_loss(out, labels, None, 3, old_class_negatives=False)["cls_audio"],
+                               -F.log_softmax(masked, dim=-1)[torch.arange(4), labels].mean())
 
 
 def test_token_weight_scales_the_token_terms_and_zero_drops_their_distillation():
@@ -210,4 +219,4 @@ def test_loss_falls_on_a_tiny_batch():
         optimizer.step()
     after = eval_losses()
     assert after["total"] < 0.4 * before["total"]
-    assert after["bce_audio"] + after["bce_visual"] < 0.7 * (before["bce_audio"] + before["bce_visual"])
+    assert after["cls_audio"] + after["cls_visual"] < 0.7 * (before["cls_audio"] + before["cls_visual"])

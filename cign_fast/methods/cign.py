@@ -1,9 +1,10 @@
 """CIGN (Mo, Pian, Tian, ICCV 2023): class tokens, continual grouping and class-token distillation.
 
 The model is :class:`cign_fast.model.CIGN`; the loss is :func:`cign_fast.model.cign_loss` (per-modality
-BCE, the token head's cross-entropy and, at t > 0, the distillation against the model frozen after the
+classification, softmax cross-entropy or the authors' BCE, the token head's cross-entropy and, at t > 0, the distillation against the model frozen after the
 previous task), with the ``distill`` section's settings. Predictions: audio ``argmax p_a``, visual
-``argmax p_v``, audio-visual ``argmax p_a * p_v`` (:func:`cign_fast.model.predict`). Embedding of a clip:
+``argmax p_v``, audio-visual ``argmax p_a * p_v`` with p the softmax (or, after BCE training, the per-class
+sigmoid) of the class logits (:func:`cign_fast.model.predict`). Embedding of a clip:
 its own class's audio and visual group vectors, L2-normalised and concatenated. Exemplar-free by
 default; ``memory.*`` adds replay.
 """
@@ -32,7 +33,7 @@ class CIGNMethod(ContinualMethod):
     """CIGN as a method (module docstring); hyper-parameters in the ``model`` and ``distill`` sections."""
 
     name = "cign"
-    loss_terms = ("bce_audio", "bce_visual", "token_ce", "kd")
+    loss_terms = ("cls_audio", "cls_visual", "token_ce", "kd")
     memory_use = "optional"
     config_sections = ("distill",)
 
@@ -48,10 +49,10 @@ class CIGNMethod(ContinualMethod):
         distill = self.config.distill
         return cign_loss(out, labels, teacher_out, self.task.num_old_classes, temperature=distill.temperature,
                          kd_weight=distill.weight, backend=self.model_config.backend, distill_form=distill.form,
-                         old_class_negatives=distill.old_class_negatives, token_weight=distill.token_weight)
+                         classification=distill.classification, old_class_negatives=distill.old_class_negatives, token_weight=distill.token_weight)
 
     def predict(self, out: CIGNOutput) -> dict[str, Tensor]:
-        return predict(out)
+        return predict(out, self.config.distill.classification)
 
     def embed(self, out: CIGNOutput, labels: Tensor) -> Tensor:
         return class_embeddings(out, labels)

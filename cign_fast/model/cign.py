@@ -181,13 +181,17 @@ class CIGN(nn.Module):
         return teacher.eval()
 
 
-def predict(out: CIGNOutput) -> dict[str, Tensor]:
-    """Class indices [B] (long): ``"audio"`` argmax p_a, ``"visual"`` argmax p_v, ``"audio_visual"`` argmax p_a * p_v.
+def predict(out: CIGNOutput, classification: str = "cross_entropy") -> dict[str, Tensor]:
+    """Class indices [B] (long): ``"audio"`` argmax of the audio logits, ``"visual"`` likewise, ``"audio_visual"``
+    the argmax of ``log p_a + log p_v`` (the product of the two modalities' class posteriors).
 
-    Computed as the argmax of the logits and of ``log p_a + log p_v`` (same order, no ties from a saturated sigmoid).
+    p is the softmax over the classes after ``classification="cross_entropy"`` training and the per-class
+    sigmoid after ``"bce"`` (the authors' heads; computed as log-sigmoids, so a saturated sigmoid makes no ties).
     """
-    audio_log_probs = nn.functional.logsigmoid(out.audio_logits.float())
-    visual_log_probs = nn.functional.logsigmoid(out.visual_logits.float())
+    log_probs = nn.functional.log_softmax if classification == "cross_entropy" else (
+        lambda logits, dim: nn.functional.logsigmoid(logits))
+    audio_log_probs = log_probs(out.audio_logits.float(), dim=-1)
+    visual_log_probs = log_probs(out.visual_logits.float(), dim=-1)
     return {
         "audio": out.audio_logits.argmax(dim=-1),
         "visual": out.visual_logits.argmax(dim=-1),

@@ -76,11 +76,36 @@ def class_token_distillation(
 
 
 def classification_mask(labels: Tensor, num_classes: int, num_old_classes: int) -> Tensor:
-    """[B, N] float mask of the BCE terms kept when old classes are not negatives of new clips:
-    a clip of a new class is scored on the new classes only; a clip of an old class (an exemplar) on all."""
-    mask = torch.ones(labels.shape[0], num_classes, device=labels.device)
-    mask[:, :num_old_classes] = (labels < num_old_classes).unsqueeze(1).to(mask.dtype)
+    """[B, N] bool mask of the classes a clip is scored on when old classes are not negatives of new clips:
+    a clip of a new class on the new classes only; a clip of an old class (an exemplar) on all."""
+    mask = torch.ones(labels.shape[0], num_classes, dtype=torch.bool, device=labels.device)
+    mask[:, :num_old_classes] = (labels < num_old_classes).unsqueeze(1)
     return mask
+
+
+CLASSIFICATION_LOSSES = ("cross_entropy", "bce")
+
+
+def classification_loss(logits: Tensor, labels: Tensor, num_old_classes: int, loss: str,
+                        old_class_negatives: bool) -> Tensor:
+    """One modality's classification term on its class logits [B, N].
+
+    ``"cross_entropy"``: softmax cross-entropy over the classes a clip is scored on, mean over clips.
+    ``"bce"`` (the authors'): per-class sigmoid BCE against the one-hot, mean over the scored B x N terms.
+    Every clip is scored on all N classes, or, with ``old_class_negatives=False``, a new clip on the new
+    classes only (:func:`classification_mask`).
+    """
+    num_classes = logits.shape[1]
+    mask = None if old_class_negatives or num_old_classes == 0 else classification_mask(
+        labels, num_classes, num_old_classes)
+    if loss == "cross_entropy":
+        scored = logits if mask is None else logits.masked_fill(~mask, float("-inf"))
+        return F.cross_entropy(scored, labels.long())
+    onehot = F.one_hot(labels.long(), num_classes).to(logits.dtype)
+    if mask is None:
+        return F.binary_cross_entropy_with_logits(logits, onehot)
+    terms = F.binary_cross_entropy_with_logits(logits, onehot, reduction="none")
+    return (terms * mask).sum() / mask.sum()
 
 
 def cign_loss(
@@ -93,10 +118,11 @@ def cign_loss(
     backend: str = "auto",
     *,
     distill_form: str = "bernoulli",
+    classification: str = "cross_entropy",
     old_class_negatives: bool = True,
     token_weight: float = 1.0,
 ) -> dict[str, Tensor]:
-    """The loss at task t: ``BCE(p_a, onehot) + BCE(p_v, onehot) + token_weight * CE(token heads) + kd_weight * KD``.
+    """The loss at task t: ``L_cls(audio) + L_cls(visual) + token_weight * CE(token heads) + kd_weight * KD``.
 
     Args:
         out: the student's output (N classes). labels: [B] class indices in [0, N).
@@ -107,14 +133,16 @@ def cign_loss(
         temperature: distillation temperature T. kd_weight: lambda. backend: for the fused distillation ops.
         distill_form: ``"bernoulli"`` (per-class sigmoid KL on the heads) or ``"softmax"`` (softmax KL over the
             old columns), see :func:`class_token_distillation`.
-        old_class_negatives: the authors' BCE, a one-hot over all N classes for every clip (old classes are
-            pushed negative on new clips; the default). ``False``: a new clip is scored on the new classes only,
-            and the old classes' outputs on it are left to the distillation (measured: keeps old tasks better
-            but leaves new clips to old classes the teacher confuses them with; see docs/model.md).
+        classification: the per-modality classification term L_cls, ``"cross_entropy"`` (softmax over the
+            class logits; the default) or ``"bce"`` (the authors' per-class sigmoid BCE), see
+            :func:`classification_loss` and docs/model.md for the measurements behind the default.
+        old_class_negatives: every clip is scored on all N classes (old classes compete on new clips; the
+            default and the authors'). ``False``: a new clip is scored on the new classes only, and the old
+            classes' outputs on it are left to the distillation.
         token_weight: weight of the token-head cross-entropy and of its distillation (0 turns both off).
 
     Returns:
-        Scalars ``"bce_audio"``, ``"bce_visual"`` (means over the kept B * N terms), ``"token_ce"`` (audio +
+        Scalars ``"cls_audio"``, ``"cls_visual"`` (L_cls per modality), ``"token_ce"`` (audio +
         visual, already weighted), ``"kd"`` (already multiplied by ``kd_weight``) and ``"total"`` (their sum).
     """
     if not isinstance(out, CIGNOutput):
@@ -123,6 +151,7 @@ def cign_loss(
     check_non_negative("kd_weight", kd_weight)
     check_non_negative("token_weight", token_weight)
     check_choice("distill_form", distill_form, DISTILL_FORMS)
+    check_choice("classification", classification, CLASSIFICATION_LOSSES)
     batch, num_classes = out.audio_logits.shape
     check_labels(labels, batch, num_classes)
     if teacher_out is not None or not old_class_negatives:
@@ -131,18 +160,12 @@ def cign_loss(
         if not valid_int or not lowest <= num_old_classes <= num_classes:
             raise ValueError(f"num_old_classes: expected an int in [{lowest}, {num_classes}]"
                              f"{' when teacher_out is given' if teacher_out is not None else ''}, got {num_old_classes!r}")
-    onehot = F.one_hot(labels.long(), num_classes).to(out.audio_logits.dtype)
-    if old_class_negatives or num_old_classes == 0:
-        weight = None
-    else:
-        mask = classification_mask(labels, num_classes, num_old_classes)
-        weight = mask * (mask.numel() / mask.sum())   # the mean over the kept terms
     losses = {
-        "bce_audio": F.binary_cross_entropy_with_logits(out.audio_logits, onehot, weight=weight),
-        "bce_visual": F.binary_cross_entropy_with_logits(out.visual_logits, onehot, weight=weight),
-        "token_ce": token_weight * (token_cross_entropy(out.audio_token_logits)
-                                    + token_cross_entropy(out.visual_token_logits)),
+        f"cls_{modality}": classification_loss(logits, labels, num_old_classes, classification, old_class_negatives)
+        for modality, logits in (("audio", out.audio_logits), ("visual", out.visual_logits))
     }
+    losses["token_ce"] = token_weight * (token_cross_entropy(out.audio_token_logits)
+                                         + token_cross_entropy(out.visual_token_logits))
     if teacher_out is None:
         losses["kd"] = out.audio_logits.new_zeros((), dtype=torch.float32)
     else:
@@ -150,5 +173,5 @@ def cign_loss(
             raise TypeError(f"teacher_out: expected a CIGNOutput or None, got {type(teacher_out).__name__}")
         losses["kd"] = kd_weight * class_token_distillation(out, teacher_out, num_old_classes, temperature, backend,
                                                             distill_form, token_heads=token_weight > 0)
-    losses["total"] = losses["bce_audio"] + losses["bce_visual"] + losses["token_ce"] + losses["kd"]
+    losses["total"] = losses["cls_audio"] + losses["cls_visual"] + losses["token_ce"] + losses["kd"]
     return losses

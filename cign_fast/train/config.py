@@ -69,7 +69,8 @@ class DistillConfig:
     temperature: float = 2.0
     weight: float = 1.0
     form: str = "bernoulli"            # "bernoulli" (per-class sigmoid KL) or "softmax" (softmax KL over the old classes)
-    old_class_negatives: bool = True   # the authors' one-hot BCE over all classes; False: new clips scored on new classes only
+    classification: str = "cross_entropy"  # per-modality class loss: softmax cross-entropy, or "bce" (the authors')
+    old_class_negatives: bool = True   # every clip scored on all classes (the authors'); False: new clips on new classes only
     token_weight: float = 1.0          # token-head cross-entropy and its distillation; 0 turns both off
 
 
@@ -166,6 +167,7 @@ CHOICES = {
     "optim.schedule": ("constant", "cosine"),
     "memory.selection": ("herding", "random"),
     "distill.form": ("bernoulli", "softmax"),
+    "distill.classification": ("cross_entropy", "bce"),
     "run.device": ("auto", "cpu", "cuda"),
     "run.precision": ("auto", "bf16", "fp32"),
 }
