@@ -43,4 +43,4 @@ clean:
 # results in bench/results/<gpu>-*.json/.md (under 8 minutes). Without a GPU it says so and exits 0.
 .PHONY: gpu-check
 gpu-check:
-	$(if $(wildcard $(PY)),$(PY),$(PYTHON)) bench/gpu_check.py
+	$(if $(wildcard $(PY)),$(PY),$(PYTHON)) bench/gpu_check.py --out bench/results

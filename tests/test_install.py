@@ -54,6 +54,14 @@ def test_bench_results_default_to_the_working_directory():
     assert args.out == Path("bench-results") and not args.out.is_absolute()
 
 
+def test_no_benchmark_writes_into_its_own_folder_by_default():
+    """Every results or work folder a benchmark defaults to is relative to the working directory."""
+    found = [f"{path.name}:{number}" for path in sorted((ROOT / "bench").glob("*.py"))
+             for number, line in enumerate(path.read_text().splitlines(), 1)
+             if re.search(r"default=(REPO|ROOT|Path\(__file__)", line)]
+    assert found == []
+
+
 def test_bench_ops_names_a_wrong_shape(capsys):
     assert main(["bench", "ops", "--shapes", "cign-n36", "no-such-shape"]) == 2
     error = capsys.readouterr().err

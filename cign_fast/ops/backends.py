@@ -13,7 +13,7 @@ with the contracts of :mod:`cign_fast.ops.reference`, which is itself the ``refe
 Self-check: the first time ``backend="auto"`` would give an op family (``assign_attention``,
 ``token_distill_kl``) on a device and dtype to a fused backend in this process, that backend is
 held against the reference on a tiny input (:mod:`cign_fast.ops.self_check`, milliseconds). If it
-disagrees, a warning naming the backend and the error is issued once and ``auto`` falls back to the
+disagrees, one warning names the backend and the error, and ``auto`` falls back to the
 next backend for that device and dtype. A backend asked for by name is used as asked. The check
 is skipped inside ``torch.compile`` (the trace does not run kernels) and with ``CIGN_FAST_SELF_CHECK=0``.
 """
