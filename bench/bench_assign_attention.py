@@ -23,7 +23,8 @@ import torch
 from cign_fast.bench import common
 from cign_fast.contract import AssignParams
 from cign_fast.ops.assign_attention import assign_attention_fwd, op_options
-from cign_fast.ops.reference import MODES, assign_attention_reference
+from cign_fast.contract import MODES
+from cign_fast.ops.reference import assign_attention_reference
 
 OP = "assign_attention_forward"
 SEED = 1234

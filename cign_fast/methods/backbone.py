@@ -52,9 +52,9 @@ class GrowingHead(nn.Module):
     def num_classes(self) -> int:
         return 0 if self.linear is None else self.linear.out_features
 
-    def add_classes(self, num_new: int, reference: Tensor) -> None:
-        """Replace the layer by a ``Linear(D, N + num_new)`` on ``reference``'s device and dtype."""
-        grown = nn.Linear(self.dim, self.num_classes + num_new, device=reference.device, dtype=reference.dtype)
+    def add_classes(self, num_new: int, like: Tensor) -> None:
+        """Replace the layer by a ``Linear(D, N + num_new)`` on ``like``'s device and dtype."""
+        grown = nn.Linear(self.dim, self.num_classes + num_new, device=like.device, dtype=like.dtype)
         init_weights(grown)
         if self.linear is not None:
             keep_old_weights(grown, self.linear)
@@ -124,9 +124,9 @@ class Backbone(nn.Module):
         """Grow both heads by ``num_new_classes`` outputs (old rows kept)."""
         if not isinstance(num_new_classes, int) or isinstance(num_new_classes, bool) or num_new_classes <= 0:
             raise ValueError(f"num_new_classes: expected an int > 0, got {num_new_classes!r}")
-        reference = self.audio_branch.norm.weight
-        self.audio_branch.head.add_classes(num_new_classes, reference)
-        self.visual_branch.head.add_classes(num_new_classes, reference)
+        like = self.audio_branch.norm.weight
+        self.audio_branch.head.add_classes(num_new_classes, like)
+        self.visual_branch.head.add_classes(num_new_classes, like)
         self._task_sizes.append(num_new_classes)
 
     def forward(self, audio: Tensor, visual: Tensor) -> BackboneOutput:

@@ -90,8 +90,8 @@ class EWC(BackboneMethod):
 
     def penalty(self, model: nn.Module) -> Tensor:
         """``ewc.weight / 2 * sum_n F_n (theta_n - theta*_n)^2`` (0 before the first task ends)."""
-        reference = next(model.parameters())
-        total = reference.new_zeros((), dtype=torch.float32)
+        like = next(model.parameters())
+        total = like.new_zeros((), dtype=torch.float32)
         for name, param in model.named_parameters():
             if name in self.fisher:
                 anchor = self.anchor[name]

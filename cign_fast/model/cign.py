@@ -54,17 +54,17 @@ class ModalityBranch(nn.Module):
 
         The token head ``Linear(D, N)`` keeps ``weight[:N_old]`` and ``bias[:N_old]``.
         """
-        reference = self.logit_head.weight
+        like = self.logit_head.weight
         for block in self.class_tokens:
             block.requires_grad_(False)
             block.grad = None
-        block = nn.Parameter(torch.zeros(num_new, self.dim, device=reference.device, dtype=reference.dtype))
+        block = nn.Parameter(torch.zeros(num_new, self.dim, device=like.device, dtype=like.dtype))
         if self.class_token_init == "trunc_normal":
             nn.init.trunc_normal_(block, std=0.02)
         self.class_tokens.append(block)
         num_groups = sum(block.shape[0] for block in self.class_tokens)
         self.grouping.set_num_groups(num_groups)
-        token_head = nn.Linear(self.dim, num_groups, device=reference.device, dtype=reference.dtype)
+        token_head = nn.Linear(self.dim, num_groups, device=like.device, dtype=like.dtype)
         init_weights(token_head)
         if self.token_head is not None:
             keep_old_weights(token_head, self.token_head)

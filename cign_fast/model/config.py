@@ -9,7 +9,7 @@ from pathlib import Path
 from cign_fast.model.encoders import TOKEN_NORMS
 from cign_fast.ops.backends import BACKEND_NAMES
 from cign_fast.ops.checks import check_choice
-from cign_fast.ops.reference import MODES
+from cign_fast.contract import MODES
 
 INPUT_MODES = ("raw", "features")
 AUDIO_TOKEN_MODES = ("map", "pooled")

@@ -86,8 +86,8 @@ class GroupingBlock(nn.Module):
         ``fc1`` keeps ``weight[:, :N_old]`` and its whole bias; ``fc2`` keeps ``weight[:N_old, :]`` and
         ``bias[:N_old]``.
         """
-        reference = self.norm_tokens.weight
-        mixer = Mlp(num_groups, self.mixer_hidden, num_groups).to(device=reference.device, dtype=reference.dtype)
+        like = self.norm_tokens.weight
+        mixer = Mlp(num_groups, self.mixer_hidden, num_groups).to(device=like.device, dtype=like.dtype)
         mixer.apply(init_weights)
         if self.token_mixer is not None:
             keep_old_weights(mixer.fc1, self.token_mixer.fc1)

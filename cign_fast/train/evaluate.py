@@ -22,7 +22,7 @@ from cign_fast.methods import ContinualMethod
 from cign_fast.metrics import MODALITIES
 from cign_fast.train.checkpoint import load_trained_model
 from cign_fast.train.config import config_from_dict
-from cign_fast.train.data import make_dataset
+from cign_fast.train.datasets import make_dataset
 from cign_fast.train.distributed import DistContext, all_reduce_sum, resolve_device
 
 

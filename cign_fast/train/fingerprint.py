@@ -22,7 +22,7 @@ from cign_fast.data.features import AVCIL_AUDIO, AVCIL_LABELS, AVCIL_VISUAL_H5, 
 from cign_fast.data.labels import LABELS_FILE_NAMES
 from cign_fast.methods import method_class
 from cign_fast.train.config import TrainConfig
-from cign_fast.train.data import RunData
+from cign_fast.train.datasets import RunData
 
 COMPATIBLE_SECTIONS = ("data", "model", "optim", "memory")   # plus the method's own sections
 RESULT_AFFECTING_RUN_KEYS = ("seed",)

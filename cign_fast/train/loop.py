@@ -43,7 +43,7 @@ from cign_fast.train.checkpoint import (
     restore_rng_state,
 )
 from cign_fast.train.config import TrainConfig, config_from_dict, save_config
-from cign_fast.train.data import RunData, dataset_skip_report, load_run_data
+from cign_fast.train.datasets import RunData, dataset_skip_report, load_run_data
 from cign_fast.train.divergence import CHECK_EVERY_STEPS, DivergenceMonitor
 from cign_fast.train.distributed import (
     DistContext, all_reduce_sum, barrier, broadcast_from_main, per_rank_batch_size, setup_distributed,
@@ -123,7 +123,7 @@ class IncrementalTrainer:
         self.model: nn.Module = self.method.build_model().to(context.device)
         self.optimizer: torch.optim.Optimizer | None = None
         self.scheduler: torch.optim.lr_scheduler.LambdaLR | None = None
-        self.ddp_model: nn.Module = self.model
+        self.forward_model: nn.Module = self.model   # what a training step calls: model, or its DDP wrapper
         self.memory = ExemplarMemory(config.memory.budget, config.memory.selection, config.run.seed,
                                      config.memory.per_class)
         self.progress = RunProgress()
@@ -169,9 +169,9 @@ class IncrementalTrainer:
         set_noise_batch(self.model, self.context.rank, self.context.world_size)  # DistributedSampler's interleaving
         if self.context.is_distributed:
             device_ids = [self.context.device] if self.context.device.type == "cuda" else None
-            self.ddp_model = DistributedDataParallel(self.model, device_ids=device_ids)
+            self.forward_model = DistributedDataParallel(self.model, device_ids=device_ids)
         else:
-            self.ddp_model = self.model
+            self.forward_model = self.model
 
     # ----- training -------------------------------------------------------------------------------------------
 
@@ -183,7 +183,7 @@ class IncrementalTrainer:
         trainable = self.method.trainable_parameters(self.model)
         loss_keys = ("total", *self.method.loss_terms)
         sums = torch.zeros(len(loss_keys) + 1, dtype=torch.float64, device=device)
-        self.ddp_model.train()
+        self.forward_model.train()
         show = self.context.is_main and config.run.progress
         bar = tqdm(loader, desc=f"task {task + 1}/{self.num_tasks} epoch {epoch + 1}/{config.optim.epochs}",
                    unit="batch", leave=False, disable=None if show else True, dynamic_ncols=True)
@@ -237,7 +237,7 @@ class IncrementalTrainer:
         """Forward (model and the method's teacher), the method's loss, backward, clipping, Adam step, schedule step."""
         precision = self.config.run.precision
         with autocast_context(self.context.device, precision):
-            out = self.ddp_model(audio, visual)
+            out = self.forward_model(audio, visual)
             with torch.no_grad():
                 teacher_out = self.method.teacher_forward(audio, visual)
         losses = self.method.loss(self.model, as_float32(out), labels,
@@ -274,7 +274,7 @@ class IncrementalTrainer:
 
     def embed_training_clips(self, indices: Sequence[int]) -> tuple[Tensor, list[int]]:
         """The method's embeddings of training clips (evaluation transforms) and the indices that decoded."""
-        embeddings, _, kept = embed_clips(self.model, self.method.embed, self.data.reference_set, indices,
+        embeddings, _, kept = embed_clips(self.model, self.method.embed, self.data.train_eval_set, indices,
                                           batch_size=self.eval_batch_size, device=self.context.device,
                                           precision=self.config.run.precision,
                                           num_workers=self.config.data.num_workers, skips=self.skips)
@@ -283,7 +283,7 @@ class IncrementalTrainer:
     def training_batches(self, indices: Sequence[int]) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
         """``(audio, visual, labels)`` on the device for training clips (evaluation transforms, in order)."""
         device = self.context.device
-        for batch in eval_loader(self.data.reference_set, indices, self.eval_batch_size, self.config.data.num_workers):
+        for batch in eval_loader(self.data.train_eval_set, indices, self.eval_batch_size, self.config.data.num_workers):
             self.skips.update(batch["skipped"])
             if batch["label"].numel():
                 yield batch["audio"].to(device), batch["visual"].to(device), batch["label"].to(device)

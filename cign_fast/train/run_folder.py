@@ -26,7 +26,7 @@ from types import TracebackType
 
 from cign_fast.train.checkpoint import write_atomically
 from cign_fast.train.config import TrainConfig, load_yaml
-from cign_fast.train.data import RunData
+from cign_fast.train.datasets import RunData
 from cign_fast.train.distributed import DistContext, broadcast_from_main
 from cign_fast.train.fingerprint import data_fingerprint, fingerprint_differences, settings_differences
 

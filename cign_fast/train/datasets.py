@@ -26,7 +26,7 @@ class RunData:
     class_tasks: list[list[str]]                 # class names of each task, in order
     train_set: Dataset                           # training split, training transforms
     eval_set: Dataset                            # ``data.eval_split``, evaluation transforms
-    make_reference_set: Callable[[], Dataset]    # builds the training split with evaluation transforms
+    make_train_eval_set: Callable[[], Dataset]    # builds the training split with evaluation transforms
     feature_dims: tuple[int | None, int | None]  # (D_a, D_v) in features mode, else (None, None)
     _train_by_class: list[list[int]] = field(init=False, repr=False)
     _eval_by_class: list[list[int]] = field(init=False, repr=False)
@@ -37,9 +37,9 @@ class RunData:
         self._eval_by_class = indices_by_class(self.eval_set.targets, num_classes)
 
     @cached_property
-    def reference_set(self) -> Dataset:
+    def train_eval_set(self) -> Dataset:
         """The training split with evaluation transforms (herding, a method's end-of-task pass), built on first use."""
-        return self.make_reference_set()
+        return self.make_train_eval_set()
 
     def datasets(self) -> list[Dataset]:
         return [self.train_set, self.eval_set]
@@ -113,8 +113,8 @@ def load_run_data(config: TrainConfig) -> RunData:
     names = [name for task in class_tasks for name in task]
     train_set = make_dataset(data, root, "train", names, True, rows)
     eval_set = make_dataset(data, root, data.eval_split, names, False, rows)
-    # features have no augmentation: the training set is its own reference
-    make_reference_set = ((lambda: train_set) if data.input_mode == "features"
+    # features have no augmentation: the training set is its own evaluation view
+    make_train_eval_set = ((lambda: train_set) if data.input_mode == "features"
                           else (lambda: make_dataset(data, root, "train", names, False, rows)))
     widths = train_set.feature_dims if data.input_mode == "features" else (None, None)
-    return RunData(class_tasks, train_set, eval_set, make_reference_set, widths)
+    return RunData(class_tasks, train_set, eval_set, make_train_eval_set, widths)
