@@ -10,7 +10,7 @@ import torch
 import cign_fast
 from cign_fast.ops.assign_attention import OPTION_FIELDS, assign_attention_bwd, assign_attention_fwd
 from cign_fast.ops.reference import MODES, assign_attention_reference
-from conftest import ALL_BACKENDS, require_backend
+from helpers import ALL_BACKENDS, require_backend
 
 OP = "assign_attention_forward"
 # (B, N, S, C): odd sizes, N = 1, S = 1, sizes just above a power of two. Small: Triton may be interpreted.

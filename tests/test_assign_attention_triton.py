@@ -42,7 +42,7 @@ def params(mode: str, *, tau: float = 1.0, eps: float = 1.0, sum_assign: bool = 
 
 @pytest.fixture
 def device() -> torch.device:
-    from conftest import require_backend  # not at import: the compile probe imports this module without it
+    from helpers import require_backend  # not at import: the compile probe imports this module without it
 
     return require_backend("triton", OP)
 

@@ -20,7 +20,7 @@ from cign_fast.ops.reference import bernoulli_distill_kl_forward as reference_fo
 
 @pytest.fixture
 def device() -> torch.device:
-    from conftest import require_backend
+    from helpers import require_backend
 
     return require_backend("triton", OP)
 

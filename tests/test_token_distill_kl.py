@@ -10,7 +10,7 @@ import torch
 import cign_fast
 from cign_fast.ops.reference import token_distill_kl_reference
 from cign_fast.ops.token_distill_kl import token_distill_kl_fwd
-from conftest import ALL_BACKENDS, require_backend
+from helpers import ALL_BACKENDS, require_backend
 
 OP = "token_distill_kl_forward"
 CASES = [  # (R, K, columns)

@@ -22,7 +22,7 @@ import sys
 import pytest
 
 from cign_fast.cli import main
-from test_trainer_helpers import (
+from helpers import (
     COMPARE_RUNNER, REPO, one_thread, read_run_results, subprocess_env, tiny_train_args, write_feature_dataset,
 )
 
