@@ -113,7 +113,7 @@ def run_case(case: Case, device: torch.device, repeats: int) -> list[dict]:
     forward_ms = common.medians_ms(forward, device, repeats=repeats)
     both_ms = common.medians_ms(both, device, repeats=repeats)
     # backward = the difference of two medians; None when load made it negative (a forward-median outlier)
-    parts = {"forward": forward_ms, "forward_backward": both_ms,
+    parts: dict[str, dict[str, float | None]] = {"forward": dict(forward_ms), "forward_backward": dict(both_ms),
              "backward": {name: both_ms[name] - forward_ms[name] if both_ms[name] > forward_ms[name] else None
                           for name in found}}
     floors, flops = floor_bytes(case), spec_flops(case)

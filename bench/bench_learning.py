@@ -34,7 +34,7 @@ from cign_fast.metrics import MODALITIES
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_FSDD = REPO.parent / "shared" / "data" / "fsdd" / "recordings"
 SETTINGS = ("distill", "no_distill", "memory", "authors")
-SETTING_OVERRIDES = {
+SETTING_OVERRIDES: dict[str, dict[str, dict[str, object]]] = {
     "distill": {},
     "no_distill": {"distill": {"enabled": False}},
     "memory": {},
@@ -111,7 +111,7 @@ def run_job(job: Job) -> dict:
 
     start = time.perf_counter()
     resume = Path(job.run_dir).exists()   # a run killed part-way continues from its newest checkpoint
-    summary = train_incremental(job_config(job), resume=resume, log=lambda message: None).summary
+    summary = dict(train_incremental(job_config(job), resume=resume, log=lambda message: None).summary)
     summary["seconds"] = time.perf_counter() - start
     metrics.write_text(json.dumps(summary))
     return summary

@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     context = setup_distributed(args.device)
     try:
         env = common.environment(context.device)
-        datasets = prepare_datasets(args.datasets, args.work, args.fsdd, options) if context.is_main else None
+        datasets = prepare_datasets(args.datasets, args.work, args.fsdd, options) if context.is_main else {}
         datasets = broadcast_from_main(datasets, context)   # the other ranks wait until the data is written
         sections, reports = [], {}
         for dataset, (root, tasks) in datasets.items():

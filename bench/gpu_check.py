@@ -237,7 +237,7 @@ def main(argv: list[str] | None = None) -> int:
     child_env = {**os.environ, "CIGN_FAST_CUDA": "1", "MAX_JOBS": str(os.cpu_count() or 4), "PYTHONUNBUFFERED": "1"}
     child_env.pop("TRITON_INTERPRET", None)
     cli = [sys.executable, "-m", "cign_fast.cli"]
-    plan = [] if args.skip_build else [
+    plan: list[tuple[str, list[str] | None, int]] = [] if args.skip_build else [
         ("build", [sys.executable, "-m", "pip", "install", "--quiet", "--no-build-isolation", "--no-deps", "-e", "."], 200)]
     plan += [("self-check", [*cli, "info", "--check", "--json"], 60), ("tests", None, 150),
              ("bench ops", [*cli, "bench", "ops", "--quick", "--out", str(args.out)], 110),
