@@ -97,6 +97,8 @@ class GroupingBlock(nn.Module):
 
     def mix_groups(self, group_tokens: Tensor) -> Tensor:
         """The token-mixing MLP applied along the group axis: [B, N, D] -> [B, N, D]."""
+        if self.token_mixer is None:
+            raise RuntimeError("GroupingBlock: call set_num_groups before the first forward")
         return self.norm_mixed(self.token_mixer(group_tokens.transpose(1, 2)).transpose(1, 2))
 
     def forward(self, tokens: Tensor, group_tokens: Tensor, assign_mode: str) -> Tensor:
