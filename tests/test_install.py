@@ -5,6 +5,8 @@ The install paths themselves (editable, no-isolation, legacy develop, wheel) run
 
 from __future__ import annotations
 
+import ast
+import importlib
 import json
 import os
 import re
@@ -75,6 +77,17 @@ def test_no_tracker_words_in_the_product():
              for path in sorted((ROOT / folder).rglob("*")) if path.suffix in (".py", ".md", ".cpp", ".cu", ".h")
              for number, line in enumerate(path.read_text().splitlines(), 1) if pattern.search(line)]
     assert found == []
+
+
+@pytest.mark.parametrize("package", ["cign_fast", "cign_fast.data", "cign_fast.train"])
+def test_lazy_exports_are_also_imported_for_type_checkers(package):
+    """A lazily exported name is imported under ``if TYPE_CHECKING:`` too, from the same module."""
+    tree = ast.parse((ROOT / package.replace(".", "/") / "__init__.py").read_text())
+    checked = [node for node in tree.body if isinstance(node, ast.If) and getattr(node.test, "id", "") == "TYPE_CHECKING"]
+    imported = {(node.module, alias.name) for block in checked for node in block.body
+                if isinstance(node, ast.ImportFrom) for alias in node.names}
+    exports = importlib.import_module(package).EXPORTS
+    assert imported == {(module, name) for module, names in exports.items() for name in names}
 
 
 def test_build_record_matches_the_running_torch():

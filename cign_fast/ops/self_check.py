@@ -68,7 +68,7 @@ def relative_error(got: torch.Tensor, want: torch.Tensor) -> float:
 def compare(outputs: dict[str, tuple[torch.Tensor, torch.Tensor]], dtype: torch.dtype) -> CheckResult:
     """The largest relative error over ``outputs`` (name -> (got, want)) and the first one past the tolerance."""
     errors = {name: relative_error(got, want) for name, (got, want) in outputs.items()}
-    worst = max(errors, key=errors.get)
+    worst = max(errors, key=lambda name: errors[name])
     allowed = TOLERANCES[dtype]
     failure = None if errors[worst] <= allowed else f"{worst} off by {errors[worst]:.2e} (allowed {allowed:.0e})"
     return CheckResult(errors[worst], failure)

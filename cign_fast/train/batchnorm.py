@@ -59,6 +59,8 @@ def recalibrate_batchnorm(
         layer.momentum = momentum
         if context.is_distributed:
             for stat in (layer.running_mean, layer.running_var):
+                if stat is None:   # a layer without running statistics has none to average
+                    continue
                 stat.div_(context.world_size)
                 all_reduce_sum(stat, context)
     return used

@@ -60,7 +60,7 @@ def identity_files(root: Path, input_mode: str) -> list[Path]:
 
 def data_fingerprint(config: TrainConfig, data: RunData) -> dict[str, Any]:
     """``{"files": {name: sha256}, "clips": {split: count}}`` of the run's data."""
-    root = Path(config.data.root)
+    root = config.data.root_path()
     return {"files": {str(path.relative_to(root)): file_sha256(path)
                       for path in identity_files(root, config.data.input_mode)},
             "clips": {"train": len(data.train_set), config.data.eval_split: len(data.eval_set)}}
