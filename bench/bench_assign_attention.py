@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import argparse
 from dataclasses import dataclass
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 
@@ -167,7 +167,8 @@ def markdown(rows: list[dict]) -> list[str]:
         lines.append(
             f"| {row['shape']} ({shape}) | {row['mode']} | {row['dtype']} | {row['threads']} | {row['provider']} | "
             f"{common.format_ms(row['forward_ms'])} | {common.format_ms(row['backward_ms'])} | "
-            f"{common.format_ms(row['forward_backward_ms'])} | {common.format_ratio(row['forward_backward_vs_eager'])} | "
+            f"{common.format_ms(row['forward_backward_ms'])} | "
+            f"{common.format_ratio(row['forward_backward_vs_eager'])} | "
             f"{common.format_ratio(row['forward_backward_vs_compile'])} | {row['forward_backward_floor_gbps']:.1f} | "
             f"{row['forward_backward_gflops']:.1f} | {row['peak_memory_mb']:.1f} | {row['max_abs_diff_vs_eager']:.2e} |"
         )

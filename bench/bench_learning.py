@@ -189,7 +189,8 @@ def markdown(report: dict) -> str:
         for setting, blocks in results.items():
             for modality in MODALITIES:
                 block = blocks[modality]
-                lines.append(f"| {setting} (seeds {', '.join(map(str, blocks['seeds']))}) | {modality} | {percent(block['avg_incremental_accuracy'])} | "
+                lines.append(f"| {setting} (seeds {', '.join(map(str, blocks['seeds']))}) | {modality} | "
+                             f"{percent(block['avg_incremental_accuracy'])} | "
                              f"{percent(block['last_accuracy'])} | {percent(block['forgetting'])} | "
                              f"{percent(block['within_task_accuracy'])} |")
         lines += ["", "Mean audio-visual accuracy matrices (%, row t = after task t):", ""]
@@ -233,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         context = multiprocessing.get_context("spawn")
         with concurrent.futures.ProcessPoolExecutor(args.jobs, mp_context=context) as pool:
-            summaries = dict(zip(jobs, pool.map(run_job, jobs)))
+            summaries = dict(zip(jobs, pool.map(run_job, jobs), strict=True))
     report = {"argv": argv if argv is not None else [], "environment": env, "seeds": args.seeds, "datasets": {},
               "targets": [], "seconds": time.perf_counter() - start}
     for dataset in datasets:

@@ -96,7 +96,7 @@ def run(size: StepSize, backends: tuple[str, ...], device: torch.device, precisi
              "samples_per_s": size.batch / (milliseconds[backend] / 1e3),
              "peak_memory_mb": common.peak_memory_mb(step, device)} for backend, step in steps.items()]
     reference_ms = milliseconds.get("reference")
-    for row, backend in zip(rows, steps):
+    for row, backend in zip(rows, steps, strict=True):
         row["speedup_vs_reference"] = reference_ms / milliseconds[backend] if reference_ms else None
     return rows
 

@@ -91,7 +91,7 @@ def accuracy_after_step(matrix: Matrix, task_test_sizes: Sequence[int]) -> list[
     steps = []
     for t, row in enumerate(rows):
         sizes = task_test_sizes[: t + 1]
-        steps.append(sum(acc * size for acc, size in zip(row, sizes)) / sum(sizes))
+        steps.append(sum(acc * size for acc, size in zip(row, sizes, strict=True)) / sum(sizes))
     return steps
 
 
@@ -113,7 +113,7 @@ def forgetting(matrix: Matrix) -> float:
     last = len(rows) - 1
     if last == 0:
         return 0.0
-    drops = [max(rows[l][i] for l in range(i, last)) - rows[last][i] for i in range(last)]
+    drops = [max(rows[step][i] for step in range(i, last)) - rows[last][i] for i in range(last)]
     return sum(drops) / last
 
 

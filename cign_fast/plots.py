@@ -19,7 +19,7 @@ TITLES = {"audio": "audio", "visual": "visual", "audio_visual": "audio-visual"}
 def plot_accuracy_matrices(summary: MetricsSummary, path: Path, num_tasks: int | None = None) -> Path:
     """One heatmap per modality of ``a[t][i]`` in percent (row: after task t, column: task i)."""
     figure, axes = plt.subplots(1, len(MODALITIES), figsize=(4.2 * len(MODALITIES), 3.8), constrained_layout=True)
-    for axis, modality in zip(axes, MODALITIES):
+    for axis, modality in zip(axes, MODALITIES, strict=True):
         rows = padded_matrix(summary[modality]["matrix"], num_tasks)
         values = np.array([[np.nan if v is None else 100 * v for v in row] for row in rows], dtype=float)
         image = axis.imshow(values, vmin=0, vmax=100, cmap="viridis")
@@ -83,7 +83,7 @@ def plot_method_curves(curves: dict[str, dict[Modality, StepCurve]], path: Path,
     figure, axes = plt.subplots(1, len(MODALITIES), figsize=(4.6 * len(MODALITIES), 4), constrained_layout=True,
                                 sharey=True)
     colours = plt.get_cmap("tab10")
-    for axis, modality in zip(axes, MODALITIES):
+    for axis, modality in zip(axes, MODALITIES, strict=True):
         for index, (method, by_modality) in enumerate(curves.items()):
             mean = 100 * np.asarray(by_modality[modality]["mean"], dtype=float)
             std = 100 * np.asarray(by_modality[modality]["std"], dtype=float)

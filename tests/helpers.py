@@ -72,7 +72,7 @@ def require_backend(name: str, op: str, dtype: torch.dtype = torch.float32) -> t
 def write_feature_dataset(root: Path, num_classes: int = 6, train_per_class: int = 16, test_per_class: int = 6,
                           audio_shape: tuple[int, int] = (4, 8), visual_shape: tuple[int, int] = (3, 6),
                           seed: int = 0, shared_visual: bool = True, noise: float = 0.8) -> Path:
-    """Write the dataset into ``root``; returns ``root``. ``shared_visual=False``: every class has its own visual mean."""
+    """Write the dataset into ``root`` and return it. ``shared_visual=False``: each class has its own visual mean."""
     rng = np.random.default_rng(seed)
     audio_means = rng.normal(0, 1, (num_classes, audio_shape[1]))
     visual_means = rng.normal(0, 1, (num_classes // 2 + 1 if shared_visual else num_classes, visual_shape[1]))

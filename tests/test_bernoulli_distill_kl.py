@@ -218,8 +218,8 @@ def test_gradcheck_reference_backend():
     student, teacher = logits(3, 5, torch.float64)
     for reduction in ("batchmean", "mean", "none"):
         torch.autograd.gradcheck(
-            lambda s: cign_fast.bernoulli_distill_kl(s, teacher, temperature=1.5, columns=(0, 4), reduction=reduction,
-                                                     backend="reference"),
+            lambda s, reduction=reduction: cign_fast.bernoulli_distill_kl(
+                s, teacher, temperature=1.5, columns=(0, 4), reduction=reduction, backend="reference"),
             (student,),
         )
 

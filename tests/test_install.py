@@ -135,7 +135,8 @@ def test_backend_uses_the_installed_torch_under_isolation(tmp_path):
     hide = tmp_path / "isolation"
     hide.mkdir()
     (hide / "sitecustomize.py").write_text(  # what pip's build environment does
-        "import sys, site\nhidden = set(site.getsitepackages())\nsys.path[:] = [p for p in sys.path if p not in hidden]\n")
+        "import sys, site\nhidden = set(site.getsitepackages())\n"
+        "sys.path[:] = [p for p in sys.path if p not in hidden]\n")
     answer = backend_requirements(sys.executable, [hide, setuptools_only(tmp_path)])
     assert answer["torch"] is True
     assert not any(requirement.startswith("torch") for requirement in answer["requires"])

@@ -8,7 +8,6 @@ shift-blind distillation gave (every task after the first at chance, forgetting 
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import pytest
 

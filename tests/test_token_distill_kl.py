@@ -135,7 +135,8 @@ def test_gradcheck_reference_backend():
     student, teacher = logits(3, 5, torch.float64)
     for reduction in ("batchmean", "none"):
         torch.autograd.gradcheck(
-            lambda s: cign_fast.token_distill_kl(s, teacher, columns=(0, 4), reduction=reduction, backend="reference"),
+            lambda s, reduction=reduction: cign_fast.token_distill_kl(s, teacher, columns=(0, 4), reduction=reduction,
+                                                                     backend="reference"),
             (student,),
         )
 

@@ -79,7 +79,7 @@ class _ProjectCache:
             record for entry in self.shards.values() for record in entry["skipped"]]
         self.skipped = [tuple(record) for record in records]
         self.clips = [(clip_id, label, (shard, row)) for shard, entry in sorted(self.shards.items())
-                      for row, (clip_id, label) in enumerate(zip(entry["ids"], entry["labels"]))]
+                      for row, (clip_id, label) in enumerate(zip(entry["ids"], entry["labels"], strict=True))]
         self._arrays: dict[tuple[int, str], np.ndarray] = {}
 
     def verify(self, locators: Sequence[tuple[int, int]]) -> None:

@@ -101,7 +101,8 @@ def check_model_inputs(cfg: ModelConfig, audio: Tensor, visual: Tensor) -> None:
         width_axis = 1 if ndim == 4 else 2
         if tensor.shape[width_axis] != width or min(tensor.shape) == 0:
             raise ValueError(
-                f"{name}: expected a non-empty {layout} with {width} at axis {width_axis}, got shape {tuple(tensor.shape)}"
+                f"{name}: expected a non-empty {layout} with {width} at axis {width_axis}, "
+                f"got shape {tuple(tensor.shape)}"
             )
     if audio.shape[0] != visual.shape[0]:
         raise ValueError(f"audio, visual: expected the same batch size, got {audio.shape[0]} and {visual.shape[0]}")

@@ -82,7 +82,8 @@ def refusal(name: str, op: str, device: torch.device, dtype: torch.dtype) -> str
     if device.type not in devices:
         return f"runs on {'/'.join(devices)} tensors, got {device.type}"
     if dtype not in spec.dtypes:
-        return f"supports {', '.join(str(d).replace('torch.', '') for d in spec.dtypes)}, got {str(dtype).replace('torch.', '')}"
+        supported = ", ".join(str(d).replace("torch.", "") for d in spec.dtypes)
+        return f"supports {supported}, got {str(dtype).replace('torch.', '')}"
     module, why = load_backend(name)
     if module is None:
         return why

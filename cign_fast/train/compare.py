@@ -153,7 +153,7 @@ def aggregate(summaries: dict[str, list[RunSummary]]) -> dict[str, dict[Modality
         block = {}
         for modality in MODALITIES:
             blocks = [run[modality] for run in runs]
-            per_step = [mean_and_std(column) for column in zip(*(b["accuracy_after_step"] for b in blocks))]
+            per_step = [mean_and_std(column) for column in zip(*(b["accuracy_after_step"] for b in blocks), strict=True)]
             block[modality] = ModalityResults(
                 avg_incremental_accuracy=mean_and_std([b["avg_incremental_accuracy"] for b in blocks]),
                 last_accuracy=mean_and_std([b["last_accuracy"] for b in blocks]),
@@ -213,7 +213,7 @@ def run_compare(base: TrainConfig, methods: Sequence[str], seeds: Sequence[int],
     say = log if context.is_main else (lambda message: None)
     try:
         summaries: dict[str, list[RunSummary]] = {name: [] for name in methods}
-        for number, (run, config) in enumerate(zip(runs, configs), start=1):
+        for number, (run, config) in enumerate(zip(runs, configs, strict=True), start=1):
             barrier(context)   # every rank looks at the run folder after rank 0 finished the previous run
             summary = finished_summary(config)
             label = f"[{number}/{len(runs)}] {run.method} seed {run.seed}"

@@ -340,7 +340,8 @@ def build_config(
     base_source: str = "defaults",
 ) -> TrainConfig:
     """Defaults < ``base`` (e.g. the demo's; errors name it ``base_source``) < ``config_file`` (one, or several:
-    later files win) < ``flags`` ({"optim.lr": 1e-3}) < ``overrides`` ("optim.lr=1e-3" strings, values parsed as YAML)."""
+    later files win) < ``flags`` ({"optim.lr": 1e-3}) < ``overrides`` ("optim.lr=1e-3" strings, values parsed
+    as YAML)."""
     values: Settings = {name: {} for name in SECTIONS}
     merge_mapping(values, base, base_source)
     files = [] if config_file is None else [config_file] if isinstance(config_file, (str, Path)) else config_file

@@ -87,7 +87,7 @@ def label_rows(root: Path, input_mode: str) -> list[LabelRow]:
         splits = read_manifest(root)["splits"]
         return [LabelRow(clip_id, label, split) for split in SPLITS if split in splits
                 for _, shard in sorted(splits[split]["shards"].items(), key=lambda item: int(item[0]))
-                for clip_id, label in zip(shard["ids"], shard["labels"])]
+                for clip_id, label in zip(shard["ids"], shard["labels"], strict=True)]
     return read_labels(root)
 
 

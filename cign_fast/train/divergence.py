@@ -108,7 +108,7 @@ class DivergenceMonitor:
 
     def _describe_step(self, step: int, learning_rates: dict[int, float], terms: Tensor) -> str:
         values = terms.tolist()
-        named = ", ".join(f"{key} {value:.4g}" for key, value in zip(self.loss_keys[1:], values[1:]))
+        named = ", ".join(f"{key} {value:.4g}" for key, value in zip(self.loss_keys[1:], values[1:], strict=True))
         lr = learning_rates.get(step)
         return f"step {step}{'' if lr is None else f' (lr {lr:.4g})'}: loss {values[0]:.4g} ({named})"
 

@@ -85,7 +85,7 @@ class TaskAccuracy:
 
     def accuracies(self, modality: str) -> list[float]:
         """Accuracy on each task's test set (a row of the accuracy matrix)."""
-        return [c / n if n else 0.0 for c, n in zip(self.correct[modality], self.totals)]
+        return [c / n if n else 0.0 for c, n in zip(self.correct[modality], self.totals, strict=True)]
 
 
 def evaluate_tasks(
@@ -118,7 +118,7 @@ def evaluate_tasks(
         counts += hits.double() @ task_onehot.double()      # [modalities + 1, T]; float: CUDA has no integer matmul
     all_reduce_sum(counts, context)
     rows = counts.round().long().cpu().tolist()
-    return TaskAccuracy(correct=dict(zip(MODALITIES, rows[:-1])), totals=rows[-1])
+    return TaskAccuracy(correct=dict(zip(MODALITIES, rows[:-1], strict=True)), totals=rows[-1])
 
 
 @dataclass
@@ -135,7 +135,7 @@ class CheckpointData:
 
 def load_checkpoint_data(checkpoint: str | Path, data_root: str | Path, split: str,
                          device: torch.device) -> CheckpointData:
-    """Rebuild the checkpoint's method and model and the ``split`` dataset of ``data_root`` over the classes it has seen."""
+    """The checkpoint's method and model, and the ``split`` dataset of ``data_root`` over the classes it has seen."""
     method, model, state = load_trained_model(checkpoint, device)
     config = config_from_dict(state["config"])
     seen_tasks = state["class_tasks"][: len(state["task_sizes"])]

@@ -1,8 +1,8 @@
 """What makes two training sessions the same run: the result-affecting settings and the data.
 
 * Settings: the method, every key of the ``data``, ``model``, ``optim`` and ``memory`` sections and of
-  the method's own sections (CIGN's ``distill``), and ``run.seed``, except the few that cannot change a result (:data:`RESULT_NEUTRAL_KEYS`: where the data
-  lies, how many loader workers read it, the evaluation batch size).
+  the method's own sections (CIGN's ``distill``), and ``run.seed``, except the few that cannot change a result
+  (:data:`RESULT_NEUTRAL_KEYS`: where the data lies, how many loader workers read it, the evaluation batch size).
 * Data: the number of clips in the training and evaluation sets and the SHA-256 of the labels file
   and, in features mode, of the cache's ``manifest.json`` (which holds every shard's SHA-256) or of
   AV-CIL's files (category dictionary and feature files). Raw mode's media files are not hashed (a

@@ -223,7 +223,7 @@ class IncrementalTrainer:
         bar.close()
         samples = float(sums[-1])
         means = (sums[:-1] / max(samples, 1.0)).tolist()
-        mean_losses = {("loss" if key == "total" else key): value for key, value in zip(loss_keys, means)}
+        mean_losses = {("loss" if key == "total" else key): value for key, value in zip(loss_keys, means, strict=True)}
         record: dict[str, float] = {"task": task, "epoch": epoch, **mean_losses,
                   "lr": float(self.scheduler.get_last_lr()[0]), "samples": samples, "seconds": seconds,
                   "samples_per_second": samples / max(seconds, 1e-9)}
@@ -433,7 +433,7 @@ class IncrementalTrainer:
 
 def check_resume_compatible(state: dict[str, Any], config: TrainConfig, class_tasks: list[list[str]],
                             source: Path) -> None:
-    """A run resumes only with the settings and class sequence it was started with (``run.*`` but the seed may differ)."""
+    """A run resumes only with the settings and class sequence it started with (``run.*`` but the seed may differ)."""
     if state.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(f"--resume: checkpoint {source} has format {state.get('format')!r}, this version reads "
                          f"format {CHECKPOINT_FORMAT}; start the run again in a new folder")

@@ -103,7 +103,7 @@ class RunFolder:
         self.log = log
         self.lock = RunFolderLock(self.out_dir)
 
-    def __enter__(self) -> "RunFolder":
+    def __enter__(self) -> RunFolder:
         try:
             self._on_main_rank(self._open)
         except BaseException:
