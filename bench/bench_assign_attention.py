@@ -16,14 +16,15 @@ from __future__ import annotations
 
 import argparse
 from dataclasses import dataclass
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 
 from cign_fast.bench import common
 from cign_fast.contract import AssignParams
 from cign_fast.ops.assign_attention import assign_attention_fwd, op_options
-from cign_fast.ops.reference import MODES, assign_attention_reference
+from cign_fast.contract import MODES
+from cign_fast.ops.reference import assign_attention_reference
 
 OP = "assign_attention_forward"
 SEED = 1234
@@ -112,7 +113,7 @@ def run_case(case: Case, device: torch.device, repeats: int) -> list[dict]:
     forward_ms = common.medians_ms(forward, device, repeats=repeats)
     both_ms = common.medians_ms(both, device, repeats=repeats)
     # backward = the difference of two medians; None when load made it negative (a forward-median outlier)
-    parts = {"forward": forward_ms, "forward_backward": both_ms,
+    parts: dict[str, dict[str, float | None]] = {"forward": dict(forward_ms), "forward_backward": dict(both_ms),
              "backward": {name: both_ms[name] - forward_ms[name] if both_ms[name] > forward_ms[name] else None
                           for name in found}}
     floors, flops = floor_bytes(case), spec_flops(case)
@@ -166,7 +167,8 @@ def markdown(rows: list[dict]) -> list[str]:
         lines.append(
             f"| {row['shape']} ({shape}) | {row['mode']} | {row['dtype']} | {row['threads']} | {row['provider']} | "
             f"{common.format_ms(row['forward_ms'])} | {common.format_ms(row['backward_ms'])} | "
-            f"{common.format_ms(row['forward_backward_ms'])} | {common.format_ratio(row['forward_backward_vs_eager'])} | "
+            f"{common.format_ms(row['forward_backward_ms'])} | "
+            f"{common.format_ratio(row['forward_backward_vs_eager'])} | "
             f"{common.format_ratio(row['forward_backward_vs_compile'])} | {row['forward_backward_floor_gbps']:.1f} | "
             f"{row['forward_backward_gflops']:.1f} | {row['peak_memory_mb']:.1f} | {row['max_abs_diff_vs_eager']:.2e} |"
         )

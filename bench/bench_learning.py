@@ -34,7 +34,7 @@ from cign_fast.metrics import MODALITIES
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_FSDD = REPO.parent / "shared" / "data" / "fsdd" / "recordings"
 SETTINGS = ("distill", "no_distill", "memory", "authors")
-SETTING_OVERRIDES = {
+SETTING_OVERRIDES: dict[str, dict[str, dict[str, object]]] = {
     "distill": {},
     "no_distill": {"distill": {"enabled": False}},
     "memory": {},
@@ -111,7 +111,7 @@ def run_job(job: Job) -> dict:
 
     start = time.perf_counter()
     resume = Path(job.run_dir).exists()   # a run killed part-way continues from its newest checkpoint
-    summary = train_incremental(job_config(job), resume=resume, log=lambda message: None).summary
+    summary = dict(train_incremental(job_config(job), resume=resume, log=lambda message: None).summary)
     summary["seconds"] = time.perf_counter() - start
     metrics.write_text(json.dumps(summary))
     return summary
@@ -189,7 +189,8 @@ def markdown(report: dict) -> str:
         for setting, blocks in results.items():
             for modality in MODALITIES:
                 block = blocks[modality]
-                lines.append(f"| {setting} (seeds {', '.join(map(str, blocks['seeds']))}) | {modality} | {percent(block['avg_incremental_accuracy'])} | "
+                lines.append(f"| {setting} (seeds {', '.join(map(str, blocks['seeds']))}) | {modality} | "
+                             f"{percent(block['avg_incremental_accuracy'])} | "
                              f"{percent(block['last_accuracy'])} | {percent(block['forgetting'])} | "
                              f"{percent(block['within_task_accuracy'])} |")
         lines += ["", "Mean audio-visual accuracy matrices (%, row t = after task t):", ""]
@@ -233,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         context = multiprocessing.get_context("spawn")
         with concurrent.futures.ProcessPoolExecutor(args.jobs, mp_context=context) as pool:
-            summaries = dict(zip(jobs, pool.map(run_job, jobs)))
+            summaries = dict(zip(jobs, pool.map(run_job, jobs), strict=True))
     report = {"argv": argv if argv is not None else [], "environment": env, "seeds": args.seeds, "datasets": {},
               "targets": [], "seconds": time.perf_counter() - start}
     for dataset in datasets:

@@ -8,7 +8,7 @@ tasks of 2. In the exemplar-free setting the methods that cannot run without exe
 ``--memory`` per class; the results file says so. The comparison folders stay in ``--work`` (resumable:
 run the same command again after a crash).
 
-Writes ``<results>/methods.json`` and ``<results>/methods.md``. A benchmark, not a test.
+Writes ``methods.json`` and ``methods.md`` into ``--out`` (default ``./bench-results``). A benchmark, not a test.
 
     PYTHONPATH=. python bench/bench_methods.py [--seeds 0 1 2] [--methods cign,ewc] [--datasets demo fsdd]
     PYTHONPATH=. torchrun --nproc_per_node=8 bench/bench_methods.py ...
@@ -59,8 +59,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--memory", type=int, default=20, help="exemplars per class of the memory setting")
     parser.add_argument("--epochs", type=int, default=DemoOptions.epochs, help="epochs per task (default: the demo's)")
     parser.add_argument("--fsdd", type=Path, default=FSDD_RECORDINGS, help="FSDD recordings folder")
-    parser.add_argument("--work", type=Path, default=REPO / "runs" / "bench-methods", help="comparison folders")
-    parser.add_argument("--results", type=Path, default=common.RESULTS, help="where methods.json/.md go")
+    parser.add_argument("--work", type=Path, default=Path("runs", "bench-methods"),
+                        help="comparison folders (default: ./runs/bench-methods)")
+    parser.add_argument("--out", type=Path, default=common.RESULTS, help=f"results folder (default: ./{common.RESULTS})")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     args = parser.parse_args(argv)
 
@@ -68,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     context = setup_distributed(args.device)
     try:
         env = common.environment(context.device)
-        datasets = prepare_datasets(args.datasets, args.work, args.fsdd, options) if context.is_main else None
+        datasets = prepare_datasets(args.datasets, args.work, args.fsdd, options) if context.is_main else {}
         datasets = broadcast_from_main(datasets, context)   # the other ranks wait until the data is written
         sections, reports = [], {}
         for dataset, (root, tasks) in datasets.items():
@@ -91,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
               f"Recipe: the demo's (raw clips, D = 128, depth 1, {args.epochs} epoch(s) per task, Adam 1e-3, batch 8); "
               f"seed(s) {' '.join(map(str, args.seeds))}.", ""]
     json_path, md_path = common.write_results("methods", {"environment": env, "comparisons": reports},
-                                              "\n".join(header) + "\n" + "\n".join(sections), args.results)
+                                              "\n".join(header) + "\n" + "\n".join(sections), args.out)
     print(f"wrote {json_path} and {md_path}")
     return 0
 

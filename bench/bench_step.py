@@ -95,9 +95,9 @@ def run(size: StepSize, backends: tuple[str, ...], device: torch.device, precisi
              "ops_run_on": resolved_backends(backend, device, dtype), "ms_per_step": milliseconds[backend],
              "samples_per_s": size.batch / (milliseconds[backend] / 1e3),
              "peak_memory_mb": common.peak_memory_mb(step, device)} for backend, step in steps.items()]
-    reference = milliseconds.get("reference")
-    for row in rows:
-        row["speedup_vs_reference"] = reference / row["ms_per_step"] if reference else None
+    reference_ms = milliseconds.get("reference")
+    for row, backend in zip(rows, steps, strict=True):
+        row["speedup_vs_reference"] = reference_ms / milliseconds[backend] if reference_ms else None
     return rows
 
 

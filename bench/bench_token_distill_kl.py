@@ -14,7 +14,7 @@ scan of the inputs, is not part of the op and not timed).
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 

@@ -9,6 +9,7 @@ memory the C++ kernels take outside ATen's allocator is not seen).
 
 from __future__ import annotations
 
+import argparse
 import datetime
 import json
 import os
@@ -17,7 +18,7 @@ import re
 import statistics
 import time
 from pathlib import Path
-from typing import Callable
+from collections.abc import Callable, Mapping
 
 import torch
 
@@ -100,7 +101,7 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def interleaved_cpu_medians(fns: dict[str, Callable[[], object]], warmup: int, repeats: int) -> dict[str, float]:
+def interleaved_cpu_medians(fns: Mapping[str, Callable[[], object]], warmup: int, repeats: int) -> dict[str, float]:
     """Median wall-clock milliseconds per function. They are timed in turns (one call of each per
     round), so that a change of load on a shared machine hits every provider alike."""
     for fn in fns.values():
@@ -115,7 +116,7 @@ def interleaved_cpu_medians(fns: dict[str, Callable[[], object]], warmup: int, r
     return {name: 1e3 * statistics.median(values) for name, values in times.items()}
 
 
-def medians_ms(fns: dict[str, Callable[[], object]], device: torch.device, warmup: int = 3,
+def medians_ms(fns: Mapping[str, Callable[[], object]], device: torch.device, warmup: int = 3,
                repeats: int = 15) -> dict[str, float]:
     """Median milliseconds of one call of each function on ``device``."""
     if device.type == "cuda":
@@ -147,9 +148,10 @@ def peak_memory_mb(fn: Callable[[], object], device: torch.device) -> float:
     return peak / 2**20
 
 
-def speedups(times: dict[str, float | None], own_ms: float | None) -> dict[str, float | None]:
+def speedups(times: Mapping[str, float | None], own_ms: float | None) -> dict[str, float | None]:
     """``{"vs_eager": eager time / own_ms, "vs_compile": ...}`` from the providers' ``times`` (None if unknown)."""
-    return {f"vs_{name}": times[name] / own_ms if times.get(name) and own_ms else None for name in ("eager", "compile")}
+    return {f"vs_{name}": theirs / own_ms if (theirs := times.get(name)) and own_ms else None
+            for name in ("eager", "compile")}
 
 
 def write_results(stem: str, report: dict, markdown: str, out_dir: Path = RESULTS) -> tuple[Path, Path]:
@@ -197,15 +199,6 @@ def per_thread_count(threads: list[int] | None, run: Callable[[], list[dict]]) -
         torch.set_num_threads(count)
         rows += run()
     return rows
-
-
-def add_run_arguments(parser: argparse.ArgumentParser, quick_help: str) -> None:
-    """Options every op benchmark takes: --quick, --device, --threads, --repeats."""
-    parser.add_argument("--quick", action="store_true", help=quick_help)
-    parser.add_argument("--device", default=None, help="cuda or cpu (default: cuda when torch sees one)")
-    parser.add_argument("--threads", type=int, nargs="+", default=None,
-                        help="torch.set_num_threads before running; several values run everything once per value")
-    parser.add_argument("--repeats", type=int, default=15, help="timed repeats per measurement on CPU (default 15)")
 
 
 def shape_dtype_main(argv: list[str] | None, doc: str, quick_help: str, shapes: dict, dtypes: dict,

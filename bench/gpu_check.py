@@ -7,7 +7,10 @@ Every step has its own time limit and the whole run a budget (default 8 minutes)
 of time is stopped and reported, and the next one still runs. On a machine where torch sees no CUDA
 device it says so and exits 0 without running anything.
 
-    python bench/gpu_check.py [--out bench/results] [--budget 480] [--skip-build]
+    python bench/gpu_check.py [--out bench-results] [--budget 480] [--skip-build]
+
+``--out`` defaults to ``./bench-results`` in the working directory; ``make gpu-check`` passes the
+repository's ``bench/results``.
 """
 
 from __future__ import annotations
@@ -25,6 +28,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+# cign_fast.bench.options.RESULTS; not imported: this script runs before cign_fast is built
+RESULTS = Path("bench-results")
 # The test files whose backends run on the GPU when torch sees one (the rest of the suite is CPU-only).
 GPU_TESTS = (
     "tests/test_assign_attention.py", "tests/test_assign_attention_triton.py", "tests/test_token_distill_kl.py",
@@ -218,7 +223,7 @@ def markdown(env: dict, results: list[StepResult], summary: list[str]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=REPO / "bench" / "results", help="results folder")
+    parser.add_argument("--out", type=Path, default=RESULTS, help=f"results folder (default: ./{RESULTS})")
     parser.add_argument("--budget", type=float, default=480.0, help="seconds for the whole run (default 480)")
     parser.add_argument("--skip-build", action="store_true", help="use the extensions as they are built")
     args = parser.parse_args(argv)
@@ -232,7 +237,7 @@ def main(argv: list[str] | None = None) -> int:
     child_env = {**os.environ, "CIGN_FAST_CUDA": "1", "MAX_JOBS": str(os.cpu_count() or 4), "PYTHONUNBUFFERED": "1"}
     child_env.pop("TRITON_INTERPRET", None)
     cli = [sys.executable, "-m", "cign_fast.cli"]
-    plan = [] if args.skip_build else [
+    plan: list[tuple[str, list[str] | None, int]] = [] if args.skip_build else [
         ("build", [sys.executable, "-m", "pip", "install", "--quiet", "--no-build-isolation", "--no-deps", "-e", "."], 200)]
     plan += [("self-check", [*cli, "info", "--check", "--json"], 60), ("tests", None, 150),
              ("bench ops", [*cli, "bench", "ops", "--quick", "--out", str(args.out)], 110),

@@ -7,10 +7,10 @@ constant) does not load torch and everything else the package re-exports.
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 
-def lazy_exports(package: dict[str, object], modules: dict[str, tuple[str, ...]]) -> tuple[Callable, Callable]:
+def lazy_exports(package: dict[str, object], modules: Mapping[str, tuple[str, ...]]) -> tuple[Callable, Callable]:
     """``(__getattr__, __dir__)`` for the package whose ``globals()`` is ``package``; ``modules``: module -> names."""
     exports = {name: module for module, names in modules.items() for name in names}
 

@@ -15,9 +15,11 @@ Forgetting and BWT are 0 for a single task (nothing to forget).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Literal, TypedDict
 
-MODALITIES = ("audio", "visual", "audio_visual")
+Modality = Literal["audio", "visual", "audio_visual"]
+MODALITIES: tuple[Modality, ...] = ("audio", "visual", "audio_visual")
 STEP_ACCURACY_DEFINITIONS = {
     "accuracy_after_step": "A_t = accuracy over all test clips of tasks 0..t (clip-weighted); "
                            "avg_incremental_accuracy and last_accuracy use it",
@@ -25,6 +27,44 @@ STEP_ACCURACY_DEFINITIONS = {
 }
 
 Matrix = Sequence[Sequence[float | None]]
+
+
+class ModalityMetrics(TypedDict):
+    """One modality's block of metrics.json (fractions in [0, 1]; T tasks trained so far)."""
+
+    matrix: list[list[float | None]]           # a[t][i], [T, T], None above the diagonal
+    avg_incremental_accuracy: float
+    last_accuracy: float
+    forgetting: float
+    bwt: float
+    accuracy_after_step: list[float]           # clip-weighted A_t, [T]
+    mean_task_accuracy_after_step: list[float]  # task-mean A_t, [T]
+    avg_incremental_mean_task_accuracy: float
+
+
+class MetricsSummary(TypedDict):
+    """The metrics of a run: one block per modality, the test-set size of each task, the definitions of A_t."""
+
+    audio: ModalityMetrics
+    visual: ModalityMetrics
+    audio_visual: ModalityMetrics
+    task_test_sizes: list[int]                 # [T]
+    definitions: dict[str, str]
+
+
+class MeanStd(TypedDict):
+    """A metric over seeds: mean, sample std (0 for one seed) and the values."""
+
+    mean: float
+    std: float
+    values: list[float]
+
+
+class StepCurve(TypedDict):
+    """``A_t`` over seeds: mean and std per step, [T] each."""
+
+    mean: list[float]
+    std: list[float]
 
 
 def check_matrix(matrix: Matrix) -> list[list[float]]:
@@ -36,7 +76,7 @@ def check_matrix(matrix: Matrix) -> list[list[float]]:
         seen = list(row[: t + 1])
         if len(seen) < t + 1 or any(value is None for value in seen):
             raise ValueError(f"matrix: row {t} must give the accuracy on tasks 0..{t}, got {list(row)!r}")
-        rows.append([float(value) for value in seen])
+        rows.append([float(value) for value in seen if value is not None])
     return rows
 
 
@@ -51,7 +91,7 @@ def accuracy_after_step(matrix: Matrix, task_test_sizes: Sequence[int]) -> list[
     steps = []
     for t, row in enumerate(rows):
         sizes = task_test_sizes[: t + 1]
-        steps.append(sum(acc * size for acc, size in zip(row, sizes)) / sum(sizes))
+        steps.append(sum(acc * size for acc, size in zip(row, sizes, strict=True)) / sum(sizes))
     return steps
 
 
@@ -73,7 +113,7 @@ def forgetting(matrix: Matrix) -> float:
     last = len(rows) - 1
     if last == 0:
         return 0.0
-    drops = [max(rows[l][i] for l in range(i, last)) - rows[last][i] for i in range(last)]
+    drops = [max(rows[step][i] for step in range(i, last)) - rows[last][i] for i in range(last)]
     return sum(drops) / last
 
 
@@ -93,31 +133,34 @@ def padded_matrix(matrix: Matrix, num_tasks: int | None = None) -> list[list[flo
     return [row + [None] * (width - len(row)) for row in rows]
 
 
-def modality_summary(matrix: Matrix, task_test_sizes: Sequence[int]) -> dict[str, object]:
+def modality_summary(matrix: Matrix, task_test_sizes: Sequence[int]) -> ModalityMetrics:
     """The metrics.json block of one modality (foundation schema plus extra keys)."""
     steps = accuracy_after_step(matrix, task_test_sizes)
     task_means = mean_task_accuracy_after_step(matrix)
-    return {
-        "matrix": padded_matrix(matrix),
-        "avg_incremental_accuracy": average_incremental_accuracy(steps),
-        "last_accuracy": steps[-1],
-        "forgetting": forgetting(matrix),
-        "bwt": backward_transfer(matrix),
-        "accuracy_after_step": steps,
-        "mean_task_accuracy_after_step": task_means,
-        "avg_incremental_mean_task_accuracy": average_incremental_accuracy(task_means),
-    }
+    return ModalityMetrics(
+        matrix=padded_matrix(matrix),
+        avg_incremental_accuracy=average_incremental_accuracy(steps),
+        last_accuracy=steps[-1],
+        forgetting=forgetting(matrix),
+        bwt=backward_transfer(matrix),
+        accuracy_after_step=steps,
+        mean_task_accuracy_after_step=task_means,
+        avg_incremental_mean_task_accuracy=average_incremental_accuracy(task_means),
+    )
 
 
-def metrics_summary(matrices: dict[str, Matrix], task_test_sizes: Sequence[int]) -> dict[str, object]:
+def metrics_summary(matrices: Mapping[Modality, Matrix], task_test_sizes: Sequence[int]) -> MetricsSummary:
     """metrics.json content: one block per modality in ``MODALITIES`` plus the definitions of ``A_t``."""
     missing = [name for name in MODALITIES if name not in matrices]
     if missing:
         raise ValueError(f"matrices: expected the modalities {', '.join(MODALITIES)}, missing {', '.join(missing)}")
-    summary: dict[str, object] = {name: modality_summary(matrices[name], task_test_sizes) for name in MODALITIES}
-    summary["task_test_sizes"] = list(task_test_sizes[: len(matrices[MODALITIES[0]])])
-    summary["definitions"] = dict(STEP_ACCURACY_DEFINITIONS)
-    return summary
+    return MetricsSummary(
+        audio=modality_summary(matrices["audio"], task_test_sizes),
+        visual=modality_summary(matrices["visual"], task_test_sizes),
+        audio_visual=modality_summary(matrices["audio_visual"], task_test_sizes),
+        task_test_sizes=list(task_test_sizes[: len(matrices["audio"])]),
+        definitions=dict(STEP_ACCURACY_DEFINITIONS),
+    )
 
 
 def format_matrix(matrix: Matrix, title: str, num_tasks: int | None = None) -> str:
@@ -132,7 +175,7 @@ def format_matrix(matrix: Matrix, title: str, num_tasks: int | None = None) -> s
     return "\n".join(lines)
 
 
-def format_summary(summary: dict[str, object]) -> str:
+def format_summary(summary: MetricsSummary) -> str:
     """Matrices and headline numbers of every modality, as printed by ``demo`` and ``train``."""
     blocks = []
     for name in MODALITIES:

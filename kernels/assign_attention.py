@@ -1,91 +1,12 @@
 """Triton kernels for AssignAttention (softmax over the group axis N), forward and backward.
 
-Maths and contract: :mod:`cign_fast.ops.reference` (``assign_attention_forward`` /
-``assign_attention_backward``). Shapes: q [B, N, C], k, v [B, S, C], maps [B, N, S]. Inputs may have
-any strides: the launchers pass them to the kernels and copy nothing; outputs are contiguous.
-Offsets are int64 wherever one batch element's span may pass 2**31 elements (``utils.tile_offsets``,
-``_map_offsets``), so N*S or S*C >= 2**31 is addressed correctly.
-Every product accumulates in float32. Float32 operands use IEEE dots (no TF32), and the logits
-``(scale q k^T + g) / tau`` are rounded after every step as the reference rounds them (no fma, a
-correctly rounded division: ``utils.exact_logits``), so the hard choices match the reference; float16/bfloat16 operands use tensor-core dots (wgmma for 64-row
-tiles on sm_90, mma below). A float32 map tile multiplied by 16-bit values (A @ v in soft mode and
-the three backward products) is split into a high and a low 16-bit part, two dots, so that the
-results are the float32 ones rounded once (``_weighted_dot``). Bfloat16 has float32's exponent
-range, so its split holds for any magnitude; float16 (max 65504, subnormal below 2**-14) first
-scales each row of the tile by a power of two (exact) and unscales the tile's product, so that
-|dz| > 65504 does not turn into inf - inf and |dz| ~ 1e-6 keeps its bits.
-
-Gumbel noise is never stored: every kernel that needs the logits regenerates it from
-``(key_a, key_b)`` (``cign_fast.contract.seed_keys``) and the element index
-``e = (g * N + i) * S + s`` with the ``mix32`` hash in uint32 arithmetic, where
-``g = noise_offset + b * noise_stride`` is the clip's position in the global batch.
-
-Grids: every launch is a one-axis grid ``utils.batch_grid(B, tiles...)`` of B * tiles programs,
-batch-major (the programs of one batch element are adjacent, so its k and v stay in L2), decoded in
-the kernel by ``utils.batch_program``. Axis 0 takes 2**31 - 1 programs where CUDA's axes 1 and 2
-stop at 65535, so any batch size whose grid fits works; larger ones raise ValueError.
-
-Tiles (``tile_sizes``): BLOCK_N = 64 rows of groups (8 warps; 16-32 and 4 warps for small N),
-BLOCK_S = 64 tokens, BLOCK_C = 64 channels per reduction step, BLOCK_CV = 128 output channels;
-float32 halves BLOCK_S, BLOCK_C and BLOCK_CV (its dots run on the FMA units from registers).
-Compiled for sm_90 with Triton 3.6 every variant fits in registers up to 32 bytes of stack
-(float32 only; the 16-bit variants spill nothing).
-
-Forward. It saves for the backward only ``col_lse`` [B, S] f32, ``col_argmax`` [B, S] i32 and
-``row_sum`` [B, N] f32.
-
-1. ``_column_stats_kernel``, tiles cdiv(S, BLOCK_S) per batch element. A program owns an S-block
-   of one batch element and walks all N in BLOCK_N steps: logits tile = scale * q_n k_s^T (C in
-   BLOCK_C chunks), + noise, / tau; online column max, sum of exp and first-index argmax (ties
-   keep the lower group, like torch). Writes col_lse and col_argmax. One N*S*C product. With
-   ``return_maps`` in gumbel mode it also writes the log-sum-exp of the logits without noise (a
-   second product), from which the next kernel writes the clean soft map.
-2. ``_assign_output_kernel``, tiles cdiv(C, BLOCK_CV) x cdiv(N, BLOCK_N) per batch element. A
-   program owns rows of N and a C-slice of the output and walks all S: hard modes build the
-   one-hot tile from col_argmax (no logits), soft mode recomputes the logits tile and
-   y = exp(logit - col_lse). It accumulates row sums and A @ v and writes
-   out = acc / (row_sum + eps), and, from the first C-slice only, row_sum and the maps (with
-   ``return_maps`` hard modes recompute y there and nowhere else). The normalisation over S is
-   per row, so one sweep suffices.
-
-   Work: hard/gumbel mode two N*S*C products (the floor; three with ``return_maps``). Soft mode
-   recomputes the logits once per C-slice (4 times at C = 512 in 16 bits) and splits A: about 7
-   product-equivalents. DRAM traffic: q, k, v read once and out written once when one batch
-   element's k and v stay in L2 (the re-reads of other programs hit it: S*C*2 bytes each, 4 MiB
-   at S = 4096, C = 512 in bf16), plus B*(8S + 4N) bytes of statistics: the floor plus O(B(N + S)).
-
-Backward (dv = A_n^T dout, dA_n = dout v^T, dA = (dA_n - rowdot) / r, dz = y (dA - coldot) / tau,
-dq = scale dz k, dk = scale dz^T q). It needs a reduction over S (rowdot) before one over N
-(coldot) before the products, and C goes up to 1024: too wide to keep [BLOCK, C] accumulators of
-dk and dv in registers. It therefore materialises two float32 [B, N, S] scratch maps (freed on
-return); N <= 2C in every target shape, so a map is no larger than the inputs:
-
-3. ``_backward_row_kernel``, tiles cdiv(N, BLOCK_N) per batch element: per S-block recomputes the
-   logits tile and y, computes dA_n = dout v^T, accumulates rowdot_i = sum_s A_n dA_n (skipped
-   with ``sum_assign``), stores y and dA_n to the scratch maps. Two N*S*C products.
-   Known limitation: each program walks all of S, so small B with few N-blocks leaves most SMs
-   idle (the stress shape N = 256, S = 4096 gives 4 programs per batch element); splitting S
-   across programs with partial rowdot sums is not done.
-4. ``_backward_column_kernel``, tiles cdiv(S, BLOCK_S) per batch element: two sweeps over N of
-   the scratch maps: coldot_s = sum_i y dA, then dz (over dA_n) and A_n (over y), in place.
-5. ``_map_product_kernel`` three times, tiles cdiv(C, BLOCK_CV) x cdiv(M, BLOCK_M) per batch
-   element: dq = scale dz @ k, dk = scale dz^T @ q, dv = A_n^T @ dout (the transposes are strides).
-   Three N*S*C products (two dots each in 16 bits), deterministic: no atomics.
-
-   Work: five N*S*C products, the floor when only column statistics are saved (the logits
-   must be recomputed). DRAM traffic: the floor (read q, k, v, dout; write dq, dk, dv:
-   (3N + 4S) C elements per batch element) plus 11 passes over a float32 map (44 N S bytes):
-   about 0.4x the floor at CIGN's N = 100, S = 49, C = 512 (bf16), 0.7x at GroupViT's N = 64,
-   S = 196, C = 384 and 2.6x at the stress shape N = 256, S = 4096, C = 512.
-
-Triton's CPU interpreter (``TRITON_INTERPRET=1``, the CI path) has no bfloat16 arithmetic and
-truncates float32 -> bfloat16: there bfloat16 dot operands are widened to float32
-(``utils.dot_dtype``, the same products), and ``utils.rounded_to`` rounds every bfloat16 store to
-nearest even with integer ops (NaN kept NaN). Compiled kernels convert with ``cvt.rn.bf16.f32``,
-which already does that, so there ``rounded_to`` is a plain conversion.
-No timing numbers are claimed: the kernels were only run under the interpreter and compiled
-for sm_90, never timed on a GPU.
+Shapes: q [B, N, C], k, v [B, S, C], maps [B, N, S]; any input strides, contiguous outputs. The
+contract is :mod:`cign_fast.ops.reference` (``assign_attention_forward`` / ``_backward``), the
+parameters one :class:`cign_fast.contract.AssignParams`. The forward saves ``col_lse`` [B, S],
+``col_argmax`` [B, S] and ``row_sum`` [B, N]; the backward recomputes the map from them. The design
+(launches, tiles, precision, noise, estimated traffic) is in ``docs/kernels.md``.
 """
+
 from __future__ import annotations
 
 from typing import NamedTuple

@@ -1,7 +1,8 @@
-"""Test setup: Triton runs under its CPU interpreter when no CUDA device exists.
+"""Test setup and fixtures: Triton runs under its CPU interpreter when no CUDA device exists.
 
 ``TRITON_INTERPRET`` must be set before any Triton kernel is defined, i.e. before
-``cign_fast.kernels`` is imported, which is why it is set here at collection time.
+``cign_fast.kernels`` is imported, which is why it is set here at collection time. Helpers the
+tests share are in ``helpers.py``.
 """
 
 from __future__ import annotations
@@ -14,26 +15,6 @@ import torch
 
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
-
-from cign_fast.ops.backends import refusal  # noqa: E402  (after TRITON_INTERPRET)
-
-ALL_BACKENDS = ("reference", "cpp", "triton", "cuda")
-
-
-def backend_device(name: str) -> torch.device:
-    """The device a backend's tests run on here: CUDA when present, else CPU (Triton interpreted)."""
-    if name == "cpp":
-        return torch.device("cpu")
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-def require_backend(name: str, op: str, dtype: torch.dtype = torch.float32) -> torch.device:
-    """Skip (saying why) when backend ``name`` cannot run ``op`` on this machine; else its device."""
-    device = backend_device(name)
-    why = refusal(name, op, device, dtype)
-    if why is not None:
-        pytest.skip(f"backend {name} on {device.type}: {why}")
-    return device
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ import torch
 import cign_fast
 from cign_fast.ops.assign_attention import OPTION_FIELDS, assign_attention_bwd, assign_attention_fwd
 from cign_fast.ops.reference import MODES, assign_attention_reference
-from conftest import ALL_BACKENDS, require_backend
+from helpers import ALL_BACKENDS, require_backend
 
 OP = "assign_attention_forward"
 # (B, N, S, C): odd sizes, N = 1, S = 1, sizes just above a power of two. Small: Triton may be interpreted.
@@ -87,8 +87,8 @@ def test_backend_matches_reference_fp32(rng_seed, backend, mode, shape):
     assert_close_to_scale(out, ref_out)
     assert torch.equal(hard.double(), ref_hard), "hard choices differ from the reference"
     torch.testing.assert_close(soft.double(), ref_soft, rtol=1e-4, atol=1e-6)
-    for name, got, want in zip("qkv", grads, ref_grads):
-        assert_close_to_scale(got, want, msg=lambda m: f"grad {name}: {m}")
+    for name, got, want in zip("qkv", grads, ref_grads, strict=True):
+        assert_close_to_scale(got, want, msg=lambda m, name=name: f"grad {name}: {m}")
 
 
 @pytest.mark.parametrize("backend", ALL_BACKENDS)
@@ -103,7 +103,7 @@ def test_backend_strided_inputs_and_options(rng_seed, backend, mode, sum_assign)
     grads = torch.autograd.grad(out, (q, k, v), grad_out)
     ref_out, _, _, ref_grads = reference_with_grads(q, k, v, grad_out, **kwargs)
     assert_close_to_scale(out, ref_out)
-    for got, want in zip(grads, ref_grads):
+    for got, want in zip(grads, ref_grads, strict=True):
         assert_close_to_scale(got, want)
 
 
@@ -120,7 +120,7 @@ def test_backend_low_precision_within_pytorch_error(rng_seed, backend, dtype, mo
     truth_out, _, _, truth_grads = reference_with_grads(q, k, v, grad_out, **kwargs)
     # PyTorch's own error: the same maths with every tensor op rounded to ``dtype``.
     torch_out, torch_grads = eager_in_dtype(q, k, v, grad_out, dtype, **kwargs)
-    for got, ours, truth in zip((out, *grads), (torch_out, *torch_grads), (truth_out, *truth_grads)):
+    for got, ours, truth in zip((out, *grads), (torch_out, *torch_grads), (truth_out, *truth_grads), strict=True):
         allowed = 2 * (ours.double() - truth).abs().max().item() + 1e-3 * truth.abs().max().item() + 1e-6
         assert (got.double() - truth).abs().max().item() <= allowed
 
@@ -175,7 +175,7 @@ def test_global_batch_noise_makes_ranks_draw_the_one_process_noise(rng_seed, bac
         assert torch.equal(hard, whole_hard[rank::2]), f"rank {rank} chose other groups than one process"
         torch.testing.assert_close(out, whole[rank::2], rtol=1e-5, atol=1e-6)
         grads = torch.autograd.grad(out, local, grad_out[rank::2])
-        for got, want in zip(grads, whole_grads):
+        for got, want in zip(grads, whole_grads, strict=True):
             torch.testing.assert_close(got, want[rank::2], rtol=1e-5, atol=1e-6)
     same_clips = [t[:2] for t in (q, k, v)]
     maps = [cign_fast.assign_attention(*same_clips, mode="gumbel", seed=rng_seed, return_maps=True,
@@ -260,7 +260,7 @@ def test_hard_gradient_is_the_soft_gradient_through_y(rng_seed, backend):
         out = cign_fast.assign_attention(q, k, v, mode=mode, sum_assign=True, backend=backend)
         results[mode] = (out, torch.autograd.grad(out, (q, k), grad_out))
     assert not torch.allclose(results["soft"][0], results["hard"][0])
-    for soft_grad, hard_grad in zip(results["soft"][1], results["hard"][1]):
+    for soft_grad, hard_grad in zip(results["soft"][1], results["hard"][1], strict=True):
         torch.testing.assert_close(hard_grad, soft_grad, rtol=1e-5, atol=1e-6)
 
 

@@ -42,7 +42,7 @@ def params(mode: str, *, tau: float = 1.0, eps: float = 1.0, sum_assign: bool = 
 
 @pytest.fixture
 def device() -> torch.device:
-    from conftest import require_backend  # not at import: the compile probe imports this module without it
+    from helpers import require_backend  # not at import: the compile probe imports this module without it
 
     return require_backend("triton", OP)
 
@@ -110,9 +110,9 @@ def assert_matches(got, got_grads, want, want_grads, rtol=1e-4, atol=1e-5):
     if hard.numel():
         assert torch.equal(hard.double(), want[4])
         torch.testing.assert_close(soft.double(), want[5], rtol=rtol, atol=atol)
-    for name, grad, expected in zip("qkv", got_grads, want_grads):
+    for name, grad, expected in zip("qkv", got_grads, want_grads, strict=True):
         torch.testing.assert_close(grad.cpu().double(), expected, rtol=rtol, atol=atol,
-                                   msg=lambda m: f"grad {name}: {m}")
+                                   msg=lambda m, name=name: f"grad {name}: {m}")
 
 
 @pytest.mark.parametrize("mode", reference.MODES)
@@ -147,7 +147,7 @@ def test_wide_channels_c1024(device, dtype):
     tolerance = dict(rtol=1e-4, atol=1e-5) if dtype == torch.float32 else dict(rtol=2e-2, atol=2e-2)
     assert torch.equal(got[2].cpu(), want[2])
     torch.testing.assert_close(got[0].cpu().double(), want[0], **tolerance)
-    for grad, expected in zip(got_grads, want_grads):
+    for grad, expected in zip(got_grads, want_grads, strict=True):
         torch.testing.assert_close(grad.cpu().double(), expected, **tolerance)
 
 
@@ -160,7 +160,7 @@ def test_16_bit_inputs_keep_float32_accuracy_up_to_the_output_rounding(device, d
     q, k, v = (torch.randn(2, n, 24, device=device).to(dtype) for n in (17, 19, 19))
     got, got_grads, want, want_grads = run_both(q, k, v, mode, return_maps=False)
     assert torch.equal(got[2].cpu(), want[2])
-    for result, expected in zip((got[0], *got_grads), (want[0], *want_grads)):
+    for result, expected in zip((got[0], *got_grads), (want[0], *want_grads), strict=True):
         ulp = torch.finfo(dtype).eps * expected.abs().clamp_min(torch.finfo(dtype).tiny)
         excess = (result.cpu().double() - expected).abs() - ulp
         assert excess.max().item() <= 1e-5 * expected.abs().max().item()
@@ -197,7 +197,7 @@ def test_16_bit_gradients_far_from_one(device, dtype, grad_scale):
     q64, k64, v64, g64 = (t.cpu().double() for t in (q, k, v, grad_out))
     want = reference.assign_attention_forward(q64, k64, v64, options)
     want_grads = reference.assign_attention_backward(g64, q64, k64, v64, *want[1:4], options)
-    for name, grad, expected in zip("qk", grads, want_grads):
+    for name, grad, expected in zip("qk", grads, want_grads, strict=False):  # dq and dk only
         error = (grad.cpu().double() - expected).norm() / expected.norm()
         assert error <= torch.finfo(dtype).eps, f"grad {name}: relative error {error:.2e}"
 
@@ -239,12 +239,12 @@ def test_strided_inputs_are_read_in_place(device):
     options = params("soft", return_maps=True)
     strided = kernels.assign_attention_forward(q, k, v, options)
     dense = kernels.assign_attention_forward(q.contiguous(), k.contiguous(), v.contiguous(), options)
-    for a, b in zip(strided, dense):
+    for a, b in zip(strided, dense, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
     grads = kernels.assign_attention_backward(grad_out, q, k, v, *strided[1:4], options)
     dense_grads = kernels.assign_attention_backward(grad_out.contiguous(), q.contiguous(), k.contiguous(),
                                                     v.contiguous(), *dense[1:4], options)
-    for a, b in zip(grads, dense_grads):
+    for a, b in zip(grads, dense_grads, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
 
 
@@ -333,7 +333,7 @@ def compile_launches_for_sm90() -> dict:
     compiled, seen = [], set()
     for fn, args, kwargs in launches:
         options = {key: kwargs.pop(key) for key in ("num_warps", "num_stages") if key in kwargs}
-        signature = {name: mangle_type(arg) for name, arg in zip(fn.arg_names, args)}
+        signature = {name: mangle_type(arg) for name, arg in zip(fn.arg_names, args, strict=False)}
         signature.update({name: "constexpr" for name in kwargs})
         key = (fn.__name__, json.dumps(signature), repr(sorted(kwargs.items())), repr(options))
         if key in seen:

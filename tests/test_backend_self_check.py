@@ -103,7 +103,7 @@ def test_info_check_prints_a_table_and_fails_on_a_failed_check(with_backend, mon
     info.add_arguments(parser)
     assert info.main(parser.parse_args(["--check"])) == 1
     lines = capsys.readouterr().out.splitlines()
-    rows = [line.split() for line in lines[lines.index(next(l for l in lines if "self-check" in l)) + 2:]]
+    rows = [line.split() for line in lines[lines.index(next(line for line in lines if "self-check" in line)) + 2:]]
     families = ("assign_attention", "token_distill_kl", "bernoulli_distill_kl")
     assert [row[:4] for row in rows] == (
         [["cpp", family, "cpu", dtype] for family in families for dtype in ("bfloat16", "float32")]

@@ -12,7 +12,7 @@ import cign_fast
 from cign_fast.ops.backends import BACKENDS, backend_report
 from cign_fast.ops.bernoulli_distill_kl import OP, bernoulli_distill_kl_fwd
 from cign_fast.ops.reference import bernoulli_distill_kl_reference, bernoulli_kl
-from conftest import ALL_BACKENDS, require_backend
+from helpers import ALL_BACKENDS, require_backend
 
 REDUCTIONS = ("batchmean", "mean", "sum", "none")
 CASES = [  # (R, K, columns)
@@ -218,8 +218,8 @@ def test_gradcheck_reference_backend():
     student, teacher = logits(3, 5, torch.float64)
     for reduction in ("batchmean", "mean", "none"):
         torch.autograd.gradcheck(
-            lambda s: cign_fast.bernoulli_distill_kl(s, teacher, temperature=1.5, columns=(0, 4), reduction=reduction,
-                                                     backend="reference"),
+            lambda s, reduction=reduction: cign_fast.bernoulli_distill_kl(
+                s, teacher, temperature=1.5, columns=(0, 4), reduction=reduction, backend="reference"),
             (student,),
         )
 

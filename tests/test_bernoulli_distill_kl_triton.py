@@ -20,7 +20,7 @@ from cign_fast.ops.reference import bernoulli_distill_kl_forward as reference_fo
 
 @pytest.fixture
 def device() -> torch.device:
-    from conftest import require_backend
+    from helpers import require_backend
 
     return require_backend("triton", OP)
 
@@ -93,7 +93,8 @@ results = []
 for dtype, (rows, width) in (("bf16", (384, 220)), ("fp32", (3, 1030))):
     block_r, block_k = module.tile_shape(rows, width)
     pointers = {"student_ptr": "*" + dtype, "teacher_ptr": "*" + dtype, "grad_ptr": "*" + dtype, "loss_ptr": "*fp32"}
-    integers = ("student_stride_r", "student_stride_k", "teacher_stride_r", "teacher_stride_k", "R", "K", "start", "stop")
+    integers = ("student_stride_r", "student_stride_k", "teacher_stride_r", "teacher_stride_k", "R", "K", "start",
+                "stop")
     signature = {**pointers, **dict.fromkeys(integers, "i64"), "temperature": "fp32", "grad_scale": "fp32",
                  "BLOCK_R": "constexpr", "BLOCK_K": "constexpr"}
     kernel = module._bernoulli_kl_kernel

@@ -12,7 +12,7 @@ from cign_fast.methods import METHODS
 from cign_fast.metrics import MODALITIES
 from cign_fast.train.checkpoint import list_checkpoints
 from cign_fast.train.compare import METRICS, memory_of, plan_runs
-from test_trainer_helpers import one_thread, tiny_train_args, write_feature_dataset
+from helpers import one_thread, tiny_train_args, write_feature_dataset
 
 REQUIRED_MEMORY = 3
 

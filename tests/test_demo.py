@@ -4,7 +4,7 @@ import json
 
 from cign_fast.cli import main
 
-from test_trainer_helpers import one_thread
+from helpers import one_thread
 
 TINY_DEMO = [
     "--tasks", "2", "--classes", "4", "--train-per-class", "8", "--test-per-class", "5", "--epochs", "6",

@@ -15,7 +15,7 @@ from cign_fast.train.config import build_config
 from cign_fast.train.distributed import DistContext
 from cign_fast.train.divergence import DivergenceMonitor, TrainingDiverged
 from cign_fast.train.loop import train_incremental
-from test_trainer_helpers import one_thread, tiny_config, tiny_train_args, write_feature_dataset
+from helpers import one_thread, tiny_config, tiny_train_args, write_feature_dataset
 
 LOSS_KEYS = ("total", "cls_audio", "cls_visual", "token_ce", "kd")   # CIGN's terms, total first
 

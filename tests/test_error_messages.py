@@ -16,7 +16,7 @@ from cign_fast.data.extract import build_frozen_encoders, extract_features
 from cign_fast.train.checkpoint import list_checkpoints
 from cign_fast.train.config import RunConfig, TrainConfig
 from cign_fast.train.loop import train_incremental
-from test_trainer_helpers import one_thread, tiny_train_args, write_feature_dataset
+from helpers import one_thread, tiny_train_args, write_feature_dataset
 
 EXTRACT = ["--image-size", "32", "--sample-rate", "8000", "--workers", "0", "--device", "cpu"]
 

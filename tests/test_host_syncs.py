@@ -14,7 +14,7 @@ from torch.profiler import ProfilerActivity, profile
 
 import cign_fast
 from cign_fast.model import CIGN, ModelConfig
-from conftest import require_backend
+from helpers import require_backend
 
 SEED_READERS = ("cign_fast::assign_attention_fwd", "cign_fast::assign_attention_bwd")
 pytestmark = pytest.mark.filterwarnings("ignore:Warning. Profiler clears events")

@@ -5,6 +5,8 @@ The install paths themselves (editable, no-isolation, legacy develop, wheel) run
 
 from __future__ import annotations
 
+import ast
+import importlib
 import json
 import os
 import re
@@ -54,6 +56,14 @@ def test_bench_results_default_to_the_working_directory():
     assert args.out == Path("bench-results") and not args.out.is_absolute()
 
 
+def test_no_benchmark_writes_into_its_own_folder_by_default():
+    """Every results or work folder a benchmark defaults to is relative to the working directory."""
+    found = [f"{path.name}:{number}" for path in sorted((ROOT / "bench").glob("*.py"))
+             for number, line in enumerate(path.read_text().splitlines(), 1)
+             if re.search(r"default=(REPO|ROOT|Path\(__file__)", line)]
+    assert found == []
+
+
 def test_bench_ops_names_a_wrong_shape(capsys):
     assert main(["bench", "ops", "--shapes", "cign-n36", "no-such-shape"]) == 2
     error = capsys.readouterr().err
@@ -67,6 +77,17 @@ def test_no_tracker_words_in_the_product():
              for path in sorted((ROOT / folder).rglob("*")) if path.suffix in (".py", ".md", ".cpp", ".cu", ".h")
              for number, line in enumerate(path.read_text().splitlines(), 1) if pattern.search(line)]
     assert found == []
+
+
+@pytest.mark.parametrize("package", ["cign_fast", "cign_fast.data", "cign_fast.train"])
+def test_lazy_exports_are_also_imported_for_type_checkers(package):
+    """A lazily exported name is imported under ``if TYPE_CHECKING:`` too, from the same module."""
+    tree = ast.parse((ROOT / package.replace(".", "/") / "__init__.py").read_text())
+    checked = [node for node in tree.body if isinstance(node, ast.If) and getattr(node.test, "id", "") == "TYPE_CHECKING"]
+    imported = {(node.module, alias.name) for block in checked for node in block.body
+                if isinstance(node, ast.ImportFrom) for alias in node.names}
+    exports = importlib.import_module(package).EXPORTS
+    assert imported == {(module, name) for module, names in exports.items() for name in names}
 
 
 def test_build_record_matches_the_running_torch():
@@ -114,7 +135,8 @@ def test_backend_uses_the_installed_torch_under_isolation(tmp_path):
     hide = tmp_path / "isolation"
     hide.mkdir()
     (hide / "sitecustomize.py").write_text(  # what pip's build environment does
-        "import sys, site\nhidden = set(site.getsitepackages())\nsys.path[:] = [p for p in sys.path if p not in hidden]\n")
+        "import sys, site\nhidden = set(site.getsitepackages())\n"
+        "sys.path[:] = [p for p in sys.path if p not in hidden]\n")
     answer = backend_requirements(sys.executable, [hide, setuptools_only(tmp_path)])
     assert answer["torch"] is True
     assert not any(requirement.startswith("torch") for requirement in answer["requires"])

@@ -8,12 +8,11 @@ shift-blind distillation gave (every task after the first at chance, forgetting 
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import pytest
 
 from cign_fast.train.loop import train_incremental
-from test_trainer_helpers import one_thread, tiny_config, write_feature_dataset
+from helpers import one_thread, tiny_config, write_feature_dataset
 
 
 @pytest.fixture(scope="module")

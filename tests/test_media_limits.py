@@ -19,7 +19,7 @@ from cign_fast.data import ClipDataset, SkippedClipWarning, SkippedItem, synthet
 from cign_fast.data.audio import MAX_RESAMPLE_TERMS, load_clip_waveform, resampling_terms
 from cign_fast.data.features import AVCIL_AUDIO, FeatureDataset
 from cign_fast.train.loop import train_incremental
-from test_trainer_helpers import one_thread, tiny_config, write_feature_dataset
+from helpers import one_thread, tiny_config, write_feature_dataset
 
 NAMES = synthetic_class_names(2)
 

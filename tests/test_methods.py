@@ -146,7 +146,7 @@ def fisher_by_loop(model, audio, visual, labels) -> dict[str, torch.Tensor]:
         out = model(audio[row:row + 1], visual[row:row + 1])
         loss = F.cross_entropy(out.audio_logits, labels[row:row + 1]) + F.cross_entropy(out.visual_logits,
                                                                                          labels[row:row + 1])
-        for (name, _), gradient in zip(params.items(), torch.autograd.grad(loss, list(params.values()))):
+        for (name, _), gradient in zip(params.items(), torch.autograd.grad(loss, list(params.values())), strict=True):
             sums[name] += gradient.pow(2)
     return {name: total / labels.shape[0] for name, total in sums.items()}
 

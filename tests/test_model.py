@@ -187,7 +187,7 @@ def test_rebuild_from_task_sizes_round_trips_exactly():
     model.eval()
     rebuilt.eval()
     with torch.no_grad():
-        for mine, theirs in zip(model(*inputs), rebuilt(*inputs)):
+        for mine, theirs in zip(model(*inputs), rebuilt(*inputs), strict=True):
             torch.testing.assert_close(mine, theirs, rtol=0, atol=0)
     with pytest.raises(RuntimeError, match="size mismatch"):
         model_with_tasks(features_config(drop_path=0.2), 3, 3).load_state_dict(state)

@@ -91,7 +91,7 @@ def test_avx2_and_generic_kernels_agree(use_isa, dtype, mode):
     for isa in ("avx2", "generic"):
         use_isa(isa)
         results[isa] = run_cpp(*inputs, mode)
-    for name, a, b in zip(("out", "lse", "argmax", "row_sum", "hard", "soft", "dq", "dk", "dv"), *results.values()):
+    for name, a, b in zip(("out", "lse", "argmax", "row_sum", "hard", "soft", "dq", "dk", "dv"), *results.values(), strict=True):
         if name in ("argmax", "hard"):
             assert torch.equal(a, b), name
         else:
@@ -108,7 +108,7 @@ def test_avx2_and_generic_bernoulli_kernels_agree(use_isa, dtype):
     for isa in ("avx2", "generic"):
         use_isa(isa)
         results[isa] = _C.bernoulli_distill_kl_rows(student, teacher.t().contiguous().t(), 2, 27, 1.5, "mean")
-    for a, b in zip(*results.values()):
+    for a, b in zip(*results.values(), strict=True):
         assert a.dtype == b.dtype
         torch.testing.assert_close(a.float(), b.float(), rtol=1e-5, atol=1e-7 if dtype == torch.float32 else 1e-2)
 
@@ -126,7 +126,7 @@ def test_results_do_not_depend_on_the_thread_count():
                          *native_cpp.bernoulli_distill_kl_forward(student, teacher, 3, 37, 2.0, "sum")))
     finally:
         torch.set_num_threads(previous)
-    for a, b in zip(*runs):
+    for a, b in zip(*runs, strict=True):
         assert torch.equal(a, b)
 
 

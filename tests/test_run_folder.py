@@ -12,7 +12,7 @@ import pytest
 from cign_fast.train.checkpoint import list_checkpoints, load_checkpoint
 from cign_fast.train.loop import train_incremental
 from cign_fast.train.run_folder import RUN_OUTPUTS, RunFolderError, RunFolderLock
-from test_trainer_helpers import one_thread, tiny_config, write_feature_dataset
+from helpers import one_thread, tiny_config, write_feature_dataset
 
 QUIET = {"log": lambda message: None}
 FAST = ("--tasks", "2", "--epochs", "1")   # 2 tasks of 3 classes, 4 checkpoints

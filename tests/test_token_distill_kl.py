@@ -10,7 +10,7 @@ import torch
 import cign_fast
 from cign_fast.ops.reference import token_distill_kl_reference
 from cign_fast.ops.token_distill_kl import token_distill_kl_fwd
-from conftest import ALL_BACKENDS, require_backend
+from helpers import ALL_BACKENDS, require_backend
 
 OP = "token_distill_kl_forward"
 CASES = [  # (R, K, columns)
@@ -135,7 +135,8 @@ def test_gradcheck_reference_backend():
     student, teacher = logits(3, 5, torch.float64)
     for reduction in ("batchmean", "none"):
         torch.autograd.gradcheck(
-            lambda s: cign_fast.token_distill_kl(s, teacher, columns=(0, 4), reduction=reduction, backend="reference"),
+            lambda s, reduction=reduction: cign_fast.token_distill_kl(s, teacher, columns=(0, 4), reduction=reduction,
+                                                                     backend="reference"),
             (student,),
         )
 

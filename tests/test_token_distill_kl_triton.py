@@ -16,7 +16,7 @@ OP = "token_distill_kl_forward"
 
 @pytest.fixture
 def device() -> torch.device:
-    from conftest import require_backend
+    from helpers import require_backend
 
     return require_backend("triton", OP)
 

@@ -3,7 +3,7 @@
 import json
 
 from cign_fast.bench import bench_step
-from test_trainer_helpers import one_thread
+from helpers import one_thread
 
 
 def test_step_benchmark_writes_both_backends(tmp_path, capsys):

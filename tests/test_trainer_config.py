@@ -8,7 +8,7 @@ import yaml
 from cign_fast.cli import train as train_cli
 from cign_fast.methods import METHODS
 from cign_fast.train.config import build_config, config_from_dict, save_config
-from test_trainer_helpers import REPO
+from helpers import REPO
 
 
 def test_file_then_flags_then_set_overrides(tmp_path):

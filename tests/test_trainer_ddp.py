@@ -22,7 +22,7 @@ import sys
 import pytest
 
 from cign_fast.cli import main
-from test_trainer_helpers import (
+from helpers import (
     COMPARE_RUNNER, REPO, one_thread, read_run_results, subprocess_env, tiny_train_args, write_feature_dataset,
 )
 
@@ -59,8 +59,8 @@ def test_two_gloo_processes_match_one_process(tmp_path):
         sizes = single_metrics["task_test_sizes"]
         assert ddp_metrics["task_test_sizes"] == sizes
         for modality in ("audio", "visual", "audio_visual"):
-            for single_row, ddp_row in zip(single_metrics[modality]["matrix"], ddp_metrics[modality]["matrix"]):
-                for task, (a, b) in enumerate(zip(single_row, ddp_row)):
+            for single_row, ddp_row in zip(single_metrics[modality]["matrix"], ddp_metrics[modality]["matrix"], strict=True):
+                for task, (a, b) in enumerate(zip(single_row, ddp_row, strict=True)):
                     assert (a is None) == (b is None)
                     if a is not None:
                         assert abs(a - b) <= 1 / sizes[task] + 1e-9, (method, modality, single_row, ddp_row)

@@ -7,7 +7,7 @@ import pytest
 from cign_fast.cli import main
 from cign_fast.train.checkpoint import list_checkpoints
 from cign_fast.train.loop import train_incremental
-from test_trainer_helpers import one_thread, tiny_config, write_feature_dataset
+from helpers import one_thread, tiny_config, write_feature_dataset
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ from cign_fast.train.checkpoint import (
 )
 from cign_fast.train.loop import check_resume_compatible, train_incremental
 from cign_fast.cli import main
-from test_trainer_helpers import (
+from helpers import (
     COMPARE_RUNNER, KILLING_RUNNER, one_thread, read_run_results, run_runner, tiny_config, tiny_train_args,
     write_feature_dataset,
 )

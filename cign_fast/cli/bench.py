@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+from functools import partial
 from pathlib import Path
 
 from cign_fast.bench.options import RESULTS, add_run_arguments
@@ -61,7 +62,7 @@ def run_ops(args: argparse.Namespace) -> int:
             continue
         extra = (args.modes,) if module is assign else ()
         grid = module.grid(args.quick, shapes or None, *extra, args.dtypes)
-        sections[name] = common.per_thread_count(args.threads, lambda: module.run(*grid, device, repeats=args.repeats))
+        sections[name] = common.per_thread_count(args.threads, partial(module.run, *grid, device, repeats=args.repeats))
         checks += module.target_checks(sections[name])
     report = common.ops_report(env, sections, checks, args.note)
     text = common.ops_markdown(report, {name: modules[name].markdown(rows) for name, rows in sections.items()})

@@ -53,7 +53,7 @@ def check_table(rows: list[dict]) -> list[str]:
     cells = [header] + [(row["backend"], row["op"], row["device"], row["dtype"],
                          "-" if row["error"] is None else f"{row['error']:.1e}", row["result"]) for row in rows]
     widths = [max(len(line[column]) for line in cells) for column in range(len(header) - 1)]
-    return ["  ".join(cell.ljust(width) for cell, width in zip(line, widths)) + "  " + line[-1] for line in cells]
+    return ["  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=False)) + "  " + line[-1] for line in cells]
 
 
 def main(args: argparse.Namespace) -> int:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import random
 from pathlib import Path
-from typing import Sequence
+from collections.abc import Sequence
 
 from cign_fast.data.labels import LabelRow
 

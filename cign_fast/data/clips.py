@@ -12,7 +12,8 @@ from __future__ import annotations
 import os
 import warnings
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
+from collections.abc import Sequence
 
 import torch
 from torch.utils.data import Dataset
@@ -93,8 +94,8 @@ class ClipDataset(Dataset):
 
     Item: ``{"audio": [1, 257, T] float32, "visual": [3, image_size, image_size] float32, "label": int,
     "id": str}`` with T = 1 + 3 * sample_rate // 238, or a :class:`SkippedItem` when a file cannot be decoded
-    or its decoded input holds NaN / inf (use :func:`collate_skipping`). Clips missing a modality are excluded when the dataset is built and listed
-    in ``skip_report``. ``targets`` (one class index per clip) needs no decoding.
+    or its decoded input holds NaN / inf (use :func:`collate_skipping`). Clips missing a modality are excluded
+    when the dataset is built and listed in ``skip_report``. ``targets`` (one class index per clip) needs no decoding.
 
     ``rows``: labels already read with :func:`read_labels` (default: read from ``root``).
     """

@@ -17,8 +17,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -47,6 +48,20 @@ def _as_tokens(array: Any, clip_id: str, modality: str) -> torch.Tensor:
     return tokens
 
 
+class _FeatureSource(Protocol):
+    """What :class:`FeatureDataset` reads: ``clips`` as ``(id, label, locator)``, a locator being the
+    source's own key of a clip; ``skipped`` as ``(id, label, reason, detail)``."""
+
+    clips: list[tuple[str, str, Any]]
+    skipped: list[Any]
+
+    def verify(self, locators: Sequence[Any]) -> None: ...
+
+    def read(self, locator: Any) -> tuple[Any, Any]: ...
+
+    def close(self) -> None: ...
+
+
 class _ProjectCache:
     """Clips of one split of a project cache; ``read(locator)`` gives (audio, visual) arrays of one clip."""
 
@@ -64,7 +79,7 @@ class _ProjectCache:
             record for entry in self.shards.values() for record in entry["skipped"]]
         self.skipped = [tuple(record) for record in records]
         self.clips = [(clip_id, label, (shard, row)) for shard, entry in sorted(self.shards.items())
-                      for row, (clip_id, label) in enumerate(zip(entry["ids"], entry["labels"]))]
+                      for row, (clip_id, label) in enumerate(zip(entry["ids"], entry["labels"], strict=True))]
         self._arrays: dict[tuple[int, str], np.ndarray] = {}
 
     def verify(self, locators: Sequence[tuple[int, int]]) -> None:
@@ -149,6 +164,16 @@ class _AvCilFeatures:
         return state
 
 
+def open_feature_source(root: Path, split: str) -> tuple[str, _FeatureSource]:
+    """``(format, source)`` of the features in ``root``: ``"cign_fast"`` (a project cache) or ``"av-cil"``."""
+    if (root / MANIFEST_NAME).is_file():
+        return "cign_fast", _ProjectCache(root, split)
+    if (root / AVCIL_LABELS).is_file():
+        return "av-cil", _AvCilFeatures(root, split)
+    raise FileNotFoundError(f"root: {root} holds neither a feature cache ({MANIFEST_NAME}) nor AV-CIL "
+                            f"features ({AVCIL_LABELS})")
+
+
 class FeatureDataset(Dataset):
     """Pre-extracted features of ``split`` whose label is in ``class_names`` (class index = position).
 
@@ -163,15 +188,7 @@ class FeatureDataset(Dataset):
         self.root = Path(root)
         self.split = check_split(split)
         self.class_names = check_class_names(class_names)
-        if (self.root / MANIFEST_NAME).is_file():
-            self.format = "cign_fast"
-            self._source: _ProjectCache | _AvCilFeatures = _ProjectCache(self.root, split)
-        elif (self.root / AVCIL_LABELS).is_file():
-            self.format = "av-cil"
-            self._source = _AvCilFeatures(self.root, split)
-        else:
-            raise FileNotFoundError(f"root: {self.root} holds neither a feature cache ({MANIFEST_NAME}) nor AV-CIL "
-                                    f"features ({AVCIL_LABELS})")
+        self.format, self._source = open_feature_source(self.root, split)
         class_index = {name: index for index, name in enumerate(self.class_names)}
         selected = [(clip_id, label, locator) for clip_id, label, locator in self._source.clips if label in class_index]
         self.ids = [clip_id for clip_id, _label, _locator in selected]

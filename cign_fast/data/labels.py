@@ -15,7 +15,7 @@ from __future__ import annotations
 import csv
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Collection, Iterator
+from collections.abc import Collection, Iterator
 
 SPLITS = ("train", "val", "test")
 LABELS_FILE_NAMES = ("labels.csv", "vggsound.csv")
@@ -91,7 +91,7 @@ def _column_order(path: Path, line: int, header: list[str]) -> tuple[str, ...]:
 def _parse_row(path: Path, line: int, columns: tuple[str, ...], fields: list[str]) -> LabelRow:
     if len(fields) != len(columns):
         raise LabelsFileError(path, line, f"expected {len(columns)} fields ({','.join(columns)}), got {len(fields)}")
-    values = dict(zip(columns, fields))
+    values = dict(zip(columns, fields, strict=True))
     if "youtube_id" in values:
         if not _is_integer(values["start_seconds"]):
             raise LabelsFileError(path, line, f"start_seconds must be a whole number, got {values['start_seconds']!r}")

@@ -23,7 +23,8 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any
+from collections.abc import Iterable, Mapping, Sequence
 
 import torch
 from torch.utils.data import default_collate
@@ -90,7 +91,7 @@ class SkipReport:
         for item in items:
             self.add(item)
 
-    def merge(self, other: "SkipReport") -> None:
+    def merge(self, other: SkipReport) -> None:
         self.update(other.items())
 
     @property

@@ -14,7 +14,7 @@ class posteriors (CIGN's rule for its sigmoid heads): ``argmax_c log p_a(c) + lo
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import ClassVar, NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -22,7 +22,8 @@ from torch.nn import functional as F
 
 import cign_fast
 from cign_fast.methods.base import ContinualMethod
-from cign_fast.model import CIGN, ModelConfig
+from cign_fast.model import ModelConfig
+from cign_fast.model.cign import check_model_inputs
 from cign_fast.model.encoders import ResNetTokenEncoder
 from cign_fast.model.grouping import keep_old_weights
 from cign_fast.model.losses import check_labels
@@ -52,9 +53,9 @@ class GrowingHead(nn.Module):
     def num_classes(self) -> int:
         return 0 if self.linear is None else self.linear.out_features
 
-    def add_classes(self, num_new: int, reference: Tensor) -> None:
-        """Replace the layer by a ``Linear(D, N + num_new)`` on ``reference``'s device and dtype."""
-        grown = nn.Linear(self.dim, self.num_classes + num_new, device=reference.device, dtype=reference.dtype)
+    def add_classes(self, num_new: int, like: Tensor) -> None:
+        """Replace the layer by a ``Linear(D, N + num_new)`` on ``like``'s device and dtype."""
+        grown = nn.Linear(self.dim, self.num_classes + num_new, device=like.device, dtype=like.dtype)
         init_weights(grown)
         if self.linear is not None:
             keep_old_weights(grown, self.linear)
@@ -62,6 +63,8 @@ class GrowingHead(nn.Module):
 
     def forward(self, features: Tensor) -> Tensor:
         """[B, D] -> [B, N]."""
+        if self.linear is None:
+            raise RuntimeError("GrowingHead: call add_classes before the first forward")
         return self.linear(features)
 
 
@@ -90,10 +93,11 @@ def build_encoders(cfg: ModelConfig) -> tuple[nn.Module, nn.Module]:
         audio = ResNetTokenEncoder(1, cfg.dim, cfg.audio_tokens == "pooled", cfg.audio_weights, "audio_weights")
         visual = ResNetTokenEncoder(3, cfg.dim, False, cfg.visual_weights, "visual_weights")
         return audio, visual
-    audio, visual = nn.Linear(cfg.audio_feature_dim, cfg.dim), nn.Linear(cfg.visual_feature_dim, cfg.dim)
-    init_weights(audio)
-    init_weights(visual)
-    return audio, visual
+    audio_dim, visual_dim = cfg.feature_dims()
+    projections = nn.Linear(audio_dim, cfg.dim), nn.Linear(visual_dim, cfg.dim)
+    for projection in projections:
+        init_weights(projection)
+    return projections
 
 
 class Backbone(nn.Module):
@@ -102,8 +106,6 @@ class Backbone(nn.Module):
     Inputs as :class:`cign_fast.model.CIGN`'s: raw ``audio`` [B, 1, F, T], ``visual`` [B, 3, H, W], or
     features ``audio`` [B, S_a, D_a], ``visual`` [B, S_v, D_v].
     """
-
-    check_inputs = CIGN.check_inputs   # the same checks and messages as CIGN's (they read only ``self.cfg``)
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
@@ -124,15 +126,15 @@ class Backbone(nn.Module):
         """Grow both heads by ``num_new_classes`` outputs (old rows kept)."""
         if not isinstance(num_new_classes, int) or isinstance(num_new_classes, bool) or num_new_classes <= 0:
             raise ValueError(f"num_new_classes: expected an int > 0, got {num_new_classes!r}")
-        reference = self.audio_branch.norm.weight
-        self.audio_branch.head.add_classes(num_new_classes, reference)
-        self.visual_branch.head.add_classes(num_new_classes, reference)
+        like = self.audio_branch.norm.weight
+        self.audio_branch.head.add_classes(num_new_classes, like)
+        self.visual_branch.head.add_classes(num_new_classes, like)
         self._task_sizes.append(num_new_classes)
 
     def forward(self, audio: Tensor, visual: Tensor) -> BackboneOutput:
         if not self._task_sizes:
             raise RuntimeError("Backbone.forward: call add_task(num_new_classes) before the first forward")
-        self.check_inputs(audio, visual)
+        check_model_inputs(self.cfg, audio, visual)   # the same checks and messages as CIGN's
         audio_logits, audio_features, audio_tokens = self.audio_branch(audio)
         visual_logits, visual_features, visual_tokens = self.visual_branch(visual)
         return BackboneOutput(audio_logits, visual_logits, audio_features, visual_features, audio_tokens,
@@ -159,11 +161,11 @@ def classification_loss(out: BackboneOutput, labels: Tensor) -> dict[str, Tensor
             "ce_visual": F.cross_entropy(out.visual_logits, labels.long())}
 
 
-class BackboneMethod(ContinualMethod):
+class BackboneMethod(ContinualMethod[BackboneOutput]):
     """The defaults of the backbone methods: softmax cross-entropy per head, late-fusion prediction
     (module docstring), ``concat(normalize(f_a), normalize(f_v))`` as the embedding."""
 
-    loss_terms = ("ce_audio", "ce_visual")
+    loss_terms: ClassVar[tuple[str, ...]] = ("ce_audio", "ce_visual")
 
     def build_model(self) -> Backbone:
         return Backbone(self.model_config)

@@ -29,7 +29,7 @@ import copy
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, ClassVar, NamedTuple
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
 
 import torch
 from torch import Tensor, nn
@@ -42,6 +42,8 @@ if TYPE_CHECKING:  # the trainer's types; importing them at run time would be ci
     from cign_fast.train.memory import ExemplarMemory
 
 MEMORY_USES = ("optional", "required", "none")
+# A model's output: a NamedTuple of tensors (``CIGNOutput``, ``BackboneOutput``)
+OutputT = TypeVar("OutputT", bound=tuple)
 Embed = Callable[[Sequence[int]], tuple[Tensor, Sequence[int]]]
 
 
@@ -99,27 +101,27 @@ def frozen_copy(model: nn.Module) -> nn.Module:
     return freeze(copy.deepcopy(model))
 
 
-def as_float32(out: NamedTuple) -> NamedTuple:
+def as_float32(out: OutputT) -> OutputT:
     """A model output (a NamedTuple of tensors) in float32: the losses run in float32 under bf16 autocast."""
     return type(out)(*(tensor.float() for tensor in out))
 
 
-class ContinualMethod(ABC):
+class ContinualMethod(ABC, Generic[OutputT]):
     """Base class of the methods (see the module docstring for the protocol).
 
     Subclasses set ``name`` (the registry name), ``loss_terms`` (the named terms of :meth:`loss` besides
     ``"total"``), ``memory_use`` (``"optional"``: runs with or without exemplars; ``"required"``: refuses
     to run without; ``"none"``: keeps none), ``config_sections`` (the config sections of its
     hyper-parameters, compared on resume) and implement :meth:`build_model`, :meth:`loss`,
-    :meth:`predict` and :meth:`embed`. ``uses_teacher`` makes :meth:`begin_task` keep a frozen copy of
-    the model from before each task t > 0 in ``self.teacher``.
+    :meth:`predict` and :meth:`embed` for their model's output type ``OutputT``. ``uses_teacher`` (a class
+    attribute, or a property where a setting decides) makes :meth:`begin_task` keep a frozen copy of the
+    model from before each task t > 0 in ``self.teacher``.
     """
 
     name: ClassVar[str] = ""
     loss_terms: ClassVar[tuple[str, ...]] = ()
     memory_use: ClassVar[str] = "optional"
     config_sections: ClassVar[tuple[str, ...]] = ()
-    uses_teacher: bool = False      # a class attribute, or a property where a setting decides
 
     def __init__(self, config: TrainConfig, model_config: ModelConfig) -> None:
         if not isinstance(model_config, ModelConfig):
@@ -129,6 +131,17 @@ class ContinualMethod(ABC):
         self.teacher: nn.Module | None = None
         self.task: TaskInfo | None = None
 
+    @property
+    def uses_teacher(self) -> bool:
+        return False
+
+    @property
+    def current_task(self) -> TaskInfo:
+        """The task being trained (set by :meth:`begin_task`)."""
+        if self.task is None:
+            raise RuntimeError(f"{type(self).__name__}: no task begun yet (call begin_task first)")
+        return self.task
+
     # ----- the model ------------------------------------------------------------------------------------------
 
     @abstractmethod
@@ -136,8 +149,11 @@ class ContinualMethod(ABC):
         """The model before its first task."""
 
     def grow_model(self, model: nn.Module, num_new_classes: int) -> None:
-        """Add a task of ``num_new_classes`` classes to ``model`` (in place; old weights kept)."""
-        model.add_task(num_new_classes)
+        """Add a task of ``num_new_classes`` classes to ``model`` (in place; old weights kept): its ``add_task``."""
+        add_task = getattr(model, "add_task", None)
+        if not callable(add_task):
+            raise TypeError(f"{type(self).__name__}.grow_model: {type(model).__name__} has no add_task(num_new_classes)")
+        add_task(num_new_classes)
 
     def rebuild_model(self, task_sizes: Sequence[int], state: dict[str, Tensor],
                       device: torch.device | str = "cpu") -> nn.Module:
@@ -176,13 +192,13 @@ class ContinualMethod(ABC):
 
     # ----- batches --------------------------------------------------------------------------------------------
 
-    def teacher_forward(self, audio: Tensor, visual: Tensor) -> NamedTuple | None:
+    def teacher_forward(self, audio: Tensor, visual: Tensor) -> OutputT | None:
         """The old model's output on the batch, or ``None`` without one (the loop runs this without grad)."""
         return None if self.teacher is None else self.teacher(audio, visual)
 
     @abstractmethod
-    def loss(self, model: nn.Module, out: NamedTuple, labels: Tensor,
-             teacher_out: NamedTuple | None) -> dict[str, Tensor]:
+    def loss(self, model: nn.Module, out: OutputT, labels: Tensor,
+             teacher_out: OutputT | None) -> dict[str, Tensor]:
         """Scalars ``"total"`` (what is minimised) and every name of ``loss_terms``.
 
         ``model``: the model being trained (not the DDP wrapper: for penalties on its parameters);
@@ -190,24 +206,24 @@ class ContinualMethod(ABC):
         """
 
     @abstractmethod
-    def predict(self, out: NamedTuple) -> dict[str, Tensor]:
+    def predict(self, out: OutputT) -> dict[str, Tensor]:
         """Class indices [B] (long) for ``"audio"``, ``"visual"`` and ``"audio_visual"``."""
 
     @abstractmethod
-    def embed(self, out: NamedTuple, labels: Tensor) -> Tensor:
+    def embed(self, out: OutputT, labels: Tensor) -> Tensor:
         """[B, E] float32 per-clip embeddings (herding and ``cign-fast embed``)."""
 
     # ----- extra state ----------------------------------------------------------------------------------------
 
-    def state_dict(self) -> dict[str, object]:
+    def state_dict(self) -> dict[str, Any]:
         """The method's state beyond the model (tensors and plain values, ``weights_only``-loadable)."""
         teacher = None
         if self.teacher is not None:
-            teacher = {"task_sizes": list(self.task.task_sizes[:-1]), "model": self.teacher.state_dict()}
+            teacher = {"task_sizes": list(self.current_task.task_sizes[:-1]), "model": self.teacher.state_dict()}
         task = None if self.task is None else {"index": self.task.index, "task_sizes": list(self.task.task_sizes)}
         return {"task": task, "teacher": teacher}
 
-    def load_state_dict(self, state: dict[str, object], device: torch.device | str = "cpu") -> None:
+    def load_state_dict(self, state: dict[str, Any], device: torch.device | str = "cpu") -> None:
         """Inverse of :meth:`state_dict`."""
         task = state["task"]
         self.task = None if task is None else TaskInfo(int(task["index"]), tuple(int(s) for s in task["task_sizes"]))

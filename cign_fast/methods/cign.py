@@ -47,7 +47,7 @@ class CIGNMethod(ContinualMethod):
     def loss(self, model: nn.Module, out: CIGNOutput, labels: Tensor,
              teacher_out: CIGNOutput | None) -> dict[str, Tensor]:
         distill = self.config.distill
-        return cign_loss(out, labels, teacher_out, self.task.num_old_classes, temperature=distill.temperature,
+        return cign_loss(out, labels, teacher_out, self.current_task.num_old_classes, temperature=distill.temperature,
                          kd_weight=distill.weight, backend=self.model_config.backend, distill_form=distill.form,
                          classification=distill.classification, old_class_negatives=distill.old_class_negatives, token_weight=distill.token_weight)
 

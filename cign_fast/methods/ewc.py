@@ -17,6 +17,7 @@ old rows only. The paper tunes lambda per experiment and gives no general value;
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
 import warnings
 from collections.abc import Iterator
 
@@ -28,6 +29,10 @@ from torch.nn import functional as F
 from cign_fast.methods.backbone import BackboneMethod, BackboneOutput, classification_loss
 from cign_fast.methods.base import TaskResources
 from cign_fast.methods.registry import register_method
+from cign_fast.model import ModelConfig
+
+if TYPE_CHECKING:  # importing it at run time would be circular
+    from cign_fast.train.config import TrainConfig
 
 FISHER_CHUNK = 16   # clips whose gradients are held at once (memory: FISHER_CHUNK copies of the parameters)
 
@@ -83,15 +88,15 @@ class EWC(BackboneMethod):
     memory_use = "optional"
     config_sections = ("ewc",)
 
-    def __init__(self, *args: object, **kwargs: object) -> None:
-        super().__init__(*args, **kwargs)
+    def __init__(self, config: TrainConfig, model_config: ModelConfig) -> None:
+        super().__init__(config, model_config)
         self.fisher: dict[str, Tensor] = {}
         self.anchor: dict[str, Tensor] = {}
 
     def penalty(self, model: nn.Module) -> Tensor:
         """``ewc.weight / 2 * sum_n F_n (theta_n - theta*_n)^2`` (0 before the first task ends)."""
-        reference = next(model.parameters())
-        total = reference.new_zeros((), dtype=torch.float32)
+        like = next(model.parameters())
+        total = like.new_zeros((), dtype=torch.float32)
         for name, param in model.named_parameters():
             if name in self.fisher:
                 anchor = self.anchor[name]
@@ -124,10 +129,10 @@ class EWC(BackboneMethod):
         self.fisher = fisher
         self.anchor = {name: p.detach().clone() for name, p in model.named_parameters() if name in fisher}
 
-    def state_dict(self) -> dict[str, object]:
+    def state_dict(self) -> dict[str, Any]:
         return {**super().state_dict(), "fisher": dict(self.fisher), "anchor": dict(self.anchor)}
 
-    def load_state_dict(self, state: dict[str, object], device: torch.device | str = "cpu") -> None:
+    def load_state_dict(self, state: dict[str, Any], device: torch.device | str = "cpu") -> None:
         super().load_state_dict(state, device)
         self.fisher = {name: tensor.to(device) for name, tensor in state["fisher"].items()}
         self.anchor = {name: tensor.to(device) for name, tensor in state["anchor"].items()}

@@ -17,6 +17,7 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
@@ -24,7 +25,11 @@ from torch.nn import functional as F
 from cign_fast.methods.backbone import BackboneMethod, BackboneOutput, feature_embedding, late_fusion_predict
 from cign_fast.methods.base import TaskResources
 from cign_fast.methods.registry import register_method
+from cign_fast.model import ModelConfig
 from cign_fast.model.losses import check_labels
+
+if TYPE_CHECKING:  # importing it at run time would be circular
+    from cign_fast.train.config import TrainConfig
 
 CLASSIFIERS = ("nme", "cnn")
 
@@ -72,8 +77,8 @@ class ICaRL(BackboneMethod):
     config_sections = ("icarl",)
     uses_teacher = True
 
-    def __init__(self, *args: object, **kwargs: object) -> None:
-        super().__init__(*args, **kwargs)
+    def __init__(self, config: TrainConfig, model_config: ModelConfig) -> None:
+        super().__init__(config, model_config)
         self.means: Tensor | None = None    # [N, 2D] class means of the exemplars, on the CPU
 
     def loss(self, model: nn.Module, out: BackboneOutput, labels: Tensor,
@@ -107,9 +112,9 @@ class ICaRL(BackboneMethod):
         embeddings = feature_embedding(out)
         return nearest_mean_predict(embeddings, self.means.to(embeddings.device), embeddings.shape[1] // 2)
 
-    def state_dict(self) -> dict[str, object]:
+    def state_dict(self) -> dict[str, Any]:
         return {**super().state_dict(), "means": self.means}
 
-    def load_state_dict(self, state: dict[str, object], device: torch.device | str = "cpu") -> None:
+    def load_state_dict(self, state: dict[str, Any], device: torch.device | str = "cpu") -> None:
         super().load_state_dict(state, device)
         self.means = state["means"]

@@ -35,8 +35,10 @@ def separated_cross_entropy(logits: Tensor, labels: Tensor, num_old: int) -> Ten
 def task_wise_distillation(student_logits: Tensor, teacher_logits: Tensor, task: TaskInfo, temperature: float,
                            backend: str) -> Tensor:
     """Sum over the old tasks of the KD restricted to each task's classes (module docstring)."""
-    return sum(distill_old_classes(student_logits, teacher_logits, temperature, backend, task.class_range(old))
-               for old in range(task.index))
+    total = distill_old_classes(student_logits, teacher_logits, temperature, backend, task.class_range(0))
+    for old in range(1, task.index):
+        total = total + distill_old_classes(student_logits, teacher_logits, temperature, backend, task.class_range(old))
+    return total
 
 
 @register_method
@@ -53,7 +55,7 @@ class SSIL(BackboneMethod):
              teacher_out: BackboneOutput | None) -> dict[str, Tensor]:
         batch, num_classes = out.audio_logits.shape
         check_labels(labels, batch, num_classes)
-        num_old = self.task.num_old_classes
+        num_old = self.current_task.num_old_classes
         ce_audio = separated_cross_entropy(out.audio_logits, labels, num_old)
         ce_visual = separated_cross_entropy(out.visual_logits, labels, num_old)
         if teacher_out is None:
@@ -61,8 +63,8 @@ class SSIL(BackboneMethod):
         else:
             settings, backend = self.config.ssil, self.model_config.backend
             kd = settings.weight * (
-                task_wise_distillation(out.audio_logits, teacher_out.audio_logits, self.task, settings.temperature,
+                task_wise_distillation(out.audio_logits, teacher_out.audio_logits, self.current_task, settings.temperature,
                                        backend)
-                + task_wise_distillation(out.visual_logits, teacher_out.visual_logits, self.task,
+                + task_wise_distillation(out.visual_logits, teacher_out.visual_logits, self.current_task,
                                          settings.temperature, backend))
         return {"ce_audio": ce_audio, "ce_visual": ce_visual, "kd": kd, "total": ce_audio + ce_visual + kd}

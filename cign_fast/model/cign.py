@@ -54,17 +54,17 @@ class ModalityBranch(nn.Module):
 
         The token head ``Linear(D, N)`` keeps ``weight[:N_old]`` and ``bias[:N_old]``.
         """
-        reference = self.logit_head.weight
+        like = self.logit_head.weight
         for block in self.class_tokens:
             block.requires_grad_(False)
             block.grad = None
-        block = nn.Parameter(torch.zeros(num_new, self.dim, device=reference.device, dtype=reference.dtype))
+        block = nn.Parameter(torch.zeros(num_new, self.dim, device=like.device, dtype=like.dtype))
         if self.class_token_init == "trunc_normal":
             nn.init.trunc_normal_(block, std=0.02)
         self.class_tokens.append(block)
         num_groups = sum(block.shape[0] for block in self.class_tokens)
         self.grouping.set_num_groups(num_groups)
-        token_head = nn.Linear(self.dim, num_groups, device=reference.device, dtype=reference.dtype)
+        token_head = nn.Linear(self.dim, num_groups, device=like.device, dtype=like.dtype)
         init_weights(token_head)
         if self.token_head is not None:
             keep_old_weights(token_head, self.token_head)
@@ -76,10 +76,36 @@ class ModalityBranch(nn.Module):
         class_tokens = torch.cat(tuple(self.class_tokens)).unsqueeze(0).expand(batch, -1, -1)
         mixed = self.transformer(torch.cat((tokens, class_tokens.to(tokens.dtype)), dim=1))
         tokens, class_tokens = mixed[:, :num_tokens], mixed[:, num_tokens:]
+        if self.token_head is None:
+            raise RuntimeError("ModalityBranch: call add_class_tokens before the first forward")
         token_logits = self.token_head(self.token_norm(class_tokens))
         groups = self.grouping(tokens, class_tokens, assign_mode)
         logits = self.logit_head(self.group_norm(groups)).squeeze(-1)
         return logits, token_logits, groups
+
+
+def check_model_inputs(cfg: ModelConfig, audio: Tensor, visual: Tensor) -> None:
+    """Raise ValueError/TypeError naming ``audio`` or ``visual`` when its shape does not fit ``cfg``'s input mode
+    (the checks of :class:`CIGN` and of the baselines' backbone)."""
+    if cfg.input_mode == "raw":
+        expected = {"audio": (4, 1, "[B, 1, F, T] log spectrogram"), "visual": (4, 3, "[B, 3, H, W] image")}
+    else:
+        audio_dim, visual_dim = cfg.feature_dims()
+        expected = {
+            "audio": (3, audio_dim, "[B, S_a, audio_feature_dim] features"),
+            "visual": (3, visual_dim, "[B, S_v, visual_feature_dim] features"),
+        }
+    for name, tensor in (("audio", audio), ("visual", visual)):
+        ndim, width, layout = expected[name]
+        check_float_tensor(name, tensor, ndim)
+        width_axis = 1 if ndim == 4 else 2
+        if tensor.shape[width_axis] != width or min(tensor.shape) == 0:
+            raise ValueError(
+                f"{name}: expected a non-empty {layout} with {width} at axis {width_axis}, "
+                f"got shape {tuple(tensor.shape)}"
+            )
+    if audio.shape[0] != visual.shape[0]:
+        raise ValueError(f"audio, visual: expected the same batch size, got {audio.shape[0]} and {visual.shape[0]}")
 
 
 class CIGN(nn.Module):
@@ -101,6 +127,8 @@ class CIGN(nn.Module):
             raise TypeError(f"cfg: expected a ModelConfig, got {type(cfg).__name__}")
         self.cfg = cfg
         self._task_sizes: list[int] = []
+        self.audio_encoder: nn.Module
+        self.visual_encoder: nn.Module
         if cfg.input_mode == "raw":
             pooled_audio = cfg.audio_tokens == "pooled"
             self.audio_encoder = ResNetTokenEncoder(1, cfg.dim, pooled_audio, cfg.audio_weights, "audio_weights",
@@ -108,8 +136,9 @@ class CIGN(nn.Module):
             self.visual_encoder = ResNetTokenEncoder(3, cfg.dim, False, cfg.visual_weights, "visual_weights",
                                                      cfg.token_norm)
         else:
-            self.audio_encoder = nn.Linear(cfg.audio_feature_dim, cfg.dim)
-            self.visual_encoder = nn.Linear(cfg.visual_feature_dim, cfg.dim)
+            audio_dim, visual_dim = cfg.feature_dims()
+            self.audio_encoder = nn.Linear(audio_dim, cfg.dim)
+            self.visual_encoder = nn.Linear(visual_dim, cfg.dim)
             init_weights(self.audio_encoder)
             init_weights(self.visual_encoder)
         self.audio_branch = ModalityBranch(cfg)
@@ -140,23 +169,7 @@ class CIGN(nn.Module):
 
     def check_inputs(self, audio: Tensor, visual: Tensor) -> None:
         """Raise ValueError/TypeError naming ``audio`` or ``visual`` when its shape does not fit the input mode."""
-        if self.cfg.input_mode == "raw":
-            expected = {"audio": (4, 1, "[B, 1, F, T] log spectrogram"), "visual": (4, 3, "[B, 3, H, W] image")}
-        else:
-            expected = {
-                "audio": (3, self.cfg.audio_feature_dim, "[B, S_a, audio_feature_dim] features"),
-                "visual": (3, self.cfg.visual_feature_dim, "[B, S_v, visual_feature_dim] features"),
-            }
-        for name, tensor in (("audio", audio), ("visual", visual)):
-            ndim, width, layout = expected[name]
-            check_float_tensor(name, tensor, ndim)
-            width_axis = 1 if ndim == 4 else 2
-            if tensor.shape[width_axis] != width or min(tensor.shape) == 0:
-                raise ValueError(
-                    f"{name}: expected a non-empty {layout} with {width} at axis {width_axis}, got shape {tuple(tensor.shape)}"
-                )
-        if audio.shape[0] != visual.shape[0]:
-            raise ValueError(f"audio, visual: expected the same batch size, got {audio.shape[0]} and {visual.shape[0]}")
+        check_model_inputs(self.cfg, audio, visual)
 
     def forward(self, audio: Tensor, visual: Tensor) -> CIGNOutput:
         if not self._task_sizes:

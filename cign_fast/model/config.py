@@ -9,7 +9,7 @@ from pathlib import Path
 from cign_fast.model.encoders import TOKEN_NORMS
 from cign_fast.ops.backends import BACKEND_NAMES
 from cign_fast.ops.checks import check_choice
-from cign_fast.ops.reference import MODES
+from cign_fast.contract import MODES
 
 INPUT_MODES = ("raw", "features")
 AUDIO_TOKEN_MODES = ("map", "pooled")
@@ -87,3 +87,10 @@ class ModelConfig:
             for name in ("visual_weights", "audio_weights"):
                 if getattr(self, name) is not None:
                     raise ValueError(f"{name}: only used when input_mode='raw' (features mode has no CNN encoder)")
+
+    def feature_dims(self) -> tuple[int, int]:
+        """``(audio_feature_dim, visual_feature_dim)``: the token widths D_a, D_v of features mode."""
+        if self.audio_feature_dim is None or self.visual_feature_dim is None:
+            raise ValueError(f"audio_feature_dim, visual_feature_dim: set only in features mode (input_mode is "
+                             f"{self.input_mode!r})")
+        return self.audio_feature_dim, self.visual_feature_dim

@@ -31,8 +31,8 @@ def load_trunk_weights(trunk: nn.Sequential, path: str, argument: str) -> None:
     if not isinstance(state, dict):
         raise ValueError(f"{argument}: expected {str(file)!r} to hold a ResNet-18 state dict, got a {type(state).__name__}")
     state = {key: value for key, value in state.items() if not key.startswith("fc.")}
-    stem = state.get("conv1.weight")
-    if trunk.conv1.in_channels == 1 and isinstance(stem, Tensor) and stem.dim() == 4 and stem.shape[1] == 3:
+    stem, conv1 = state.get("conv1.weight"), trunk.conv1
+    if isinstance(conv1, nn.Conv2d) and conv1.in_channels == 1 and isinstance(stem, Tensor) and stem.dim() == 4 and stem.shape[1] == 3:
         state["conv1.weight"] = stem.sum(dim=1, keepdim=True)
     try:
         trunk.load_state_dict(state, strict=True)

@@ -86,8 +86,8 @@ class GroupingBlock(nn.Module):
         ``fc1`` keeps ``weight[:, :N_old]`` and its whole bias; ``fc2`` keeps ``weight[:N_old, :]`` and
         ``bias[:N_old]``.
         """
-        reference = self.norm_tokens.weight
-        mixer = Mlp(num_groups, self.mixer_hidden, num_groups).to(device=reference.device, dtype=reference.dtype)
+        like = self.norm_tokens.weight
+        mixer = Mlp(num_groups, self.mixer_hidden, num_groups).to(device=like.device, dtype=like.dtype)
         mixer.apply(init_weights)
         if self.token_mixer is not None:
             keep_old_weights(mixer.fc1, self.token_mixer.fc1)
@@ -97,6 +97,8 @@ class GroupingBlock(nn.Module):
 
     def mix_groups(self, group_tokens: Tensor) -> Tensor:
         """The token-mixing MLP applied along the group axis: [B, N, D] -> [B, N, D]."""
+        if self.token_mixer is None:
+            raise RuntimeError("GroupingBlock: call set_num_groups before the first forward")
         return self.norm_mixed(self.token_mixer(group_tokens.transpose(1, 2)).transpose(1, 2))
 
     def forward(self, tokens: Tensor, group_tokens: Tensor, assign_mode: str) -> Tensor:

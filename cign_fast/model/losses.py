@@ -55,7 +55,8 @@ def class_token_distillation(
             got = tuple(getattr(teacher, f"{modality}_{kind}").shape)
             if got != shape:
                 raise ValueError(
-                    f"teacher_out: expected {modality}_{kind} of shape {shape} (num_old_classes={num_old_classes}), got {got}"
+                    f"teacher_out: expected {modality}_{kind} of shape {shape} "
+                    f"(num_old_classes={num_old_classes}), got {got}"
                 )
     old = num_old_classes
     head_pairs = ((student.audio_logits[:, :old], teacher.audio_logits),

@@ -34,7 +34,7 @@ def op_options(params: AssignParams) -> tuple:
 
 def params_from_op(seed: Tensor, options: tuple) -> AssignParams:
     """The :class:`AssignParams` a custom op call carries (inside the op: the seed tensor is real there)."""
-    return AssignParams(seed=int(seed), **dict(zip(OPTION_FIELDS, options)))
+    return AssignParams(seed=int(seed), **dict(zip(OPTION_FIELDS, options, strict=True)))
 
 
 @torch.library.custom_op("cign_fast::assign_attention_fwd", mutates_args=())
@@ -42,7 +42,7 @@ def assign_attention_fwd(
     q: Tensor, k: Tensor, v: Tensor, seed: Tensor, mode: int, tau: float, eps: float, sum_assign: bool,
     return_maps: bool, noise_batch_offset: int, noise_batch_stride: int, backend: str,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """Returns ``(out, col_lse, col_argmax, row_sum, hard_map, soft_map)``, see ``reference.assign_attention_forward``."""
+    """``(out, col_lse, col_argmax, row_sum, hard_map, soft_map)``, see ``reference.assign_attention_forward``."""
     params = params_from_op(seed, (mode, tau, eps, sum_assign, return_maps, noise_batch_offset, noise_batch_stride))
     return tuple(backend_function(backend, "assign_attention_forward")(q, k, v, params))
 

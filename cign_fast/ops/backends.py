@@ -13,7 +13,7 @@ with the contracts of :mod:`cign_fast.ops.reference`, which is itself the ``refe
 Self-check: the first time ``backend="auto"`` would give an op family (``assign_attention``,
 ``token_distill_kl``) on a device and dtype to a fused backend in this process, that backend is
 held against the reference on a tiny input (:mod:`cign_fast.ops.self_check`, milliseconds). If it
-disagrees, a warning naming the backend and the error is issued once and ``auto`` falls back to the
+disagrees, one warning names the backend and the error, and ``auto`` falls back to the
 next backend for that device and dtype. A backend asked for by name is used as asked. The check
 is skipped inside ``torch.compile`` (the trace does not run kernels) and with ``CIGN_FAST_SELF_CHECK=0``.
 """
@@ -26,6 +26,7 @@ import os
 import warnings
 from dataclasses import dataclass
 from types import ModuleType
+from typing import TypedDict
 
 import torch
 
@@ -81,7 +82,8 @@ def refusal(name: str, op: str, device: torch.device, dtype: torch.dtype) -> str
     if device.type not in devices:
         return f"runs on {'/'.join(devices)} tensors, got {device.type}"
     if dtype not in spec.dtypes:
-        return f"supports {', '.join(str(d).replace('torch.', '') for d in spec.dtypes)}, got {str(dtype).replace('torch.', '')}"
+        supported = ", ".join(str(d).replace("torch.", "") for d in spec.dtypes)
+        return f"supports {supported}, got {str(dtype).replace('torch.', '')}"
     module, why = load_backend(name)
     if module is None:
         return why
@@ -121,7 +123,7 @@ def self_check_failure(name: str, op: str, device: torch.device, dtype: torch.dt
         return None
     key = (name, op_family(op), torch.device(device), dtype)
     if key not in _self_check_failures:
-        result = run_check(load_backend(name)[0], key[1], key[2], dtype)
+        result = run_check(backend_module(name), key[1], key[2], dtype)
         _self_check_failures[key] = None if result.passed else f"failed its self-check against the reference: {result.failure}"
         if not result.passed:
             warnings.warn(f"cign_fast: backend {name!r} disagrees with the reference for {key[1]} on "
@@ -130,12 +132,17 @@ def self_check_failure(name: str, op: str, device: torch.device, dtype: torch.dt
     return _self_check_failures[key]
 
 
-def backend_function(name: str, op: str):
-    """The backend's implementation of ``op`` (the backend was already selected)."""
+def backend_module(name: str) -> ModuleType:
+    """The backend's module; BackendUnavailable saying why when it cannot be imported."""
     module, why = load_backend(name)
     if module is None:
         raise BackendUnavailable(f"backend {name!r} {why}")
-    return getattr(module, op)
+    return module
+
+
+def backend_function(name: str, op: str):
+    """The backend's implementation of ``op`` (the backend was already selected)."""
+    return getattr(backend_module(name), op)
 
 
 def backend_report(device: torch.device | None = None) -> dict[str, dict[str, str | None]]:
@@ -162,25 +169,31 @@ def check_devices(name: str) -> list[torch.device]:
     return devices or [torch.device(BACKENDS[name].devices[-1])]
 
 
-def check_report() -> list[dict[str, object]]:
-    """For ``cign-fast info --check``: every backend, op family, device and dtype held against the reference.
+class CheckRow(TypedDict):
+    """One row of ``cign-fast info --check``."""
 
-    Each row: ``backend``, ``op``, ``device``, ``dtype``, ``result`` ("ok", "FAILED: why" or "unavailable:
-    why") and ``error`` (the largest relative error, None when it did not run)."""
+    backend: str
+    op: str                 # the op family
+    device: str
+    dtype: str
+    result: str             # "ok", "FAILED: why" or "unavailable: why"
+    error: float | None     # the largest relative error, None when the check did not run
+
+
+def check_report() -> list[CheckRow]:
+    """For ``cign-fast info --check``: every backend, op family, device and dtype held against the reference."""
     rows = []
     for name, spec in BACKENDS.items():
         for device in check_devices(name):
             for family, ops in OP_FAMILIES.items():
                 for dtype in spec.dtypes:
-                    row = {"backend": name, "op": family, "device": str(device),
-                           "dtype": str(dtype).replace("torch.", ""), "error": None}
                     why = refusal(name, ops[0], device, dtype)
                     if device.type == "cuda" and not torch.cuda.is_available():
                         why = why or "no CUDA device is visible to torch"
-                    if why is not None:
-                        rows.append({**row, "result": f"unavailable: {why}"})
-                        continue
-                    result = run_check(load_backend(name)[0], family, device, dtype)
-                    rows.append({**row, "error": result.error,
-                                 "result": "ok" if result.passed else f"FAILED: {result.failure}"})
+                    error, result = None, f"unavailable: {why}"
+                    if why is None:
+                        check = run_check(backend_module(name), family, device, dtype)
+                        error, result = check.error, "ok" if check.passed else f"FAILED: {check.failure}"
+                    rows.append(CheckRow(backend=name, op=family, device=str(device),
+                                         dtype=str(dtype).replace("torch.", ""), result=result, error=error))
     return rows

@@ -51,7 +51,8 @@ def check_distill_arguments(
     check_same_dtype(student_logits=student_logits, teacher_logits=teacher_logits)
     if student_logits.shape != teacher_logits.shape:
         raise ValueError(
-            f"teacher_logits: expected the student's shape {tuple(student_logits.shape)}, got {tuple(teacher_logits.shape)}"
+            f"teacher_logits: expected the student's shape {tuple(student_logits.shape)}, "
+            f"got {tuple(teacher_logits.shape)}"
         )
     if student_logits.shape[0] == 0:
         raise ValueError("student_logits: expected at least one row, got shape " f"{tuple(student_logits.shape)}")

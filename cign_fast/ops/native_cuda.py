@@ -23,7 +23,7 @@ def unavailable_reason(device: torch.device) -> str | None:
 
 
 def compiled_archs() -> list[str]:
-    """The compute capabilities the extension holds code for, e.g. ``["8.0", "9.0"]`` (nvcc's ``__CUDA_ARCH_LIST__``)."""
+    """Compute capabilities the extension holds code for, e.g. ``["8.0", "9.0"]`` (nvcc's ``__CUDA_ARCH_LIST__``)."""
     return [f"{int(arch) // 100}.{int(arch) % 100 // 10}" for arch in _cuda.compiled_archs().split(",") if arch]
 
 

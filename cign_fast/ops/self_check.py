@@ -44,7 +44,7 @@ class CheckResult:
 
 
 def op_family(op: str) -> str:
-    """The family (``assign_attention``, ``token_distill_kl``, ``bernoulli_distill_kl``) a backend function belongs to."""
+    """The family of a backend function: ``assign_attention``, ``token_distill_kl`` or ``bernoulli_distill_kl``."""
     for family, ops in OP_FAMILIES.items():
         if op in ops:
             return family
@@ -68,7 +68,7 @@ def relative_error(got: torch.Tensor, want: torch.Tensor) -> float:
 def compare(outputs: dict[str, tuple[torch.Tensor, torch.Tensor]], dtype: torch.dtype) -> CheckResult:
     """The largest relative error over ``outputs`` (name -> (got, want)) and the first one past the tolerance."""
     errors = {name: relative_error(got, want) for name, (got, want) in outputs.items()}
-    worst = max(errors, key=errors.get)
+    worst = max(errors, key=lambda name: errors[name])
     allowed = TOLERANCES[dtype]
     failure = None if errors[worst] <= allowed else f"{worst} off by {errors[worst]:.2e} (allowed {allowed:.0e})"
     return CheckResult(errors[worst], failure)
@@ -91,7 +91,7 @@ def check_assign_attention(module: ModuleType, device: torch.device, dtype: torc
         if not torch.equal(hard.cpu().double(), want_hard):
             return CheckResult(float("inf"), f"hard choices differ from the reference in {MODES[mode]} mode")
         named = {"out": (out, want_out), "soft_map": (soft, want_soft)}
-        named.update({f"grad_{name}": (got, want) for name, got, want in zip("qkv", grads, want_grads)})
+        named.update({f"grad_{name}": (got, want) for name, got, want in zip("qkv", grads, want_grads, strict=True)})
         result = compare({f"{key} ({MODES[mode]})": pair for key, pair in named.items()}, dtype)
         if not result.passed:
             return result

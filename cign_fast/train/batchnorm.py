@@ -55,10 +55,12 @@ def recalibrate_batchnorm(
             model(batch["audio"].to(context.device), batch["visual"].to(context.device))
         used += 1
     model.train(was_training)
-    for layer, momentum in zip(layers, momenta):
+    for layer, momentum in zip(layers, momenta, strict=True):
         layer.momentum = momentum
         if context.is_distributed:
             for stat in (layer.running_mean, layer.running_var):
+                if stat is None:   # a layer without running statistics has none to average
+                    continue
                 stat.div_(context.world_size)
                 all_reduce_sum(stat, context)
     return used

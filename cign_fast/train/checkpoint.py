@@ -7,6 +7,7 @@ back to the previous one. Writes are atomic (:func:`cign_fast.files.write_atomic
 
 from __future__ import annotations
 
+from typing import Any
 import hashlib
 import io
 import random
@@ -54,7 +55,7 @@ def checkpoint_sequence(path: Path) -> int:
     return int(match.group(1))
 
 
-def save_checkpoint(path: Path, state: dict[str, object]) -> None:
+def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     """Serialise ``state`` with a digest trailer and write it atomically."""
     buffer = io.BytesIO()
     torch.save(state, buffer)
@@ -63,7 +64,7 @@ def save_checkpoint(path: Path, state: dict[str, object]) -> None:
     payload.release()
 
 
-def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, object]:
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Read and verify a checkpoint; :class:`CorruptCheckpoint` names the file when it is damaged."""
     path = Path(path)
     if not path.is_file():
@@ -83,7 +84,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
 
 def load_latest_checkpoint(
     directory: Path, report: Callable[[str], None] = print, map_location: str | torch.device = "cpu",
-) -> tuple[dict[str, object], Path] | None:
+) -> tuple[dict[str, Any], Path] | None:
     """The newest checkpoint that reads back intact (each bad one is reported by name), or ``None``."""
     for path in reversed(list_checkpoints(directory)):
         try:
@@ -128,7 +129,7 @@ class RunCheckpoints:
         for leftover in self.directory.glob(".*.tmp-*"):
             leftover.unlink(missing_ok=True)
 
-    def save(self, name: str, state: dict[str, object]) -> None:
+    def save(self, name: str, state: dict[str, Any]) -> None:
         """Write checkpoint ``name`` (see :func:`save_checkpoint`), then prune the run's older ones."""
         if not self.enabled:
             return
@@ -141,20 +142,20 @@ class RunCheckpoints:
         self.paths = self.paths[-self.keep:]
 
 
-def capture_rng_state() -> dict[str, object]:
+def capture_rng_state() -> dict[str, Any]:
     """torch (CPU and every CUDA device), numpy and python RNG states, in a ``weights_only``-loadable form."""
     kind, keys, position, has_gauss, cached = np.random.get_state()
     version, python_state, gauss = random.getstate()
     return {
         "torch": torch.get_rng_state(),
         "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-        "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "position": int(position),
+        "numpy": {"kind": kind, "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)), "position": int(position),
                   "has_gauss": int(has_gauss), "cached": float(cached)},
         "python": {"version": version, "state": list(python_state), "gauss": gauss},
     }
 
 
-def restore_rng_state(state: dict[str, object]) -> None:
+def restore_rng_state(state: dict[str, Any]) -> None:
     """Inverse of :func:`capture_rng_state`."""
     torch.set_rng_state(state["torch"])
     if state["cuda"] and torch.cuda.is_available():
@@ -167,7 +168,7 @@ def restore_rng_state(state: dict[str, object]) -> None:
 
 
 def load_trained_model(path: str | Path, device: torch.device | str = "cpu",
-                       ) -> tuple[ContinualMethod, nn.Module, dict[str, object]]:
+                       ) -> tuple[ContinualMethod, nn.Module, dict[str, Any]]:
     """The method (its state restored) and model (eval mode) of a training checkpoint, and the checkpoint itself."""
     state = load_checkpoint(path)
     if state.get("format") != CHECKPOINT_FORMAT:

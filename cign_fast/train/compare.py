@@ -24,20 +24,48 @@ import statistics
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal, TypedDict
 
 import yaml
 
 from cign_fast.methods import method_class, method_names
-from cign_fast.metrics import MODALITIES
+from cign_fast.metrics import MODALITIES, MeanStd, Modality, StepCurve
 from cign_fast.plots import TITLES, plot_method_curves
 from cign_fast.train.checkpoint import list_checkpoints, write_atomically
 from cign_fast.train.config import TrainConfig, config_from_dict
 from cign_fast.train.distributed import DistContext, barrier, setup_distributed, teardown_distributed
 from cign_fast.train.fingerprint import settings_differences
 from cign_fast.train.loop import train_incremental
+from cign_fast.train.outputs import RunSummary
 
-METRICS = {"avg_incremental_accuracy": "Average incremental accuracy", "last_accuracy": "Last accuracy",
-           "forgetting": "Forgetting", "bwt": "Backward transfer (BWT)"}
+Metric = Literal["avg_incremental_accuracy", "last_accuracy", "forgetting", "bwt"]
+METRICS: dict[Metric, str] = {"avg_incremental_accuracy": "Average incremental accuracy",
+                              "last_accuracy": "Last accuracy", "forgetting": "Forgetting",
+                              "bwt": "Backward transfer (BWT)"}
+
+
+class ModalityResults(TypedDict):
+    """One method's metrics on one modality over the seeds (compare.json ``results[method][modality]``)."""
+
+    avg_incremental_accuracy: MeanStd
+    last_accuracy: MeanStd
+    forgetting: MeanStd
+    bwt: MeanStd
+    accuracy_after_step: StepCurve
+
+
+class CompareReport(TypedDict):
+    """compare.json."""
+
+    data: str
+    methods: list[str]
+    seeds: list[int]
+    requested_memory_per_class: int
+    memory_per_class: dict[str, int]                        # method -> exemplars per class it got
+    class_tasks: list[list[str]]
+    eval_split: str
+    runs: dict[str, list[str]]                              # method -> run folders, one per seed
+    results: dict[str, dict[Modality, ModalityResults]]     # method -> modality -> metrics
 
 
 @dataclass(frozen=True)
@@ -94,14 +122,14 @@ def run_config(base: TrainConfig, run: PlannedRun) -> TrainConfig:
     return config_from_dict(values)
 
 
-def finished_summary(config: TrainConfig) -> dict[str, object] | None:
+def finished_summary(config: TrainConfig) -> RunSummary | None:
     """The metrics of a finished run in ``config.run.out`` (made with ``config``'s settings), else ``None``."""
-    out = Path(config.run.out)
+    out = config.run.out_path()
     metrics, saved = out / "metrics.json", out / "config.yaml"
     if not metrics.is_file() or not saved.is_file():
         return None
-    summary = json.loads(metrics.read_text())
-    if len(summary[MODALITIES[0]]["matrix"]) < len(summary["class_tasks"]):
+    summary: RunSummary = json.loads(metrics.read_text())
+    if len(summary["audio"]["matrix"]) < len(summary["class_tasks"]):
         return None
     differing = settings_differences(yaml.safe_load(saved.read_text()), config.to_dict())
     if differing:
@@ -110,30 +138,33 @@ def finished_summary(config: TrainConfig) -> dict[str, object] | None:
     return summary
 
 
-def mean_and_std(values: Sequence[float]) -> dict[str, object]:
+def mean_and_std(values: Sequence[float]) -> MeanStd:
     """``{"mean", "std", "values"}``; std is the sample standard deviation (0 for one seed)."""
     values = [float(v) for v in values]
-    return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0,
-            "values": values}
+    return MeanStd(mean=statistics.fmean(values), std=statistics.stdev(values) if len(values) > 1 else 0.0,
+                   values=values)
 
 
-def aggregate(summaries: dict[str, list[dict[str, object]]]) -> dict[str, dict[str, object]]:
+def aggregate(summaries: dict[str, list[RunSummary]]) -> dict[str, dict[Modality, ModalityResults]]:
     """Per method and modality: mean and std over the seeds of each of ``METRICS`` and of the accuracy after
     each step."""
     results = {}
     for method, runs in summaries.items():
         block = {}
         for modality in MODALITIES:
-            entry = {metric: mean_and_std([run[modality][metric] for run in runs]) for metric in METRICS}
-            steps = [run[modality]["accuracy_after_step"] for run in runs]
-            per_step = [mean_and_std(column) for column in zip(*steps)]
-            entry["accuracy_after_step"] = {"mean": [s["mean"] for s in per_step], "std": [s["std"] for s in per_step]}
-            block[modality] = entry
+            blocks = [run[modality] for run in runs]
+            per_step = [mean_and_std(column) for column in zip(*(b["accuracy_after_step"] for b in blocks), strict=True)]
+            block[modality] = ModalityResults(
+                avg_incremental_accuracy=mean_and_std([b["avg_incremental_accuracy"] for b in blocks]),
+                last_accuracy=mean_and_std([b["last_accuracy"] for b in blocks]),
+                forgetting=mean_and_std([b["forgetting"] for b in blocks]),
+                bwt=mean_and_std([b["bwt"] for b in blocks]),
+                accuracy_after_step=StepCurve(mean=[s["mean"] for s in per_step], std=[s["std"] for s in per_step]))
         results[method] = block
     return results
 
 
-def format_table(report: dict[str, object]) -> str:
+def format_table(report: CompareReport) -> str:
     """compare.md: one table per metric, a row per method, a column per modality (percent, mean +- std)."""
     memory = report["memory_per_class"]
     lines = [f"# Comparison on {report['data']}", "",
@@ -157,7 +188,7 @@ def format_table(report: dict[str, object]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_report(out: Path, report: dict[str, object]) -> None:
+def write_report(out: Path, report: CompareReport) -> None:
     write_atomically(out / "compare.json", (json.dumps(report, indent=2) + "\n").encode())
     write_atomically(out / "compare.md", format_table(report).encode())
     curves = {method: {m: report["results"][method][m]["accuracy_after_step"] for m in MODALITIES}
@@ -168,7 +199,7 @@ def write_report(out: Path, report: dict[str, object]) -> None:
 def run_compare(base: TrainConfig, methods: Sequence[str], seeds: Sequence[int], out: str | Path, *,
                 memory_per_class: int = 0, required_memory_per_class: int = 20,
                 log: Callable[[str], None] = print, context: DistContext | None = None,
-                runs_dir: str | Path | None = None) -> dict[str, object]:
+                runs_dir: str | Path | None = None) -> CompareReport:
     """Train (or reuse, or resume) every run of the comparison, then write the report; returns compare.json.
 
     ``runs_dir``: where the run folders go (default ``out``). ``context``: a process group already set up;
@@ -178,11 +209,11 @@ def run_compare(base: TrainConfig, methods: Sequence[str], seeds: Sequence[int],
                      required_memory_per_class)
     configs = [run_config(base, run) for run in runs]   # every config checked before the first run starts
     own_context = context is None
-    context = setup_distributed(base.run.device) if own_context else context
+    context = setup_distributed(base.run.device) if context is None else context
     say = log if context.is_main else (lambda message: None)
     try:
-        summaries: dict[str, list[dict[str, object]]] = {name: [] for name in methods}
-        for number, (run, config) in enumerate(zip(runs, configs), start=1):
+        summaries: dict[str, list[RunSummary]] = {name: [] for name in methods}
+        for number, (run, config) in enumerate(zip(runs, configs, strict=True), start=1):
             barrier(context)   # every rank looks at the run folder after rank 0 finished the previous run
             summary = finished_summary(config)
             label = f"[{number}/{len(runs)}] {run.method} seed {run.seed}"
@@ -193,7 +224,7 @@ def run_compare(base: TrainConfig, methods: Sequence[str], seeds: Sequence[int],
             else:
                 say(f"{label}: finished earlier, reusing {run.out / 'metrics.json'}")
             summaries[run.method].append(summary)
-        report = {
+        report: CompareReport = {
             "data": str(base.data.root), "methods": list(methods), "seeds": list(seeds),
             "requested_memory_per_class": memory_per_class,
             "memory_per_class": {name: memory_of(name, memory_per_class, required_memory_per_class) for name in methods},

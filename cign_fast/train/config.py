@@ -14,9 +14,10 @@ import dataclasses
 import math
 import types
 import typing
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -27,6 +28,8 @@ from cign_fast.model import ModelConfig
 from cign_fast.model.config import INPUT_MODES
 
 MODEL_KEYS_SET_BY_TRAINER = ("input_mode", "audio_feature_dim", "visual_feature_dim")
+# A config as plain values, as YAML holds it: {"method": name, section: {key: value}}
+Settings = dict[str, Any]
 
 
 @dataclass
@@ -43,6 +46,12 @@ class DataConfig:
     image_size: int = 224
     sample_rate: int = 16000
     num_workers: int = 2
+
+    def root_path(self) -> Path:
+        """``root`` as a path; ValueError when it is not set."""
+        if self.root is None:
+            raise ValueError("data.root: the dataset folder is required (--data ROOT)")
+        return Path(self.root)
 
 
 @dataclass
@@ -100,6 +109,12 @@ class RunConfig:
     divergence_factor: float = 100.0   # stop when a step's loss exceeds this times the task's first (0: NaN/inf only)
     plots: bool = True                 # rewrite the PNG plots after every task
 
+    def out_path(self) -> Path:
+        """``out`` as a path; ValueError when it is not set."""
+        if self.out is None:
+            raise ValueError("run.out: the output directory is required (--out DIR)")
+        return Path(self.out)
+
 
 # ----- the methods' sections (cign_fast.methods; each method's docstring cites where the defaults come from) -----
 
@@ -138,7 +153,7 @@ class SSILConfig:
 class TrainConfig:
     method: str = "cign"
     data: DataConfig = field(default_factory=DataConfig)
-    model: dict[str, object] = field(default_factory=dict)
+    model: dict[str, Any] = field(default_factory=dict)   # ModelConfig's keyword arguments
     optim: OptimConfig = field(default_factory=OptimConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
     memory: MemoryConfig = field(default_factory=MemoryConfig)
@@ -153,7 +168,7 @@ class TrainConfig:
         return ModelConfig(input_mode=self.data.input_mode, audio_feature_dim=audio_feature_dim,
                            visual_feature_dim=visual_feature_dim, **self.model)
 
-    def to_dict(self) -> dict[str, dict[str, object]]:
+    def to_dict(self) -> Settings:
         return dataclasses.asdict(self)
 
 
@@ -186,14 +201,14 @@ NON_NEGATIVE = {
 UNIT_INTERVAL = {"ewc.fisher_decay"}
 
 
-def model_field_types() -> dict[str, object]:
+def model_field_types() -> dict[str, Any]:
     """The ``model`` keys a config may set, with their types (from ``ModelConfig``)."""
     hints = typing.get_type_hints(ModelConfig)
     return {name: hints[name] for name in (f.name for f in dataclasses.fields(ModelConfig))
             if name not in MODEL_KEYS_SET_BY_TRAINER}
 
 
-def section_field_types(section: str) -> dict[str, object]:
+def section_field_types(section: str) -> dict[str, Any]:
     if section == "model":
         return model_field_types()
     return typing.get_type_hints(typing.get_type_hints(TrainConfig)[section])
@@ -246,15 +261,15 @@ def check_value(key: str, value: object) -> None:
         raise ValueError(f"config {key}: expected a finite number, got {value!r}")
     if key in CHOICES and value not in CHOICES[key]:
         raise ValueError(f"config {key}: expected one of {', '.join(map(repr, CHOICES[key]))}, got {value!r}")
-    if key in POSITIVE and not value > 0:
+    if key in POSITIVE and not (isinstance(value, (int, float)) and value > 0):
         raise ValueError(f"config {key}: expected a number > 0, got {value!r}")
-    if key in NON_NEGATIVE and not value >= 0:
+    if key in NON_NEGATIVE and not (isinstance(value, (int, float)) and value >= 0):
         raise ValueError(f"config {key}: expected a number >= 0, got {value!r}")
-    if key in UNIT_INTERVAL and not 0 <= value <= 1:
+    if key in UNIT_INTERVAL and not (isinstance(value, (int, float)) and 0 <= value <= 1):
         raise ValueError(f"config {key}: expected a number in [0, 1], got {value!r}")
 
 
-def merge_mapping(target: dict[str, dict[str, object]], mapping: object, source: str) -> None:
+def merge_mapping(target: Settings, mapping: object, source: str) -> None:
     """Merge a nested ``{section: {key: value}}`` mapping into ``target``, refusing unknown keys."""
     if mapping is None:
         return
@@ -276,7 +291,7 @@ def merge_mapping(target: dict[str, dict[str, object]], mapping: object, source:
             set_key(target, f"{section}.{key}", value, source)
 
 
-def set_key(target: dict[str, dict[str, object]], dotted: str, value: object, source: str) -> None:
+def set_key(target: Settings, dotted: str, value: object, source: str) -> None:
     """Set ``section.key`` (or a top-level key) in ``target`` after checking the key exists and coercing the value."""
     if dotted in TOP_LEVEL_KEYS:
         try:
@@ -322,13 +337,14 @@ def parse_override(text: str) -> tuple[str, object]:
 def build_config(
     config_file: str | Path | Sequence[str | Path] | None = None,
     overrides: list[str] | tuple[str, ...] = (),
-    base: dict[str, dict[str, object]] | None = None,
-    flags: dict[str, object] | None = None,
+    base: Mapping[str, Any] | None = None,
+    flags: Mapping[str, object] | None = None,
     base_source: str = "defaults",
 ) -> TrainConfig:
     """Defaults < ``base`` (e.g. the demo's; errors name it ``base_source``) < ``config_file`` (one, or several:
-    later files win) < ``flags`` ({"optim.lr": 1e-3}) < ``overrides`` ("optim.lr=1e-3" strings, values parsed as YAML)."""
-    values: dict[str, dict[str, object]] = {name: {} for name in SECTIONS}
+    later files win) < ``flags`` ({"optim.lr": 1e-3}) < ``overrides`` ("optim.lr=1e-3" strings, values parsed
+    as YAML)."""
+    values: Settings = {name: {} for name in SECTIONS}
     merge_mapping(values, base, base_source)
     files = [] if config_file is None else [config_file] if isinstance(config_file, (str, Path)) else config_file
     for file in files:
@@ -342,17 +358,17 @@ def build_config(
         key, value = parse_override(text)
         set_key(values, key, value, f"--set {text}")
     section_types = typing.get_type_hints(TrainConfig)
-    config = TrainConfig(
-        **{key: values[key] for key in TOP_LEVEL_KEYS if key in values},
-        **{name: _complete_model_section(values[name]) if name == "model" else section_types[name](**values[name])
-           for name in SECTIONS},
-    )
+    top_level = {key: values[key] for key in TOP_LEVEL_KEYS if key in values}
+    sections: dict[str, Any] = {
+        name: _complete_model_section(values[name]) if name == "model" else section_types[name](**values[name])
+        for name in SECTIONS}
+    config = TrainConfig(**top_level, **sections)
     check_model_section(config)
     check_method_memory(config)
     return config
 
 
-def _complete_model_section(values: dict[str, object]) -> dict[str, object]:
+def _complete_model_section(values: dict[str, Any]) -> dict[str, Any]:
     """Every ``model`` key, defaults filled in from ``ModelConfig`` (so the saved config is complete)."""
     defaults = {f.name: f.default for f in dataclasses.fields(ModelConfig) if f.name not in MODEL_KEYS_SET_BY_TRAINER}
     return {**defaults, **values}
@@ -383,7 +399,7 @@ def check_method_memory(config: TrainConfig) -> None:
                          "(it trains on every clip seen); set both to 0")
 
 
-def config_from_dict(values: dict[str, dict[str, object]], source: str = "saved config") -> TrainConfig:
+def config_from_dict(values: Mapping[str, Any], source: str = "saved config") -> TrainConfig:
     """Rebuild a saved config (``TrainConfig.to_dict()``), checking it like a file (errors name ``source``)."""
     return build_config(base=values, base_source=source)
 

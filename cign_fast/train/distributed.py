@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import TypeVar
 
 import torch
 import torch.distributed as dist
@@ -64,8 +65,11 @@ def all_reduce_sum(tensor: torch.Tensor, context: DistContext) -> torch.Tensor:
     return tensor
 
 
-def broadcast_from_main(value: object, context: DistContext) -> object:
-    """Rank 0's ``value`` on every rank (any picklable object)."""
+T = TypeVar("T")
+
+
+def broadcast_from_main(value: T, context: DistContext) -> T:
+    """Rank 0's ``value`` on every rank (any picklable object; the other ranks pass a placeholder)."""
     if not context.is_distributed:
         return value
     holder = [value]

@@ -82,7 +82,7 @@ class DivergenceMonitor:
             return
         if loss_bad_here:
             problem = self._describe_step(int(self.bad_step.item()), self.learning_rates, self.bad_terms)
-            if self.factor > 0 and torch.isfinite(self.bad_terms[0]):
+            if self.factor > 0 and self.first_loss is not None and torch.isfinite(self.bad_terms[0]):
                 problem += (f"; more than run.divergence_factor = {self.factor:g} times the task's first loss "
                             f"{float(self.first_loss):.4g}")
         elif weights_bad_here:
@@ -108,7 +108,7 @@ class DivergenceMonitor:
 
     def _describe_step(self, step: int, learning_rates: dict[int, float], terms: Tensor) -> str:
         values = terms.tolist()
-        named = ", ".join(f"{key} {value:.4g}" for key, value in zip(self.loss_keys[1:], values[1:]))
+        named = ", ".join(f"{key} {value:.4g}" for key, value in zip(self.loss_keys[1:], values[1:], strict=True))
         lr = learning_rates.get(step)
         return f"step {step}{'' if lr is None else f' (lr {lr:.4g})'}: loss {values[0]:.4g} ({named})"
 

@@ -37,7 +37,7 @@ def embed_clips(
              for out, labels, kept in run_inference(model, loader, device, precision, skips)]
     if not parts:
         raise ValueError("indices: no clip could be decoded, nothing to embed")
-    embeddings, labels, kept = (torch.cat(column) for column in zip(*parts))
+    embeddings, labels, kept = (torch.cat(column) for column in zip(*parts, strict=True))
     return embeddings, labels, kept
 
 

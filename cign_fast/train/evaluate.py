@@ -11,7 +11,7 @@ import contextlib
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple, TypedDict
 
 import torch
 from torch import Tensor, nn
@@ -22,7 +22,7 @@ from cign_fast.methods import ContinualMethod
 from cign_fast.metrics import MODALITIES
 from cign_fast.train.checkpoint import load_trained_model
 from cign_fast.train.config import config_from_dict
-from cign_fast.train.data import make_dataset
+from cign_fast.train.datasets import RunDataset, make_dataset
 from cign_fast.train.distributed import DistContext, all_reduce_sum, resolve_device
 
 
@@ -85,7 +85,7 @@ class TaskAccuracy:
 
     def accuracies(self, modality: str) -> list[float]:
         """Accuracy on each task's test set (a row of the accuracy matrix)."""
-        return [c / n if n else 0.0 for c, n in zip(self.correct[modality], self.totals)]
+        return [c / n if n else 0.0 for c, n in zip(self.correct[modality], self.totals, strict=True)]
 
 
 def evaluate_tasks(
@@ -118,7 +118,7 @@ def evaluate_tasks(
         counts += hits.double() @ task_onehot.double()      # [modalities + 1, T]; float: CUDA has no integer matmul
     all_reduce_sum(counts, context)
     rows = counts.round().long().cpu().tolist()
-    return TaskAccuracy(correct=dict(zip(MODALITIES, rows[:-1])), totals=rows[-1])
+    return TaskAccuracy(correct=dict(zip(MODALITIES, rows[:-1], strict=True)), totals=rows[-1])
 
 
 @dataclass
@@ -127,15 +127,15 @@ class CheckpointData:
 
     method: ContinualMethod
     model: nn.Module
-    dataset: Dataset
+    dataset: RunDataset
     class_names: list[str]          # classes seen, in class-index order
     task_of_class: list[int]
-    state: dict[str, object]        # the checkpoint
+    state: dict[str, Any]           # the checkpoint
 
 
 def load_checkpoint_data(checkpoint: str | Path, data_root: str | Path, split: str,
                          device: torch.device) -> CheckpointData:
-    """Rebuild the checkpoint's method and model and the ``split`` dataset of ``data_root`` over the classes it has seen."""
+    """The checkpoint's method and model, and the ``split`` dataset of ``data_root`` over the classes it has seen."""
     method, model, state = load_trained_model(checkpoint, device)
     config = config_from_dict(state["config"])
     seen_tasks = state["class_tasks"][: len(state["task_sizes"])]
@@ -148,8 +148,29 @@ def load_checkpoint_data(checkpoint: str | Path, data_root: str | Path, split: s
     return CheckpointData(method, model, dataset, names, task_of_class, state)
 
 
+class ModalityAccuracy(TypedDict):
+    """One modality's accuracy (fractions) on each seen task's clips and on all of them."""
+
+    per_task: list[float]   # [T]
+    overall: float
+
+
+class CheckpointEvaluation(TypedDict):
+    """What ``cign-fast eval`` prints (and writes with ``--json``)."""
+
+    checkpoint: str
+    method: str
+    split: str
+    tasks_seen: int
+    task_sizes: list[int]   # clips per seen task [T]
+    audio: ModalityAccuracy
+    visual: ModalityAccuracy
+    audio_visual: ModalityAccuracy
+    skipped: dict[str, Any]   # SkipReport.to_dict()
+
+
 def evaluate_checkpoint(checkpoint: str | Path, data_root: str | Path, *, split: str = "test", batch_size: int = 64,
-                        device: str = "auto", num_workers: int = 0) -> dict[str, object]:
+                        device: str = "auto", num_workers: int = 0) -> CheckpointEvaluation:
     """Accuracy of a checkpoint on each seen task's ``split`` clips and on all of them, per modality."""
     context = DistContext(rank=0, world_size=1, local_rank=0, device=resolve_device(device, 0))
     loaded = load_checkpoint_data(checkpoint, data_root, split, context.device)
@@ -159,16 +180,18 @@ def evaluate_checkpoint(checkpoint: str | Path, data_root: str | Path, *, split:
                               loaded.task_of_class,
                               batch_size=batch_size, context=context, num_workers=num_workers, skips=skips)
     total = sum(accuracy.totals)
-    return {
-        "checkpoint": str(checkpoint), "method": loaded.method.name, "split": split, "tasks_seen": len(accuracy.totals),
-        "task_sizes": accuracy.totals,
-        **{m: {"per_task": accuracy.accuracies(m), "overall": sum(accuracy.correct[m]) / max(total, 1)}
-           for m in MODALITIES},
-        "skipped": skips.to_dict(),
-    }
+
+    def modality(name: str) -> ModalityAccuracy:
+        return ModalityAccuracy(per_task=accuracy.accuracies(name), overall=sum(accuracy.correct[name]) / max(total, 1))
+
+    return CheckpointEvaluation(
+        checkpoint=str(checkpoint), method=loaded.method.name, split=split, tasks_seen=len(accuracy.totals),
+        task_sizes=accuracy.totals, audio=modality("audio"), visual=modality("visual"),
+        audio_visual=modality("audio_visual"), skipped=skips.to_dict(),
+    )
 
 
-def format_evaluation(result: dict[str, object]) -> str:
+def format_evaluation(result: CheckpointEvaluation) -> str:
     lines = [f"{result['checkpoint']} ({result['method']}) on the {result['split']} split of the "
              f"{result['tasks_seen']} task(s) seen ({sum(result['task_sizes'])} clips)"]
     for modality in MODALITIES:

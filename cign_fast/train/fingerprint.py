@@ -1,8 +1,8 @@
 """What makes two training sessions the same run: the result-affecting settings and the data.
 
 * Settings: the method, every key of the ``data``, ``model``, ``optim`` and ``memory`` sections and of
-  the method's own sections (CIGN's ``distill``), and ``run.seed``, except the few that cannot change a result (:data:`RESULT_NEUTRAL_KEYS`: where the data
-  lies, how many loader workers read it, the evaluation batch size).
+  the method's own sections (CIGN's ``distill``), and ``run.seed``, except the few that cannot change a result
+  (:data:`RESULT_NEUTRAL_KEYS`: where the data lies, how many loader workers read it, the evaluation batch size).
 * Data: the number of clips in the training and evaluation sets and the SHA-256 of the labels file
   and, in features mode, of the cache's ``manifest.json`` (which holds every shard's SHA-256) or of
   AV-CIL's files (category dictionary and feature files). Raw mode's media files are not hashed (a
@@ -22,7 +22,7 @@ from cign_fast.data.features import AVCIL_AUDIO, AVCIL_LABELS, AVCIL_VISUAL_H5, 
 from cign_fast.data.labels import LABELS_FILE_NAMES
 from cign_fast.methods import method_class
 from cign_fast.train.config import TrainConfig
-from cign_fast.train.data import RunData
+from cign_fast.train.datasets import RunData
 
 COMPATIBLE_SECTIONS = ("data", "model", "optim", "memory")   # plus the method's own sections
 RESULT_AFFECTING_RUN_KEYS = ("seed",)
@@ -60,7 +60,7 @@ def identity_files(root: Path, input_mode: str) -> list[Path]:
 
 def data_fingerprint(config: TrainConfig, data: RunData) -> dict[str, Any]:
     """``{"files": {name: sha256}, "clips": {split: count}}`` of the run's data."""
-    root = Path(config.data.root)
+    root = config.data.root_path()
     return {"files": {str(path.relative_to(root)): file_sha256(path)
                       for path in identity_files(root, config.data.input_mode)},
             "clips": {"train": len(data.train_set), config.data.eval_split: len(data.eval_set)}}

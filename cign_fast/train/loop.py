@@ -22,6 +22,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, TypedDict
 
 import numpy as np
 import torch
@@ -32,7 +33,7 @@ from torch.utils.data.distributed import DistributedSampler
 from tqdm import tqdm
 
 from cign_fast.data import SkippedItem, SkipReport, collate_skipping
-from cign_fast.metrics import MODALITIES, format_summary, metrics_summary
+from cign_fast.metrics import MODALITIES, Modality, format_summary, metrics_summary
 from cign_fast.methods import TaskInfo, TaskResources, build_method
 from cign_fast.methods.base import as_float32
 from cign_fast.model import ModelConfig
@@ -43,7 +44,7 @@ from cign_fast.train.checkpoint import (
     restore_rng_state,
 )
 from cign_fast.train.config import TrainConfig, config_from_dict, save_config
-from cign_fast.train.data import RunData, dataset_skip_report, load_run_data
+from cign_fast.train.datasets import RunData, dataset_skip_report, load_run_data
 from cign_fast.train.divergence import CHECK_EVERY_STEPS, DivergenceMonitor
 from cign_fast.train.distributed import (
     DistContext, all_reduce_sum, barrier, broadcast_from_main, per_rank_batch_size, setup_distributed,
@@ -53,7 +54,7 @@ from cign_fast.train.embed import embed_clips
 from cign_fast.train.evaluate import TaskAccuracy, autocast_context, eval_loader, evaluate_tasks
 from cign_fast.train.fingerprint import settings_differences
 from cign_fast.train.memory import ExemplarMemory
-from cign_fast.train.outputs import RunWriter
+from cign_fast.train.outputs import RunSummary, RunWriter
 from cign_fast.train.run_folder import RunFolder
 
 
@@ -62,12 +63,19 @@ from cign_fast.train.run_folder import RunFolder
 class TrainResults:
     """What :func:`train_incremental` returns (on every rank)."""
 
-    summary: dict[str, object]               # the metrics.json content
+    summary: RunSummary                      # the metrics.json content
     class_tasks: list[list[str]]
     out_dir: Path
     history: list[dict[str, float]]          # one record per epoch
     skips: SkipReport
     seconds: float
+
+
+class EvaluationRecord(TypedDict):
+    """A finished task's :class:`TaskAccuracy` as a checkpoint keeps it."""
+
+    correct: dict[str, list[int]]   # modality -> correct clips per task 0..t
+    totals: list[int]               # clips per task 0..t
 
 
 @dataclass
@@ -79,7 +87,7 @@ class RunProgress:
     evaluated: bool = False        # ``task`` evaluated and the memory updated
     sequence: int = 0              # number of checkpoints written so far
     history: list[dict[str, float]] = field(default_factory=list)
-    evaluations: list[dict[str, object]] = field(default_factory=list)   # TaskAccuracy per finished task
+    evaluations: list[EvaluationRecord] = field(default_factory=list)   # one per finished task
 
 
 def seed_everything(seed: int, deterministic: bool) -> None:
@@ -113,7 +121,7 @@ class IncrementalTrainer:
         self.context = context
         self.data = data
         self.log = log if context.is_main else (lambda message: None)
-        self.out_dir = Path(config.run.out)
+        self.out_dir = config.run.out_path()
         self.checkpoint_dir = self.out_dir / "checkpoints"
         self.checkpoints = RunCheckpoints(self.checkpoint_dir, config.run.keep_checkpoints, context.is_main)
         self.batch_size = per_rank_batch_size(config.optim.batch_size, context, "optim.batch_size")
@@ -121,9 +129,9 @@ class IncrementalTrainer:
         self.model_config: ModelConfig = config.model_config(*data.feature_dims)
         self.method = build_method(config, self.model_config)
         self.model: nn.Module = self.method.build_model().to(context.device)
-        self.optimizer: torch.optim.Optimizer | None = None
-        self.scheduler: torch.optim.lr_scheduler.LambdaLR | None = None
-        self.ddp_model: nn.Module = self.model
+        self.optimizer: torch.optim.Optimizer                 # both set by build_optimizer (begin_task, restore)
+        self.scheduler: torch.optim.lr_scheduler.LambdaLR
+        self.forward_model: nn.Module = self.model   # what a training step calls: model, or its DDP wrapper
         self.memory = ExemplarMemory(config.memory.budget, config.memory.selection, config.run.seed,
                                      config.memory.per_class)
         self.progress = RunProgress()
@@ -146,7 +154,7 @@ class IncrementalTrainer:
 
     def make_train_loader(self, task: int) -> tuple[DataLoader, DistributedSampler]:
         subset = Subset(self.data.train_set, self.train_indices(task))
-        sampler = DistributedSampler(subset, num_replicas=self.context.world_size, rank=self.context.rank,
+        sampler: DistributedSampler = DistributedSampler(subset, num_replicas=self.context.world_size, rank=self.context.rank,
                                      shuffle=True, seed=self.config.run.seed, drop_last=False)
         loader = DataLoader(subset, batch_size=self.batch_size, sampler=sampler, collate_fn=collate_skipping,
                             num_workers=self.config.data.num_workers, pin_memory=self.context.device.type == "cuda")
@@ -169,9 +177,9 @@ class IncrementalTrainer:
         set_noise_batch(self.model, self.context.rank, self.context.world_size)  # DistributedSampler's interleaving
         if self.context.is_distributed:
             device_ids = [self.context.device] if self.context.device.type == "cuda" else None
-            self.ddp_model = DistributedDataParallel(self.model, device_ids=device_ids)
+            self.forward_model = DistributedDataParallel(self.model, device_ids=device_ids)
         else:
-            self.ddp_model = self.model
+            self.forward_model = self.model
 
     # ----- training -------------------------------------------------------------------------------------------
 
@@ -183,7 +191,7 @@ class IncrementalTrainer:
         trainable = self.method.trainable_parameters(self.model)
         loss_keys = ("total", *self.method.loss_terms)
         sums = torch.zeros(len(loss_keys) + 1, dtype=torch.float64, device=device)
-        self.ddp_model.train()
+        self.forward_model.train()
         show = self.context.is_main and config.run.progress
         bar = tqdm(loader, desc=f"task {task + 1}/{self.num_tasks} epoch {epoch + 1}/{config.optim.epochs}",
                    unit="batch", leave=False, disable=None if show else True, dynamic_ncols=True)
@@ -193,7 +201,7 @@ class IncrementalTrainer:
             labels = batch["label"].to(device, non_blocking=True)
             if not self.every_rank_has_clips(labels.numel()):
                 continue
-            lr = self.scheduler.get_last_lr()[0]
+            lr = float(self.scheduler.get_last_lr()[0])
             audio, visual = batch["audio"].to(device, non_blocking=True), batch["visual"].to(device, non_blocking=True)
             try:
                 losses = self.train_step(audio, visual, labels, trainable)
@@ -215,9 +223,9 @@ class IncrementalTrainer:
         bar.close()
         samples = float(sums[-1])
         means = (sums[:-1] / max(samples, 1.0)).tolist()
-        losses = {("loss" if key == "total" else key): value for key, value in zip(loss_keys, means)}
-        record = {"task": task, "epoch": epoch, **losses,
-                  "lr": self.scheduler.get_last_lr()[0], "samples": samples, "seconds": seconds,
+        mean_losses = {("loss" if key == "total" else key): value for key, value in zip(loss_keys, means, strict=True)}
+        record: dict[str, float] = {"task": task, "epoch": epoch, **mean_losses,
+                  "lr": float(self.scheduler.get_last_lr()[0]), "samples": samples, "seconds": seconds,
                   "samples_per_second": samples / max(seconds, 1e-9)}
         terms = ", ".join(f"{key} {record[key]:.4f}" for key in self.method.loss_terms)
         self.log(f"task {task + 1}/{self.num_tasks} epoch {epoch + 1}/{config.optim.epochs}: loss {record['loss']:.4f} "
@@ -237,7 +245,7 @@ class IncrementalTrainer:
         """Forward (model and the method's teacher), the method's loss, backward, clipping, Adam step, schedule step."""
         precision = self.config.run.precision
         with autocast_context(self.context.device, precision):
-            out = self.ddp_model(audio, visual)
+            out = self.forward_model(audio, visual)
             with torch.no_grad():
                 teacher_out = self.method.teacher_forward(audio, visual)
         losses = self.method.loss(self.model, as_float32(out), labels,
@@ -266,7 +274,7 @@ class IncrementalTrainer:
         """The method's choice of exemplars after ``task`` (rank 0 computes, every rank receives the same)."""
         if not self.memory.enabled:
             return
-        exemplars = None
+        exemplars: dict[int, list[int]] = {}   # rank 0's choice replaces it on every rank
         if self.context.is_main:
             candidates = {cls: self.data.train_indices_of_class(cls) for cls in self.data.classes_of_task(task)}
             exemplars = self.method.select_exemplars(self.memory, candidates, self.embed_training_clips)
@@ -274,7 +282,7 @@ class IncrementalTrainer:
 
     def embed_training_clips(self, indices: Sequence[int]) -> tuple[Tensor, list[int]]:
         """The method's embeddings of training clips (evaluation transforms) and the indices that decoded."""
-        embeddings, _, kept = embed_clips(self.model, self.method.embed, self.data.reference_set, indices,
+        embeddings, _, kept = embed_clips(self.model, self.method.embed, self.data.train_eval_set, indices,
                                           batch_size=self.eval_batch_size, device=self.context.device,
                                           precision=self.config.run.precision,
                                           num_workers=self.config.data.num_workers, skips=self.skips)
@@ -283,7 +291,7 @@ class IncrementalTrainer:
     def training_batches(self, indices: Sequence[int]) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
         """``(audio, visual, labels)`` on the device for training clips (evaluation transforms, in order)."""
         device = self.context.device
-        for batch in eval_loader(self.data.reference_set, indices, self.eval_batch_size, self.config.data.num_workers):
+        for batch in eval_loader(self.data.train_eval_set, indices, self.eval_batch_size, self.config.data.num_workers):
             self.skips.update(batch["skipped"])
             if batch["label"].numel():
                 yield batch["audio"].to(device), batch["visual"].to(device), batch["label"].to(device)
@@ -297,21 +305,19 @@ class IncrementalTrainer:
             all_reduce_sum=lambda tensor: all_reduce_sum(tensor, self.context))
         self.method.end_task(self.model, resources)
 
-    def summary(self) -> dict[str, object]:
+    def summary(self) -> RunSummary:
         """metrics.json content from the evaluations so far."""
-        matrices = {m: [] for m in MODALITIES}
+        matrices: dict[Modality, list[list[float]]] = {m: [] for m in MODALITIES}
         for record in self.progress.evaluations:
             accuracy = TaskAccuracy(correct=record["correct"], totals=record["totals"])
             for modality in MODALITIES:
                 matrices[modality].append(accuracy.accuracies(modality))
-        summary = metrics_summary(matrices, self.progress.evaluations[-1]["totals"])
-        summary["class_tasks"] = self.data.class_tasks
-        summary["eval_split"] = self.config.data.eval_split
-        return summary
+        metrics = metrics_summary(matrices, self.progress.evaluations[-1]["totals"])
+        return RunSummary(**metrics, class_tasks=self.data.class_tasks, eval_split=self.config.data.eval_split)
 
     # ----- checkpoints ----------------------------------------------------------------------------------------
 
-    def state_dict(self) -> dict[str, object]:
+    def state_dict(self) -> dict[str, Any]:
         return {
             "format": CHECKPOINT_FORMAT,
             "config": self.config.to_dict(),
@@ -335,7 +341,7 @@ class IncrementalTrainer:
         if self.context.is_main:
             self.checkpoints.save(checkpoint_name(self.progress.sequence, self.progress.task, epoch), self.state_dict())
 
-    def restore(self, state: dict[str, object], source: Path) -> None:
+    def restore(self, state: dict[str, Any], source: Path) -> None:
         """Rebuild the model, the method's state, optimiser, memory, progress and RNG states from a checkpoint."""
         check_resume_compatible(state, self.config, self.data.class_tasks, source)
         self.progress = RunProgress(**state["progress"])
@@ -425,9 +431,9 @@ class IncrementalTrainer:
         self.save_checkpoint(None)
 
 
-def check_resume_compatible(state: dict[str, object], config: TrainConfig, class_tasks: list[list[str]],
+def check_resume_compatible(state: dict[str, Any], config: TrainConfig, class_tasks: list[list[str]],
                             source: Path) -> None:
-    """A run resumes only with the settings and class sequence it was started with (``run.*`` but the seed may differ)."""
+    """A run resumes only with the settings and class sequence it started with (``run.*`` but the seed may differ)."""
     if state.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(f"--resume: checkpoint {source} has format {state.get('format')!r}, this version reads "
                          f"format {CHECKPOINT_FORMAT}; start the run again in a new folder")
@@ -451,7 +457,7 @@ def train_incremental(config: TrainConfig, *, resume: bool = False, overwrite: b
     if config.run.out is None:
         raise ValueError("run.out: the output directory is required (--out DIR)")
     own_context = context is None
-    context = setup_distributed(config.run.device) if own_context else context
+    context = setup_distributed(config.run.device) if context is None else context
     try:
         with RunFolder(Path(config.run.out), context, resume=resume, overwrite=overwrite, log=log) as folder:
             seed_everything(config.run.seed, config.run.deterministic)

@@ -8,7 +8,8 @@ greedily match the class mean of L2-normalised embeddings) or uniformly at rando
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from typing import Any
+from collections.abc import Callable, Mapping, Sequence
 
 import torch
 from torch import Tensor
@@ -73,7 +74,7 @@ class ExemplarMemory:
 
     def update(
         self,
-        candidates_by_class: dict[int, Sequence[int]],
+        candidates_by_class: Mapping[int, Sequence[int]],
         embed: Callable[[Sequence[int]], tuple[Tensor, Sequence[int]]] | None = None,
     ) -> None:
         """``self.exemplars = self.selected(candidates_by_class, embed)``."""
@@ -81,7 +82,7 @@ class ExemplarMemory:
 
     def selected(
         self,
-        candidates_by_class: dict[int, Sequence[int]],
+        candidates_by_class: Mapping[int, Sequence[int]],
         embed: Callable[[Sequence[int]], tuple[Tensor, Sequence[int]]] | None = None,
     ) -> dict[int, list[int]]:
         """The exemplars after adding classes (the memory itself is left as it is): the old classes' share
@@ -106,11 +107,11 @@ class ExemplarMemory:
             exemplars[cls] = [int(candidates[position]) for position in order]
         return exemplars
 
-    def state_dict(self) -> dict[str, object]:
+    def state_dict(self) -> dict[str, Any]:
         return {"budget": self.budget, "per_class": self.per_class, "selection": self.selection, "seed": self.seed,
                 "exemplars": {int(cls): list(indices) for cls, indices in self.exemplars.items()}}
 
-    def load_state_dict(self, state: dict[str, object]) -> None:
+    def load_state_dict(self, state: dict[str, Any]) -> None:
         self.budget, self.selection, self.seed = int(state["budget"]), str(state["selection"]), int(state["seed"])
         self.per_class = int(state["per_class"])
         self.exemplars = {int(cls): [int(i) for i in indices] for cls, indices in state["exemplars"].items()}

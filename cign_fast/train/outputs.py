@@ -15,12 +15,19 @@ from __future__ import annotations
 import csv
 import io
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from cign_fast.metrics import MODALITIES
-from cign_fast.plots import plot_accuracy_matrices, plot_step_accuracy
 from cign_fast.files import write_atomically
+from cign_fast.metrics import MODALITIES, MetricsSummary
+from cign_fast.plots import plot_accuracy_matrices, plot_step_accuracy
+
+
+class RunSummary(MetricsSummary):
+    """metrics.json: the metrics, the class names of each task and the split they were measured on."""
+
+    class_tasks: list[list[str]]
+    eval_split: str
 
 
 def epoch_columns(loss_terms: Sequence[str]) -> tuple[str, ...]:
@@ -55,7 +62,7 @@ class RunWriter:
                 self.board.add_scalar(f"train/{key}", history[-1][key], global_epoch)
             self.board.flush()
 
-    def task(self, summary: dict[str, object], num_tasks: int, global_epoch: int, board: bool = True) -> None:
+    def task(self, summary: RunSummary, num_tasks: int, global_epoch: int, board: bool = True) -> None:
         """After a task's evaluation: metrics.json, accuracy.csv, the plots (``plots``) and (``board``) TensorBoard
         scalars."""
         if not self.enabled:
@@ -85,12 +92,12 @@ def accuracy_columns(num_tasks: int) -> tuple[str, ...]:
             *(f"task{i}" for i in range(num_tasks)))
 
 
-def accuracy_rows(summary: dict[str, object]) -> list[dict[str, object]]:
+def accuracy_rows(summary: MetricsSummary) -> list[dict[str, object]]:
     rows = []
     for modality in MODALITIES:
         block = summary[modality]
         for step, row in enumerate(block["matrix"]):
-            record = {"modality": modality, "after_task": step,
+            record: dict[str, object] = {"modality": modality, "after_task": step,
                       "accuracy_after_step": block["accuracy_after_step"][step],
                       "mean_task_accuracy_after_step": block["mean_task_accuracy_after_step"][step]}
             record.update({f"task{i}": value for i, value in enumerate(row) if value is not None})
@@ -98,7 +105,7 @@ def accuracy_rows(summary: dict[str, object]) -> list[dict[str, object]]:
     return rows
 
 
-def write_csv(path: Path, columns: tuple[str, ...], rows: list[dict[str, object]]) -> None:
+def write_csv(path: Path, columns: tuple[str, ...], rows: Sequence[Mapping[str, object]]) -> None:
     text = io.StringIO(newline="")
     writer = csv.DictWriter(text, fieldnames=list(columns), restval="")
     writer.writeheader()

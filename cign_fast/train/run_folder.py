@@ -26,7 +26,7 @@ from types import TracebackType
 
 from cign_fast.train.checkpoint import write_atomically
 from cign_fast.train.config import TrainConfig, load_yaml
-from cign_fast.train.data import RunData
+from cign_fast.train.datasets import RunData
 from cign_fast.train.distributed import DistContext, broadcast_from_main
 from cign_fast.train.fingerprint import data_fingerprint, fingerprint_differences, settings_differences
 
@@ -103,7 +103,7 @@ class RunFolder:
         self.log = log
         self.lock = RunFolderLock(self.out_dir)
 
-    def __enter__(self) -> "RunFolder":
+    def __enter__(self) -> RunFolder:
         try:
             self._on_main_rank(self._open)
         except BaseException:

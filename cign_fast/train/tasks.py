@@ -47,6 +47,8 @@ def custom_class_tasks(data: DataConfig, rows: Sequence[LabelRow], seed: int) ->
 
 def benchmark_class_tasks(data: DataConfig, rows: Sequence[LabelRow]) -> list[list[str]]:
     """A preset's class sequence (``vgg-ss`` reads its 220-class list from ``data.class_order``)."""
+    if data.benchmark is None:
+        raise ValueError(f"data.benchmark: expected one of {', '.join(BENCHMARK_NAMES)}, got none")
     name = BENCHMARK_ALIASES.get(data.benchmark, data.benchmark)
     if name not in BENCHMARK_NAMES:
         raise ValueError(f"data.benchmark: expected one of {', '.join(BENCHMARK_NAMES)}, got {data.benchmark!r}")

@@ -12,21 +12,24 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 
-from torch.utils.data import Dataset
-
-from cign_fast.data import ClipDataset, FeatureDataset, LabelRow, SkipReport, read_labels
+from cign_fast.data import LabelRow, SkipReport, read_labels
+from cign_fast.data.clips import ClipDataset
+from cign_fast.data.features import FeatureDataset
 from cign_fast.data.cache import MANIFEST_NAME, read_manifest
 from cign_fast.data.labels import LABELS_FILE_NAMES, SPLITS
 from cign_fast.train.config import DataConfig, TrainConfig
 from cign_fast.train.tasks import benchmark_class_tasks, custom_class_tasks
 
+# What a run reads: clips (raw mode) or pre-extracted features; both have ``targets`` (class index per item).
+RunDataset = ClipDataset | FeatureDataset
+
 
 @dataclass
 class RunData:
     class_tasks: list[list[str]]                 # class names of each task, in order
-    train_set: Dataset                           # training split, training transforms
-    eval_set: Dataset                            # ``data.eval_split``, evaluation transforms
-    make_reference_set: Callable[[], Dataset]    # builds the training split with evaluation transforms
+    train_set: RunDataset                        # training split, training transforms
+    eval_set: RunDataset                         # ``data.eval_split``, evaluation transforms
+    make_train_eval_set: Callable[[], RunDataset]  # builds the training split with evaluation transforms
     feature_dims: tuple[int | None, int | None]  # (D_a, D_v) in features mode, else (None, None)
     _train_by_class: list[list[int]] = field(init=False, repr=False)
     _eval_by_class: list[list[int]] = field(init=False, repr=False)
@@ -37,11 +40,11 @@ class RunData:
         self._eval_by_class = indices_by_class(self.eval_set.targets, num_classes)
 
     @cached_property
-    def reference_set(self) -> Dataset:
+    def train_eval_set(self) -> RunDataset:
         """The training split with evaluation transforms (herding, a method's end-of-task pass), built on first use."""
-        return self.make_reference_set()
+        return self.make_train_eval_set()
 
-    def datasets(self) -> list[Dataset]:
+    def datasets(self) -> list[RunDataset]:
         return [self.train_set, self.eval_set]
 
     def classes_of_task(self, task: int) -> range:
@@ -66,7 +69,7 @@ def indices_by_class(targets: Sequence[int], num_classes: int) -> list[list[int]
     return by_class
 
 
-def dataset_skip_report(dataset: Dataset) -> SkipReport:
+def dataset_skip_report(dataset: RunDataset) -> SkipReport:
     """Clips the dataset left out when it was built (an empty report if it keeps none)."""
     return getattr(dataset, "skip_report", None) or SkipReport()
 
@@ -84,12 +87,12 @@ def label_rows(root: Path, input_mode: str) -> list[LabelRow]:
         splits = read_manifest(root)["splits"]
         return [LabelRow(clip_id, label, split) for split in SPLITS if split in splits
                 for _, shard in sorted(splits[split]["shards"].items(), key=lambda item: int(item[0]))
-                for clip_id, label in zip(shard["ids"], shard["labels"])]
+                for clip_id, label in zip(shard["ids"], shard["labels"], strict=True)]
     return read_labels(root)
 
 
 def make_dataset(data: DataConfig, root: Path, split: str, class_names: Sequence[str], train: bool,
-                 rows: Sequence[LabelRow] | None = None) -> Dataset:
+                 rows: Sequence[LabelRow] | None = None) -> RunDataset:
     """A clip or feature dataset (per ``data.input_mode``) of ``split`` over ``class_names``."""
     if data.input_mode == "features":
         return FeatureDataset(root, split, list(class_names))
@@ -100,9 +103,7 @@ def make_dataset(data: DataConfig, root: Path, split: str, class_names: Sequence
 def load_run_data(config: TrainConfig) -> RunData:
     """Resolve the class sequence and build the datasets named by ``config.data``."""
     data = config.data
-    if data.root is None:
-        raise ValueError("data.root: the dataset folder is required (--data ROOT)")
-    root = Path(data.root)
+    root = data.root_path()
     if not root.exists():
         raise FileNotFoundError(f"data.root: no such dataset folder {root}")
     rows = label_rows(root, data.input_mode)
@@ -113,8 +114,8 @@ def load_run_data(config: TrainConfig) -> RunData:
     names = [name for task in class_tasks for name in task]
     train_set = make_dataset(data, root, "train", names, True, rows)
     eval_set = make_dataset(data, root, data.eval_split, names, False, rows)
-    # features have no augmentation: the training set is its own reference
-    make_reference_set = ((lambda: train_set) if data.input_mode == "features"
+    # features have no augmentation: the training set is its own evaluation view
+    make_train_eval_set = ((lambda: train_set) if data.input_mode == "features"
                           else (lambda: make_dataset(data, root, "train", names, False, rows)))
-    widths = train_set.feature_dims if data.input_mode == "features" else (None, None)
-    return RunData(class_tasks, train_set, eval_set, make_reference_set, widths)
+    widths = train_set.feature_dims if isinstance(train_set, FeatureDataset) else (None, None)
+    return RunData(class_tasks, train_set, eval_set, make_train_eval_set, widths)

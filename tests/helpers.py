@@ -1,4 +1,7 @@
-"""Shared by the trainer tests: a tiny learnable feature dataset and a runner for ``cign-fast train``.
+"""Helpers the tests share (fixtures stay in ``conftest.py``).
+
+Backends: which device a backend's tests run on here, and a skip when it cannot run an op.
+Trainer: a tiny learnable feature dataset and runners for ``cign-fast train`` / ``compare``.
 
 The features are written in AV-CIL's layout (which ``FeatureDataset`` reads) plus a ``labels.csv``
 listing the same clips (from which the trainer takes the class sequence). Each class has its own mean
@@ -18,12 +21,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
 from cign_fast.cli import train as train_cli
 from cign_fast.train.config import TrainConfig, build_config
 
 REPO = Path(__file__).resolve().parents[1]
+ALL_BACKENDS = ("reference", "cpp", "triton", "cuda")
 COMPARE_RUNNER = ("import sys; from cign_fast.cli import main; "
                   "sys.exit(main(['compare'] + sys.argv[1:]))")
 # ``cign-fast`` that SIGKILLs itself on the N-th call of a trainer method in a run of one method:
@@ -46,10 +51,28 @@ sys.exit(main(sys.argv[4:]))
 """
 
 
+def backend_device(name: str) -> torch.device:
+    """The device a backend's tests run on here: CUDA when present, else CPU (Triton interpreted)."""
+    if name == "cpp":
+        return torch.device("cpu")
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def require_backend(name: str, op: str, dtype: torch.dtype = torch.float32) -> torch.device:
+    """Skip (saying why) when backend ``name`` cannot run ``op`` on this machine; else its device."""
+    from cign_fast.ops.backends import refusal  # not at import: conftest sets TRITON_INTERPRET first
+
+    device = backend_device(name)
+    why = refusal(name, op, device, dtype)
+    if why is not None:
+        pytest.skip(f"backend {name} on {device.type}: {why}")
+    return device
+
+
 def write_feature_dataset(root: Path, num_classes: int = 6, train_per_class: int = 16, test_per_class: int = 6,
                           audio_shape: tuple[int, int] = (4, 8), visual_shape: tuple[int, int] = (3, 6),
                           seed: int = 0, shared_visual: bool = True, noise: float = 0.8) -> Path:
-    """Write the dataset into ``root``; returns ``root``. ``shared_visual=False``: every class has its own visual mean."""
+    """Write the dataset into ``root`` and return it. ``shared_visual=False``: each class has its own visual mean."""
     rng = np.random.default_rng(seed)
     audio_means = rng.normal(0, 1, (num_classes, audio_shape[1]))
     visual_means = rng.normal(0, 1, (num_classes // 2 + 1 if shared_visual else num_classes, visual_shape[1]))
