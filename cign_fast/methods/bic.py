@@ -22,6 +22,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
+
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
@@ -85,7 +87,8 @@ class BiC(BackboneMethod):
 
     # ----- the held-out split -----------------------------------------------------------------------------
 
-    def held_out(self, task: TaskInfo, clips_of_class, exemplars) -> list[int]:
+    def held_out(self, task: TaskInfo, clips_of_class: Callable[[int], list[int]],
+                 exemplars: Mapping[int, list[int]]) -> list[int]:
         """The held-out clips of ``task`` (module docstring): none at the first task."""
         if task.index == 0 or not exemplars:
             return []
@@ -99,7 +102,10 @@ class BiC(BackboneMethod):
             held += [clips[position] for position in order.tolist()]
         return held
 
-    def train_indices(self, task, clips_of_task, exemplar_indices, *, clips_of_class=None, exemplars=None):
+    def train_indices(self, task: TaskInfo, clips_of_task: Callable[[int], list[int]], exemplar_indices: list[int],
+                      *, clips_of_class: Callable[[int], list[int]] | None = None,
+                      exemplars: Mapping[int, list[int]] | None = None) -> list[int]:
+        """The task's clips and the exemplars, less the held-out ones (kept in ``self.validation``)."""
         if clips_of_class is None or exemplars is None:
             raise ValueError("bic: train_indices needs clips_of_class and exemplars (the trainer passes them)")
         self.validation = self.held_out(task, clips_of_class, exemplars)

@@ -111,7 +111,8 @@ class L2P(BackboneMethod):
         settings = self.config.l2p
         return PromptedBackbone(self.model_config, settings.pool_size, settings.prompt_length, settings.top_k)
 
-    def loss(self, model: nn.Module, out: L2POutput, labels: Tensor, teacher_out: None) -> dict[str, Tensor]:
+    def loss(self, model: nn.Module, out: L2POutput, labels: Tensor,
+             teacher_out: L2POutput | None) -> dict[str, Tensor]:
         memory = self.config.memory
         num_old = 0 if memory.budget or memory.per_class else self.task.num_old_classes
         masked = out._replace(audio_logits=out.audio_logits[:, num_old:], visual_logits=out.visual_logits[:, num_old:])
