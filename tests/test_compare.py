@@ -11,10 +11,13 @@ from cign_fast.cli import main
 from cign_fast.methods import METHODS
 from cign_fast.metrics import MODALITIES
 from cign_fast.train.checkpoint import list_checkpoints
-from cign_fast.train.compare import METRICS, memory_of, plan_runs
+from cign_fast.train.compare import (
+    METRICS, load_recipe, memory_of, paired_t_test, plan_runs, recipe_names, student_t_p_value,
+)
 from helpers import one_thread, tiny_train_args, write_feature_dataset
 
 REQUIRED_MEMORY = 3
+NEED_MEMORY = [name for name, cls in METHODS.items() if cls.memory_use == "required"]
 
 
 def compare_args(data, out, *extra):
@@ -40,11 +43,11 @@ def test_every_method_trains_and_the_table_holds_their_metrics(comparison, capsy
     data, out, _ = comparison
     report = json.loads((out / "compare.json").read_text())
     assert report["methods"] == list(METHODS) and report["seeds"] == [0]
-    assert report["memory_per_class"] == {name: REQUIRED_MEMORY if name in ("icarl", "ssil") else 0 for name in METHODS}
+    assert report["memory_per_class"] == {name: REQUIRED_MEMORY if name in NEED_MEMORY else 0 for name in METHODS}
     table = (out / "compare.md").read_text()
-    assert "except for icarl, ssil" in table
+    assert f"except for {', '.join(NEED_MEMORY)}" in table
     for name in METHODS:
-        assert run_dir(out, name) == out / (f"{name}-memory{REQUIRED_MEMORY}" if name in ("icarl", "ssil") else name) \
+        assert run_dir(out, name) == out / (f"{name}-memory{REQUIRED_MEMORY}" if name in NEED_MEMORY else name) \
             / "seed0"
         metrics = json.loads((run_dir(out, name) / "metrics.json").read_text())
         assert len(metrics["audio_visual"]["matrix"]) == 2
@@ -56,7 +59,7 @@ def test_every_method_trains_and_the_table_holds_their_metrics(comparison, capsy
             assert report["results"][name][modality]["accuracy_after_step"]["mean"] == \
                 metrics[modality]["accuracy_after_step"]
         cells = [f"{100 * report['results'][name][m]['last_accuracy']['mean']:.1f} ± 0.0" for m in MODALITIES]
-        assert f"| {name} | {REQUIRED_MEMORY if name in ('icarl', 'ssil') else '-'} | {' | '.join(cells)} |" in table
+        assert f"| {name} | {REQUIRED_MEMORY if name in NEED_MEMORY else '-'} | {' | '.join(cells)} |" in table
     assert (out / "compare.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # the joint upper bound learns the 2 x 2 classes of this data far above chance (25%)
     assert report["results"]["joint"]["audio"]["last_accuracy"]["mean"] > 0.5
@@ -146,3 +149,71 @@ def test_memory_rules_and_bad_plans():
         plan_runs(["ewcc"], [0], Path("unused"), 0, 20)
     with pytest.raises(ValueError, match=r"--seeds: expected distinct seeds"):
         plan_runs(["ewc"], [1, 1], Path("unused"), 0, 20)
+
+
+# ----- significance and benchmark recipes --------------------------------------------------------------------
+
+def test_student_t_p_values_match_scipy_and_the_paired_test_is_over_seeds():
+    stats = pytest.importorskip("scipy.stats")
+    for df in range(1, 10):
+        for t in (0.0, 0.4, 1.3, 2.9, 12.0):
+            assert student_t_p_value(t, df) == pytest.approx(2 * stats.t.sf(t, df), abs=1e-12)
+    method, reference = [0.52, 0.61, 0.70], [0.40, 0.47, 0.61]
+    test = paired_t_test(method, reference)
+    expected = stats.ttest_rel(method, reference)
+    assert test["n"] == 3 and test["t"] == pytest.approx(expected.statistic) and test["p"] == pytest.approx(
+        expected.pvalue)
+    assert paired_t_test([0.5, 0.6], [0.4, 0.5]) == {"mean_difference": pytest.approx(0.1), "t": None, "p": 0.0,
+                                                     "n": 2}
+    assert paired_t_test([0.5], [0.4])["p"] is None
+
+
+def test_every_recipe_builds_a_config_and_names_known_methods():
+    from cign_fast.train.config import build_config
+    names = recipe_names()
+    assert len(names) == 7 and {"cign-vggsound-instruments-4x9", "cign-vggsound100-4x25", "cign-vggsound100-10x10",
+                                "cign-vgg-ss", "avcil-ave-4x7", "avcil-kinetics-sounds-5x6",
+                                "avcil-vggsound100-10x10"} == set(names)
+    for name in names:
+        settings, values, path = load_recipe(name)
+        config = build_config(base=values, base_source=str(path))
+        assert set(settings["methods"]) <= set(METHODS) and len(settings["seeds"]) == 3, name
+        if name.startswith("avcil"):
+            assert config.data.input_mode == "features" and settings["memory_budget"] > 0
+            classes = Path(config.data.class_order).read_text().splitlines()[1:]
+            assert len(classes) == {"avcil-ave-4x7": 28, "avcil-kinetics-sounds-5x6": 30,
+                                    "avcil-vggsound100-10x10": 100}[name]
+            assert len(classes) % config.data.tasks == 0
+    with pytest.raises(ValueError, match=r"--benchmark: expected a data preset or one of the recipes"):
+        load_recipe("nope")
+
+
+def test_a_recipe_runs_its_table_with_seeds_aggregated_and_tested_against_cign(tmp_path, monkeypatch):
+    from cign_fast.train import compare
+    data = write_feature_dataset(tmp_path / "data", num_classes=4, train_per_class=8, test_per_class=4)
+    recipes = tmp_path / "recipes"
+    recipes.mkdir()
+    (recipes / "tiny.yaml").write_text("compare:\n  methods: [cign, finetune, l2p]\n  seeds: [0, 1, 2]\n"
+                                       "  memory_budget: 4\ndata:\n  tasks: 2\noptim:\n  epochs: 1\n")
+    monkeypatch.setattr(compare, "RECIPES_DIR", recipes)
+    args = tiny_train_args(data, tmp_path / "out", "--benchmark", "tiny")
+    args = [a for i, a in enumerate(args) if not (a in ("--tasks", "--epochs") or args[i - 1] in ("--tasks", "--epochs"))]
+    with one_thread():
+        assert main(["compare", *args]) == 0
+    report = json.loads((tmp_path / "out" / "compare.json").read_text())
+    assert report["methods"] == ["cign", "finetune", "l2p"] and report["seeds"] == [0, 1, 2]
+    assert report["memory_budget"] == {"cign": 4, "finetune": 4, "l2p": 4}
+    assert run_dir(tmp_path / "out", "l2p") == tmp_path / "out" / "l2p-budget4" / "seed0"
+    for method in ("finetune", "l2p"):
+        for modality in MODALITIES:
+            for metric in METRICS:
+                test = report["significance"][method][modality][metric]
+                values = report["results"][method][modality][metric]["values"]
+                reference = report["results"]["cign"][modality][metric]["values"]
+                assert test == paired_t_test(values, reference) and test["n"] == 3
+    table = (tmp_path / "out" / "compare.md").read_text()
+    assert "## Significance against cign" in table and "n = 3 seeds (df = 2)" in table
+    assert "3 seeds give a test little power" in table and "| 4 in total |" in table
+    test = report["significance"]["l2p"]["audio_visual"]["last_accuracy"]
+    p = "p n/a" if test["p"] is None else "p < 0.001" if test["p"] < 0.001 else f"p = {test['p']:.3f}"
+    assert f"{100 * test['mean_difference']:+.1f} ({p})" in table

@@ -63,7 +63,7 @@ def backbone_output(audio_logits: torch.Tensor, visual_logits: torch.Tensor) -> 
 # ----- registry, config, backbone ----------------------------------------------------------------------------
 
 def test_every_method_is_registered_and_unknown_names_are_refused():
-    assert tuple(METHODS) == ("cign", "finetune", "joint", "ewc", "lwf", "icarl", "ssil")
+    assert tuple(METHODS) == ("cign", "finetune", "joint", "ewc", "lwf", "icarl", "ssil", "il2m", "bic", "podnet", "l2p")
     with pytest.raises(ValueError, match=r"config method: expected one of .*'ssil'.*got 'ewcc'"):
         build_config(overrides=["method=ewcc"])
 

@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 # the registered methods (cign_fast.methods, which imports torch: --help must not); a test holds them equal
-METHOD_NAMES = ("cign", "finetune", "joint", "ewc", "lwf", "icarl", "ssil")
+METHOD_NAMES = ("cign", "finetune", "joint", "ewc", "lwf", "icarl", "ssil", "il2m", "bic", "podnet", "l2p")
 # flag attribute -> config key (flags not given are left unset)
 FLAG_KEYS = {
     "method": "method", "data": "data.root", "out": "run.out", "benchmark": "data.benchmark", "tasks": "data.tasks",

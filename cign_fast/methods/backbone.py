@@ -69,7 +69,8 @@ class GrowingHead(nn.Module):
 
 
 class BackboneBranch(nn.Module):
-    """One modality: encoder, transformer, LayerNorm, mean pooling, growing head."""
+    """One modality: encoder, transformer, LayerNorm, mean pooling, growing head (any module with
+    ``add_classes(num_new, reference)`` mapping [B, D] -> [B, N] can replace it: PODNet's LSC)."""
 
     def __init__(self, encoder: nn.Module, cfg: ModelConfig) -> None:
         super().__init__()
@@ -145,6 +146,13 @@ def late_fusion_predict(audio_log_probs: Tensor, visual_log_probs: Tensor) -> di
     """Class indices [B]: argmax of each modality's log-probabilities [B, N], and of their sum (audio-visual)."""
     return {"audio": audio_log_probs.argmax(dim=-1), "visual": visual_log_probs.argmax(dim=-1),
             "audio_visual": (audio_log_probs.float() + visual_log_probs.float()).argmax(dim=-1)}
+
+
+def modality_log_probs(audio_logits: Tensor, visual_logits: Tensor) -> dict[str, Tensor]:
+    """[B, N] float32 log-posteriors per modality: each head's log-softmax, and for ``"audio_visual"`` the
+    normalised product of the two (``log_softmax(log p_a + log p_v)``, whose argmax is late fusion's)."""
+    audio, visual = F.log_softmax(audio_logits.float(), dim=-1), F.log_softmax(visual_logits.float(), dim=-1)
+    return {"audio": audio, "visual": visual, "audio_visual": F.log_softmax(audio + visual, dim=-1)}
 
 
 def feature_embedding(out: BackboneOutput) -> Tensor:

@@ -8,11 +8,13 @@ and schedule steps, evaluation, checkpoints. A method only answers questions, pe
 ``build_model``             the untrained model (no task yet); ``grow_model`` adds a task's classes
 ``begin_task``              before a task: keep what the method needs of the old model, return the grown model
 ``trainable_parameters``    what the optimiser updates
-``train_indices``           which training clips the task sees (default: the task's clips plus the exemplars)
+``train_indices``           which training clips the task sees (default: the task's clips plus the exemplars);
+                            it may hold some back for its own post-task stage (BiC's validation clips)
 ``teacher_forward``         the frozen old model's output on a batch (run by the loop under autocast, no grad)
 ``loss``                    the loss of a batch as named terms: ``"total"`` plus ``loss_terms`` (the logged columns)
 ``select_exemplars``        which exemplars to keep after a task
-``end_task``                after a task (and the memory update), before evaluation: e.g. a Fisher, class means
+``end_task``                after a task (and the memory update), before evaluation: e.g. a Fisher, class means,
+                            or a small post-task fit on frozen outputs (BiC's bias layer, IL2M's statistics)
 ``predict``                 class indices per modality (``"audio"``, ``"visual"``, ``"audio_visual"``)
 ``embed``                   a per-clip embedding (herding, t-SNE)
 ``state_dict``              the method's extra state (old model, Fisher, class means), checkpointed with the run
@@ -27,7 +29,7 @@ from __future__ import annotations
 
 import copy
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
 
@@ -101,6 +103,25 @@ def frozen_copy(model: nn.Module) -> nn.Module:
     return freeze(copy.deepcopy(model))
 
 
+def rank_shard(indices: Sequence[int], context: DistContext) -> list[int]:
+    """This rank's share of ``indices`` (every ``world_size``-th one): for sums the ranks then all-reduce."""
+    return list(indices)[context.rank::context.world_size]
+
+
+def eval_outputs(model: nn.Module, batches: Iterator[tuple[Tensor, Tensor, Tensor]]
+                 ) -> Iterator[tuple[NamedTuple, Tensor]]:
+    """``(float32 output, labels)`` of ``model`` in eval mode without gradients, batch by batch (mode restored)."""
+    was_training = model.training
+    model.eval()
+    try:
+        for audio, visual, labels in batches:
+            with torch.no_grad():
+                out = model(audio, visual)
+            yield as_float32(out), labels.long()
+    finally:
+        model.train(was_training)
+
+
 def as_float32(out: OutputT) -> OutputT:
     """A model output (a NamedTuple of tensors) in float32: the losses run in float32 under bf16 autocast."""
     return type(out)(*(tensor.float() for tensor in out))
@@ -112,7 +133,8 @@ class ContinualMethod(ABC, Generic[OutputT]):
     Subclasses set ``name`` (the registry name), ``loss_terms`` (the named terms of :meth:`loss` besides
     ``"total"``), ``memory_use`` (``"optional"``: runs with or without exemplars; ``"required"``: refuses
     to run without; ``"none"``: keeps none), ``config_sections`` (the config sections of its
-    hyper-parameters, compared on resume) and implement :meth:`build_model`, :meth:`loss`,
+    hyper-parameters, compared on resume), ``input_modes`` (the ``data.input_mode`` values it runs on; the
+    config refuses others) and implement :meth:`build_model`, :meth:`loss`,
     :meth:`predict` and :meth:`embed` for their model's output type ``OutputT``. ``uses_teacher`` (a class
     attribute, or a property where a setting decides) makes :meth:`begin_task` keep a frozen copy of the
     model from before each task t > 0 in ``self.teacher``.
@@ -122,6 +144,7 @@ class ContinualMethod(ABC, Generic[OutputT]):
     loss_terms: ClassVar[tuple[str, ...]] = ()
     memory_use: ClassVar[str] = "optional"
     config_sections: ClassVar[tuple[str, ...]] = ()
+    input_modes: ClassVar[tuple[str, ...]] = ("raw", "features")
 
     def __init__(self, config: TrainConfig, model_config: ModelConfig) -> None:
         if not isinstance(model_config, ModelConfig):
@@ -178,8 +201,13 @@ class ContinualMethod(ABC, Generic[OutputT]):
         return model
 
     def train_indices(self, task: TaskInfo, clips_of_task: Callable[[int], list[int]],
-                      exemplar_indices: list[int]) -> list[int]:
-        """Dataset indices the task trains on (default: task t's clips, then the exemplars)."""
+                      exemplar_indices: list[int], *, clips_of_class: Callable[[int], list[int]] | None = None,
+                      exemplars: Mapping[int, list[int]] | None = None) -> list[int]:
+        """Dataset indices the task trains on (default: task t's clips, then the exemplars).
+
+        ``clips_of_class`` (class -> its training clips) and ``exemplars`` (the memory before the task,
+        class -> indices) are there for methods that split the data by class; the result must depend only
+        on the arguments and the method's state (the trainer calls this more than once per task)."""
         return clips_of_task(task.index) + exemplar_indices
 
     def select_exemplars(self, memory: ExemplarMemory, candidates_by_class: dict[int, list[int]],

@@ -10,16 +10,21 @@ process group; only rank 0 writes.
 
 Memory: ``memory_per_class`` exemplars per class for every method that can keep exemplars (0: the
 exemplar-free comparison); methods that cannot run without exemplars (``memory_use == "required"``:
-iCaRL, SS-IL) then get ``required_memory_per_class``; methods that keep none (joint training) never get any.
+iCaRL, SS-IL, IL2M, BiC, PODNet) then get ``required_memory_per_class``; methods that keep none (joint training)
+never get any. ``memory_budget`` instead gives every method that can keep exemplars that many in total
+(``memory.budget``, shared by the classes seen: AV-CIL's protocol).
 
 Outputs in ``OUT``: ``compare.json`` and ``compare.md`` (mean +- std over the seeds of the average
 incremental accuracy, last accuracy, forgetting and BWT for audio, visual and audio-visual) and
-``compare.png`` (accuracy after each step per method, mean +- std band).
+``compare.png`` (accuracy after each step per method, mean +- std band). With two seeds or more and CIGN among
+the methods, ``compare.md`` also tests each method against CIGN per metric and modality: a two-sided paired
+t-test over the seeds (the p-value, the number of seeds, and a warning that a few seeds give little power).
 """
 
 from __future__ import annotations
 
 import json
+import math
 import statistics
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -38,6 +43,7 @@ from cign_fast.train.fingerprint import settings_differences
 from cign_fast.train.loop import train_incremental
 from cign_fast.train.outputs import RunSummary
 
+SIGNIFICANCE_REFERENCE = "cign"   # every method is tested against it, paired over the seeds
 Metric = Literal["avg_incremental_accuracy", "last_accuracy", "forgetting", "bwt"]
 METRICS: dict[Metric, str] = {"avg_incremental_accuracy": "Average incremental accuracy",
                               "last_accuracy": "Last accuracy", "forgetting": "Forgetting",
@@ -68,6 +74,41 @@ class CompareReport(TypedDict):
     results: dict[str, dict[Modality, ModalityResults]]     # method -> modality -> metrics
 
 
+RECIPES_DIR = Path(__file__).resolve().parents[2] / "configs" / "benchmarks"   # in a source checkout
+RECIPE_KEYS = ("methods", "seeds", "memory_per_class", "required_memory_per_class", "memory_budget")
+
+
+def recipe_names() -> list[str]:
+    """The benchmark recipes of ``configs/benchmarks/`` (file names without ``.yaml``)."""
+    return sorted(path.stem for path in RECIPES_DIR.glob("*.yaml"))
+
+
+def load_recipe(name: str) -> tuple[dict[str, object], dict[str, object], Path]:
+    """``(comparison settings, config sections, file)`` of recipe ``name``: its ``compare`` section (the keys
+    of ``RECIPE_KEYS``) and the rest, a config mapping; a relative ``data.class_order`` is taken relative to
+    the recipe's folder."""
+    path = RECIPES_DIR / f"{name}.yaml"
+    if not path.is_file():
+        raise ValueError(f"--benchmark: expected a data preset or one of the recipes {', '.join(recipe_names())} "
+                         f"(in {RECIPES_DIR}), got {name!r}")
+    values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    settings = values.pop("compare", None) or {}
+    unknown = sorted(set(settings) - set(RECIPE_KEYS))
+    if unknown:
+        raise ValueError(f"{path}: compare.{unknown[0]} is unknown; expected one of "
+                         f"{', '.join(f'compare.{key}' for key in RECIPE_KEYS)}")
+    order = (values.get("data") or {}).get("class_order")
+    if order is not None and not Path(order).is_absolute():
+        values["data"]["class_order"] = str(path.parent / order)
+    return settings, values, path
+
+
+def runnable_methods(methods: Sequence[str], input_mode: str) -> tuple[list[str], list[str]]:
+    """``(the methods that run on input_mode, the others)``."""
+    runs = [name for name in methods if input_mode in method_class(name).input_modes]
+    return runs, [name for name in methods if name not in runs]
+
+
 @dataclass(frozen=True)
 class PlannedRun:
     """One run of a comparison."""
@@ -76,6 +117,7 @@ class PlannedRun:
     seed: int
     memory_per_class: int
     out: Path
+    memory_budget: int = 0          # exemplars in total instead (memory.budget), when the comparison sets one
 
 
 def memory_of(method: str, memory_per_class: int, required_memory_per_class: int) -> int:
@@ -88,13 +130,21 @@ def memory_of(method: str, memory_per_class: int, required_memory_per_class: int
     return required_memory_per_class if use == "required" else 0
 
 
-def run_folder(runs: Path, method: str, seed: int, memory_per_class: int) -> Path:
-    """``runs/<method>/seed<seed>``, ``runs/<method>-memory<k>/seed<seed>`` with a memory of k per class."""
-    return runs / (method if memory_per_class == 0 else f"{method}-memory{memory_per_class}") / f"seed{seed}"
+def run_folder(runs: Path, method: str, seed: int, memory_per_class: int, memory_budget: int = 0) -> Path:
+    """``runs/<method>/seed<seed>``, ``runs/<method>-memory<k>/seed<seed>`` with a memory of k per class,
+    ``runs/<method>-budget<k>/seed<seed>`` with k exemplars in total."""
+    name = (f"{method}-budget{memory_budget}" if memory_budget else f"{method}-memory{memory_per_class}"
+            if memory_per_class else method)
+    return runs / name / f"seed{seed}"
+
+
+def budget_of(method: str, memory_budget: int) -> int:
+    """The total memory ``method`` gets when the comparison sets one (none for the methods that keep none)."""
+    return 0 if method_class(method).memory_use == "none" else memory_budget
 
 
 def plan_runs(methods: Sequence[str], seeds: Sequence[int], runs: Path, memory_per_class: int,
-              required_memory_per_class: int) -> list[PlannedRun]:
+              required_memory_per_class: int, memory_budget: int = 0) -> list[PlannedRun]:
     """The runs seed by seed (a partial comparison then has every method), each with its folder and memory."""
     if not methods:
         raise ValueError(f"--methods: expected at least one of {', '.join(method_names())}")
@@ -108,16 +158,20 @@ def plan_runs(methods: Sequence[str], seeds: Sequence[int], runs: Path, memory_p
     if memory_per_class < 0 or required_memory_per_class <= 0:
         raise ValueError(f"--memory-per-class, --required-memory-per-class: expected >= 0 and > 0, got "
                          f"{memory_per_class} and {required_memory_per_class}")
-    runs_of = [(name, seed, memory_of(name, memory_per_class, required_memory_per_class))
-               for seed in seeds for name in methods]
-    return [PlannedRun(name, seed, memory, run_folder(runs, name, seed, memory)) for name, seed, memory in runs_of]
+    if memory_budget < 0 or (memory_budget > 0 and memory_per_class > 0):
+        raise ValueError(f"--memory-budget: expected >= 0 and not together with --memory-per-class, got "
+                         f"{memory_budget} and {memory_per_class}")
+    runs_of = [(name, seed, 0 if memory_budget else memory_of(name, memory_per_class, required_memory_per_class),
+                budget_of(name, memory_budget)) for seed in seeds for name in methods]
+    return [PlannedRun(name, seed, memory, run_folder(runs, name, seed, memory, budget), budget)
+            for name, seed, memory, budget in runs_of]
 
 
 def run_config(base: TrainConfig, run: PlannedRun) -> TrainConfig:
     """``base`` with the run's method, seed, memory and folder (checked like a config file)."""
     values = base.to_dict()
     values["method"] = run.method
-    values["memory"] = {**values["memory"], "budget": 0, "per_class": run.memory_per_class}
+    values["memory"] = {**values["memory"], "budget": run.memory_budget, "per_class": run.memory_per_class}
     values["run"] = {**values["run"], "seed": run.seed, "out": str(run.out)}
     return config_from_dict(values)
 
@@ -164,9 +218,86 @@ def aggregate(summaries: dict[str, list[RunSummary]]) -> dict[str, dict[Modality
     return results
 
 
+def student_t_p_value(t: float, df: int) -> float:
+    """Two-sided p-value ``P(|T| >= |t|)`` of Student's t with an integer ``df`` >= 1 (Abramowitz & Stegun
+    26.7.3-4: a finite series in ``theta = atan(|t| / sqrt(df))``)."""
+    if df < 1:
+        raise ValueError(f"df: expected an int >= 1, got {df}")
+    if math.isinf(t):
+        return 0.0
+    theta = math.atan(abs(t) / math.sqrt(df))
+    cos2, term, series = math.cos(theta) ** 2, 1.0, 1.0
+    if df % 2:          # odd: A = 2/pi (theta + sin cos (1 + 2/3 cos^2 + 2*4/(3*5) cos^4 + ...)), terms up to cos^(df-2)
+        for k in range(1, (df - 1) // 2):
+            term *= cos2 * (2 * k) / (2 * k + 1)
+            series += term
+        inside = 2 / math.pi * (theta + (math.sin(theta) * math.cos(theta) * series if df > 1 else 0.0))
+    else:               # even: A = sin (1 + 1/2 cos^2 + 1*3/(2*4) cos^4 + ...), terms up to cos^(df-2)
+        for k in range(1, df // 2):
+            term *= cos2 * (2 * k - 1) / (2 * k)
+            series += term
+        inside = math.sin(theta) * series
+    return min(1.0, max(0.0, 1.0 - inside))
+
+
+def paired_t_test(values: Sequence[float], reference: Sequence[float]) -> dict[str, object]:
+    """Two-sided paired t-test of ``values - reference`` (paired by seed): ``{"mean_difference", "t", "p", "n"}``;
+    ``t`` and ``p`` are ``None`` for one pair; for identical differences (no spread) ``t`` is ``None`` and
+    ``p`` 0 (1 when they are all 0)."""
+    differences = [float(a) - float(b) for a, b in zip(values, reference, strict=True)]
+    n = len(differences)
+    mean = statistics.fmean(differences)
+    if n < 2:
+        return {"mean_difference": mean, "t": None, "p": None, "n": n}
+    spread = statistics.stdev(differences)
+    if spread == 0:     # no spread: t is undefined (kept out of compare.json as null), the p-value degenerate
+        return {"mean_difference": mean, "t": None, "p": 1.0 if mean == 0 else 0.0, "n": n}
+    t = mean / (spread / math.sqrt(n))
+    return {"mean_difference": mean, "t": t, "p": student_t_p_value(t, n - 1), "n": n}
+
+
+def significance(results: dict[str, dict[str, object]], reference: str) -> dict[str, object]:
+    """Per method other than ``reference``, modality and metric: the paired t-test against ``reference``."""
+    return {method: {modality: {metric: paired_t_test(block[modality][metric]["values"],
+                                                      results[reference][modality][metric]["values"])
+                                for metric in METRICS} for modality in MODALITIES}
+            for method, block in results.items() if method != reference}
+
+
+def format_significance(report: dict[str, object]) -> list[str]:
+    """compare.md's significance section: per metric, each method's mean difference to CIGN and the p-value."""
+    tests, seeds = report.get("significance"), len(report["seeds"])
+    if not tests:
+        reason = ("a single seed gives no spread to test against" if seeds < 2
+                  else f"{SIGNIFICANCE_REFERENCE} is not among the methods")
+        return [f"## Significance against {SIGNIFICANCE_REFERENCE}", "", f"Not computed: {reason}.", ""]
+    lines = [f"## Significance against {SIGNIFICANCE_REFERENCE}", "",
+             f"Each cell: the method minus {SIGNIFICANCE_REFERENCE} (percentage points, mean over the seeds, paired by "
+             f"seed) and the two-sided p-value of a paired t-test over the n = {seeds} seeds (df = {seeds - 1}). "
+             "No correction for the many comparisons is made."]
+    if seeds <= 5:
+        lines.append(f"Warning: {seeds} seeds give a test little power: a large p does not mean the methods are "
+                     "equal, and a small one rests on the spread of only a few differences"
+                     + (" (with 3 seeds, a sign test could never reach p < 0.25)" if seeds == 3 else "") + ".")
+    lines.append("")
+    for metric, title in METRICS.items():
+        lines += [f"### {title}", "", "| method | " + " | ".join(TITLES[m] for m in MODALITIES) + " |",
+                  "|---|" + "---|" * len(MODALITIES)]
+        for method, block in tests.items():
+            cells = []
+            for modality in MODALITIES:
+                test = block[modality][metric]
+                p = "p n/a" if test["p"] is None else "p < 0.001" if test["p"] < 0.001 else f"p = {test['p']:.3f}"
+                cells.append(f"{100 * test['mean_difference']:+.1f} ({p})")
+            lines.append(f"| {method} | " + " | ".join(cells) + " |")
+        lines.append("")
+    return lines
+
+
 def format_table(report: CompareReport) -> str:
     """compare.md: one table per metric, a row per method, a column per modality (percent, mean +- std)."""
     memory = report["memory_per_class"]
+    budget = report.get("memory_budget", {})
     lines = [f"# Comparison on {report['data']}", "",
              f"{len(report['class_tasks'])} tasks, seeds {', '.join(map(str, report['seeds']))} "
              f"(mean ± sample std over the seeds), evaluated on the {report['eval_split']} split. "
@@ -182,8 +313,10 @@ def format_table(report: CompareReport) -> str:
         for method in report["methods"]:
             cells = [f"{100 * report['results'][method][m][metric]['mean']:.1f} ± "
                      f"{100 * report['results'][method][m][metric]['std']:.1f}" for m in MODALITIES]
-            lines.append(f"| {method} | {memory[method] or '-'} | " + " | ".join(cells) + " |")
+            kept = f"{budget[method]} in total" if budget.get(method) else memory[method] or "-"
+            lines.append(f"| {method} | {kept} | " + " | ".join(cells) + " |")
         lines.append("")
+    lines += format_significance(report)
     lines.append("Runs: `" + "`, `".join(path for m in report["methods"] for path in report["runs"][m]) + "`")
     return "\n".join(lines) + "\n"
 
@@ -197,7 +330,7 @@ def write_report(out: Path, report: CompareReport) -> None:
 
 
 def run_compare(base: TrainConfig, methods: Sequence[str], seeds: Sequence[int], out: str | Path, *,
-                memory_per_class: int = 0, required_memory_per_class: int = 20,
+                memory_per_class: int = 0, required_memory_per_class: int = 20, memory_budget: int = 0,
                 log: Callable[[str], None] = print, context: DistContext | None = None,
                 runs_dir: str | Path | None = None) -> CompareReport:
     """Train (or reuse, or resume) every run of the comparison, then write the report; returns compare.json.
@@ -206,7 +339,7 @@ def run_compare(base: TrainConfig, methods: Sequence[str], seeds: Sequence[int],
     by default one is set up from torchrun's environment and torn down at the end."""
     out = Path(out)
     runs = plan_runs(methods, seeds, out if runs_dir is None else Path(runs_dir), memory_per_class,
-                     required_memory_per_class)
+                     required_memory_per_class, memory_budget)
     configs = [run_config(base, run) for run in runs]   # every config checked before the first run starts
     own_context = context is None
     context = setup_distributed(base.run.device) if context is None else context
@@ -227,11 +360,15 @@ def run_compare(base: TrainConfig, methods: Sequence[str], seeds: Sequence[int],
         report: CompareReport = {
             "data": str(base.data.root), "methods": list(methods), "seeds": list(seeds),
             "requested_memory_per_class": memory_per_class,
-            "memory_per_class": {name: memory_of(name, memory_per_class, required_memory_per_class) for name in methods},
+            "memory_per_class": {name: 0 if memory_budget else memory_of(name, memory_per_class,
+                                                                          required_memory_per_class) for name in methods},
+            "memory_budget": {name: budget_of(name, memory_budget) for name in methods},
             "class_tasks": summaries[methods[0]][0]["class_tasks"], "eval_split": base.data.eval_split,
             "runs": {name: [str(run.out) for run in runs if run.method == name] for name in methods},
             "results": aggregate(summaries),
         }
+        if SIGNIFICANCE_REFERENCE in methods and len(seeds) > 1:
+            report["significance"] = significance(report["results"], SIGNIFICANCE_REFERENCE)
         if context.is_main:
             out.mkdir(parents=True, exist_ok=True)
             write_report(out, report)

@@ -2,7 +2,7 @@
 
 The config has the sections ``data``, ``model``, ``optim``, ``distill``, ``memory``, ``run``, the top-level
 key ``method`` (a name of :mod:`cign_fast.methods`, default ``cign``) and one section per baseline with
-hyper-parameters (``ewc``, ``lwf``, ``icarl``, ``ssil``; ``distill`` is CIGN's).
+hyper-parameters (``ewc``, ``lwf``, ``icarl``, ``ssil``, ``bic``, ``podnet``, ``l2p``; ``distill`` is CIGN's).
 ``model`` holds any field of :class:`cign_fast.model.ModelConfig` except ``input_mode`` (taken from
 ``data.input_mode``) and the feature widths (read from the data in features mode).
 Every error names the offending key (and the file it came from) and what was expected.
@@ -150,6 +150,34 @@ class SSILConfig:
 
 
 @dataclass
+class BiCConfig:
+    """BiC (Wu et al. 2019): distillation, then a bias layer on the new classes fit on held-out clips."""
+
+    val_fraction: float = 0.1          # held-out clips per class, as a fraction of an old class's exemplars
+    temperature: float = 2.0
+
+
+@dataclass
+class PODNetConfig:
+    """PODNet (Douillard et al. 2020): POD-spatial and POD-flat distillation, local-similarity classifier."""
+
+    spatial_weight: float = 3.0        # lambda_c (times sqrt(classes seen / new classes))
+    flat_weight: float = 1.0           # lambda_f (likewise)
+    proxies: int = 10                  # K proxies per class
+    margin: float = 0.6                # delta of the NCA loss
+
+
+@dataclass
+class L2PConfig:
+    """L2P (Wang et al. 2022): a prompt pool with key-query selection over frozen features."""
+
+    pool_size: int = 10                # M
+    prompt_length: int = 5             # L_p
+    top_k: int = 5                     # N prompts selected per clip
+    pull_weight: float = 0.5           # lambda of the key-query surrogate loss
+
+
+@dataclass
 class TrainConfig:
     method: str = "cign"
     data: DataConfig = field(default_factory=DataConfig)
@@ -162,6 +190,9 @@ class TrainConfig:
     lwf: LwFConfig = field(default_factory=LwFConfig)
     icarl: ICaRLConfig = field(default_factory=ICaRLConfig)
     ssil: SSILConfig = field(default_factory=SSILConfig)
+    bic: BiCConfig = field(default_factory=BiCConfig)
+    podnet: PODNetConfig = field(default_factory=PODNetConfig)
+    l2p: L2PConfig = field(default_factory=L2PConfig)
 
     def model_config(self, audio_feature_dim: int | None = None, visual_feature_dim: int | None = None) -> ModelConfig:
         """The :class:`ModelConfig` of this run (feature widths are required in features mode)."""
@@ -189,16 +220,19 @@ CHOICES = {
 POSITIVE = {
     "data.tasks", "data.image_size", "data.sample_rate", "optim.lr", "optim.batch_size", "optim.eval_batch_size",
     "optim.epochs", "distill.temperature", "run.keep_checkpoints",
-    "lwf.temperature", "ssil.temperature",
+    "lwf.temperature", "ssil.temperature", "bic.temperature", "podnet.proxies", "l2p.pool_size", "l2p.prompt_length",
+    "l2p.top_k",
 }
 NON_NEGATIVE = {
     "data.num_workers", "optim.weight_decay", "optim.precise_bn_batches", "optim.warmup_epochs", "optim.grad_clip",
     "distill.weight", "distill.token_weight",
     "memory.budget",
     "run.seed", "run.divergence_factor",
-    "memory.per_class", "ewc.weight", "lwf.weight", "ssil.weight",
+    "memory.per_class", "ewc.weight", "lwf.weight", "ssil.weight", "podnet.spatial_weight", "podnet.flat_weight",
+    "podnet.margin", "l2p.pull_weight",
 }
 UNIT_INTERVAL = {"ewc.fisher_decay"}
+OPEN_UNIT_INTERVAL = {"bic.val_fraction"}
 
 
 def model_field_types() -> dict[str, Any]:
@@ -267,6 +301,8 @@ def check_value(key: str, value: object) -> None:
         raise ValueError(f"config {key}: expected a number >= 0, got {value!r}")
     if key in UNIT_INTERVAL and not (isinstance(value, (int, float)) and 0 <= value <= 1):
         raise ValueError(f"config {key}: expected a number in [0, 1], got {value!r}")
+    if key in OPEN_UNIT_INTERVAL and not 0 < value < 1:
+        raise ValueError(f"config {key}: expected a number between 0 and 1 (both excluded), got {value!r}")
 
 
 def merge_mapping(target: Settings, mapping: object, source: str) -> None:
@@ -365,6 +401,7 @@ def build_config(
     config = TrainConfig(**top_level, **sections)
     check_model_section(config)
     check_method_memory(config)
+    check_method_settings(config)
     return config
 
 
@@ -397,6 +434,17 @@ def check_method_memory(config: TrainConfig) -> None:
     if use == "none" and has_memory:
         raise ValueError(f"config memory.budget, memory.per_class: method {config.method!r} keeps no exemplars "
                          "(it trains on every clip seen); set both to 0")
+
+
+def check_method_settings(config: TrainConfig) -> None:
+    """The method runs on ``data.input_mode``, and its settings agree with each other."""
+    modes = method_class(config.method).input_modes
+    if config.data.input_mode not in modes:
+        raise ValueError(f"config data.input_mode: method {config.method!r} runs on {' or '.join(map(repr, modes))} "
+                         f"inputs, got {config.data.input_mode!r}")
+    if config.method == "l2p" and config.l2p.top_k > config.l2p.pool_size:
+        raise ValueError(f"config l2p.top_k: expected at most l2p.pool_size = {config.l2p.pool_size}, "
+                         f"got {config.l2p.top_k}")
 
 
 def config_from_dict(values: Mapping[str, Any], source: str = "saved config") -> TrainConfig:

@@ -150,7 +150,9 @@ class IncrementalTrainer:
 
     def train_indices(self, task: int) -> list[int]:
         """The clips the method trains ``task`` on (dataset indices; default: the task's plus the exemplars)."""
-        return self.method.train_indices(self.task_info(task), self.data.train_indices_of_task, self.memory.indices())
+        return self.method.train_indices(self.task_info(task), self.data.train_indices_of_task, self.memory.indices(),
+                                         clips_of_class=self.data.train_indices_of_class,
+                                         exemplars={cls: list(kept) for cls, kept in self.memory.exemplars.items()})
 
     def make_train_loader(self, task: int) -> tuple[DataLoader, DistributedSampler]:
         subset = Subset(self.data.train_set, self.train_indices(task))
