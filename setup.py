@@ -36,8 +36,18 @@ CUDA_EXTENSION = "cign_fast._cuda"
 BUILD_INFO = "build_info.json"
 TORCH_VERSION = torch.__version__.split("+")[0]  # the extensions only import under this torch
 RUNTIME_REQUIREMENTS = [
-    f"torch=={TORCH_VERSION}", "torchvision", "torchaudio", "numpy<2.4", "pyyaml", "tqdm", "matplotlib", "pillow",
-    "soundfile", "scikit-learn", "h5py", "tensorboard",
+    f"torch=={TORCH_VERSION}",
+    "torchvision",
+    "torchaudio",
+    "numpy<2.4",
+    "pyyaml",
+    "tqdm",
+    "matplotlib",
+    "pillow",
+    "soundfile",
+    "scikit-learn",
+    "h5py",
+    "tensorboard",
 ]
 
 
@@ -91,14 +101,18 @@ def link_wheel_cudart(extension: cpp_extension.CUDAExtension) -> None:
 def extensions() -> list:
     modules = [
         cpp_extension.CppExtension(
-            "cign_fast._C", sources("csrc/cpu", "*.cpp"), include_dirs=INCLUDE,
-            extra_compile_args={"cxx": CXX_FLAGS}, extra_link_args=["-fopenmp"],
+            "cign_fast._C",
+            sources("csrc/cpu", "*.cpp"),
+            include_dirs=INCLUDE,
+            extra_compile_args={"cxx": CXX_FLAGS},
+            extra_link_args=["-fopenmp"],
         )
     ]
     if CUDA_SKIPPED is None:
         os.environ.setdefault("TORCH_CUDA_ARCH_LIST", DEFAULT_CUDA_ARCHS)
         cuda = cpp_extension.CUDAExtension(
-            CUDA_EXTENSION, sources("csrc/cuda", "*.cpp", "*.cu"),
+            CUDA_EXTENSION,
+            sources("csrc/cuda", "*.cpp", "*.cu"),
             include_dirs=INCLUDE + [str(p) for p in cuda_wheel_dirs("include")],
             extra_compile_args={"cxx": ["-O3", "-std=c++17"], "nvcc": NVCC_FLAGS},
             optional=os.environ.get("CIGN_FAST_CUDA") != "1",  # setuptools then copies it only if it was built
@@ -129,8 +143,9 @@ class BuildExtensions(cpp_extension.BuildExtension):
     def run(self) -> None:
         super().run()
         if self.cuda_skipped is not None:
-            print(f"cign_fast: CUDA extension skipped: {self.cuda_skipped}; built the CPU extension only",
-                  file=sys.stderr)
+            print(
+                f"cign_fast: CUDA extension skipped: {self.cuda_skipped}; built the CPU extension only", file=sys.stderr
+            )
             # a CUDA extension left by an earlier build would contradict this record (and go into a wheel)
             for folder in (Path(self.build_lib), *([ROOT] if self.inplace else [])):
                 (folder / self.get_ext_filename(CUDA_EXTENSION)).unlink(missing_ok=True)

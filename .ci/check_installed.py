@@ -33,8 +33,10 @@ def main(prefix: Path) -> None:
         if module is None:
             sys.exit(f"backend {name} ({spec.module}) {why}")
         located(module, prefix)
-    print(f"cign_fast {cign_fast.__version__} from {Path(cign_fast.__file__).parent}: "
-          f"{', '.join(n for n in BACKENDS if n != 'cuda')} import; benchmarks import")
+    print(
+        f"cign_fast {cign_fast.__version__} from {Path(cign_fast.__file__).parent}: "
+        f"{', '.join(n for n in BACKENDS if n != 'cuda')} import; benchmarks import"
+    )
 
 
 if __name__ == "__main__":

@@ -15,15 +15,14 @@ its arguments; the validation, a NaN/inf scan of q, k, v, is not part of the op 
 from __future__ import annotations
 
 import argparse
-from dataclasses import dataclass
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 
 from cign_fast.bench import common
-from cign_fast.contract import AssignParams
+from cign_fast.contract import MODES, AssignParams
 from cign_fast.ops.assign_attention import assign_attention_fwd, op_options
-from cign_fast.contract import MODES
 from cign_fast.ops.reference import assign_attention_reference
 
 OP = "assign_attention_forward"
@@ -65,7 +64,7 @@ def floor_bytes(case: Case) -> dict[str, int]:
     size = torch.finfo(case.dtype).bits // 8
     q_bytes, kv_bytes = batch * groups * channels * size, batch * tokens * channels * size
     stats = batch * tokens * 8 + batch * groups * 4  # col_lse, col_argmax, row_sum
-    forward = 2 * q_bytes + 2 * kv_bytes + stats                 # q, k, v -> out
+    forward = 2 * q_bytes + 2 * kv_bytes + stats  # q, k, v -> out
     backward = 2 * q_bytes + 2 * kv_bytes + stats + q_bytes + 2 * kv_bytes  # dout, q, k, v -> dq, dk, dv
     return {"forward": forward, "backward": backward, "forward_backward": forward + backward}
 
@@ -95,8 +94,10 @@ def providers(case: Case, device: torch.device) -> dict[str, Callable]:
 def make_inputs(case: Case, device: torch.device) -> tuple[torch.Tensor, ...]:
     batch, groups, tokens, channels = case.shape
     generator = torch.Generator(device="cpu").manual_seed(0)
-    q, k, v = (torch.randn(batch, n, channels, generator=generator).to(device, case.dtype).requires_grad_()
-               for n in (groups, tokens, tokens))
+    q, k, v = (
+        torch.randn(batch, n, channels, generator=generator).to(device, case.dtype).requires_grad_()
+        for n in (groups, tokens, tokens)
+    )
     grad_out = torch.randn(batch, groups, channels, generator=generator).to(device, case.dtype)
     return q, k, v, grad_out
 
@@ -113,15 +114,27 @@ def run_case(case: Case, device: torch.device, repeats: int) -> list[dict]:
     forward_ms = common.medians_ms(forward, device, repeats=repeats)
     both_ms = common.medians_ms(both, device, repeats=repeats)
     # backward = the difference of two medians; None when load made it negative (a forward-median outlier)
-    parts: dict[str, dict[str, float | None]] = {"forward": dict(forward_ms), "forward_backward": dict(both_ms),
-             "backward": {name: both_ms[name] - forward_ms[name] if both_ms[name] > forward_ms[name] else None
-                          for name in found}}
+    parts: dict[str, dict[str, float | None]] = {
+        "forward": dict(forward_ms),
+        "forward_backward": dict(both_ms),
+        "backward": {
+            name: both_ms[name] - forward_ms[name] if both_ms[name] > forward_ms[name] else None for name in found
+        },
+    }
     floors, flops = floor_bytes(case), spec_flops(case)
     rows = []
     for name in found:
-        row = {"op": "assign_attention", "shape": case.shape_name, "B_N_S_C": list(case.shape), "mode": case.mode,
-               "dtype": case.dtype_name, "threads": torch.get_num_threads(), "provider": name,
-               "max_abs_diff_vs_eager": errors[name], "peak_memory_mb": common.peak_memory_mb(both[name], device)}
+        row = {
+            "op": "assign_attention",
+            "shape": case.shape_name,
+            "B_N_S_C": list(case.shape),
+            "mode": case.mode,
+            "dtype": case.dtype_name,
+            "threads": torch.get_num_threads(),
+            "provider": name,
+            "max_abs_diff_vs_eager": errors[name],
+            "peak_memory_mb": common.peak_memory_mb(both[name], device),
+        }
         for part, times in parts.items():
             ms = times[name]
             row[f"{part}_ms"] = ms
@@ -137,8 +150,14 @@ def cases(shapes: tuple[str, ...], modes: tuple[str, ...], dtypes: tuple[str, ..
     return [Case(shape, mode, dtype) for shape in shapes for dtype in dtypes for mode in modes]
 
 
-def run(shapes: tuple[str, ...], modes: tuple[str, ...], dtypes: tuple[str, ...], device: torch.device,
-        repeats: int = 15, progress: Callable[[str], None] = print) -> list[dict]:
+def run(
+    shapes: tuple[str, ...],
+    modes: tuple[str, ...],
+    dtypes: tuple[str, ...],
+    device: torch.device,
+    repeats: int = 15,
+    progress: Callable[[str], None] = print,
+) -> list[dict]:
     """Rows for every case and provider."""
     rows = []
     for case in cases(shapes, modes, dtypes):
@@ -154,14 +173,24 @@ def target_checks(rows: list[dict]) -> list[dict]:
         if row["provider"] in ("eager", "compile") or (row["shape"], row["dtype"]) != (TARGET_SHAPE, TARGET_DTYPE):
             continue
         for key, target in TARGETS.items():
-            checks.append(common.target_check("assign_attention", row, f"{row['shape']} {row['mode']} fp32 fwd+bwd, {row['threads']} threads", key, target))
+            checks.append(
+                common.target_check(
+                    "assign_attention",
+                    row,
+                    f"{row['shape']} {row['mode']} fp32 fwd+bwd, {row['threads']} threads",
+                    key,
+                    target,
+                )
+            )
     return checks
 
 
 def markdown(rows: list[dict]) -> list[str]:
-    lines = ["| shape (B,N,S,C) | mode | dtype | threads | provider | fwd ms | bwd ms | fwd+bwd ms | fwd+bwd vs eager | "
-             "fwd+bwd vs compile | fwd+bwd GB/s at floor | fwd+bwd GFLOP/s | peak MiB | max abs diff |",
-             "|---|---|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        "| shape (B,N,S,C) | mode | dtype | threads | provider | fwd ms | bwd ms | fwd+bwd ms | fwd+bwd vs eager | "
+        "fwd+bwd vs compile | fwd+bwd GB/s at floor | fwd+bwd GFLOP/s | peak MiB | max abs diff |",
+        "|---|---|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     for row in rows:
         shape = ",".join(map(str, row["B_N_S_C"]))
         lines.append(
@@ -175,11 +204,15 @@ def markdown(rows: list[dict]) -> list[str]:
     return lines
 
 
-def grid(quick: bool, shapes: list[str] | None = None, modes: list[str] | None = None,
-         dtypes: list[str] | None = None) -> tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]:
+def grid(
+    quick: bool, shapes: list[str] | None = None, modes: list[str] | None = None, dtypes: list[str] | None = None
+) -> tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]:
     """(shapes, modes, dtypes): the ones given, else the quick set or the full grid."""
-    return (tuple(shapes or (QUICK["shapes"] if quick else SHAPES)), tuple(modes or (QUICK["modes"] if quick else GRID_MODES)),
-            tuple(dtypes or (QUICK["dtypes"] if quick else DTYPES)))
+    return (
+        tuple(shapes or (QUICK["shapes"] if quick else SHAPES)),
+        tuple(modes or (QUICK["modes"] if quick else GRID_MODES)),
+        tuple(dtypes or (QUICK["dtypes"] if quick else DTYPES)),
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

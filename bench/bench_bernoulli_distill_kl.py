@@ -36,7 +36,8 @@ def loss_functions(device: torch.device, dtype: torch.dtype, columns: tuple[int,
     found: dict[str, Callable] = {"eager": eager, "compile": common.compiled(eager)}
     for name in common.fused_backends(OP, device, dtype):
         found[name] = lambda student, teacher, name=name: bernoulli_distill_kl_fwd(
-            student, teacher, *columns, TEMPERATURE, "batchmean", name)[0]
+            student, teacher, *columns, TEMPERATURE, "batchmean", name
+        )[0]
     return found
 
 
@@ -51,24 +52,43 @@ def run_case(shape_name: str, dtype_name: str, device: torch.device, repeats: in
     timed = {name: (lambda fn=fn: torch.autograd.grad(fn(student, teacher), student)) for name, fn in losses.items()}
     for name in common.fused_backends(OP, device, dtype):  # the backend's function alone: no custom op, no autograd
         direct = backend_function(name, OP)
-        timed[f"{name}-direct"] = lambda direct=direct: direct(student.detach(), teacher, *columns, TEMPERATURE,
-                                                               "batchmean")
+        timed[f"{name}-direct"] = lambda direct=direct: direct(
+            student.detach(), teacher, *columns, TEMPERATURE, "batchmean"
+        )
     with torch.no_grad():
         expected = losses["eager"](student, teacher).item()
-        loss_of = {**{name: fn(student, teacher) for name, fn in losses.items()},
-                   **{name: fn()[0] for name, fn in timed.items() if name.endswith("-direct")}}
+        loss_of = {
+            **{name: fn(student, teacher) for name, fn in losses.items()},
+            **{name: fn()[0] for name, fn in timed.items() if name.endswith("-direct")},
+        }
     times = common.medians_ms(timed, device, repeats=repeats)
     floor = floor_bytes(rows, width, columns, dtype)
-    return [{"op": "bernoulli_distill_kl", "shape": shape_name, "R_K": [rows, width], "columns": list(columns),
-             "dtype": dtype_name, "threads": torch.get_num_threads(), "provider": name,
-             "abs_diff_vs_eager": abs(loss_of[name].item() - expected), "forward_backward_ms": ms,
-             "forward_backward_floor_gbps": floor / ms / 1e6, "peak_memory_mb": common.peak_memory_mb(timed[name], device),
-             **{f"forward_backward_{key}": value for key, value in common.speedups(times, ms).items()}}
-            for name, ms in times.items()]
+    return [
+        {
+            "op": "bernoulli_distill_kl",
+            "shape": shape_name,
+            "R_K": [rows, width],
+            "columns": list(columns),
+            "dtype": dtype_name,
+            "threads": torch.get_num_threads(),
+            "provider": name,
+            "abs_diff_vs_eager": abs(loss_of[name].item() - expected),
+            "forward_backward_ms": ms,
+            "forward_backward_floor_gbps": floor / ms / 1e6,
+            "peak_memory_mb": common.peak_memory_mb(timed[name], device),
+            **{f"forward_backward_{key}": value for key, value in common.speedups(times, ms).items()},
+        }
+        for name, ms in times.items()
+    ]
 
 
-def run(shapes: tuple[str, ...], dtypes: tuple[str, ...], device: torch.device, repeats: int = 15,
-        progress: Callable[[str], None] = print) -> list[dict]:
+def run(
+    shapes: tuple[str, ...],
+    dtypes: tuple[str, ...],
+    device: torch.device,
+    repeats: int = 15,
+    progress: Callable[[str], None] = print,
+) -> list[dict]:
     results = []
     for shape in shapes:
         for dtype in dtypes:
@@ -78,8 +98,9 @@ def run(shapes: tuple[str, ...], dtypes: tuple[str, ...], device: torch.device, 
 
 
 def main(argv: list[str] | None = None) -> int:
-    rows = common.shape_dtype_main(argv, __doc__, "only [384, 220] fp32 (CIGN's heads at 220 classes)", SHAPES, DTYPES,
-                                   grid, run)
+    rows = common.shape_dtype_main(
+        argv, __doc__, "only [384, 220] fp32 (CIGN's heads at 220 classes)", SHAPES, DTYPES, grid, run
+    )
     print("\n".join(markdown(rows)))
     return 0
 

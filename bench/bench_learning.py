@@ -40,8 +40,10 @@ SETTING_OVERRIDES: dict[str, dict[str, dict[str, object]]] = {
     "memory": {},
     "authors": {"model": {"token_norm": "l2"}, "distill": {"form": "softmax", "old_class_negatives": True}},
 }
-DATASETS = {"demo": {"tasks": 4, "classes": 8, "memory_per_class": 5},
-            "fsdd": {"tasks": 5, "classes": 10, "memory_per_class": 20}}
+DATASETS = {
+    "demo": {"tasks": 4, "classes": 8, "memory_per_class": 5},
+    "fsdd": {"tasks": 5, "classes": 10, "memory_per_class": 20},
+}
 TARGETS = {  # (description, dataset -> threshold)
     "plasticity": "mean AV within-task accuracy a[t][t] (distill) >= {demo: 0.90, fsdd: 0.80}",
     "stability_forgetting": "AV forgetting (distill) <= 0.75 x forgetting (no_distill)",
@@ -82,8 +84,14 @@ def job_config(job: Job):
 
     spec = DATASETS[job.dataset]
     memory = spec["memory_per_class"] * spec["classes"] if job.setting == "memory" else 0
-    options = DemoOptions(out=Path(job.run_dir), tasks=spec["tasks"], classes=spec["classes"], memory_budget=memory,
-                          seed=job.seed, progress=False)
+    options = DemoOptions(
+        out=Path(job.run_dir),
+        tasks=spec["tasks"],
+        classes=spec["classes"],
+        memory_budget=memory,
+        seed=job.seed,
+        progress=False,
+    )
     base = demo_overrides(options, Path(job.data_root))
     for section, values in SETTING_OVERRIDES[job.setting].items():
         base[section] = {**base.get(section, {}), **values}
@@ -110,7 +118,7 @@ def run_job(job: Job) -> dict:
     from cign_fast.train.loop import train_incremental
 
     start = time.perf_counter()
-    resume = Path(job.run_dir).exists()   # a run killed part-way continues from its newest checkpoint
+    resume = Path(job.run_dir).exists()  # a run killed part-way continues from its newest checkpoint
     summary = dict(train_incremental(job_config(job), resume=resume, log=lambda message: None).summary)
     summary["seconds"] = time.perf_counter() - start
     metrics.write_text(json.dumps(summary))
@@ -129,8 +137,10 @@ def aggregate(summaries: list[dict]) -> dict:
         matrices = [block["matrix"] for block in blocks]
         tasks = len(matrices[0])
         within = [statistics.fmean(matrix[t][t] for t in range(tasks)) for matrix in matrices]
-        mean_matrix = [[statistics.fmean(matrix[t][i] for matrix in matrices) if i <= t else None
-                        for i in range(tasks)] for t in range(tasks)]
+        mean_matrix = [
+            [statistics.fmean(matrix[t][i] for matrix in matrices) if i <= t else None for i in range(tasks)]
+            for t in range(tasks)
+        ]
         result[modality] = {
             "avg_incremental_accuracy": mean_std([block["avg_incremental_accuracy"] for block in blocks]),
             "last_accuracy": mean_std([block["last_accuracy"] for block in blocks]),
@@ -147,25 +157,46 @@ def target_checks(dataset: str, results: dict[str, dict]) -> list[dict]:
     checks = []
 
     def add(name: str, value: float, threshold: float, met: bool) -> None:
-        checks.append({"dataset": dataset, "target": name, "rule": TARGETS[name], "value": round(value, 4),
-                       "threshold": round(threshold, 4), "met": bool(met)})
+        checks.append(
+            {
+                "dataset": dataset,
+                "target": name,
+                "rule": TARGETS[name],
+                "value": round(value, 4),
+                "threshold": round(threshold, 4),
+                "met": bool(met),
+            }
+        )
 
     def av(setting: str, metric: str) -> float:
         return results[setting]["audio_visual"][metric]["mean"]
 
     if "distill" in results:
-        add("plasticity", av("distill", "within_task_accuracy"), PLASTICITY[dataset],
-            av("distill", "within_task_accuracy") >= PLASTICITY[dataset])
+        add(
+            "plasticity",
+            av("distill", "within_task_accuracy"),
+            PLASTICITY[dataset],
+            av("distill", "within_task_accuracy") >= PLASTICITY[dataset],
+        )
         best_single = max(results["distill"][m]["last_accuracy"]["mean"] for m in ("audio", "visual"))
         add("fusion", av("distill", "last_accuracy"), best_single, av("distill", "last_accuracy") >= best_single)
     if "distill" in results and "no_distill" in results:
         bound = 0.75 * av("no_distill", "forgetting")
         add("stability_forgetting", av("distill", "forgetting"), bound, av("distill", "forgetting") <= bound)
         floor = av("no_distill", "avg_incremental_accuracy") + 0.05
-        add("stability_accuracy", av("distill", "avg_incremental_accuracy"), floor,
-            av("distill", "avg_incremental_accuracy") >= floor)
+        add(
+            "stability_accuracy",
+            av("distill", "avg_incremental_accuracy"),
+            floor,
+            av("distill", "avg_incremental_accuracy") >= floor,
+        )
     if "memory" in results:
-        add("memory", av("memory", "last_accuracy"), MEMORY_LAST[dataset], av("memory", "last_accuracy") >= MEMORY_LAST[dataset])
+        add(
+            "memory",
+            av("memory", "last_accuracy"),
+            MEMORY_LAST[dataset],
+            av("memory", "last_accuracy") >= MEMORY_LAST[dataset],
+        )
     return checks
 
 
@@ -176,33 +207,51 @@ def percent(stat: dict[str, float]) -> str:
 def markdown(report: dict) -> str:
     from cign_fast.bench.common import environment_markdown
 
-    lines = ["# Learning benchmark: CIGN class-incremental runs", "",
-             "Command: `python -m cign_fast.bench.bench_learning " + " ".join(report["argv"]) + "`", ""]
+    lines = [
+        "# Learning benchmark: CIGN class-incremental runs",
+        "",
+        "Command: `python -m cign_fast.bench.bench_learning " + " ".join(report["argv"]) + "`",
+        "",
+    ]
     lines += environment_markdown(report["environment"])
-    lines += [f"- seeds asked for: {report['seeds']} (each row names the seeds it averages); "
-              f"wall time {report['seconds']:.0f} s", "",
-              "Accuracy in %, mean ± std over the seeds. a[t][t]: within-task accuracy (newest task, scored among "
-              "all classes seen). Forgetting: Chaudhry et al.", ""]
+    lines += [
+        f"- seeds asked for: {report['seeds']} (each row names the seeds it averages); "
+        f"wall time {report['seconds']:.0f} s",
+        "",
+        "Accuracy in %, mean ± std over the seeds. a[t][t]: within-task accuracy (newest task, scored among "
+        "all classes seen). Forgetting: Chaudhry et al.",
+        "",
+    ]
     for dataset, results in report["datasets"].items():
-        lines += [f"## {dataset}", "", "| setting | modality | avg incremental | last | forgetting | mean a[t][t] |",
-                  "|---|---|---|---|---|---|"]
+        lines += [
+            f"## {dataset}",
+            "",
+            "| setting | modality | avg incremental | last | forgetting | mean a[t][t] |",
+            "|---|---|---|---|---|---|",
+        ]
         for setting, blocks in results.items():
             for modality in MODALITIES:
                 block = blocks[modality]
-                lines.append(f"| {setting} (seeds {', '.join(map(str, blocks['seeds']))}) | {modality} | "
-                             f"{percent(block['avg_incremental_accuracy'])} | "
-                             f"{percent(block['last_accuracy'])} | {percent(block['forgetting'])} | "
-                             f"{percent(block['within_task_accuracy'])} |")
+                lines.append(
+                    f"| {setting} (seeds {', '.join(map(str, blocks['seeds']))}) | {modality} | "
+                    f"{percent(block['avg_incremental_accuracy'])} | "
+                    f"{percent(block['last_accuracy'])} | {percent(block['forgetting'])} | "
+                    f"{percent(block['within_task_accuracy'])} |"
+                )
         lines += ["", "Mean audio-visual accuracy matrices (%, row t = after task t):", ""]
         for setting, blocks in results.items():
-            rows = ["[" + ", ".join(f"{100 * value:.0f}" for value in row if value is not None) + "]"
-                    for row in blocks["audio_visual"]["mean_matrix"]]
+            rows = [
+                "[" + ", ".join(f"{100 * value:.0f}" for value in row if value is not None) + "]"
+                for row in blocks["audio_visual"]["mean_matrix"]
+            ]
             lines.append(f"- {setting}: " + " ".join(rows))
         lines.append("")
     lines += ["## Targets", "", "| dataset | target | rule | value | threshold | met |", "|---|---|---|---|---|---|"]
     for check in report["targets"]:
-        lines.append(f"| {check['dataset']} | {check['target']} | {check['rule']} | {check['value']:.3f} | "
-                     f"{check['threshold']:.3f} | {'met' if check['met'] else '**missed**'} |")
+        lines.append(
+            f"| {check['dataset']} | {check['target']} | {check['rule']} | {check['value']:.3f} | "
+            f"{check['threshold']:.3f} | {'met' if check['met'] else '**missed**'} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -214,8 +263,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--fsdd", type=Path, default=DEFAULT_FSDD, help="folder of FSDD recordings")
     parser.add_argument("--jobs", type=int, default=1, help="runs in parallel (each with threads = cores / jobs)")
-    parser.add_argument("--finished-only", action="store_true",
-                        help="train nothing: report the runs already finished in OUT (each row names its seeds)")
+    parser.add_argument(
+        "--finished-only",
+        action="store_true",
+        help="train nothing: report the runs already finished in OUT (each row names its seeds)",
+    )
     args = parser.parse_args(argv)
     datasets = [d for d in args.datasets if d != "fsdd" or args.fsdd.is_dir()]
     if "fsdd" in args.datasets and "fsdd" not in datasets:
@@ -226,8 +278,17 @@ def main(argv: list[str] | None = None) -> int:
     for dataset in datasets:
         for seed in args.seeds:
             root = write_dataset(dataset, seed, args.out / "data" / f"{dataset}-seed{seed}", args.fsdd)
-            jobs += [Job(dataset, setting, seed, str(root), str(args.out / "runs" / f"{dataset}-{setting}-seed{seed}"),
-                         threads) for setting in args.settings]
+            jobs += [
+                Job(
+                    dataset,
+                    setting,
+                    seed,
+                    str(root),
+                    str(args.out / "runs" / f"{dataset}-{setting}-seed{seed}"),
+                    threads,
+                )
+                for setting in args.settings
+            ]
     start = time.perf_counter()
     if args.finished_only:
         summaries = {job: summary for job in jobs if (summary := finished_summary(job)) is not None}
@@ -235,13 +296,24 @@ def main(argv: list[str] | None = None) -> int:
         context = multiprocessing.get_context("spawn")
         with concurrent.futures.ProcessPoolExecutor(args.jobs, mp_context=context) as pool:
             summaries = dict(zip(jobs, pool.map(run_job, jobs), strict=True))
-    report = {"argv": argv if argv is not None else [], "environment": env, "seeds": args.seeds, "datasets": {},
-              "targets": [], "seconds": time.perf_counter() - start}
+    report = {
+        "argv": argv if argv is not None else [],
+        "environment": env,
+        "seeds": args.seeds,
+        "datasets": {},
+        "targets": [],
+        "seconds": time.perf_counter() - start,
+    }
     for dataset in datasets:
-        done = {setting: [job for job in jobs if job.dataset == dataset and job.setting == setting and job in summaries]
-                for setting in args.settings}
-        results = {setting: {**aggregate([summaries[job] for job in runs]), "seeds": [job.seed for job in runs]}
-                   for setting, runs in done.items() if runs}
+        done = {
+            setting: [job for job in jobs if job.dataset == dataset and job.setting == setting and job in summaries]
+            for setting in args.settings
+        }
+        results = {
+            setting: {**aggregate([summaries[job] for job in runs]), "seeds": [job.seed for job in runs]}
+            for setting, runs in done.items()
+            if runs
+        }
         report["datasets"][dataset] = results
         report["targets"] += target_checks(dataset, results)
     report["environment"]["load_average_end"] = load_average()

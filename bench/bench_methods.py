@@ -59,9 +59,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--memory", type=int, default=20, help="exemplars per class of the memory setting")
     parser.add_argument("--epochs", type=int, default=DemoOptions.epochs, help="epochs per task (default: the demo's)")
     parser.add_argument("--fsdd", type=Path, default=FSDD_RECORDINGS, help="FSDD recordings folder")
-    parser.add_argument("--work", type=Path, default=Path("runs", "bench-methods"),
-                        help="comparison folders (default: ./runs/bench-methods)")
-    parser.add_argument("--out", type=Path, default=common.RESULTS, help=f"results folder (default: ./{common.RESULTS})")
+    parser.add_argument(
+        "--work",
+        type=Path,
+        default=Path("runs", "bench-methods"),
+        help="comparison folders (default: ./runs/bench-methods)",
+    )
+    parser.add_argument(
+        "--out", type=Path, default=common.RESULTS, help=f"results folder (default: ./{common.RESULTS})"
+    )
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     args = parser.parse_args(argv)
 
@@ -70,16 +76,23 @@ def main(argv: list[str] | None = None) -> int:
     try:
         env = common.environment(context.device)
         datasets = prepare_datasets(args.datasets, args.work, args.fsdd, options) if context.is_main else {}
-        datasets = broadcast_from_main(datasets, context)   # the other ranks wait until the data is written
+        datasets = broadcast_from_main(datasets, context)  # the other ranks wait until the data is written
         sections, reports = [], {}
         for dataset, (root, tasks) in datasets.items():
             base = build_config(base=demo_overrides(DemoOptions(**{**vars(options), "tasks": tasks}), root))
             for memory in (0, args.memory):
                 setting = "exemplar-free" if memory == 0 else f"{memory} exemplars per class"
                 # one runs folder for both settings: the runs they share (joint; iCaRL and SS-IL) train once
-                report = run_compare(base, args.methods, args.seeds, args.work / dataset / f"memory{memory}",
-                                     memory_per_class=memory, required_memory_per_class=args.memory, context=context,
-                                     runs_dir=args.work / dataset / "runs")
+                report = run_compare(
+                    base,
+                    args.methods,
+                    args.seeds,
+                    args.work / dataset / f"memory{memory}",
+                    memory_per_class=memory,
+                    required_memory_per_class=args.memory,
+                    context=context,
+                    runs_dir=args.work / dataset / "runs",
+                )
                 reports[f"{dataset}, {setting}"] = report
                 body = format_table(report).split("\n", 1)[1].replace("\n## ", "\n### ")
                 sections.append(f"## {dataset}, {setting}\n{body}")
@@ -88,11 +101,21 @@ def main(argv: list[str] | None = None) -> int:
     if not context.is_main:
         return 0
     env["load_average_end"] = common.load_average()
-    header = ["# Methods compared (`cign-fast compare`)", "", *common.environment_markdown(env), "",
-              f"Recipe: the demo's (raw clips, D = 128, depth 1, {args.epochs} epoch(s) per task, Adam 1e-3, batch 8); "
-              f"seed(s) {' '.join(map(str, args.seeds))}.", ""]
-    json_path, md_path = common.write_results("methods", {"environment": env, "comparisons": reports},
-                                              "\n".join(header) + "\n" + "\n".join(sections), args.out)
+    header = [
+        "# Methods compared (`cign-fast compare`)",
+        "",
+        *common.environment_markdown(env),
+        "",
+        f"Recipe: the demo's (raw clips, D = 128, depth 1, {args.epochs} epoch(s) per task, Adam 1e-3, batch 8); "
+        f"seed(s) {' '.join(map(str, args.seeds))}.",
+        "",
+    ]
+    json_path, md_path = common.write_results(
+        "methods",
+        {"environment": env, "comparisons": reports},
+        "\n".join(header) + "\n" + "\n".join(sections),
+        args.out,
+    )
     print(f"wrote {json_path} and {md_path}")
     return 0
 

@@ -46,8 +46,13 @@ def providers(device: torch.device, dtype: torch.dtype, columns: tuple[int, int]
 
     found: dict[str, Callable] = {"eager": eager, "compile": common.compiled(eager)}
     for name in common.fused_backends(OP, device, dtype):
-        found[name] = (lambda backend: lambda student, teacher: token_distill_kl_fwd(
-            student, teacher, *columns, TEMPERATURE, "batchmean", backend)[0])(name)
+        found[name] = (
+            lambda backend: (
+                lambda student, teacher: token_distill_kl_fwd(
+                    student, teacher, *columns, TEMPERATURE, "batchmean", backend
+                )[0]
+            )
+        )(name)
     return found
 
 
@@ -67,28 +72,46 @@ def run_case(shape_name: str, dtype_name: str, device: torch.device, repeats: in
     with torch.no_grad():
         expected = found["eager"](student, teacher).item()
         errors = {name: abs(fn(student, teacher).item() - expected) for name, fn in found.items()}
-    loss_and_grad = {name: (lambda fn=fn: torch.autograd.grad(fn(student, teacher), student)) for name, fn in found.items()}
+    loss_and_grad = {
+        name: (lambda fn=fn: torch.autograd.grad(fn(student, teacher), student)) for name, fn in found.items()
+    }
     for name in common.fused_backends(OP, device, dtype):  # the backend's function alone: no custom op, no autograd
         direct = backend_function(name, OP)
-        loss_and_grad[f"{name}{DIRECT}"] = lambda direct=direct: direct(student.detach(), teacher, *columns, TEMPERATURE,
-                                                                        "batchmean")
+        loss_and_grad[f"{name}{DIRECT}"] = lambda direct=direct: direct(
+            student.detach(), teacher, *columns, TEMPERATURE, "batchmean"
+        )
         errors[f"{name}{DIRECT}"] = abs(loss_and_grad[f"{name}{DIRECT}"]()[0].item() - expected)
     times = common.medians_ms(loss_and_grad, device, repeats=repeats)
     floor = floor_bytes(rows, width, columns, dtype)
     results = []
     for name in loss_and_grad:
         ms = times[name]
-        results.append({"op": "token_distill_kl", "shape": shape_name, "R_K": [rows, width], "columns": list(columns),
-                        "dtype": dtype_name, "threads": torch.get_num_threads(), "provider": name,
-                        "abs_diff_vs_eager": errors[name], "forward_backward_ms": ms,
-                        "forward_backward_floor_gbps": floor / ms / 1e6,
-                        "peak_memory_mb": common.peak_memory_mb(loss_and_grad[name], device),
-                        **{f"forward_backward_{key}": value for key, value in common.speedups(times, ms).items()}})
+        results.append(
+            {
+                "op": "token_distill_kl",
+                "shape": shape_name,
+                "R_K": [rows, width],
+                "columns": list(columns),
+                "dtype": dtype_name,
+                "threads": torch.get_num_threads(),
+                "provider": name,
+                "abs_diff_vs_eager": errors[name],
+                "forward_backward_ms": ms,
+                "forward_backward_floor_gbps": floor / ms / 1e6,
+                "peak_memory_mb": common.peak_memory_mb(loss_and_grad[name], device),
+                **{f"forward_backward_{key}": value for key, value in common.speedups(times, ms).items()},
+            }
+        )
     return results
 
 
-def run(shapes: tuple[str, ...], dtypes: tuple[str, ...], device: torch.device, repeats: int = 15,
-        progress: Callable[[str], None] = print) -> list[dict]:
+def run(
+    shapes: tuple[str, ...],
+    dtypes: tuple[str, ...],
+    device: torch.device,
+    repeats: int = 15,
+    progress: Callable[[str], None] = print,
+) -> list[dict]:
     results = []
     for shape in shapes:
         for dtype in dtypes:
@@ -101,17 +124,27 @@ def target_checks(rows: list[dict]) -> list[dict]:
     """The speed target: fused loss + gradient at [384, 220] fp32 at least 2x eager."""
     checks = []
     for row in rows:
-        if row["provider"] in ("eager", "compile") or row["provider"].endswith(DIRECT) or \
-                (row["shape"], row["dtype"]) != (TARGET_SHAPE, TARGET_DTYPE):
+        if (
+            row["provider"] in ("eager", "compile")
+            or row["provider"].endswith(DIRECT)
+            or (row["shape"], row["dtype"]) != (TARGET_SHAPE, TARGET_DTYPE)
+        ):
             continue
         for key, target in TARGETS.items():
-            checks.append(common.target_check("token_distill_kl", row, f"{row['shape']} fp32 loss+grad, {row['threads']} threads", key, target))
+            checks.append(
+                common.target_check(
+                    "token_distill_kl", row, f"{row['shape']} fp32 loss+grad, {row['threads']} threads", key, target
+                )
+            )
     return checks
 
 
 def markdown(rows: list[dict]) -> list[str]:
-    lines = ["| shape (R,K) | columns | dtype | threads | provider | loss+grad ms | vs eager | vs compile | GB/s at floor | "
-             "peak MiB | abs diff |", "|---|---|---|---:|---|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        "| shape (R,K) | columns | dtype | threads | provider | loss+grad ms | vs eager | vs compile | GB/s at floor | "
+        "peak MiB | abs diff |",
+        "|---|---|---|---:|---|---:|---:|---:|---:|---:|---:|",
+    ]
     for row in rows:
         lines.append(
             f"| {row['shape']} ({row['R_K'][0]},{row['R_K'][1]}) | {row['columns'][0]}:{row['columns'][1]} | "
@@ -123,15 +156,20 @@ def markdown(rows: list[dict]) -> list[str]:
     return lines
 
 
-def grid(quick: bool, shapes: list[str] | None = None,
-         dtypes: list[str] | None = None) -> tuple[tuple[str, ...], tuple[str, ...]]:
+def grid(
+    quick: bool, shapes: list[str] | None = None, dtypes: list[str] | None = None
+) -> tuple[tuple[str, ...], tuple[str, ...]]:
     """(shapes, dtypes): the ones given, else the quick set or the full grid."""
-    return (tuple(shapes or (QUICK["shapes"] if quick else SHAPES)), tuple(dtypes or (QUICK["dtypes"] if quick else DTYPES)))
+    return (
+        tuple(shapes or (QUICK["shapes"] if quick else SHAPES)),
+        tuple(dtypes or (QUICK["dtypes"] if quick else DTYPES)),
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
-    rows = common.shape_dtype_main(argv, __doc__, "only the case with a speed target ([384, 220] fp32)", SHAPES,
-                                   DTYPES, grid, run)
+    rows = common.shape_dtype_main(
+        argv, __doc__, "only the case with a speed target ([384, 220] fp32)", SHAPES, DTYPES, grid, run
+    )
     print("\n".join(markdown(rows)))
     return 0
 

@@ -17,8 +17,8 @@ import platform
 import re
 import statistics
 import time
-from pathlib import Path
 from collections.abc import Callable, Mapping
+from pathlib import Path
 
 import torch
 
@@ -26,13 +26,17 @@ from cign_fast.bench.options import RESULTS, add_run_arguments  # noqa: F401  (t
 from cign_fast.ops.backends import refusal
 
 FUSED_BACKENDS = ("cpp", "cuda", "triton")
-TIMER_NOTE = ("CUDA: triton.testing.do_bench median. CPU: time.perf_counter around each call, 3 warm-up calls, "
-              "the providers timed in turns (one call each per round) and the median per provider; "
-              "backward = median(forward+backward) - median(forward).")
+TIMER_NOTE = (
+    "CUDA: triton.testing.do_bench median. CPU: time.perf_counter around each call, 3 warm-up calls, "
+    "the providers timed in turns (one call each per round) and the median per provider; "
+    "backward = median(forward+backward) - median(forward)."
+)
 TARGETS_HEADING = "Speed targets: fused forward+backward against eager PyTorch and torch.compile"
-MEMORY_NOTE = ("CUDA: torch.cuda.max_memory_allocated during one forward+backward minus what was allocated before. "
-               "CPU: peak of ATen's allocations replayed from the torch profiler's memory events (approximate: "
-               "an op's own temporaries count at its start, C++ scratch outside ATen's allocator is not seen).")
+MEMORY_NOTE = (
+    "CUDA: torch.cuda.max_memory_allocated during one forward+backward minus what was allocated before. "
+    "CPU: peak of ATen's allocations replayed from the torch profiler's memory events (approximate: "
+    "an op's own temporaries count at its start, C++ scratch outside ATen's allocator is not seen)."
+)
 
 
 def device_label(device: torch.device) -> str:
@@ -74,8 +78,12 @@ def environment(device: torch.device) -> dict[str, object]:
         "device": name,
         "logical_cpus": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
-        "versions": {"python": platform.python_version(), "torch": torch.__version__, "cuda": torch.version.cuda,
-                     "triton": triton_version},
+        "versions": {
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "cuda": torch.version.cuda,
+            "triton": triton_version,
+        },
         "platform": platform.platform(),
         "load_average_start": load_average(),
     }
@@ -116,14 +124,17 @@ def interleaved_cpu_medians(fns: Mapping[str, Callable[[], object]], warmup: int
     return {name: 1e3 * statistics.median(values) for name, values in times.items()}
 
 
-def medians_ms(fns: Mapping[str, Callable[[], object]], device: torch.device, warmup: int = 3,
-               repeats: int = 15) -> dict[str, float]:
+def medians_ms(
+    fns: Mapping[str, Callable[[], object]], device: torch.device, warmup: int = 3, repeats: int = 15
+) -> dict[str, float]:
     """Median milliseconds of one call of each function on ``device``."""
     if device.type == "cuda":
         import triton.testing
 
-        return {name: float(triton.testing.do_bench(fn, warmup=25, rep=100, return_mode="median"))
-                for name, fn in fns.items()}
+        return {
+            name: float(triton.testing.do_bench(fn, warmup=25, rep=100, return_mode="median"))
+            for name, fn in fns.items()
+        }
     return interleaved_cpu_medians(fns, warmup, repeats)
 
 
@@ -150,8 +161,10 @@ def peak_memory_mb(fn: Callable[[], object], device: torch.device) -> float:
 
 def speedups(times: Mapping[str, float | None], own_ms: float | None) -> dict[str, float | None]:
     """``{"vs_eager": eager time / own_ms, "vs_compile": ...}`` from the providers' ``times`` (None if unknown)."""
-    return {f"vs_{name}": theirs / own_ms if (theirs := times.get(name)) and own_ms else None
-            for name in ("eager", "compile")}
+    return {
+        f"vs_{name}": theirs / own_ms if (theirs := times.get(name)) and own_ms else None
+        for name in ("eager", "compile")
+    }
 
 
 def write_results(stem: str, report: dict, markdown: str, out_dir: Path = RESULTS) -> tuple[Path, Path]:
@@ -201,8 +214,9 @@ def per_thread_count(threads: list[int] | None, run: Callable[[], list[dict]]) -
     return rows
 
 
-def shape_dtype_main(argv: list[str] | None, doc: str, quick_help: str, shapes: dict, dtypes: dict,
-                     grid: Callable, run: Callable) -> list[dict]:
+def shape_dtype_main(
+    argv: list[str] | None, doc: str, quick_help: str, shapes: dict, dtypes: dict, grid: Callable, run: Callable
+) -> list[dict]:
     """The command line of an op benchmark over shapes and dtypes (``grid(quick, shapes, dtypes)`` picks
     the cases, ``run(shapes, dtypes, device, repeats=...)`` measures them): parses ``argv`` and returns
     the rows of every case, once per thread count asked for."""
@@ -219,8 +233,14 @@ def shape_dtype_main(argv: list[str] | None, doc: str, quick_help: str, shapes: 
 def ops_report(env: dict, sections: dict[str, list[dict]], checks: list[dict], notes: list[str]) -> dict:
     """The JSON of ``cign-fast bench ops``: environment, one list of rows per op, the target checks, notes."""
     env = {**env, "load_average_end": load_average()}
-    return {"environment": env, "timer": TIMER_NOTE, "peak_memory": MEMORY_NOTE, **sections, "targets": checks,
-            "notes": notes}
+    return {
+        "environment": env,
+        "timer": TIMER_NOTE,
+        "peak_memory": MEMORY_NOTE,
+        **sections,
+        "targets": checks,
+        "notes": notes,
+    }
 
 
 def targets_markdown(checks: list[dict]) -> list[str]:
@@ -229,20 +249,34 @@ def targets_markdown(checks: list[dict]) -> list[str]:
     lines = ["| op | provider | case | metric | target | measured | met |", "|---|---|---|---|---:|---:|---|"]
     for check in checks:
         met = "yes" if check["met"] else f"no, {check['shortfall_percent']:.0f} % short"
-        lines.append(f"| {check['op']} | {check['provider']} | {check['case']} | {check['metric']} | "
-                     f"{check['target']:.1f}x | {format_ratio(check['measured'])} | {met} |")
+        lines.append(
+            f"| {check['op']} | {check['provider']} | {check['case']} | {check['metric']} | "
+            f"{check['target']:.1f}x | {format_ratio(check['measured'])} | {met} |"
+        )
     return lines
 
 
 def ops_markdown(report: dict, tables: dict[str, list[str]]) -> str:
     """The ``.md`` twin of :func:`ops_report`; ``tables`` holds each op's table lines."""
     env = report["environment"]
-    lines = [f"# Fused ops benchmark: {env['device']}", "", *environment_markdown(env), "",
-             f"Timer: {report['timer']}", "", f"Peak memory: {report['peak_memory']}", "",
-             "Fused backends are timed through the custom ops, without the public functions' argument validation "
-             "(a NaN/inf scan of the inputs). Speedups are eager or compile time divided by the provider's time. "
-             "GB/s at floor: the bytes of the memory floor (every input read once, every output written once) "
-             "divided by the time.", "", f"## {TARGETS_HEADING}", "", *targets_markdown(report["targets"])]
+    lines = [
+        f"# Fused ops benchmark: {env['device']}",
+        "",
+        *environment_markdown(env),
+        "",
+        f"Timer: {report['timer']}",
+        "",
+        f"Peak memory: {report['peak_memory']}",
+        "",
+        "Fused backends are timed through the custom ops, without the public functions' argument validation "
+        "(a NaN/inf scan of the inputs). Speedups are eager or compile time divided by the provider's time. "
+        "GB/s at floor: the bytes of the memory floor (every input read once, every output written once) "
+        "divided by the time.",
+        "",
+        f"## {TARGETS_HEADING}",
+        "",
+        *targets_markdown(report["targets"]),
+    ]
     if report["notes"]:
         lines += ["", "## Notes", "", *(f"- {note}" for note in report["notes"])]
     for name, table in tables.items():
@@ -254,6 +288,13 @@ def ops_markdown(report: dict, tables: dict[str, list[str]]) -> str:
 def target_check(op: str, row: dict, case: str, key: str, target: float) -> dict:
     """One row of a results file's target table: ``row[f"forward_backward_{key}"]`` against ``target``."""
     got = row[f"forward_backward_{key}"]
-    return {"op": op, "provider": row["provider"], "case": case, "metric": f"speedup {key.replace('_', ' ')}",
-            "target": target, "measured": got, "met": got is not None and got >= target,
-            "shortfall_percent": None if got is None or got >= target else 100 * (1 - got / target)}
+    return {
+        "op": op,
+        "provider": row["provider"],
+        "case": case,
+        "metric": f"speedup {key.replace('_', ' ')}",
+        "target": target,
+        "measured": got,
+        "met": got is not None and got >= target,
+        "shortfall_percent": None if got is None or got >= target else 100 * (1 - got / target),
+    }

@@ -32,20 +32,26 @@ REPO = Path(__file__).resolve().parents[1]
 RESULTS = Path("bench-results")
 # The test files whose backends run on the GPU when torch sees one (the rest of the suite is CPU-only).
 GPU_TESTS = (
-    "tests/test_assign_attention.py", "tests/test_assign_attention_triton.py", "tests/test_token_distill_kl.py",
-    "tests/test_token_distill_kl_triton.py", "tests/test_gumbel_noise.py", "tests/test_native_build.py",
-    "tests/test_host_syncs.py", "tests/test_backend_self_check.py", "tests/test_contract.py",
+    "tests/test_assign_attention.py",
+    "tests/test_assign_attention_triton.py",
+    "tests/test_token_distill_kl.py",
+    "tests/test_token_distill_kl_triton.py",
+    "tests/test_gumbel_noise.py",
+    "tests/test_native_build.py",
+    "tests/test_host_syncs.py",
+    "tests/test_backend_self_check.py",
+    "tests/test_contract.py",
 )
-PARALLEL_TEST_FILES = 4          # pytest processes at a time (Triton compiles its kernels on the CPU)
-RESERVE_PER_STEP_S = 15          # kept back for each step still to come
-TAIL_LINES = 30                  # of each step's output, in the results files
+PARALLEL_TEST_FILES = 4  # pytest processes at a time (Triton compiles its kernels on the CPU)
+RESERVE_PER_STEP_S = 15  # kept back for each step still to come
+TAIL_LINES = 30  # of each step's output, in the results files
 
 
 @dataclass
 class StepResult:
     name: str
     command: str
-    status: str = "not run"      # ok, failed (exit code), timed out, skipped
+    status: str = "not run"  # ok, failed (exit code), timed out, skipped
     seconds: float = 0.0
     tail: list[str] = field(default_factory=list)
     details: dict = field(default_factory=dict)
@@ -55,8 +61,9 @@ def run_command(command: list[str], timeout: float, env: dict[str, str]) -> tupl
     """``(status, seconds, stdout, stderr)`` of ``command`` in the repository, killed with its children after
     ``timeout`` seconds."""
     start = time.perf_counter()
-    process = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                               text=True, start_new_session=True)
+    process = subprocess.Popen(
+        command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
     try:
         stdout, stderr = process.communicate(timeout=max(timeout, 1.0))
         status = "ok" if process.returncode == 0 else f"failed (exit {process.returncode})"
@@ -95,8 +102,10 @@ def step(name: str, command: list[str], cap: float, budget: Budget, env: dict[st
 def test_counts(output: str) -> dict[str, int]:
     """Counts from pytest's last summary line (``3 passed, 1 skipped in 2.1s``)."""
     lines = [line for line in output.splitlines() if re.search(r"\d+ (passed|failed|error|skipped)", line)]
-    return {kind: int(count) for count, kind in re.findall(r"(\d+) (passed|failed|errors?|skipped|deselected)",
-                                                           lines[-1] if lines else "")}
+    return {
+        kind: int(count)
+        for count, kind in re.findall(r"(\d+) (passed|failed|errors?|skipped|deselected)", lines[-1] if lines else "")
+    }
 
 
 def run_tests(cap: float, budget: Budget, env: dict[str, str]) -> StepResult:
@@ -152,11 +161,18 @@ def environment() -> dict[str, object]:
         triton_version = triton.__version__
     except ImportError:
         triton_version = None
-    return {"date_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "gpu": torch.cuda.get_device_name(0), "capability": ".".join(map(str, torch.cuda.get_device_capability(0))),
-            "versions": {"python": platform.python_version(), "torch": torch.__version__, "cuda": torch.version.cuda,
-                         "triton": triton_version},
-            "cpus": os.cpu_count()}
+    return {
+        "date_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "gpu": torch.cuda.get_device_name(0),
+        "capability": ".".join(map(str, torch.cuda.get_device_capability(0))),
+        "versions": {
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "cuda": torch.version.cuda,
+            "triton": triton_version,
+        },
+        "cpus": os.cpu_count(),
+    }
 
 
 def slug(name: str) -> str:
@@ -171,10 +187,14 @@ def summarize_checks(result: StepResult, stdout: str) -> None:
     except json.JSONDecodeError:
         return
     rows = report.get("checks", [])
-    result.details = {"rows": len(rows), "ok": sum(row["result"] == "ok" for row in rows),
-                      "failed": [row for row in rows if row["result"].startswith("FAILED")],
-                      "unavailable": sorted({f"{row['backend']}: {row['result']}" for row in rows
-                                             if row["result"].startswith("unavailable")})}
+    result.details = {
+        "rows": len(rows),
+        "ok": sum(row["result"] == "ok" for row in rows),
+        "failed": [row for row in rows if row["result"].startswith("FAILED")],
+        "unavailable": sorted(
+            {f"{row['backend']}: {row['result']}" for row in rows if row["result"].startswith("unavailable")}
+        ),
+    }
     result.tail = []
 
 
@@ -187,28 +207,38 @@ def read_json(path: Path) -> dict:
 
 def summary_lines(env: dict, results: list[StepResult], out: Path, label: str) -> list[str]:
     """The one-screen summary (also the head of the markdown file)."""
-    lines = [f"gpu-check on {env['gpu']} (sm_{env['capability'].replace('.', '')}), {env['date_utc']}",
-             "versions: " + ", ".join(f"{k} {v}" for k, v in env["versions"].items() if v), ""]
+    lines = [
+        f"gpu-check on {env['gpu']} (sm_{env['capability'].replace('.', '')}), {env['date_utc']}",
+        "versions: " + ", ".join(f"{k} {v}" for k, v in env["versions"].items() if v),
+        "",
+    ]
     lines += [f"  {r.name:<11} {r.status:<34} {r.seconds:6.1f} s" for r in results]
     by_name = {r.name: r for r in results}
     checks = by_name.get("self-check")
     if checks and "rows" in checks.details:
-        lines.append(f"self-check: {checks.details['ok']}/{checks.details['rows']} ok, "
-                     f"{len(checks.details['failed'])} failed")
-        lines += [f"  FAILED {row['backend']} {row['op']} {row['dtype']}: {row['result']}"
-                  for row in checks.details["failed"][:5]]
+        lines.append(
+            f"self-check: {checks.details['ok']}/{checks.details['rows']} ok, {len(checks.details['failed'])} failed"
+        )
+        lines += [
+            f"  FAILED {row['backend']} {row['op']} {row['dtype']}: {row['result']}"
+            for row in checks.details["failed"][:5]
+        ]
     tests = by_name.get("tests")
     if tests and "totals" in tests.details:
         lines.append("tests: " + ", ".join(f"{count} {kind}" for kind, count in tests.details["totals"].items()))
     ops = read_json(out / f"{label}-ops.json")
     for target in ops.get("targets", []):
         measured = "-" if target["measured"] is None else f"{target['measured']:.2f}x"
-        lines.append(f"ops target: {target['op']} {target['provider']} {target['case']} {target['metric']} "
-                     f"{measured} (target {target['target']:.1f}x)")
+        lines.append(
+            f"ops target: {target['op']} {target['provider']} {target['case']} {target['metric']} "
+            f"{measured} (target {target['target']:.1f}x)"
+        )
     for row in read_json(out / f"{label}-step.json").get("rows", []):
         speedup = row["speedup_vs_reference"]
-        lines.append(f"step: backend {row['backend']:<9} {row['ms_per_step']:8.1f} ms/step"
-                     + (f", {speedup:.2f}x reference" if speedup else ""))
+        lines.append(
+            f"step: backend {row['backend']:<9} {row['ms_per_step']:8.1f} ms/step"
+            + (f", {speedup:.2f}x reference" if speedup else "")
+        )
     return lines
 
 
@@ -237,11 +267,23 @@ def main(argv: list[str] | None = None) -> int:
     child_env = {**os.environ, "CIGN_FAST_CUDA": "1", "MAX_JOBS": str(os.cpu_count() or 4), "PYTHONUNBUFFERED": "1"}
     child_env.pop("TRITON_INTERPRET", None)
     cli = [sys.executable, "-m", "cign_fast.cli"]
-    plan: list[tuple[str, list[str] | None, int]] = [] if args.skip_build else [
-        ("build", [sys.executable, "-m", "pip", "install", "--quiet", "--no-build-isolation", "--no-deps", "-e", "."], 200)]
-    plan += [("self-check", [*cli, "info", "--check", "--json"], 60), ("tests", None, 150),
-             ("bench ops", [*cli, "bench", "ops", "--quick", "--out", str(args.out)], 110),
-             ("bench step", [*cli, "bench", "step", "--quick", "--out", str(args.out)], 70)]
+    plan: list[tuple[str, list[str] | None, int]] = (
+        []
+        if args.skip_build
+        else [
+            (
+                "build",
+                [sys.executable, "-m", "pip", "install", "--quiet", "--no-build-isolation", "--no-deps", "-e", "."],
+                200,
+            )
+        ]
+    )
+    plan += [
+        ("self-check", [*cli, "info", "--check", "--json"], 60),
+        ("tests", None, 150),
+        ("bench ops", [*cli, "bench", "ops", "--quick", "--out", str(args.out)], 110),
+        ("bench step", [*cli, "bench", "step", "--quick", "--out", str(args.out)], 70),
+    ]
     budget = Budget(args.budget, len(plan))
     results = []
     for step_name, command, cap in plan:

@@ -14,6 +14,11 @@ def add_run_arguments(parser: argparse.ArgumentParser, quick_help: str) -> None:
     """Options every op benchmark takes: --quick, --device, --threads, --repeats."""
     parser.add_argument("--quick", action="store_true", help=quick_help)
     parser.add_argument("--device", default=None, help="cuda or cpu (default: cuda when torch sees one)")
-    parser.add_argument("--threads", type=int, nargs="+", default=None,
-                        help="torch.set_num_threads before running; several values run everything once per value")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        nargs="+",
+        default=None,
+        help="torch.set_num_threads before running; several values run everything once per value",
+    )
     parser.add_argument("--repeats", type=int, default=15, help="timed repeats per measurement on CPU (default 15)")

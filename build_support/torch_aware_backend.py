@@ -31,8 +31,10 @@ from setuptools.build_meta import *  # noqa: F403  (every hook not redefined bel
 
 REQUIREMENTS = Path(__file__).resolve().parent.parent / "requirements.txt"
 # The interpreter's own environment, without pip's isolation: where its torch is, and its sys.path.
-PROBE = ("import importlib.util, json, sys; "
-         "print(json.dumps({'torch': importlib.util.find_spec('torch') is not None, 'path': sys.path}))")
+PROBE = (
+    "import importlib.util, json, sys; "
+    "print(json.dumps({'torch': importlib.util.find_spec('torch') is not None, 'path': sys.path}))"
+)
 ISOLATION_VARIABLES = ("PYTHONPATH", "PYTHONNOUSERSITE")  # what pip sets to hide the environment
 
 

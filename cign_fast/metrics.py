@@ -22,7 +22,7 @@ Modality = Literal["audio", "visual", "audio_visual"]
 MODALITIES: tuple[Modality, ...] = ("audio", "visual", "audio_visual")
 STEP_ACCURACY_DEFINITIONS = {
     "accuracy_after_step": "A_t = accuracy over all test clips of tasks 0..t (clip-weighted); "
-                           "avg_incremental_accuracy and last_accuracy use it",
+    "avg_incremental_accuracy and last_accuracy use it",
     "mean_task_accuracy_after_step": "A_t = unweighted mean of a[t][0..t] over the tasks seen",
 }
 
@@ -32,12 +32,12 @@ Matrix = Sequence[Sequence[float | None]]
 class ModalityMetrics(TypedDict):
     """One modality's block of metrics.json (fractions in [0, 1]; T tasks trained so far)."""
 
-    matrix: list[list[float | None]]           # a[t][i], [T, T], None above the diagonal
+    matrix: list[list[float | None]]  # a[t][i], [T, T], None above the diagonal
     avg_incremental_accuracy: float
     last_accuracy: float
     forgetting: float
     bwt: float
-    accuracy_after_step: list[float]           # clip-weighted A_t, [T]
+    accuracy_after_step: list[float]  # clip-weighted A_t, [T]
     mean_task_accuracy_after_step: list[float]  # task-mean A_t, [T]
     avg_incremental_mean_task_accuracy: float
 
@@ -48,7 +48,7 @@ class MetricsSummary(TypedDict):
     audio: ModalityMetrics
     visual: ModalityMetrics
     audio_visual: ModalityMetrics
-    task_test_sizes: list[int]                 # [T]
+    task_test_sizes: list[int]  # [T]
     definitions: dict[str, str]
 
 

@@ -25,8 +25,9 @@ def plot_accuracy_matrices(summary: MetricsSummary, path: Path, num_tasks: int |
         image = axis.imshow(values, vmin=0, vmax=100, cmap="viridis")
         for (t, i), value in np.ndenumerate(values):
             if not np.isnan(value):
-                axis.text(i, t, f"{value:.0f}", ha="center", va="center", color="white" if value < 60 else "black",
-                          fontsize=8)
+                axis.text(
+                    i, t, f"{value:.0f}", ha="center", va="center", color="white" if value < 60 else "black", fontsize=8
+                )
         axis.set_title(TITLES[modality])
         axis.set_xlabel("evaluated on task i")
         axis.set_ylabel("after training task t")
@@ -51,8 +52,9 @@ def plot_step_accuracy(summary: MetricsSummary, path: Path) -> Path:
     return _save(figure, path)
 
 
-def plot_embedding(points: np.ndarray, labels: Sequence[int], class_names: Sequence[str], path: Path,
-                   title: str) -> Path:
+def plot_embedding(
+    points: np.ndarray, labels: Sequence[int], class_names: Sequence[str], path: Path, title: str
+) -> Path:
     """Scatter of 2-D ``points`` [n, 2] coloured by class."""
     figure, axis = plt.subplots(figsize=(7, 6), constrained_layout=True)
     label_array = np.asarray(labels)
@@ -80,8 +82,9 @@ def _save(figure: plt.Figure, path: Path) -> Path:
 def plot_method_curves(curves: dict[str, dict[Modality, StepCurve]], path: Path, title: str) -> Path:
     """Accuracy after each step per method, one panel per modality: ``curves[method][modality]`` holds
     ``"mean"`` and ``"std"`` lists (fractions); the band is mean +- std over the seeds."""
-    figure, axes = plt.subplots(1, len(MODALITIES), figsize=(4.6 * len(MODALITIES), 4), constrained_layout=True,
-                                sharey=True)
+    figure, axes = plt.subplots(
+        1, len(MODALITIES), figsize=(4.6 * len(MODALITIES), 4), constrained_layout=True, sharey=True
+    )
     colours = plt.get_cmap("tab10")
     for axis, modality in zip(axes, MODALITIES, strict=True):
         for index, (method, by_modality) in enumerate(curves.items()):

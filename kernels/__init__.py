@@ -19,8 +19,12 @@ from .utils import INTERPRETED
 MIN_CAPABILITY = (8, 0)  # bfloat16 tensor-core dots
 
 __all__ = [
-    "assign_attention_backward", "assign_attention_forward", "bernoulli_distill_kl_forward", "gumbel_noise",
-    "token_distill_kl_forward", "unavailable_reason",
+    "assign_attention_backward",
+    "assign_attention_forward",
+    "bernoulli_distill_kl_forward",
+    "gumbel_noise",
+    "token_distill_kl_forward",
+    "unavailable_reason",
 ]
 
 

@@ -16,11 +16,26 @@ import triton
 import triton.language as tl
 
 from cign_fast.contract import (
-    MIX_MUL_1, MIX_MUL_2, MODE_GUMBEL, MODE_HARD, MODE_SOFT, UNIFORM_OFFSET, UNIFORM_STEP, AssignParams,
+    MIX_MUL_1,
+    MIX_MUL_2,
+    MODE_GUMBEL,
+    MODE_HARD,
+    MODE_SOFT,
+    UNIFORM_OFFSET,
+    UNIFORM_STEP,
+    AssignParams,
 )
 
 from .utils import (
-    batch_grid, batch_program, block_size, dot_dtype, exact_logits, on_device, rounded_to, signed_int32, tile_offsets,
+    batch_grid,
+    batch_program,
+    block_size,
+    dot_dtype,
+    exact_logits,
+    on_device,
+    rounded_to,
+    signed_int32,
+    tile_offsets,
 )
 
 NOISE_ARGS = ["key_a", "key_b", "noise_offset", "noise_stride"]  # vary per call: never specialise on their values
@@ -113,32 +128,91 @@ def _weighted_dot(weights, values, acc, DOT_DTYPE: tl.constexpr):
 
 
 @triton.jit
-def _product_tile(a_ptr, a_stride_row, a_stride_c, offs_a, a_mask, b_ptr, b_stride_row, b_stride_c, offs_b, b_mask,
-                  C, BLOCK_A: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_C: tl.constexpr, DOT_DTYPE: tl.constexpr):
+def _product_tile(
+    a_ptr,
+    a_stride_row,
+    a_stride_c,
+    offs_a,
+    a_mask,
+    b_ptr,
+    b_stride_row,
+    b_stride_c,
+    offs_b,
+    b_mask,
+    C,
+    BLOCK_A: tl.constexpr,
+    BLOCK_B: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+    DOT_DTYPE: tl.constexpr,
+):
     """``sum_c a[offs_a, c] * b[offs_b, c]`` as a float32 [BLOCK_A, BLOCK_B] tile; masked rows give 0."""
     acc = tl.zeros([BLOCK_A, BLOCK_B], dtype=tl.float32)
     for c0 in range(0, C, BLOCK_C):
         offs_c = c0 + tl.arange(0, BLOCK_C)
         c_mask = offs_c < C
-        a = tl.load(a_ptr + tile_offsets(offs_a, a_stride_row, offs_c, a_stride_c),
-                    mask=a_mask[:, None] & c_mask[None, :], other=0.0)
-        b_t = tl.load(b_ptr + tile_offsets(offs_c, b_stride_c, offs_b, b_stride_row),
-                      mask=c_mask[:, None] & b_mask[None, :], other=0.0)
+        a = tl.load(
+            a_ptr + tile_offsets(offs_a, a_stride_row, offs_c, a_stride_c),
+            mask=a_mask[:, None] & c_mask[None, :],
+            other=0.0,
+        )
+        b_t = tl.load(
+            b_ptr + tile_offsets(offs_c, b_stride_c, offs_b, b_stride_row),
+            mask=c_mask[:, None] & b_mask[None, :],
+            other=0.0,
+        )
         acc = _dot(a, b_t, acc, DOT_DTYPE)
     return acc
 
 
 @triton.jit
-def _logits_tile(q_ptr, q_stride_n, q_stride_c, k_ptr, k_stride_s, k_stride_c, b, offs_n, n_mask, offs_s, s_mask,
-                 N, S, C, scale, tau, key_a, key_b, noise_offset, noise_stride,
-                 MODE: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_C: tl.constexpr,
-                 DOT_DTYPE: tl.constexpr):
+def _logits_tile(
+    q_ptr,
+    q_stride_n,
+    q_stride_c,
+    k_ptr,
+    k_stride_s,
+    k_stride_c,
+    b,
+    offs_n,
+    n_mask,
+    offs_s,
+    s_mask,
+    N,
+    S,
+    C,
+    scale,
+    tau,
+    key_a,
+    key_b,
+    noise_offset,
+    noise_stride,
+    MODE: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_S: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+    DOT_DTYPE: tl.constexpr,
+):
     """``(scale q k^T + g) / tau`` for one [BLOCK_N, BLOCK_S] tile, float32, rounded as the reference rounds it
     (``utils.exact_logits``); rows past N are -inf.
 
     ``q_ptr``/``k_ptr`` point at batch element ``b``; columns past S are finite (they hold noise only)."""
-    product = _product_tile(q_ptr, q_stride_n, q_stride_c, offs_n, n_mask, k_ptr, k_stride_s, k_stride_c,
-                            offs_s, s_mask, C, BLOCK_N, BLOCK_S, BLOCK_C, DOT_DTYPE)
+    product = _product_tile(
+        q_ptr,
+        q_stride_n,
+        q_stride_c,
+        offs_n,
+        n_mask,
+        k_ptr,
+        k_stride_s,
+        k_stride_c,
+        offs_s,
+        s_mask,
+        C,
+        BLOCK_N,
+        BLOCK_S,
+        BLOCK_C,
+        DOT_DTYPE,
+    )
     noise = 0.0
     if MODE == GUMBEL:
         noise = _gumbel_tile(b, offs_n, offs_s, N, S, key_a, key_b, noise_offset, noise_stride)
@@ -147,14 +221,62 @@ def _logits_tile(q_ptr, q_stride_n, q_stride_c, k_ptr, k_stride_s, k_stride_c, b
 
 
 @triton.jit
-def _soft_tile(q_ptr, q_stride_n, q_stride_c, k_ptr, k_stride_s, k_stride_c, lse_ptr, b, offs_n, n_mask,
-               offs_s, s_mask, N, S, C, scale, tau, key_a, key_b, noise_offset, noise_stride,
-               MODE: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_C: tl.constexpr,
-               DOT_DTYPE: tl.constexpr):
+def _soft_tile(
+    q_ptr,
+    q_stride_n,
+    q_stride_c,
+    k_ptr,
+    k_stride_s,
+    k_stride_c,
+    lse_ptr,
+    b,
+    offs_n,
+    n_mask,
+    offs_s,
+    s_mask,
+    N,
+    S,
+    C,
+    scale,
+    tau,
+    key_a,
+    key_b,
+    noise_offset,
+    noise_stride,
+    MODE: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_S: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+    DOT_DTYPE: tl.constexpr,
+):
     """The soft map tile y = exp(logits - col_lse), float32, recomputed from q, k (``_logits_tile``); 0 off the map."""
-    logits = _logits_tile(q_ptr, q_stride_n, q_stride_c, k_ptr, k_stride_s, k_stride_c, b, offs_n, n_mask,
-                          offs_s, s_mask, N, S, C, scale, tau, key_a, key_b, noise_offset, noise_stride, MODE,
-                          BLOCK_N, BLOCK_S, BLOCK_C, DOT_DTYPE)
+    logits = _logits_tile(
+        q_ptr,
+        q_stride_n,
+        q_stride_c,
+        k_ptr,
+        k_stride_s,
+        k_stride_c,
+        b,
+        offs_n,
+        n_mask,
+        offs_s,
+        s_mask,
+        N,
+        S,
+        C,
+        scale,
+        tau,
+        key_a,
+        key_b,
+        noise_offset,
+        noise_stride,
+        MODE,
+        BLOCK_N,
+        BLOCK_S,
+        BLOCK_C,
+        DOT_DTYPE,
+    )
     col_lse = tl.load(lse_ptr + b * S + offs_s, mask=s_mask, other=0.0)
     return tl.where(n_mask[:, None] & s_mask[None, :], tl.exp(logits - col_lse[None, :]), 0.0)
 
@@ -167,8 +289,9 @@ def _hard_tile(argmax_ptr, b, offs_n, offs_s, valid, S):
 
 
 @triton.jit(do_not_specialize=NOISE_ARGS)
-def _gumbel_noise_kernel(out_ptr, N, S, key_a, key_b, noise_offset, noise_stride, BLOCK_N: tl.constexpr,
-                         BLOCK_S: tl.constexpr):
+def _gumbel_noise_kernel(
+    out_ptr, N, S, key_a, key_b, noise_offset, noise_stride, BLOCK_N: tl.constexpr, BLOCK_S: tl.constexpr
+):
     """Grid ``batch_grid(B, cdiv(N, BLOCK_N), cdiv(S, BLOCK_S))``: the noise map [B, N, S], float32, contiguous."""
     s_tiles = tl.cdiv(S, BLOCK_S)
     b, tile = batch_program(tl.cdiv(N, BLOCK_N) * s_tiles)
@@ -188,11 +311,32 @@ def _online_column_sum(logits, col_max, col_sum):
 
 @triton.jit(do_not_specialize=NOISE_ARGS)
 def _column_stats_kernel(
-    q_ptr, k_ptr, lse_ptr, argmax_ptr, clean_lse_ptr,
-    q_stride_b, q_stride_n, q_stride_c, k_stride_b, k_stride_s, k_stride_c,
-    N, S, C, scale, tau, key_a, key_b, noise_offset, noise_stride,
-    MODE: tl.constexpr, CLEAN_LSE: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_S: tl.constexpr,
-    BLOCK_C: tl.constexpr, DOT_DTYPE: tl.constexpr,
+    q_ptr,
+    k_ptr,
+    lse_ptr,
+    argmax_ptr,
+    clean_lse_ptr,
+    q_stride_b,
+    q_stride_n,
+    q_stride_c,
+    k_stride_b,
+    k_stride_s,
+    k_stride_c,
+    N,
+    S,
+    C,
+    scale,
+    tau,
+    key_a,
+    key_b,
+    noise_offset,
+    noise_stride,
+    MODE: tl.constexpr,
+    CLEAN_LSE: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_S: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+    DOT_DTYPE: tl.constexpr,
 ):
     """Grid ``batch_grid(B, cdiv(S, BLOCK_S))``: col_lse [B, S] and first-index col_argmax [B, S] over all N;
     with ``CLEAN_LSE`` also the log-sum-exp of the logits without noise [B, S] (for the clean soft map)."""
@@ -208,16 +352,64 @@ def _column_stats_kernel(
     clean_sum = tl.zeros([BLOCK_S], dtype=tl.float32)
     for n0 in range(0, N, BLOCK_N):
         offs_n = n0 + tl.arange(0, BLOCK_N)
-        logits = _logits_tile(q_ptr, q_stride_n, q_stride_c, k_ptr, k_stride_s, k_stride_c, b, offs_n, offs_n < N,
-                              offs_s, s_mask, N, S, C, scale, tau, key_a, key_b, noise_offset, noise_stride, MODE,
-                              BLOCK_N, BLOCK_S, BLOCK_C, DOT_DTYPE)
+        logits = _logits_tile(
+            q_ptr,
+            q_stride_n,
+            q_stride_c,
+            k_ptr,
+            k_stride_s,
+            k_stride_c,
+            b,
+            offs_n,
+            offs_n < N,
+            offs_s,
+            s_mask,
+            N,
+            S,
+            C,
+            scale,
+            tau,
+            key_a,
+            key_b,
+            noise_offset,
+            noise_stride,
+            MODE,
+            BLOCK_N,
+            BLOCK_S,
+            BLOCK_C,
+            DOT_DTYPE,
+        )
         block_argmax = tl.argmax(logits, axis=0).to(tl.int32) + n0
         col_argmax = tl.where(tl.max(logits, axis=0) > col_max, block_argmax, col_argmax)  # ties keep the earlier row
         col_max, col_sum = _online_column_sum(logits, col_max, col_sum)
         if CLEAN_LSE:
-            clean = _logits_tile(q_ptr, q_stride_n, q_stride_c, k_ptr, k_stride_s, k_stride_c, b, offs_n, offs_n < N,
-                                 offs_s, s_mask, N, S, C, scale, tau, key_a, key_b, noise_offset, noise_stride, HARD,
-                                 BLOCK_N, BLOCK_S, BLOCK_C, DOT_DTYPE)
+            clean = _logits_tile(
+                q_ptr,
+                q_stride_n,
+                q_stride_c,
+                k_ptr,
+                k_stride_s,
+                k_stride_c,
+                b,
+                offs_n,
+                offs_n < N,
+                offs_s,
+                s_mask,
+                N,
+                S,
+                C,
+                scale,
+                tau,
+                key_a,
+                key_b,
+                noise_offset,
+                noise_stride,
+                HARD,
+                BLOCK_N,
+                BLOCK_S,
+                BLOCK_C,
+                DOT_DTYPE,
+            )
             clean_max, clean_sum = _online_column_sum(clean, clean_max, clean_sum)
     tl.store(lse_ptr + b * S + offs_s, col_max + tl.log(col_sum), mask=s_mask)
     tl.store(argmax_ptr + b * S + offs_s, col_argmax, mask=s_mask)
@@ -227,11 +419,42 @@ def _column_stats_kernel(
 
 @triton.jit(do_not_specialize=NOISE_ARGS)
 def _assign_output_kernel(
-    q_ptr, k_ptr, v_ptr, lse_ptr, argmax_ptr, clean_lse_ptr, out_ptr, row_sum_ptr, hard_ptr, soft_ptr,
-    q_stride_b, q_stride_n, q_stride_c, k_stride_b, k_stride_s, k_stride_c, v_stride_b, v_stride_s, v_stride_c,
-    N, S, C, scale, tau, eps, key_a, key_b, noise_offset, noise_stride,
-    MODE: tl.constexpr, SUM_ASSIGN: tl.constexpr, RETURN_MAPS: tl.constexpr,
-    BLOCK_N: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_CV: tl.constexpr,
+    q_ptr,
+    k_ptr,
+    v_ptr,
+    lse_ptr,
+    argmax_ptr,
+    clean_lse_ptr,
+    out_ptr,
+    row_sum_ptr,
+    hard_ptr,
+    soft_ptr,
+    q_stride_b,
+    q_stride_n,
+    q_stride_c,
+    k_stride_b,
+    k_stride_s,
+    k_stride_c,
+    v_stride_b,
+    v_stride_s,
+    v_stride_c,
+    N,
+    S,
+    C,
+    scale,
+    tau,
+    eps,
+    key_a,
+    key_b,
+    noise_offset,
+    noise_stride,
+    MODE: tl.constexpr,
+    SUM_ASSIGN: tl.constexpr,
+    RETURN_MAPS: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_S: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+    BLOCK_CV: tl.constexpr,
     DOT_DTYPE: tl.constexpr,
 ):
     """Grid ``batch_grid(B, cdiv(C, BLOCK_CV), cdiv(N, BLOCK_N))``: out [B, N, C] (contiguous), row_sum [B, N]
@@ -254,12 +477,40 @@ def _assign_output_kernel(
         s_mask = offs_s < S
         valid = n_mask[:, None] & s_mask[None, :]
         hard = _hard_tile(argmax_ptr, b, offs_n, offs_s, valid, S)
-        v_tile = tl.load(v_ptr + tile_offsets(offs_s, v_stride_s, offs_cv, v_stride_c),
-                         mask=s_mask[:, None] & cv_mask[None, :], other=0.0)
+        v_tile = tl.load(
+            v_ptr + tile_offsets(offs_s, v_stride_s, offs_cv, v_stride_c),
+            mask=s_mask[:, None] & cv_mask[None, :],
+            other=0.0,
+        )
         if MODE == SOFT:
-            soft = _soft_tile(q_ptr, q_stride_n, q_stride_c, k_ptr, k_stride_s, k_stride_c, lse_ptr, b, offs_n,
-                              n_mask, offs_s, s_mask, N, S, C, scale, tau, key_a, key_b, noise_offset, noise_stride,
-                              MODE, BLOCK_N, BLOCK_S, BLOCK_C, DOT_DTYPE)
+            soft = _soft_tile(
+                q_ptr,
+                q_stride_n,
+                q_stride_c,
+                k_ptr,
+                k_stride_s,
+                k_stride_c,
+                lse_ptr,
+                b,
+                offs_n,
+                n_mask,
+                offs_s,
+                s_mask,
+                N,
+                S,
+                C,
+                scale,
+                tau,
+                key_a,
+                key_b,
+                noise_offset,
+                noise_stride,
+                MODE,
+                BLOCK_N,
+                BLOCK_S,
+                BLOCK_C,
+                DOT_DTYPE,
+            )
             row_total += tl.sum(soft, axis=1)
             acc = _weighted_dot(soft, v_tile, acc, DOT_DTYPE)
         else:  # a one-hot tile is exact in any type: one dot
@@ -268,13 +519,63 @@ def _assign_output_kernel(
         if RETURN_MAPS:
             if first_slice:  # only the first C-slice stores the maps; hard modes recompute y only there
                 if MODE == HARD:
-                    soft = _soft_tile(q_ptr, q_stride_n, q_stride_c, k_ptr, k_stride_s, k_stride_c, lse_ptr, b,
-                                      offs_n, n_mask, offs_s, s_mask, N, S, C, scale, tau, key_a, key_b,
-                                      noise_offset, noise_stride, HARD, BLOCK_N, BLOCK_S, BLOCK_C, DOT_DTYPE)
+                    soft = _soft_tile(
+                        q_ptr,
+                        q_stride_n,
+                        q_stride_c,
+                        k_ptr,
+                        k_stride_s,
+                        k_stride_c,
+                        lse_ptr,
+                        b,
+                        offs_n,
+                        n_mask,
+                        offs_s,
+                        s_mask,
+                        N,
+                        S,
+                        C,
+                        scale,
+                        tau,
+                        key_a,
+                        key_b,
+                        noise_offset,
+                        noise_stride,
+                        HARD,
+                        BLOCK_N,
+                        BLOCK_S,
+                        BLOCK_C,
+                        DOT_DTYPE,
+                    )
                 elif MODE == GUMBEL:  # the soft map without the noise
-                    soft = _soft_tile(q_ptr, q_stride_n, q_stride_c, k_ptr, k_stride_s, k_stride_c, clean_lse_ptr, b,
-                                      offs_n, n_mask, offs_s, s_mask, N, S, C, scale, tau, key_a, key_b,
-                                      noise_offset, noise_stride, HARD, BLOCK_N, BLOCK_S, BLOCK_C, DOT_DTYPE)
+                    soft = _soft_tile(
+                        q_ptr,
+                        q_stride_n,
+                        q_stride_c,
+                        k_ptr,
+                        k_stride_s,
+                        k_stride_c,
+                        clean_lse_ptr,
+                        b,
+                        offs_n,
+                        n_mask,
+                        offs_s,
+                        s_mask,
+                        N,
+                        S,
+                        C,
+                        scale,
+                        tau,
+                        key_a,
+                        key_b,
+                        noise_offset,
+                        noise_stride,
+                        HARD,
+                        BLOCK_N,
+                        BLOCK_S,
+                        BLOCK_C,
+                        DOT_DTYPE,
+                    )
                 map_offsets = _map_offsets(b, offs_n, offs_s, N, S)
                 tl.store(hard_ptr + map_offsets, hard.to(hard_ptr.dtype.element_ty), mask=valid)
                 tl.store(soft_ptr + map_offsets, rounded_to(soft, soft_ptr.dtype.element_ty), mask=valid)
@@ -282,18 +583,48 @@ def _assign_output_kernel(
     if not SUM_ASSIGN:
         acc = acc / row_sum[:, None]
     out_offsets = (b * N + offs_n[:, None]) * C + offs_cv[None, :]
-    tl.store(out_ptr + out_offsets, rounded_to(acc, out_ptr.dtype.element_ty),
-             mask=n_mask[:, None] & cv_mask[None, :])
+    tl.store(out_ptr + out_offsets, rounded_to(acc, out_ptr.dtype.element_ty), mask=n_mask[:, None] & cv_mask[None, :])
     tl.store(row_sum_ptr + b * N + offs_n, row_sum, mask=n_mask & first_slice)
 
 
 @triton.jit(do_not_specialize=NOISE_ARGS)
 def _backward_row_kernel(
-    q_ptr, k_ptr, v_ptr, grad_out_ptr, lse_ptr, argmax_ptr, row_sum_ptr, soft_ptr, grad_map_ptr, row_dot_ptr,
-    q_stride_b, q_stride_n, q_stride_c, k_stride_b, k_stride_s, k_stride_c, v_stride_b, v_stride_s, v_stride_c,
-    g_stride_b, g_stride_n, g_stride_c,
-    N, S, C, scale, tau, key_a, key_b, noise_offset, noise_stride,
-    MODE: tl.constexpr, SUM_ASSIGN: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_C: tl.constexpr,
+    q_ptr,
+    k_ptr,
+    v_ptr,
+    grad_out_ptr,
+    lse_ptr,
+    argmax_ptr,
+    row_sum_ptr,
+    soft_ptr,
+    grad_map_ptr,
+    row_dot_ptr,
+    q_stride_b,
+    q_stride_n,
+    q_stride_c,
+    k_stride_b,
+    k_stride_s,
+    k_stride_c,
+    v_stride_b,
+    v_stride_s,
+    v_stride_c,
+    g_stride_b,
+    g_stride_n,
+    g_stride_c,
+    N,
+    S,
+    C,
+    scale,
+    tau,
+    key_a,
+    key_b,
+    noise_offset,
+    noise_stride,
+    MODE: tl.constexpr,
+    SUM_ASSIGN: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_S: tl.constexpr,
+    BLOCK_C: tl.constexpr,
     DOT_DTYPE: tl.constexpr,
 ):
     """Grid ``batch_grid(B, cdiv(N, BLOCK_N))``: y -> soft map, dA_n = dout v^T -> grad map,
@@ -310,11 +641,51 @@ def _backward_row_kernel(
         offs_s = s0 + tl.arange(0, BLOCK_S)
         s_mask = offs_s < S
         valid = n_mask[:, None] & s_mask[None, :]
-        soft = _soft_tile(q_ptr, q_stride_n, q_stride_c, k_ptr, k_stride_s, k_stride_c, lse_ptr, b, offs_n, n_mask,
-                          offs_s, s_mask, N, S, C, scale, tau, key_a, key_b, noise_offset, noise_stride, MODE,
-                          BLOCK_N, BLOCK_S, BLOCK_C, DOT_DTYPE)
-        grad_assign_n = _product_tile(grad_out_ptr, g_stride_n, g_stride_c, offs_n, n_mask, v_ptr, v_stride_s,
-                                      v_stride_c, offs_s, s_mask, C, BLOCK_N, BLOCK_S, BLOCK_C, DOT_DTYPE)
+        soft = _soft_tile(
+            q_ptr,
+            q_stride_n,
+            q_stride_c,
+            k_ptr,
+            k_stride_s,
+            k_stride_c,
+            lse_ptr,
+            b,
+            offs_n,
+            n_mask,
+            offs_s,
+            s_mask,
+            N,
+            S,
+            C,
+            scale,
+            tau,
+            key_a,
+            key_b,
+            noise_offset,
+            noise_stride,
+            MODE,
+            BLOCK_N,
+            BLOCK_S,
+            BLOCK_C,
+            DOT_DTYPE,
+        )
+        grad_assign_n = _product_tile(
+            grad_out_ptr,
+            g_stride_n,
+            g_stride_c,
+            offs_n,
+            n_mask,
+            v_ptr,
+            v_stride_s,
+            v_stride_c,
+            offs_s,
+            s_mask,
+            C,
+            BLOCK_N,
+            BLOCK_S,
+            BLOCK_C,
+            DOT_DTYPE,
+        )
         map_offsets = _map_offsets(b, offs_n, offs_s, N, S)
         tl.store(soft_ptr + map_offsets, soft, mask=valid)
         tl.store(grad_map_ptr + map_offsets, grad_assign_n, mask=valid)
@@ -330,8 +701,9 @@ def _backward_row_kernel(
 
 
 @triton.jit
-def _assign_grad_tile(soft_ptr, grad_map_ptr, row_sum_ptr, row_dot_ptr, b, offs_n, offs_s, valid, N, S,
-                      SUM_ASSIGN: tl.constexpr):
+def _assign_grad_tile(
+    soft_ptr, grad_map_ptr, row_sum_ptr, row_dot_ptr, b, offs_n, offs_s, valid, N, S, SUM_ASSIGN: tl.constexpr
+):
     """Loads (y, dA, row_sum) for a tile: dA = (dA_n - rowdot) / r, or dA_n with ``sum_assign``."""
     map_offsets = _map_offsets(b, offs_n, offs_s, N, S)
     soft = tl.load(soft_ptr + map_offsets, mask=valid, other=0.0)
@@ -345,8 +717,18 @@ def _assign_grad_tile(soft_ptr, grad_map_ptr, row_sum_ptr, row_dot_ptr, b, offs_
 
 @triton.jit
 def _backward_column_kernel(
-    soft_ptr, grad_map_ptr, argmax_ptr, row_sum_ptr, row_dot_ptr, N, S, tau,
-    MODE: tl.constexpr, SUM_ASSIGN: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_S: tl.constexpr,
+    soft_ptr,
+    grad_map_ptr,
+    argmax_ptr,
+    row_sum_ptr,
+    row_dot_ptr,
+    N,
+    S,
+    tau,
+    MODE: tl.constexpr,
+    SUM_ASSIGN: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_S: tl.constexpr,
 ):
     """Grid ``batch_grid(B, cdiv(S, BLOCK_S))``: overwrites the grad map with dz and the soft map with A_n
     (in place)."""
@@ -357,14 +739,16 @@ def _backward_column_kernel(
     for n0 in range(0, N, BLOCK_N):
         offs_n = n0 + tl.arange(0, BLOCK_N)
         valid = (offs_n[:, None] < N) & s_mask[None, :]
-        soft, grad_assign, _ = _assign_grad_tile(soft_ptr, grad_map_ptr, row_sum_ptr, row_dot_ptr, b, offs_n, offs_s,
-                                                 valid, N, S, SUM_ASSIGN)
+        soft, grad_assign, _ = _assign_grad_tile(
+            soft_ptr, grad_map_ptr, row_sum_ptr, row_dot_ptr, b, offs_n, offs_s, valid, N, S, SUM_ASSIGN
+        )
         col_dot += tl.sum(soft * grad_assign, axis=0)
     for n0 in range(0, N, BLOCK_N):
         offs_n = n0 + tl.arange(0, BLOCK_N)
         valid = (offs_n[:, None] < N) & s_mask[None, :]
-        soft, grad_assign, row_sum = _assign_grad_tile(soft_ptr, grad_map_ptr, row_sum_ptr, row_dot_ptr, b, offs_n,
-                                                       offs_s, valid, N, S, SUM_ASSIGN)
+        soft, grad_assign, row_sum = _assign_grad_tile(
+            soft_ptr, grad_map_ptr, row_sum_ptr, row_dot_ptr, b, offs_n, offs_s, valid, N, S, SUM_ASSIGN
+        )
         grad_logits = soft * (grad_assign - col_dot[None, :]) / tau
         if MODE == SOFT:
             assign = soft
@@ -379,10 +763,23 @@ def _backward_column_kernel(
 
 @triton.jit
 def _map_product_kernel(
-    map_ptr, mat_ptr, out_ptr,
-    map_stride_b, map_stride_m, map_stride_t, mat_stride_b, mat_stride_t, mat_stride_c,
-    M, T, C, scale,
-    BLOCK_M: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_C: tl.constexpr, DOT_DTYPE: tl.constexpr,
+    map_ptr,
+    mat_ptr,
+    out_ptr,
+    map_stride_b,
+    map_stride_m,
+    map_stride_t,
+    mat_stride_b,
+    mat_stride_t,
+    mat_stride_c,
+    M,
+    T,
+    C,
+    scale,
+    BLOCK_M: tl.constexpr,
+    BLOCK_T: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+    DOT_DTYPE: tl.constexpr,
 ):
     """Grid ``batch_grid(B, cdiv(C, BLOCK_C), cdiv(M, BLOCK_M))``:
     out[b, m, c] = scale * sum_t map[b, m, t] mat[b, t, c].
@@ -400,14 +797,21 @@ def _map_product_kernel(
     for t0 in range(0, T, BLOCK_T):
         offs_t = t0 + tl.arange(0, BLOCK_T)
         t_mask = offs_t < T
-        weights = tl.load(map_ptr + tile_offsets(offs_m, map_stride_m, offs_t, map_stride_t),
-                          mask=m_mask[:, None] & t_mask[None, :], other=0.0)
-        values = tl.load(mat_ptr + tile_offsets(offs_t, mat_stride_t, offs_c, mat_stride_c),
-                         mask=t_mask[:, None] & c_mask[None, :], other=0.0)
+        weights = tl.load(
+            map_ptr + tile_offsets(offs_m, map_stride_m, offs_t, map_stride_t),
+            mask=m_mask[:, None] & t_mask[None, :],
+            other=0.0,
+        )
+        values = tl.load(
+            mat_ptr + tile_offsets(offs_t, mat_stride_t, offs_c, mat_stride_c),
+            mask=t_mask[:, None] & c_mask[None, :],
+            other=0.0,
+        )
         acc = _weighted_dot(weights, values, acc, DOT_DTYPE)
     out_offsets = (b * M + offs_m[:, None]) * C + offs_c[None, :]
-    tl.store(out_ptr + out_offsets, rounded_to(scale * acc, out_ptr.dtype.element_ty),
-             mask=m_mask[:, None] & c_mask[None, :])
+    tl.store(
+        out_ptr + out_offsets, rounded_to(scale * acc, out_ptr.dtype.element_ty), mask=m_mask[:, None] & c_mask[None, :]
+    )
 
 
 def _noise_args(params: AssignParams) -> tuple[int, int, int, int]:
@@ -417,8 +821,9 @@ def _noise_args(params: AssignParams) -> tuple[int, int, int, int]:
     return signed_int32(key_a), signed_int32(key_b), params.noise_batch_offset, params.noise_batch_stride
 
 
-def gumbel_noise(shape: tuple[int, int, int], seed: int, device: torch.device | str, batch_offset: int = 0,
-                 batch_stride: int = 1) -> torch.Tensor:
+def gumbel_noise(
+    shape: tuple[int, int, int], seed: int, device: torch.device | str, batch_offset: int = 0, batch_stride: int = 1
+) -> torch.Tensor:
     """Float32 Gumbel noise [B, N, S] computed by a Triton kernel (the values of ``ops.gumbel.gumbel_noise``)."""
     batch, groups, tokens = shape
     out = torch.empty(shape, dtype=torch.float32, device=device)
@@ -426,7 +831,12 @@ def gumbel_noise(shape: tuple[int, int, int], seed: int, device: torch.device | 
     block_n, block_s = block_size(groups, 32), block_size(tokens, 64)
     with on_device(out):
         _gumbel_noise_kernel[batch_grid(batch, triton.cdiv(groups, block_n), triton.cdiv(tokens, block_s))](
-            out, groups, tokens, *_noise_args(params), BLOCK_N=block_n, BLOCK_S=block_s,
+            out,
+            groups,
+            tokens,
+            *_noise_args(params),
+            BLOCK_N=block_n,
+            BLOCK_S=block_s,
         )
     return out
 
@@ -456,7 +866,10 @@ def tile_sizes(dtype: torch.dtype, groups: int, tokens: int, channels: int) -> T
 
 
 def assign_attention_forward(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, params: AssignParams,
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    params: AssignParams,
 ) -> tuple[torch.Tensor, ...]:
     """``(out [B,N,C], col_lse [B,S] f32, col_argmax [B,S] i32, row_sum [B,N] f32, hard_map, soft_map)``;
     the maps are [B, N, S] in q's dtype with ``return_maps``, else empty. See ``reference.assign_attention_forward``."""
@@ -470,29 +883,72 @@ def assign_attention_forward(
     out = torch.empty((batch, groups, channels), dtype=q.dtype, device=q.device)
     map_shape = (batch, groups, tokens) if params.return_maps else (0,)
     hard_map, soft_map = q.new_empty(map_shape), q.new_empty(map_shape)
-    clean_lse = torch.empty((batch, tokens) if params.return_maps and params.noisy else (0,), dtype=torch.float32,
-                            device=q.device)
+    clean_lse = torch.empty(
+        (batch, tokens) if params.return_maps and params.noisy else (0,), dtype=torch.float32, device=q.device
+    )
     noise = _noise_args(params)
     blocks = dict(BLOCK_N=tiles.groups, BLOCK_S=tiles.tokens, BLOCK_C=tiles.channels, DOT_DTYPE=dot_dtype(q.dtype))
     output_grid = batch_grid(batch, triton.cdiv(channels, tiles.out_channels), triton.cdiv(groups, tiles.groups))
     with on_device(q):
         _column_stats_kernel[batch_grid(batch, triton.cdiv(tokens, tiles.tokens))](
-            q, k, col_lse, col_argmax, clean_lse, *q.stride(), *k.stride(),
-            groups, tokens, channels, scale, params.tau, *noise,
-            MODE=params.mode, CLEAN_LSE=clean_lse.numel() > 0, **blocks, num_warps=tiles.warps,
+            q,
+            k,
+            col_lse,
+            col_argmax,
+            clean_lse,
+            *q.stride(),
+            *k.stride(),
+            groups,
+            tokens,
+            channels,
+            scale,
+            params.tau,
+            *noise,
+            MODE=params.mode,
+            CLEAN_LSE=clean_lse.numel() > 0,
+            **blocks,
+            num_warps=tiles.warps,
         )
         _assign_output_kernel[output_grid](
-            q, k, v, col_lse, col_argmax, clean_lse, out, row_sum, hard_map, soft_map,
-            *q.stride(), *k.stride(), *v.stride(), groups, tokens, channels, scale, params.tau, params.eps, *noise,
-            MODE=params.mode, SUM_ASSIGN=params.sum_assign, RETURN_MAPS=params.return_maps,
-            BLOCK_CV=tiles.out_channels, **blocks, num_warps=tiles.warps,
+            q,
+            k,
+            v,
+            col_lse,
+            col_argmax,
+            clean_lse,
+            out,
+            row_sum,
+            hard_map,
+            soft_map,
+            *q.stride(),
+            *k.stride(),
+            *v.stride(),
+            groups,
+            tokens,
+            channels,
+            scale,
+            params.tau,
+            params.eps,
+            *noise,
+            MODE=params.mode,
+            SUM_ASSIGN=params.sum_assign,
+            RETURN_MAPS=params.return_maps,
+            BLOCK_CV=tiles.out_channels,
+            **blocks,
+            num_warps=tiles.warps,
         )
     return out, col_lse, col_argmax, row_sum, hard_map, soft_map
 
 
 def assign_attention_backward(
-    grad_out: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-    col_lse: torch.Tensor, col_argmax: torch.Tensor, row_sum: torch.Tensor, params: AssignParams,
+    grad_out: torch.Tensor,
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    col_lse: torch.Tensor,
+    col_argmax: torch.Tensor,
+    row_sum: torch.Tensor,
+    params: AssignParams,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(grad_q [B,N,C], grad_k [B,S,C], grad_v [B,S,C])`` in the inputs' dtype, recomputing the map from
     ``q, k`` and the saved column statistics (``eps`` is already inside ``row_sum``)."""
@@ -507,13 +963,41 @@ def assign_attention_backward(
     modes = dict(MODE=params.mode, SUM_ASSIGN=params.sum_assign, BLOCK_N=tiles.groups, BLOCK_S=tiles.tokens)
     with on_device(q):
         _backward_row_kernel[batch_grid(batch, triton.cdiv(groups, tiles.groups))](
-            q, k, v, grad_out, col_lse, col_argmax, row_sum, soft_map, grad_map, row_dot,
-            *q.stride(), *k.stride(), *v.stride(), *grad_out.stride(),
-            groups, tokens, channels, scale, params.tau, *_noise_args(params),
-            **modes, BLOCK_C=tiles.channels, DOT_DTYPE=dot_dtype(q.dtype), num_warps=tiles.warps,
+            q,
+            k,
+            v,
+            grad_out,
+            col_lse,
+            col_argmax,
+            row_sum,
+            soft_map,
+            grad_map,
+            row_dot,
+            *q.stride(),
+            *k.stride(),
+            *v.stride(),
+            *grad_out.stride(),
+            groups,
+            tokens,
+            channels,
+            scale,
+            params.tau,
+            *_noise_args(params),
+            **modes,
+            BLOCK_C=tiles.channels,
+            DOT_DTYPE=dot_dtype(q.dtype),
+            num_warps=tiles.warps,
         )
         _backward_column_kernel[batch_grid(batch, triton.cdiv(tokens, tiles.tokens))](
-            soft_map, grad_map, col_argmax, row_sum, row_dot, groups, tokens, params.tau, **modes,
+            soft_map,
+            grad_map,
+            col_argmax,
+            row_sum,
+            row_dot,
+            groups,
+            tokens,
+            params.tau,
+            **modes,
             num_warps=tiles.warps,
         )
         grad_q = _map_product(grad_map, k, scale, tiles)
@@ -529,8 +1013,19 @@ def _map_product(weights: torch.Tensor, values: torch.Tensor, scale: float, tile
     out = torch.empty((batch, rows, channels), dtype=values.dtype, device=values.device)
     block_m, block_t = block_size(rows, 64), block_size(inner, 32)
     _map_product_kernel[batch_grid(batch, triton.cdiv(channels, tiles.out_channels), triton.cdiv(rows, block_m))](
-        weights, values, out, *weights.stride(), *values.stride(), rows, inner, channels, scale,
-        BLOCK_M=block_m, BLOCK_T=block_t, BLOCK_C=tiles.out_channels, DOT_DTYPE=dot_dtype(values.dtype),
+        weights,
+        values,
+        out,
+        *weights.stride(),
+        *values.stride(),
+        rows,
+        inner,
+        channels,
+        scale,
+        BLOCK_M=block_m,
+        BLOCK_T=block_t,
+        BLOCK_C=tiles.out_channels,
+        DOT_DTYPE=dot_dtype(values.dtype),
         num_warps=8 if block_m == 64 else 4,
     )
     return out

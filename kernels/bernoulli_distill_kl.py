@@ -59,10 +59,22 @@ def _log1p(u):
 
 @triton.jit
 def _bernoulli_kl_kernel(
-    student_ptr, teacher_ptr, grad_ptr, loss_ptr,
-    student_stride_r, student_stride_k, teacher_stride_r, teacher_stride_k,
-    R, K, start, stop, temperature, grad_scale,
-    BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr,
+    student_ptr,
+    teacher_ptr,
+    grad_ptr,
+    loss_ptr,
+    student_stride_r,
+    student_stride_k,
+    teacher_stride_r,
+    teacher_stride_k,
+    R,
+    K,
+    start,
+    stop,
+    temperature,
+    grad_scale,
+    BLOCK_R: tl.constexpr,
+    BLOCK_K: tl.constexpr,
 ):
     """Per-row loss [R] (float32) and gradient [R, K] (contiguous, the student's dtype)."""
     rows = (tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)).to(tl.int64)
@@ -72,15 +84,23 @@ def _bernoulli_kl_kernel(
         cols = k0 + tl.arange(0, BLOCK_K)
         in_range = (cols >= start) & (cols < stop)
         tile_mask = r_mask[:, None] & in_range[None, :]
-        z_s = tl.load(student_ptr + tile_offsets(rows, student_stride_r, cols, student_stride_k),
-                      mask=tile_mask, other=0.0).to(tl.float32) / temperature
-        z_t = tl.load(teacher_ptr + tile_offsets(rows, teacher_stride_r, cols, teacher_stride_k),
-                      mask=tile_mask, other=0.0).to(tl.float32) / temperature
+        z_s = (
+            tl.load(
+                student_ptr + tile_offsets(rows, student_stride_r, cols, student_stride_k), mask=tile_mask, other=0.0
+            ).to(tl.float32)
+            / temperature
+        )
+        z_t = (
+            tl.load(
+                teacher_ptr + tile_offsets(rows, teacher_stride_r, cols, teacher_stride_k), mask=tile_mask, other=0.0
+            ).to(tl.float32)
+            / temperature
+        )
         flip = z_t > 0.0
         a = tl.where(flip, -z_t, z_t)
         b = tl.where(flip, -z_s, z_s)
-        exp_a = tl.exp(a)                # e^a in (0, 1]
-        exp_b = tl.exp(-tl.abs(b))       # e^-|b| in (0, 1]
+        exp_a = tl.exp(a)  # e^a in (0, 1]
+        exp_b = tl.exp(-tl.abs(b))  # e^-|b| in (0, 1]
         sigmoid_a = exp_a / (1.0 + exp_a)
         sigmoid_b = tl.where(b >= 0.0, 1.0, exp_b) / (1.0 + exp_b)
         softplus_b = tl.maximum(b, 0.0) + _log1p(exp_b)
@@ -89,13 +109,21 @@ def _bernoulli_kl_kernel(
         p_diff = sigmoid_b - sigmoid_a
         grad = (temperature * grad_scale) * tl.where(flip, -p_diff, p_diff)
         grad = tl.where(in_range[None, :], grad, 0.0)
-        tl.store(grad_ptr + rows[:, None] * K + cols[None, :], rounded_to(grad, grad_ptr.dtype.element_ty),
-                 mask=r_mask[:, None] & (cols < K)[None, :])
+        tl.store(
+            grad_ptr + rows[:, None] * K + cols[None, :],
+            rounded_to(grad, grad_ptr.dtype.element_ty),
+            mask=r_mask[:, None] & (cols < K)[None, :],
+        )
     tl.store(loss_ptr + rows, kl * (temperature * temperature), mask=r_mask)
 
 
 def bernoulli_distill_kl_forward(
-    student: torch.Tensor, teacher: torch.Tensor, start: int, stop: int, temperature: float, reduction: str,
+    student: torch.Tensor,
+    teacher: torch.Tensor,
+    start: int,
+    stop: int,
+    temperature: float,
+    reduction: str,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``(loss, grad_student [R, K])``: the loss float32 (scalar, or [R] for ``'none'``), the gradient in the
     student's dtype for a unit upstream gradient. See ``reference.bernoulli_distill_kl_forward``."""
@@ -106,8 +134,20 @@ def bernoulli_distill_kl_forward(
     block_r, block_k = tile_shape(rows, width)
     with on_device(student):
         _bernoulli_kl_kernel[(triton.cdiv(rows, block_r),)](
-            student, teacher, grad, per_row, *student.stride(), *teacher.stride(),
-            rows, width, start, stop, temperature, grad_scale,
-            BLOCK_R=block_r, BLOCK_K=block_k, num_warps=NUM_WARPS,
+            student,
+            teacher,
+            grad,
+            per_row,
+            *student.stride(),
+            *teacher.stride(),
+            rows,
+            width,
+            start,
+            stop,
+            temperature,
+            grad_scale,
+            BLOCK_R=block_r,
+            BLOCK_K=block_k,
+            num_warps=NUM_WARPS,
         )
     return reduce_bernoulli_rows(per_row, reduction, stop - start), grad

@@ -35,17 +35,30 @@ MAX_TILE = 4096  # elements of one [BLOCK_R, BLOCK_K] tile
 @triton.jit
 def _scaled_logits(ptr, stride_r, stride_k, rows, cols, r_mask, col_mask, temperature):
     """``logits / T`` for the tile [rows, cols] in float32; 0 where a row or column is masked."""
-    values = tl.load(ptr + tile_offsets(rows, stride_r, cols, stride_k),
-                     mask=r_mask[:, None] & col_mask[None, :], other=0.0)
+    values = tl.load(
+        ptr + tile_offsets(rows, stride_r, cols, stride_k), mask=r_mask[:, None] & col_mask[None, :], other=0.0
+    )
     return values.to(tl.float32) / temperature
 
 
 @triton.jit
 def _distill_kl_kernel(
-    student_ptr, teacher_ptr, grad_ptr, loss_ptr,
-    student_stride_r, student_stride_k, teacher_stride_r, teacher_stride_k,
-    R, K, start, stop, temperature, grad_scale,
-    BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr,
+    student_ptr,
+    teacher_ptr,
+    grad_ptr,
+    loss_ptr,
+    student_stride_r,
+    student_stride_k,
+    teacher_stride_r,
+    teacher_stride_k,
+    R,
+    K,
+    start,
+    stop,
+    temperature,
+    grad_scale,
+    BLOCK_R: tl.constexpr,
+    BLOCK_K: tl.constexpr,
 ):
     """Per-row loss [R] (float32) and gradient [R, K] (contiguous, the student's dtype)."""
     rows = (tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)).to(tl.int64)
@@ -72,21 +85,33 @@ def _distill_kl_kernel(
     for k0 in range(0, K, BLOCK_K):
         cols = k0 + tl.arange(0, BLOCK_K)
         in_range = (cols >= start) & (cols < stop)
-        log_p_s = (_scaled_logits(student_ptr, student_stride_r, student_stride_k, rows, cols, r_mask, in_range,
-                                  temperature) - max_s[:, None]) - log_sum_s[:, None]
-        log_p_t = (_scaled_logits(teacher_ptr, teacher_stride_r, teacher_stride_k, rows, cols, r_mask, in_range,
-                                  temperature) - max_t[:, None]) - log_sum_t[:, None]
+        log_p_s = (
+            _scaled_logits(student_ptr, student_stride_r, student_stride_k, rows, cols, r_mask, in_range, temperature)
+            - max_s[:, None]
+        ) - log_sum_s[:, None]
+        log_p_t = (
+            _scaled_logits(teacher_ptr, teacher_stride_r, teacher_stride_k, rows, cols, r_mask, in_range, temperature)
+            - max_t[:, None]
+        ) - log_sum_t[:, None]
         p_t = tl.exp(log_p_t)
         kl += tl.sum(tl.where(in_range[None, :], p_t * (log_p_t - log_p_s), 0.0), axis=1)
         grad = (temperature * grad_scale) * (tl.exp(log_p_s) - p_t)
         grad = tl.where(in_range[None, :], grad, 0.0)
-        tl.store(grad_ptr + rows[:, None] * K + cols[None, :], rounded_to(grad, grad_ptr.dtype.element_ty),
-                 mask=r_mask[:, None] & (cols < K)[None, :])
+        tl.store(
+            grad_ptr + rows[:, None] * K + cols[None, :],
+            rounded_to(grad, grad_ptr.dtype.element_ty),
+            mask=r_mask[:, None] & (cols < K)[None, :],
+        )
     tl.store(loss_ptr + rows, kl * (temperature * temperature), mask=r_mask)
 
 
 def token_distill_kl_forward(
-    student: torch.Tensor, teacher: torch.Tensor, start: int, stop: int, temperature: float, reduction: str,
+    student: torch.Tensor,
+    teacher: torch.Tensor,
+    start: int,
+    stop: int,
+    temperature: float,
+    reduction: str,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``(loss, grad_student [R, K])``: the loss float32 (scalar, or [R] for ``'none'``), the gradient in the
     student's dtype for a unit upstream gradient. See ``reference.token_distill_kl_forward``."""
@@ -98,8 +123,20 @@ def token_distill_kl_forward(
     block_r = block_size(rows, max(1, MAX_TILE // block_k), minimum=1)
     with on_device(student):
         _distill_kl_kernel[(triton.cdiv(rows, block_r),)](
-            student, teacher, grad, per_row, *student.stride(), *teacher.stride(),
-            rows, width, start, stop, temperature, grad_scale,
-            BLOCK_R=block_r, BLOCK_K=block_k, num_warps=4,
+            student,
+            teacher,
+            grad,
+            per_row,
+            *student.stride(),
+            *teacher.stride(),
+            rows,
+            width,
+            start,
+            stop,
+            temperature,
+            grad_scale,
+            BLOCK_R=block_r,
+            BLOCK_K=block_k,
+            num_warps=4,
         )
     return reduce_rows(per_row, reduction), grad

@@ -80,8 +80,10 @@ def batch_grid(batch: int, *tiles: int) -> tuple[int]:
     keeps the programs of one batch element adjacent (they share its k and v in L2)."""
     programs = batch * math.prod(tiles)
     if programs > MAX_PROGRAMS:
-        raise ValueError(f"batch size: {batch} batch elements of {math.prod(tiles)} tiles each need {programs} "
-                         f"programs, more than the {MAX_PROGRAMS} a CUDA grid holds; split the batch")
+        raise ValueError(
+            f"batch size: {batch} batch elements of {math.prod(tiles)} tiles each need {programs} "
+            f"programs, more than the {MAX_PROGRAMS} a CUDA grid holds; split the batch"
+        )
     return (programs,)
 
 

@@ -29,8 +29,7 @@ from cign_fast.train.config import TrainConfig, build_config
 
 REPO = Path(__file__).resolve().parents[1]
 ALL_BACKENDS = ("reference", "cpp", "triton", "cuda")
-COMPARE_RUNNER = ("import sys; from cign_fast.cli import main; "
-                  "sys.exit(main(['compare'] + sys.argv[1:]))")
+COMPARE_RUNNER = "import sys; from cign_fast.cli import main; sys.exit(main(['compare'] + sys.argv[1:]))"
 # ``cign-fast`` that SIGKILLs itself on the N-th call of a trainer method in a run of one method:
 # arguments METHOD HOOK N, then the subcommand and its arguments
 KILLING_RUNNER = """
@@ -69,9 +68,17 @@ def require_backend(name: str, op: str, dtype: torch.dtype = torch.float32) -> t
     return device
 
 
-def write_feature_dataset(root: Path, num_classes: int = 6, train_per_class: int = 16, test_per_class: int = 6,
-                          audio_shape: tuple[int, int] = (4, 8), visual_shape: tuple[int, int] = (3, 6),
-                          seed: int = 0, shared_visual: bool = True, noise: float = 0.8) -> Path:
+def write_feature_dataset(
+    root: Path,
+    num_classes: int = 6,
+    train_per_class: int = 16,
+    test_per_class: int = 6,
+    audio_shape: tuple[int, int] = (4, 8),
+    visual_shape: tuple[int, int] = (3, 6),
+    seed: int = 0,
+    shared_visual: bool = True,
+    noise: float = 0.8,
+) -> Path:
     """Write the dataset into ``root`` and return it. ``shared_visual=False``: each class has its own visual mean."""
     rng = np.random.default_rng(seed)
     audio_means = rng.normal(0, 1, (num_classes, audio_shape[1]))
@@ -86,7 +93,9 @@ def write_feature_dataset(root: Path, num_classes: int = 6, train_per_class: int
                 clip_id = f"{label}_{split}_{index}"
                 categories[split][clip_id] = label
                 audio[clip_id] = (audio_means[cls] + rng.normal(0, noise, audio_shape)).astype(np.float32)
-                visual[clip_id] = (visual_means[visual_class(cls)] + rng.normal(0, noise, visual_shape)).astype(np.float32)
+                visual[clip_id] = (visual_means[visual_class(cls)] + rng.normal(0, noise, visual_shape)).astype(
+                    np.float32
+                )
                 rows.append((clip_id, label, split))
     (root / "audio_pretrained_feature").mkdir(parents=True, exist_ok=True)
     (root / "visual_pretrained_feature").mkdir(parents=True, exist_ok=True)
@@ -103,11 +112,39 @@ def write_feature_dataset(root: Path, num_classes: int = 6, train_per_class: int
 def tiny_train_args(data: Path, out: Path, *extra: str) -> list[str]:
     """``cign-fast train`` arguments for a fast features-mode run (3 tasks of 2 classes, no plots)."""
     return [
-        "--data", str(data), "--out", str(out), "--input-mode", "features", "--tasks", "3", "--epochs", "3",
-        "--batch-size", "16", "--lr", "3e-3", "--workers", "0", "--no-progress", "--device", "cpu",
-        "--set", "model.dim=16", "--set", "model.depth=1", "--set", "model.num_heads=2",
-        "--set", "model.drop_path=0.0", "--set", "optim.eval_batch_size=32", "--set", "run.tensorboard=false",
-        "--set", "run.plots=false",
+        "--data",
+        str(data),
+        "--out",
+        str(out),
+        "--input-mode",
+        "features",
+        "--tasks",
+        "3",
+        "--epochs",
+        "3",
+        "--batch-size",
+        "16",
+        "--lr",
+        "3e-3",
+        "--workers",
+        "0",
+        "--no-progress",
+        "--device",
+        "cpu",
+        "--set",
+        "model.dim=16",
+        "--set",
+        "model.depth=1",
+        "--set",
+        "model.num_heads=2",
+        "--set",
+        "model.drop_path=0.0",
+        "--set",
+        "optim.eval_batch_size=32",
+        "--set",
+        "run.tensorboard=false",
+        "--set",
+        "run.plots=false",
         *extra,
     ]
 
@@ -134,15 +171,21 @@ def one_thread() -> Iterator[None]:
 def subprocess_env() -> dict[str, str]:
     """One thread per process so runs in different processes compute bit for bit the same."""
     env = dict(os.environ)
-    env.update({"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
-                "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))})
+    env.update(
+        {
+            "OMP_NUM_THREADS": "1",
+            "MKL_NUM_THREADS": "1",
+            "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")])),
+        }
+    )
     return env
 
 
 def run_runner(runner: str, args: list[str], **kwargs) -> subprocess.CompletedProcess:
     """``python -c runner args`` with one thread, output captured."""
-    return subprocess.run([sys.executable, "-c", runner, *args], env=subprocess_env(), cwd=REPO,
-                          capture_output=True, text=True, **kwargs)
+    return subprocess.run(
+        [sys.executable, "-c", runner, *args], env=subprocess_env(), cwd=REPO, capture_output=True, text=True, **kwargs
+    )
 
 
 def read_run_results(out: Path) -> tuple[dict, list[float]]:

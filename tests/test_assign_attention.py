@@ -10,6 +10,7 @@ import torch
 import cign_fast
 from cign_fast.ops.assign_attention import OPTION_FIELDS, assign_attention_bwd, assign_attention_fwd
 from cign_fast.ops.reference import MODES, assign_attention_reference
+
 from helpers import ALL_BACKENDS, require_backend
 
 OP = "assign_attention_forward"
@@ -148,8 +149,10 @@ def eager_in_dtype(q, k, v, grad_out, dtype, *, mode, tau, eps, sum_assign, seed
 def test_gumbel_choices_follow_the_seed(backend):
     device = require_backend(backend, OP)
     q, k, v = (t.detach() for t in random_inputs((2, 12, 40, 8), device=device))
-    maps = {s: cign_fast.assign_attention(q, k, v, mode="gumbel", seed=s, return_maps=True, backend=backend)[1]
-            for s in (1, 1, 2)}
+    maps = {
+        s: cign_fast.assign_attention(q, k, v, mode="gumbel", seed=s, return_maps=True, backend=backend)[1]
+        for s in (1, 1, 2)
+    }
     again = cign_fast.assign_attention(q, k, v, mode="gumbel", seed=1, return_maps=True, backend=backend)[1]
     assert torch.equal(maps[1], again)
     assert not torch.equal(maps[1], maps[2])
@@ -165,22 +168,39 @@ def test_global_batch_noise_makes_ranks_draw_the_one_process_noise(rng_seed, bac
     device = require_backend(backend, OP)
     q, k, v = random_inputs((4, 6, 9, 8), device=device)
     grad_out = torch.randn_like(q)
-    whole, whole_hard, _ = cign_fast.assign_attention(q, k, v, mode="gumbel", seed=rng_seed, return_maps=True,
-                                                      backend=backend)
+    whole, whole_hard, _ = cign_fast.assign_attention(
+        q, k, v, mode="gumbel", seed=rng_seed, return_maps=True, backend=backend
+    )
     whole_grads = torch.autograd.grad(whole, (q, k, v), grad_out)
     for rank in (0, 1):
         local = [t[rank::2] for t in (q, k, v)]
-        out, hard, _ = cign_fast.assign_attention(*local, mode="gumbel", seed=rng_seed, return_maps=True,
-                                                  noise_batch_offset=rank, noise_batch_stride=2, backend=backend)
+        out, hard, _ = cign_fast.assign_attention(
+            *local,
+            mode="gumbel",
+            seed=rng_seed,
+            return_maps=True,
+            noise_batch_offset=rank,
+            noise_batch_stride=2,
+            backend=backend,
+        )
         assert torch.equal(hard, whole_hard[rank::2]), f"rank {rank} chose other groups than one process"
         torch.testing.assert_close(out, whole[rank::2], rtol=1e-5, atol=1e-6)
         grads = torch.autograd.grad(out, local, grad_out[rank::2])
         for got, want in zip(grads, whole_grads, strict=True):
             torch.testing.assert_close(got, want[rank::2], rtol=1e-5, atol=1e-6)
     same_clips = [t[:2] for t in (q, k, v)]
-    maps = [cign_fast.assign_attention(*same_clips, mode="gumbel", seed=rng_seed, return_maps=True,
-                                       noise_batch_offset=rank, noise_batch_stride=2, backend=backend)[1]
-            for rank in (0, 1)]
+    maps = [
+        cign_fast.assign_attention(
+            *same_clips,
+            mode="gumbel",
+            seed=rng_seed,
+            return_maps=True,
+            noise_batch_offset=rank,
+            noise_batch_stride=2,
+            backend=backend,
+        )[1]
+        for rank in (0, 1)
+    ]
     assert not torch.equal(maps[0], maps[1]), "both ranks drew the same noise"
 
 
@@ -197,8 +217,9 @@ def test_soft_map_is_the_softmax_without_noise(rng_seed, backend, mode):
     gumbel mode), the hard map the one-hot the output used (the noisy argmax in gumbel mode)."""
     device = require_backend(backend, OP)
     q, k, v = (t.detach() for t in random_inputs((2, 7, 11, 8), device=device))
-    _, hard, soft = cign_fast.assign_attention(q, k, v, mode=mode, tau=0.8, seed=rng_seed, return_maps=True,
-                                               backend=backend)
+    _, hard, soft = cign_fast.assign_attention(
+        q, k, v, mode=mode, tau=0.8, seed=rng_seed, return_maps=True, backend=backend
+    )
     clean = torch.softmax((q.double() @ k.double().transpose(1, 2)) * 8**-0.5 / 0.8, dim=1)
     torch.testing.assert_close(soft.double(), clean, rtol=1e-5, atol=1e-6)
     used = cign_fast.assign_attention_reference(q.cpu(), k.cpu(), v.cpu(), mode=mode, tau=0.8, seed=rng_seed)[1]
@@ -241,8 +262,9 @@ def test_near_tie_logits_give_every_backend_the_reference_choice(backend, tau):
 def test_hard_forward_is_one_hot_over_groups(backend, mode):
     device = require_backend(backend, OP)
     q, k, v = (t.detach() for t in random_inputs((3, 7, 19, 8), device=device))
-    out, hard, _ = cign_fast.assign_attention(q, k, v, mode=mode, sum_assign=True, seed=4, return_maps=True,
-                                              backend=backend)
+    out, hard, _ = cign_fast.assign_attention(
+        q, k, v, mode=mode, sum_assign=True, seed=4, return_maps=True, backend=backend
+    )
     assert set(hard.unique().tolist()) <= {0.0, 1.0}
     assert torch.equal(hard.sum(dim=1), torch.ones(3, 19, device=device))
     torch.testing.assert_close(out, hard @ v, rtol=1e-5, atol=1e-5)
@@ -278,8 +300,9 @@ def test_custom_op_passes_opcheck(backend):
     q, k, v = random_inputs((2, 5, 7, 8), device=device)
     for mode_id, return_maps, noise_batch in ((0, True, (0, 1)), (2, False, (3, 2)), (2, True, (0, 1))):
         seed = torch.tensor(3, dtype=torch.int64)
-        torch.library.opcheck(assign_attention_fwd,
-                              (q, k, v, seed, mode_id, 1.0, 1.0, False, return_maps, *noise_batch, backend))
+        torch.library.opcheck(
+            assign_attention_fwd, (q, k, v, seed, mode_id, 1.0, 1.0, False, return_maps, *noise_batch, backend)
+        )
 
 
 def test_custom_op_options_follow_the_parameter_type():
@@ -287,7 +310,18 @@ def test_custom_op_options_follow_the_parameter_type():
     fwd_args = [arg.name for arg in assign_attention_fwd._opoverload._schema.arguments]
     bwd_args = [arg.name for arg in assign_attention_bwd._opoverload._schema.arguments]
     assert fwd_args == ["q", "k", "v", "seed", *OPTION_FIELDS, "backend"]
-    assert bwd_args == ["grad_out", "q", "k", "v", "col_lse", "col_argmax", "row_sum", "seed", *OPTION_FIELDS, "backend"]
+    assert bwd_args == [
+        "grad_out",
+        "q",
+        "k",
+        "v",
+        "col_lse",
+        "col_argmax",
+        "row_sum",
+        "seed",
+        *OPTION_FIELDS,
+        "backend",
+    ]
 
 
 def test_compiles_without_graph_break():
@@ -358,11 +392,28 @@ def test_anomaly_mode_switches_the_value_checks_on(monkeypatch):
 def test_value_checks_refuse_group_indices_out_of_range_in_the_backward(value_checks):
     q, k, v = (t.detach() for t in random_inputs((2, 3, 4, 5)))
     seed = torch.tensor(0, dtype=torch.int64)
-    out, col_lse, col_argmax, row_sum, _, _ = assign_attention_fwd(q, k, v, seed, 1, 1.0, 1.0, False, False, 0, 1,
-                                                                   "reference")
+    out, col_lse, col_argmax, row_sum, _, _ = assign_attention_fwd(
+        q, k, v, seed, 1, 1.0, 1.0, False, False, 0, 1, "reference"
+    )
     with pytest.raises(ValueError, match=r"col_argmax: expected group indices in \[0, 3\), got values in \[\d, 7\]"):
-        assign_attention_bwd(out, q, k, v, col_lse, col_argmax.index_fill(1, torch.tensor([2]), 7), row_sum, seed,
-                             1, 1.0, 1.0, False, False, 0, 1, "reference")
+        assign_attention_bwd(
+            out,
+            q,
+            k,
+            v,
+            col_lse,
+            col_argmax.index_fill(1, torch.tensor([2]), 7),
+            row_sum,
+            seed,
+            1,
+            1.0,
+            1.0,
+            False,
+            False,
+            0,
+            1,
+            "reference",
+        )
 
 
 @pytest.mark.parametrize(

@@ -21,23 +21,24 @@ import torch
 import triton
 import triton.language as tl
 
-from cign_fast.contract import MODES, AssignParams
-from cign_fast.ops import reference
-from cign_fast.ops.gumbel import gumbel_noise, seed_keys, uniform_from_index
-
 import cign_fast.kernels as kernels
+from cign_fast.contract import MODES, AssignParams
 from cign_fast.kernels.assign_attention import _column_stats_kernel, _map_offsets, _uniform_tile, tile_sizes
 from cign_fast.kernels.utils import MAX_PROGRAMS, batch_grid, rounded_to, signed_int32, tile_offsets
+from cign_fast.ops import reference
+from cign_fast.ops.gumbel import gumbel_noise, seed_keys, uniform_from_index
 
 OP = "assign_attention_forward"
 TESTS_DIR = Path(__file__).resolve().parent
 MODE_IDS = {name: index for index, name in enumerate(MODES)}
 
 
-def params(mode: str, *, tau: float = 1.0, eps: float = 1.0, sum_assign: bool = False, seed: int = 0,
-           return_maps: bool = False) -> AssignParams:
-    return AssignParams(mode=MODE_IDS[mode], tau=tau, eps=eps, sum_assign=sum_assign, seed=seed,
-                        return_maps=return_maps)
+def params(
+    mode: str, *, tau: float = 1.0, eps: float = 1.0, sum_assign: bool = False, seed: int = 0, return_maps: bool = False
+) -> AssignParams:
+    return AssignParams(
+        mode=MODE_IDS[mode], tau=tau, eps=eps, sum_assign=sum_assign, seed=seed, return_maps=return_maps
+    )
 
 
 @pytest.fixture
@@ -100,7 +101,6 @@ def run_both(q, k, v, mode, *, tau=0.9, eps=1.0, sum_assign=False, seed=11, retu
     return got, got_grads, want, want_grads
 
 
-
 def assert_matches(got, got_grads, want, want_grads, rtol=1e-4, atol=1e-5):
     out, col_lse, col_argmax, row_sum, hard, soft = (t.cpu() for t in got)
     torch.testing.assert_close(out.double(), want[0], rtol=rtol, atol=atol)
@@ -111,8 +111,9 @@ def assert_matches(got, got_grads, want, want_grads, rtol=1e-4, atol=1e-5):
         assert torch.equal(hard.double(), want[4])
         torch.testing.assert_close(soft.double(), want[5], rtol=rtol, atol=atol)
     for name, grad, expected in zip("qkv", got_grads, want_grads, strict=True):
-        torch.testing.assert_close(grad.cpu().double(), expected, rtol=rtol, atol=atol,
-                                   msg=lambda m, name=name: f"grad {name}: {m}")
+        torch.testing.assert_close(
+            grad.cpu().double(), expected, rtol=rtol, atol=atol, msg=lambda m, name=name: f"grad {name}: {m}"
+        )
 
 
 @pytest.mark.parametrize("mode", reference.MODES)
@@ -206,8 +207,11 @@ def test_batches_past_65535_use_grid_axis_0(monkeypatch):
     """CUDA grids take 65535 programs on axes 1 and 2 but 2**31 - 1 on axis 0: every launch puts the
     whole grid (batch-major) on axis 0. The launches are recorded, not run."""
     launches = []
-    monkeypatch.setattr(type(_column_stats_kernel), "run",
-                        lambda self, *args, grid, warmup, **kwargs: launches.append((self.__name__, grid)))
+    monkeypatch.setattr(
+        type(_column_stats_kernel),
+        "run",
+        lambda self, *args, grid, warmup, **kwargs: launches.append((self.__name__, grid)),
+    )
     batch = 70_000
     q, k, v = (torch.randn(batch, n, 8) for n in (3, 5, 5))
     saved = kernels.assign_attention_forward(q, k, v, params("gumbel", return_maps=True))[1:4]
@@ -242,8 +246,9 @@ def test_strided_inputs_are_read_in_place(device):
     for a, b in zip(strided, dense, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
     grads = kernels.assign_attention_backward(grad_out, q, k, v, *strided[1:4], options)
-    dense_grads = kernels.assign_attention_backward(grad_out.contiguous(), q.contiguous(), k.contiguous(),
-                                                    v.contiguous(), *dense[1:4], options)
+    dense_grads = kernels.assign_attention_backward(
+        grad_out.contiguous(), q.contiguous(), k.contiguous(), v.contiguous(), *dense[1:4], options
+    )
     for a, b in zip(grads, dense_grads, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
 
@@ -292,15 +297,26 @@ def test_every_launch_compiles_for_sm90_with_tensor_core_dots():
     products must use tensor cores (wgmma, or mma for tiles below 64 rows). Also checks that ``unavailable_reason``
     refuses CPU tensors when not interpreted."""
     env = {name: value for name, value in os.environ.items() if name != "TRITON_INTERPRET"}
-    result = subprocess.run([sys.executable, "-c", COMPILE_PROBE.format(tests=str(TESTS_DIR))], env=env,
-                            capture_output=True, text=True, timeout=600)
+    result = subprocess.run(
+        [sys.executable, "-c", COMPILE_PROBE.format(tests=str(TESTS_DIR))],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert result.returncode == 0, result.stderr[-4000:]
     report = json.loads(result.stdout.strip().splitlines()[-1])
     assert "TRITON_INTERPRET=1" in report["cpu_reason"]
     compiled = report["kernels"]
     names = {entry["kernel"] for entry in compiled}
-    assert names == {"_column_stats_kernel", "_assign_output_kernel", "_backward_row_kernel",
-                     "_backward_column_kernel", "_map_product_kernel", "_distill_kl_kernel"}
+    assert names == {
+        "_column_stats_kernel",
+        "_assign_output_kernel",
+        "_backward_row_kernel",
+        "_backward_column_kernel",
+        "_map_product_kernel",
+        "_distill_kl_kernel",
+    }
     assert {entry["dot"] for entry in compiled} == {"bf16", "fp16", "fp32", "None"}
     for entry in compiled:
         if entry["dot"] in ("bf16", "fp16"):
@@ -340,8 +356,16 @@ def compile_launches_for_sm90() -> dict:
             continue
         seen.add(key)
         constexprs = {(fn.arg_names.index(name),): value for name, value in kwargs.items()}
-        binary = triton.compile(ASTSource(fn=fn, signature=signature, constexprs=constexprs),
-                                target=GPUTarget("cuda", 90, 32), options=options)
-        compiled.append({"kernel": fn.__name__, "dot": str(kwargs.get("DOT_DTYPE")),
-                         "tensor_cores": any(op in binary.asm["ptx"] for op in ("wgmma.mma_async", "mma.sync"))})
+        binary = triton.compile(
+            ASTSource(fn=fn, signature=signature, constexprs=constexprs),
+            target=GPUTarget("cuda", 90, 32),
+            options=options,
+        )
+        compiled.append(
+            {
+                "kernel": fn.__name__,
+                "dot": str(kwargs.get("DOT_DTYPE")),
+                "tensor_cores": any(op in binary.asm["ptx"] for op in ("wgmma.mma_async", "mma.sync")),
+            }
+        )
     return {"cpu_reason": kernels.unavailable_reason(torch.device("cpu")), "kernels": compiled}

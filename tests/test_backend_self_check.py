@@ -37,11 +37,14 @@ def broken_backend(scale_out: float = 1.0, flip_choices: bool = False) -> types.
 @pytest.fixture
 def with_backend(monkeypatch):
     """Install a module as backend 'broken', first in the CPU auto order, with a fresh self-check cache."""
+
     def install(module: types.ModuleType) -> None:
         monkeypatch.setitem(sys.modules, "broken_backend", module)
-        monkeypatch.setitem(backends.BACKENDS, "broken",
-                            backends.BackendSpec("broken", "broken_backend", ("cpu",), (torch.float32,)))
+        monkeypatch.setitem(
+            backends.BACKENDS, "broken", backends.BackendSpec("broken", "broken_backend", ("cpu",), (torch.float32,))
+        )
         monkeypatch.setitem(backends.AUTO_ORDER, "cpu", ("broken", "cpp", "reference"))
+
     monkeypatch.setattr(backends, "_self_check_failures", {})
     monkeypatch.delenv(backends.SELF_CHECK_VARIABLE, raising=False)
     yield install
@@ -51,14 +54,19 @@ def with_backend(monkeypatch):
 def test_a_disagreeing_backend_warns_once_and_auto_falls_back(with_backend):
     with_backend(broken_backend(scale_out=1.01))
     op, cpu = "assign_attention_forward", torch.device("cpu")
-    with pytest.warns(RuntimeWarning, match=r"backend 'broken' disagrees with the reference for assign_attention on "
-                                            r"cpu/float32 \(out \(soft\) off by \d\.\d+e-03 \(allowed 1e-04\)\)"):
+    with pytest.warns(
+        RuntimeWarning,
+        match=r"backend 'broken' disagrees with the reference for assign_attention on "
+        r"cpu/float32 \(out \(soft\) off by \d\.\d+e-03 \(allowed 1e-04\)\)",
+    ):
         assert backends.select_backend("auto", op, cpu, torch.float32) == "cpp"
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert backends.select_backend("auto", op, cpu, torch.float32) == "cpp"
         q, k, v = torch.randn(2, 3, 4), torch.randn(2, 5, 4), torch.randn(2, 5, 4)
-        torch.testing.assert_close(cign_fast.assign_attention(q, k, v), cign_fast.assign_attention_reference(q, k, v)[0])
+        torch.testing.assert_close(
+            cign_fast.assign_attention(q, k, v), cign_fast.assign_attention_reference(q, k, v)[0]
+        )
     assert backends.select_backend("broken", op, cpu, torch.float32) == "broken"  # asked for by name: used as asked
     assert backends.select_backend("auto", "token_distill_kl_forward", cpu, torch.float32) == "broken"
 
@@ -74,7 +82,9 @@ def test_the_check_can_be_switched_off(with_backend, monkeypatch):
     monkeypatch.setenv(backends.SELF_CHECK_VARIABLE, "0")
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        assert backends.select_backend("auto", "assign_attention_forward", torch.device("cpu"), torch.float32) == "broken"
+        assert (
+            backends.select_backend("auto", "assign_attention_forward", torch.device("cpu"), torch.float32) == "broken"
+        )
 
 
 def test_the_check_leaves_the_callers_state_alone(with_backend):
@@ -82,7 +92,9 @@ def test_the_check_leaves_the_callers_state_alone(with_backend):
     with_backend(broken_backend())  # agrees with the reference
     state = torch.get_rng_state()
     with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
-        assert backends.select_backend("auto", "assign_attention_forward", torch.device("cpu"), torch.float32) == "broken"
+        assert (
+            backends.select_backend("auto", "assign_attention_forward", torch.device("cpu"), torch.float32) == "broken"
+        )
     assert torch.equal(torch.get_rng_state(), state)
     assert backends._self_check_failures == {("broken", "assign_attention", torch.device("cpu"), torch.float32): None}
 
@@ -103,9 +115,10 @@ def test_info_check_prints_a_table_and_fails_on_a_failed_check(with_backend, mon
     info.add_arguments(parser)
     assert info.main(parser.parse_args(["--check"])) == 1
     lines = capsys.readouterr().out.splitlines()
-    rows = [line.split() for line in lines[lines.index(next(line for line in lines if "self-check" in line)) + 2:]]
+    rows = [line.split() for line in lines[lines.index(next(line for line in lines if "self-check" in line)) + 2 :]]
     families = ("assign_attention", "token_distill_kl", "bernoulli_distill_kl")
     assert [row[:4] for row in rows] == (
         [["cpp", family, "cpu", dtype] for family in families for dtype in ("bfloat16", "float32")]
-        + [["broken", family, "cpu", "float32"] for family in families])
+        + [["broken", family, "cpu", "float32"] for family in families]
+    )
     assert [row[5] for row in rows] == ["ok"] * 6 + ["FAILED:", "ok", "ok"]

@@ -12,14 +12,23 @@ import cign_fast
 from cign_fast.ops.backends import BACKENDS, backend_report
 from cign_fast.ops.bernoulli_distill_kl import OP, bernoulli_distill_kl_fwd
 from cign_fast.ops.reference import bernoulli_distill_kl_reference, bernoulli_kl
+
 from helpers import ALL_BACKENDS, require_backend
 
 REDUCTIONS = ("batchmean", "mean", "sum", "none")
 CASES = [  # (R, K, columns)
-    (6, 10, slice(0, 7)), (1, 1, None), (5, 3, slice(1, 3)), (33, 37, slice(0, 36)), (4, 300, slice(2, 289)),
+    (6, 10, slice(0, 7)),
+    (1, 1, None),
+    (5, 3, slice(1, 3)),
+    (33, 37, slice(0, 36)),
+    (4, 300, slice(2, 289)),
 ]
-LOW_PRECISION = [(name, dtype) for name in ALL_BACKENDS for dtype in (torch.bfloat16, torch.float16)
-                 if dtype in BACKENDS[name].dtypes]
+LOW_PRECISION = [
+    (name, dtype)
+    for name in ALL_BACKENDS
+    for dtype in (torch.bfloat16, torch.float16)
+    if dtype in BACKENDS[name].dtypes
+]
 
 
 def logits(rows, width, dtype=torch.float32, device="cpu", strided=False, seed=0, scale=3.0):
@@ -40,7 +49,9 @@ def direct_float64(student, teacher, temperature, columns, reduction):
     q = 1 / (1 + np.exp(-student.detach().double().numpy()[:, cols] / temperature))
     per_row = (p * np.log(p / q) + (1 - p) * np.log((1 - p) / (1 - q))).sum(1) * temperature**2
     elements = per_row.size * p.shape[1]
-    return {"batchmean": per_row.mean(), "mean": per_row.sum() / elements, "sum": per_row.sum(), "none": per_row}[reduction]
+    return {"batchmean": per_row.mean(), "mean": per_row.sum() / elements, "sum": per_row.sum(), "none": per_row}[
+        reduction
+    ]
 
 
 def loss_and_grad(backend, student, teacher, upstream=None, **kwargs):
@@ -60,8 +71,9 @@ def reference_float64(student, teacher, upstream=None, **kwargs):
 @pytest.mark.parametrize("temperature", [0.5, 1.0, 2.5])
 def test_reference_matches_direct_float64(reduction, temperature):
     student, teacher = logits(7, 12, torch.float64)
-    got = bernoulli_distill_kl_reference(student, teacher, temperature=temperature, columns=slice(0, 9),
-                                         reduction=reduction)
+    got = bernoulli_distill_kl_reference(
+        student, teacher, temperature=temperature, columns=slice(0, 9), reduction=reduction
+    )
     expected = torch.as_tensor(direct_float64(student, teacher, temperature, slice(0, 9), reduction))
     torch.testing.assert_close(got.detach(), expected, rtol=1e-12, atol=1e-12)
 
@@ -76,10 +88,12 @@ def test_backend_matches_reference_fp32(backend, case, strided):
     generator = torch.Generator().manual_seed(rows)
     for reduction in REDUCTIONS:
         upstream = (torch.rand(rows if reduction == "none" else (), generator=generator) + 0.5).to(device)
-        loss, grad = loss_and_grad(backend, student, teacher, upstream, temperature=2.0, columns=columns,
-                                   reduction=reduction)
-        want, want_grad = reference_float64(student, teacher, upstream, temperature=2.0, columns=columns,
-                                            reduction=reduction)
+        loss, grad = loss_and_grad(
+            backend, student, teacher, upstream, temperature=2.0, columns=columns, reduction=reduction
+        )
+        want, want_grad = reference_float64(
+            student, teacher, upstream, temperature=2.0, columns=columns, reduction=reduction
+        )
         assert loss.dtype == torch.float32 and grad.dtype == torch.float32 and grad.shape == student.shape
         torch.testing.assert_close(loss.cpu().double(), want, rtol=1e-5, atol=1e-6, msg=reduction)
         torch.testing.assert_close(grad.cpu().double(), want_grad, rtol=1e-4, atol=1e-7, msg=reduction)
@@ -126,10 +140,14 @@ def test_every_element_is_non_negative_up_to_rounding(backend):
     magnitude = 10.0 ** torch.empty(4000).uniform_(-3, 30, generator=generator)
     sign = torch.randint(0, 2, (2, 4000), generator=generator) * 2 - 1
     teacher = sign[0] * magnitude
-    student = torch.where(torch.arange(4000) % 2 == 0, sign[1] * magnitude.flip(0),
-                          teacher * (1 + 1e-3 * torch.randn(4000, generator=generator)))
-    kl = cign_fast.bernoulli_distill_kl(student[:, None].to(device), teacher[:, None].to(device), reduction="none",
-                                        backend=backend)
+    student = torch.where(
+        torch.arange(4000) % 2 == 0,
+        sign[1] * magnitude.flip(0),
+        teacher * (1 + 1e-3 * torch.randn(4000, generator=generator)),
+    )
+    kl = cign_fast.bernoulli_distill_kl(
+        student[:, None].to(device), teacher[:, None].to(device), reduction="none", backend=backend
+    )
     assert torch.isfinite(kl).all()
     rounding = 4 * torch.finfo(torch.float32).eps * (1 + student.abs() + teacher.abs())
     assert (kl.cpu() >= -rounding).all(), f"kl < 0 at {kl.argmin().item()}: {kl.min().item()}"
@@ -148,7 +166,9 @@ def test_a_uniform_shift_of_the_old_logits_changes_the_loss(backend):
     assert bernoulli.item() > 1.0
     further = teacher.clone()
     further[:, :20] -= 10.0
-    assert cign_fast.bernoulli_distill_kl(further, teacher, temperature=2.0, columns=(0, 20), backend=backend) > bernoulli
+    assert (
+        cign_fast.bernoulli_distill_kl(further, teacher, temperature=2.0, columns=(0, 20), backend=backend) > bernoulli
+    )
 
 
 @pytest.mark.parametrize("backend", ALL_BACKENDS)
@@ -219,7 +239,8 @@ def test_gradcheck_reference_backend():
     for reduction in ("batchmean", "mean", "none"):
         torch.autograd.gradcheck(
             lambda s, reduction=reduction: cign_fast.bernoulli_distill_kl(
-                s, teacher, temperature=1.5, columns=(0, 4), reduction=reduction, backend="reference"),
+                s, teacher, temperature=1.5, columns=(0, 4), reduction=reduction, backend="reference"
+            ),
             (student,),
         )
 
@@ -235,7 +256,9 @@ def test_custom_op_passes_opcheck(backend):
 def test_compiles_without_graph_break():
     student, teacher = (t.detach() for t in logits(6, 11))
     fn = lambda s, t: cign_fast.bernoulli_distill_kl(s * 1.5, t, columns=(0, 8))  # noqa: E731
-    torch.testing.assert_close(torch.compile(fn, backend="aot_eager", fullgraph=True)(student, teacher), fn(student, teacher))
+    torch.testing.assert_close(
+        torch.compile(fn, backend="aot_eager", fullgraph=True)(student, teacher), fn(student, teacher)
+    )
 
 
 def test_info_lists_the_op_for_every_backend():
@@ -253,8 +276,18 @@ def test_info_lists_the_op_for_every_backend():
         (lambda s, t: (s, t.double()), {}, TypeError, "one dtype"),
         (lambda s, t: (s, t.to("meta")), {}, ValueError, "one device"),
         (lambda s, t: (s[:0], t[:0]), {}, ValueError, "student_logits: expected at least one row"),
-        (lambda s, t: (s.index_fill(0, torch.tensor([1]), float("nan")), t), {}, ValueError, "student_logits: contains NaN"),
-        (lambda s, t: (s, t.index_fill(1, torch.tensor([0]), float("inf"))), {}, ValueError, "teacher_logits: contains inf"),
+        (
+            lambda s, t: (s.index_fill(0, torch.tensor([1]), float("nan")), t),
+            {},
+            ValueError,
+            "student_logits: contains NaN",
+        ),
+        (
+            lambda s, t: (s, t.index_fill(1, torch.tensor([0]), float("inf"))),
+            {},
+            ValueError,
+            "teacher_logits: contains inf",
+        ),
         (lambda s, t: (s, t), {"temperature": -1.0}, ValueError, "temperature"),
         (lambda s, t: (s, t), {"columns": slice(6, 2)}, ValueError, "columns"),
         (lambda s, t: (s, t), {"columns": (0, 6, 2)}, ValueError, "columns"),

@@ -27,8 +27,9 @@ def device() -> torch.device:
 
 def compare(student, teacher, start, stop, temperature, reduction, rtol=1e-5, atol=1e-6):
     loss, grad = kernels.bernoulli_distill_kl_forward(student, teacher, start, stop, temperature, reduction)
-    want_loss, want_grad = reference_forward(student.cpu().double(), teacher.cpu().double(), start, stop,
-                                             temperature, reduction)
+    want_loss, want_grad = reference_forward(
+        student.cpu().double(), teacher.cpu().double(), start, stop, temperature, reduction
+    )
     assert grad.shape == student.shape and grad.dtype == student.dtype and loss.dtype == torch.float32
     torch.testing.assert_close(loss.cpu().double(), want_loss, rtol=rtol, atol=atol)
     torch.testing.assert_close(grad.cpu().double(), want_grad, rtol=1e-4, atol=atol)
@@ -112,8 +113,7 @@ def test_kernel_compiles_for_sm90():
     CIGN's head size and float32 at two column chunks, with the tiles the launcher picks; the PTX
     takes no approximate logarithm (log1p is the series)."""
     env = {name: value for name, value in os.environ.items() if name != "TRITON_INTERPRET"}
-    result = subprocess.run([sys.executable, "-c", COMPILE_PROBE], env=env, capture_output=True, text=True,
-                            timeout=600)
+    result = subprocess.run([sys.executable, "-c", COMPILE_PROBE], env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-4000:]
     compiled = json.loads(result.stdout.strip().splitlines()[-1])
     assert [entry["dtype"] for entry in compiled] == ["bf16", "fp32"]

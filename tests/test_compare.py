@@ -12,8 +12,15 @@ from cign_fast.methods import METHODS
 from cign_fast.metrics import MODALITIES
 from cign_fast.train.checkpoint import list_checkpoints
 from cign_fast.train.compare import (
-    METRICS, load_recipe, memory_of, paired_t_test, plan_runs, recipe_names, student_t_p_value,
+    METRICS,
+    load_recipe,
+    memory_of,
+    paired_t_test,
+    plan_runs,
+    recipe_names,
+    student_t_p_value,
 )
+
 from helpers import one_thread, tiny_train_args, write_feature_dataset
 
 REQUIRED_MEMORY = 3
@@ -21,8 +28,12 @@ NEED_MEMORY = [name for name, cls in METHODS.items() if cls.memory_use == "requi
 
 
 def compare_args(data, out, *extra):
-    return ["compare", *tiny_train_args(data, out, "--tasks", "2", "--epochs", "1",
-                                        "--required-memory-per-class", str(REQUIRED_MEMORY), *extra)]
+    return [
+        "compare",
+        *tiny_train_args(
+            data, out, "--tasks", "2", "--epochs", "1", "--required-memory-per-class", str(REQUIRED_MEMORY), *extra
+        ),
+    ]
 
 
 def run_dir(out: Path, name: str) -> Path:
@@ -47,17 +58,20 @@ def test_every_method_trains_and_the_table_holds_their_metrics(comparison, capsy
     table = (out / "compare.md").read_text()
     assert f"except for {', '.join(NEED_MEMORY)}" in table
     for name in METHODS:
-        assert run_dir(out, name) == out / (f"{name}-memory{REQUIRED_MEMORY}" if name in NEED_MEMORY else name) \
-            / "seed0"
+        assert (
+            run_dir(out, name) == out / (f"{name}-memory{REQUIRED_MEMORY}" if name in NEED_MEMORY else name) / "seed0"
+        )
         metrics = json.loads((run_dir(out, name) / "metrics.json").read_text())
         assert len(metrics["audio_visual"]["matrix"]) == 2
-        assert not (run_dir(out, name) / "accuracy_matrices.png").exists()   # run.plots=false
+        assert not (run_dir(out, name) / "accuracy_matrices.png").exists()  # run.plots=false
         for modality in MODALITIES:
             for metric in METRICS:
                 entry = report["results"][name][modality][metric]
                 assert entry["values"] == [metrics[modality][metric]] and entry["std"] == 0.0
-            assert report["results"][name][modality]["accuracy_after_step"]["mean"] == \
-                metrics[modality]["accuracy_after_step"]
+            assert (
+                report["results"][name][modality]["accuracy_after_step"]["mean"]
+                == metrics[modality]["accuracy_after_step"]
+            )
         cells = [f"{100 * report['results'][name][m]['last_accuracy']['mean']:.1f} ± 0.0" for m in MODALITIES]
         assert f"| {name} | {REQUIRED_MEMORY if name in NEED_MEMORY else '-'} | {' | '.join(cells)} |" in table
     assert (out / "compare.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -70,8 +84,22 @@ def test_eval_reproduces_each_methods_last_row(comparison, tmp_path, name):
     data, out, _ = comparison
     checkpoint = list_checkpoints(run_dir(out, name) / "checkpoints")[-1]
     with one_thread():
-        assert main(["eval", "--checkpoint", str(checkpoint), "--data", str(data), "--device", "cpu",
-                     "--json", str(tmp_path / "eval.json")]) == 0
+        assert (
+            main(
+                [
+                    "eval",
+                    "--checkpoint",
+                    str(checkpoint),
+                    "--data",
+                    str(data),
+                    "--device",
+                    "cpu",
+                    "--json",
+                    str(tmp_path / "eval.json"),
+                ]
+            )
+            == 0
+        )
     evaluation = json.loads((tmp_path / "eval.json").read_text())
     metrics = json.loads((run_dir(out, name) / "metrics.json").read_text())
     assert evaluation["method"] == name
@@ -83,8 +111,24 @@ def test_embed_uses_the_methods_embedding(comparison, tmp_path):
     data, out, _ = comparison
     checkpoint = list_checkpoints(run_dir(out, "icarl") / "checkpoints")[-1]
     with one_thread():
-        assert main(["embed", "--checkpoint", str(checkpoint), "--data", str(data), "--out", str(tmp_path / "t.png"),
-                     "--device", "cpu", "--perplexity", "3"]) == 0
+        assert (
+            main(
+                [
+                    "embed",
+                    "--checkpoint",
+                    str(checkpoint),
+                    "--data",
+                    str(data),
+                    "--out",
+                    str(tmp_path / "t.png"),
+                    "--device",
+                    "cpu",
+                    "--perplexity",
+                    "3",
+                ]
+            )
+            == 0
+        )
     assert (tmp_path / "t.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
@@ -103,7 +147,7 @@ def test_a_killed_comparison_resumes_where_it_stopped(comparison, capsys):
     printed = capsys.readouterr().out
     assert f"ewc seed 0: resuming in {ewc}" in printed
     assert printed.count("finished earlier") == len(METHODS) - 1
-    assert "epoch 1/1: loss" not in printed                    # nothing is trained again
+    assert "epoch 1/1: loss" not in printed  # nothing is trained again
     assert (lwf / "metrics.json").stat().st_mtime_ns == untouched
     assert json.loads((out / "compare.json").read_text())["results"] == before["results"]
 
@@ -111,12 +155,16 @@ def test_a_killed_comparison_resumes_where_it_stopped(comparison, capsys):
 def test_train_method_flag_logs_the_methods_loss_terms(comparison, tmp_path):
     data, _, _ = comparison
     with one_thread():
-        assert main(["train", *tiny_train_args(data, tmp_path / "lwf", "--method", "lwf", "--tasks", "2",
-                                               "--epochs", "1")]) == 0
+        assert (
+            main(
+                ["train", *tiny_train_args(data, tmp_path / "lwf", "--method", "lwf", "--tasks", "2", "--epochs", "1")]
+            )
+            == 0
+        )
     with (tmp_path / "lwf" / "epochs.csv").open() as handle:
         rows = list(csv.DictReader(handle))
     assert list(rows[0])[:6] == ["task", "epoch", "loss", "ce_audio", "ce_visual", "kd"]
-    assert float(rows[0]["kd"]) == 0.0 and float(rows[1]["kd"]) >= 0.0   # no old model at the first task
+    assert float(rows[0]["kd"]) == 0.0 and float(rows[1]["kd"]) >= 0.0  # no old model at the first task
     for row in rows:
         assert float(row["loss"]) == pytest.approx(float(row["ce_audio"]) + float(row["ce_visual"]) + float(row["kd"]))
     assert "method: lwf" in (tmp_path / "lwf" / "config.yaml").read_text()
@@ -125,11 +173,21 @@ def test_train_method_flag_logs_the_methods_loss_terms(comparison, tmp_path):
 def test_a_comparison_sharing_the_runs_folder_reuses_the_runs_in_common(comparison, tmp_path, capsys):
     data, out, _ = comparison
     capsys.readouterr()
-    args = compare_args(data, tmp_path / "with-memory", "--methods", "joint,icarl", "--seeds", "0",
-                        "--memory-per-class", str(REQUIRED_MEMORY), "--runs", str(out))
+    args = compare_args(
+        data,
+        tmp_path / "with-memory",
+        "--methods",
+        "joint,icarl",
+        "--seeds",
+        "0",
+        "--memory-per-class",
+        str(REQUIRED_MEMORY),
+        "--runs",
+        str(out),
+    )
     with one_thread():
         assert main(args) == 0
-    assert capsys.readouterr().out.count("finished earlier") == 2   # joint keeps no memory; icarl had 3 per class
+    assert capsys.readouterr().out.count("finished earlier") == 2  # joint keeps no memory; icarl had 3 per class
     report = json.loads((tmp_path / "with-memory" / "compare.json").read_text())
     assert report["runs"]["icarl"] == [str(run_dir(out, "icarl"))]
 
@@ -153,6 +211,7 @@ def test_memory_rules_and_bad_plans():
 
 # ----- significance and benchmark recipes --------------------------------------------------------------------
 
+
 def test_student_t_p_values_match_scipy_and_the_paired_test_is_over_seeds():
     stats = pytest.importorskip("scipy.stats")
     for df in range(1, 10):
@@ -161,19 +220,28 @@ def test_student_t_p_values_match_scipy_and_the_paired_test_is_over_seeds():
     method, reference = [0.52, 0.61, 0.70], [0.40, 0.47, 0.61]
     test = paired_t_test(method, reference)
     expected = stats.ttest_rel(method, reference)
-    assert test["n"] == 3 and test["t"] == pytest.approx(expected.statistic) and test["p"] == pytest.approx(
-        expected.pvalue)
-    assert paired_t_test([0.5, 0.6], [0.4, 0.5]) == {"mean_difference": pytest.approx(0.1), "t": None, "p": 0.0,
-                                                     "n": 2}
+    assert (
+        test["n"] == 3
+        and test["t"] == pytest.approx(expected.statistic)
+        and test["p"] == pytest.approx(expected.pvalue)
+    )
+    assert paired_t_test([0.5, 0.6], [0.4, 0.5]) == {"mean_difference": pytest.approx(0.1), "t": None, "p": 0.0, "n": 2}
     assert paired_t_test([0.5], [0.4])["p"] is None
 
 
 def test_every_recipe_builds_a_config_and_names_known_methods():
     from cign_fast.train.config import build_config
+
     names = recipe_names()
-    assert len(names) == 7 and {"cign-vggsound-instruments-4x9", "cign-vggsound100-4x25", "cign-vggsound100-10x10",
-                                "cign-vgg-ss", "avcil-ave-4x7", "avcil-kinetics-sounds-5x6",
-                                "avcil-vggsound100-10x10"} == set(names)
+    assert len(names) == 7 and {
+        "cign-vggsound-instruments-4x9",
+        "cign-vggsound100-4x25",
+        "cign-vggsound100-10x10",
+        "cign-vgg-ss",
+        "avcil-ave-4x7",
+        "avcil-kinetics-sounds-5x6",
+        "avcil-vggsound100-10x10",
+    } == set(names)
     for name in names:
         settings, values, path = load_recipe(name)
         config = build_config(base=values, base_source=str(path))
@@ -181,8 +249,10 @@ def test_every_recipe_builds_a_config_and_names_known_methods():
         if name.startswith("avcil"):
             assert config.data.input_mode == "features" and settings["memory_budget"] > 0
             classes = Path(config.data.class_order).read_text().splitlines()[1:]
-            assert len(classes) == {"avcil-ave-4x7": 28, "avcil-kinetics-sounds-5x6": 30,
-                                    "avcil-vggsound100-10x10": 100}[name]
+            assert (
+                len(classes)
+                == {"avcil-ave-4x7": 28, "avcil-kinetics-sounds-5x6": 30, "avcil-vggsound100-10x10": 100}[name]
+            )
             assert len(classes) % config.data.tasks == 0
     with pytest.raises(ValueError, match=r"--benchmark: expected a data preset or one of the recipes"):
         load_recipe("nope")
@@ -190,14 +260,19 @@ def test_every_recipe_builds_a_config_and_names_known_methods():
 
 def test_a_recipe_runs_its_table_with_seeds_aggregated_and_tested_against_cign(tmp_path, monkeypatch):
     from cign_fast.train import compare
+
     data = write_feature_dataset(tmp_path / "data", num_classes=4, train_per_class=8, test_per_class=4)
     recipes = tmp_path / "recipes"
     recipes.mkdir()
-    (recipes / "tiny.yaml").write_text("compare:\n  methods: [cign, finetune, l2p]\n  seeds: [0, 1, 2]\n"
-                                       "  memory_budget: 4\ndata:\n  tasks: 2\noptim:\n  epochs: 1\n")
+    (recipes / "tiny.yaml").write_text(
+        "compare:\n  methods: [cign, finetune, l2p]\n  seeds: [0, 1, 2]\n"
+        "  memory_budget: 4\ndata:\n  tasks: 2\noptim:\n  epochs: 1\n"
+    )
     monkeypatch.setattr(compare, "RECIPES_DIR", recipes)
     args = tiny_train_args(data, tmp_path / "out", "--benchmark", "tiny")
-    args = [a for i, a in enumerate(args) if not (a in ("--tasks", "--epochs") or args[i - 1] in ("--tasks", "--epochs"))]
+    args = [
+        a for i, a in enumerate(args) if not (a in ("--tasks", "--epochs") or args[i - 1] in ("--tasks", "--epochs"))
+    ]
     with one_thread():
         assert main(["compare", *args]) == 0
     report = json.loads((tmp_path / "out" / "compare.json").read_text())

@@ -39,7 +39,10 @@ def c_float(literal: str) -> float:
 
 def test_python_modes_follow_their_names():
     assert [contract.MODES.index(name) for name in ("soft", "hard", "gumbel")] == [
-        contract.MODE_SOFT, contract.MODE_HARD, contract.MODE_GUMBEL]
+        contract.MODE_SOFT,
+        contract.MODE_HARD,
+        contract.MODE_GUMBEL,
+    ]
 
 
 def test_cpp_and_cuda_header_agrees_with_python():
@@ -53,8 +56,14 @@ def test_cpp_and_cuda_header_agrees_with_python():
         assert c_float(constants[name]) == getattr(contract, python), name
 
 
-@pytest.mark.parametrize("source", sorted(str(p.relative_to(REPO)) for p in (REPO / "csrc").rglob("*")
-                                          if p.suffix in (".h", ".cpp", ".cu") and p != CONTRACT_HEADER))
+@pytest.mark.parametrize(
+    "source",
+    sorted(
+        str(p.relative_to(REPO))
+        for p in (REPO / "csrc").rglob("*")
+        if p.suffix in (".h", ".cpp", ".cu") and p != CONTRACT_HEADER
+    ),
+)
 def test_no_cpp_or_cuda_source_spells_the_constants_itself(source):
     text = (REPO / source).read_text()
     assert not re.search(r"constexpr\s+int\s+kMode", text), f"{source} defines its own mode ids"
@@ -65,9 +74,9 @@ def test_no_cpp_or_cuda_source_spells_the_constants_itself(source):
 
 def test_cpp_and_cuda_kernels_include_the_contract():
     includes = {path.name: path.read_text() for path in (REPO / "csrc").rglob("*") if path.is_file()}
-    assert '#include "contract.h"' in includes["kernels.h"]          # CPU kernels
-    assert '#include "contract.h"' in includes["gumbel_noise.h"]     # CPU and CUDA noise
-    assert '#include "contract.h"' in includes["tensor_checks.h"]    # CPU and CUDA argument checks
+    assert '#include "contract.h"' in includes["kernels.h"]  # CPU kernels
+    assert '#include "contract.h"' in includes["gumbel_noise.h"]  # CPU and CUDA noise
+    assert '#include "contract.h"' in includes["tensor_checks.h"]  # CPU and CUDA argument checks
     assert '#include "gumbel_noise.h"' in includes["assign_attention.cu"]
 
 
@@ -75,8 +84,15 @@ def test_triton_kernels_bind_the_python_constants():
     kernels_dir = REPO / "kernels"
     import cign_fast.kernels.assign_attention as triton_assign
 
-    bound = {"SOFT": "MODE_SOFT", "HARD": "MODE_HARD", "GUMBEL": "MODE_GUMBEL", "MIX_1": "MIX_MUL_1",
-             "MIX_2": "MIX_MUL_2", "STEP": "UNIFORM_STEP", "OFFSET": "UNIFORM_OFFSET"}
+    bound = {
+        "SOFT": "MODE_SOFT",
+        "HARD": "MODE_HARD",
+        "GUMBEL": "MODE_GUMBEL",
+        "MIX_1": "MIX_MUL_1",
+        "MIX_2": "MIX_MUL_2",
+        "STEP": "UNIFORM_STEP",
+        "OFFSET": "UNIFORM_OFFSET",
+    }
     for name, python in bound.items():
         assert getattr(triton_assign, name).value == getattr(contract, python), name
     source = (kernels_dir / "assign_attention.py").read_text()
@@ -95,6 +111,10 @@ def test_kernels_import_only_the_contract_of_the_package():
 
 
 def test_triton_interpret_is_read_in_one_place():
-    readers = {path.resolve().relative_to(REPO).as_posix() for root in ("cign_fast", "kernels")
-               for path in (REPO / root).rglob("*.py") if '"TRITON_INTERPRET"' in path.read_text()}
+    readers = {
+        path.resolve().relative_to(REPO).as_posix()
+        for root in ("cign_fast", "kernels")
+        for path in (REPO / root).rglob("*.py")
+        if '"TRITON_INTERPRET"' in path.read_text()
+    }
     assert readers == {"cign_fast/contract.py"}

@@ -8,8 +8,14 @@ import pytest
 
 from cign_fast.data import LabelRow
 from cign_fast.data.benchmarks import (
-    VGGSOUND100_CLASSES, VGGSOUND_INSTRUMENTS_TASKS, benchmark_tasks, class_order_from_file,
-    class_order_of_first_appearance, shuffled_class_order, split_classes, vggsound_label,
+    VGGSOUND100_CLASSES,
+    VGGSOUND_INSTRUMENTS_TASKS,
+    benchmark_tasks,
+    class_order_from_file,
+    class_order_of_first_appearance,
+    shuffled_class_order,
+    split_classes,
+    vggsound_label,
 )
 
 SHARED_BENCHMARKS = Path(__file__).resolve().parents[2] / "shared/data/benchmarks"
@@ -83,8 +89,12 @@ def test_split_classes() -> None:
 
 
 def test_class_orders(tmp_path: Path) -> None:
-    rows = [LabelRow("1", "dog", "test"), LabelRow("2", "cat", "train"), LabelRow("3", "dog", "train"),
-            LabelRow("4", "bird", "train")]
+    rows = [
+        LabelRow("1", "dog", "test"),
+        LabelRow("2", "cat", "train"),
+        LabelRow("3", "dog", "train"),
+        LabelRow("4", "bird", "train"),
+    ]
     assert class_order_of_first_appearance(rows) == ["dog", "cat", "bird"]
     assert class_order_of_first_appearance(rows, split="train") == ["cat", "dog", "bird"]
     names = [f"c{i}" for i in range(20)]

@@ -14,8 +14,14 @@ from PIL import Image
 from torch.utils.data import DataLoader
 
 from cign_fast.data import (
-    ClipDataset, SkippedClipWarning, SkippedItem, SkipReport, collate_skipping, load_clip_waveform,
-    synthetic_class_names, write_synthetic_dataset,
+    ClipDataset,
+    SkippedClipWarning,
+    SkippedItem,
+    SkipReport,
+    collate_skipping,
+    load_clip_waveform,
+    synthetic_class_names,
+    write_synthetic_dataset,
 )
 from cign_fast.data.audio import centre_crop_or_tile
 from cign_fast.data.visual import IMAGENET_MEAN, IMAGENET_STD
@@ -25,8 +31,9 @@ NAMES = synthetic_class_names(3)
 
 @pytest.fixture()
 def small_root(tmp_path: Path) -> Path:
-    return write_synthetic_dataset(tmp_path / "data", num_classes=3, train_per_class=4, val_per_class=1,
-                                   test_per_class=1, image_size=32)
+    return write_synthetic_dataset(
+        tmp_path / "data", num_classes=3, train_per_class=4, val_per_class=1, test_per_class=1, image_size=32
+    )
 
 
 def _clip(label: str, index: int) -> str:
@@ -44,10 +51,15 @@ def _break_clips(root: Path) -> dict[str, str]:
     soundfile.write(audio / f"{_clip('class_01', 2)}.wav", np.zeros(0, dtype=np.float32), 8000)
     (frames / f"{_clip('class_02', 0)}.jpg").unlink()
     (audio / f"{_clip('class_02', 1)}.wav").unlink()
-    return {_clip("class_00", 0): "corrupt_image", _clip("class_00", 1): "corrupt_image",
-            _clip("class_01", 0): "corrupt_audio", _clip("class_01", 1): "empty_audio",
-            _clip("class_01", 2): "empty_audio", _clip("class_02", 0): "missing_visual",
-            _clip("class_02", 1): "missing_audio"}
+    return {
+        _clip("class_00", 0): "corrupt_image",
+        _clip("class_00", 1): "corrupt_image",
+        _clip("class_01", 0): "corrupt_audio",
+        _clip("class_01", 1): "empty_audio",
+        _clip("class_01", 2): "empty_audio",
+        _clip("class_02", 0): "missing_visual",
+        _clip("class_02", 1): "missing_audio",
+    }
 
 
 @pytest.mark.parametrize("num_workers", [0, 2])
@@ -62,8 +74,14 @@ def test_bad_clips_are_skipped_and_counted(small_root: Path, num_workers: int) -
     report = SkipReport()
     report.merge(dataset.skip_report)
     seen: list[str] = []
-    loader = DataLoader(dataset, batch_size=4, shuffle=True, num_workers=num_workers, collate_fn=collate_skipping,
-                        generator=torch.Generator().manual_seed(0))
+    loader = DataLoader(
+        dataset,
+        batch_size=4,
+        shuffle=True,
+        num_workers=num_workers,
+        collate_fn=collate_skipping,
+        generator=torch.Generator().manual_seed(0),
+    )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", SkippedClipWarning)
         for _epoch in range(2):
@@ -77,8 +95,13 @@ def test_bad_clips_are_skipped_and_counted(small_root: Path, num_workers: int) -
                 assert len(sizes) == 1
     good = set(dataset.ids) - set(expected)
     assert sorted(seen) == sorted(list(good) * 2)
-    assert report.counts == {"corrupt_audio": 1, "corrupt_image": 2, "empty_audio": 2, "missing_audio": 1,
-                             "missing_visual": 1}
+    assert report.counts == {
+        "corrupt_audio": 1,
+        "corrupt_image": 2,
+        "empty_audio": 2,
+        "missing_audio": 1,
+        "missing_visual": 1,
+    }
     assert {clip: report.to_dict()["clips"][clip]["reason"] for clip in expected} == expected
     assert "7 clip(s) skipped" in report.summary()
 
@@ -120,10 +143,15 @@ def test_split_absent_from_labels(small_root: Path) -> None:
         ClipDataset(small_root, "val", NAMES, train=False, image_size=32)
 
 
-@pytest.mark.parametrize("argument, kwargs", [
-    ("split", dict(split="validation")), ("class_names", dict(class_names=["a", "a"])),
-    ("image_size", dict(image_size=16)), ("sample_rate", dict(sample_rate=16000.0)),
-])
+@pytest.mark.parametrize(
+    "argument, kwargs",
+    [
+        ("split", dict(split="validation")),
+        ("class_names", dict(class_names=["a", "a"])),
+        ("image_size", dict(image_size=16)),
+        ("sample_rate", dict(sample_rate=16000.0)),
+    ],
+)
 def test_bad_arguments(small_root: Path, argument: str, kwargs: dict) -> None:
     options = {"root": small_root, "split": "train", "class_names": NAMES, "train": True, **kwargs}
     with pytest.raises(ValueError, match=argument):
@@ -182,6 +210,8 @@ def test_file_removed_after_construction_is_skipped(small_root: Path) -> None:
     (small_root / "audio" / f"{_clip('class_00', 2)}.wav").unlink()
     (small_root / "frames" / f"{_clip('class_01', 3)}.jpg").unlink()
     with pytest.warns(SkippedClipWarning):
-        reasons = [dataset[dataset.ids.index(_clip(label, index))].reason
-                   for label, index in (("class_00", 2), ("class_01", 3))]
+        reasons = [
+            dataset[dataset.ids.index(_clip(label, index))].reason
+            for label, index in (("class_00", 2), ("class_01", 3))
+        ]
     assert reasons == ["missing_audio", "missing_visual"]

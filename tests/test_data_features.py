@@ -26,8 +26,15 @@ class Interrupted(Exception):
 
 @pytest.fixture(scope="module")
 def data_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return write_synthetic_dataset(tmp_path_factory.mktemp("clips"), num_classes=3, train_per_class=4,
-                                   val_per_class=1, test_per_class=2, seed=5, **SIZES)
+    return write_synthetic_dataset(
+        tmp_path_factory.mktemp("clips"),
+        num_classes=3,
+        train_per_class=4,
+        val_per_class=1,
+        test_per_class=2,
+        seed=5,
+        **SIZES,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -67,8 +74,9 @@ def test_round_trip_equals_direct_encoder_output(data_root: Path, cache: Path, e
 
 def test_float16_cache_and_pooled_audio(data_root: Path, cache: Path, tmp_path: Path) -> None:
     pooled = build_frozen_encoders(seed=1, audio_tokens="pooled")
-    extract_features(data_root, tmp_path / "half", pooled, describe_encoders(seed=1, audio_tokens="pooled"),
-                     dtype="float16", **SIZES)
+    extract_features(
+        data_root, tmp_path / "half", pooled, describe_encoders(seed=1, audio_tokens="pooled"), dtype="float16", **SIZES
+    )
     half = FeatureDataset(tmp_path / "half", "test", NAMES)
     full = FeatureDataset(cache, "test", NAMES)
     assert half.audio_shape == (1, 512)
@@ -79,6 +87,7 @@ def test_float16_cache_and_pooled_audio(data_root: Path, cache: Path, tmp_path: 
 
 def test_corrupted_or_missing_shard_is_named(cache: Path, tmp_path: Path) -> None:
     import shutil
+
     broken = tmp_path / "broken"
     shutil.copytree(cache, broken)
     shard = broken / "train/visual-00001.npy"
@@ -87,8 +96,8 @@ def test_corrupted_or_missing_shard_is_named(cache: Path, tmp_path: Path) -> Non
     shard.write_bytes(bytes(content))
     with pytest.raises(CorruptShardError, match=r"train/visual-00001\.npy is corrupted"):
         FeatureDataset(broken, "train", NAMES)
-    FeatureDataset(broken, "val", NAMES)                  # other splits still verify
-    FeatureDataset(broken, "train", NAMES[:1])            # class_00 lives in shard 0 only
+    FeatureDataset(broken, "val", NAMES)  # other splits still verify
+    FeatureDataset(broken, "train", NAMES[:1])  # class_00 lives in shard 0 only
     (broken / "test/audio-00001.npy").unlink()
     with pytest.raises(CorruptShardError, match=r"test/audio-00001\.npy is missing"):
         FeatureDataset(broken, "test", NAMES)
@@ -105,7 +114,7 @@ def test_extraction_resumes_after_interruption(data_root: Path, cache: Path, enc
 
     with pytest.raises(Interrupted):
         _extract(data_root, folder, encoders, on_shard=stop_after_two)
-    (folder / "train/.audio-00002.npy.tmp-999").write_bytes(b"half-written")   # as a kill mid-write leaves
+    (folder / "train/.audio-00002.npy.tmp-999").write_bytes(b"half-written")  # as a kill mid-write leaves
     with pytest.raises(ValueError, match="incomplete"):
         FeatureDataset(folder, "train", NAMES)
     result = _extract(data_root, folder, encoders, on_shard=lambda split, index: written.append((split, index)))
@@ -128,8 +137,7 @@ def test_corrupted_shard_is_recomputed_on_rerun(data_root: Path, encoders: dict,
     assert len(FeatureDataset(folder, "val", NAMES)) == 3
 
 
-def test_other_settings_or_foreign_folder_refused(data_root: Path, cache: Path, encoders: dict,
-                                                  tmp_path: Path) -> None:
+def test_other_settings_or_foreign_folder_refused(data_root: Path, cache: Path, encoders: dict, tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="other settings .*dtype"):
         _extract(data_root, cache, encoders, dtype="float16")
     (tmp_path / "notes.txt").write_text("mine")
@@ -139,6 +147,7 @@ def test_other_settings_or_foreign_folder_refused(data_root: Path, cache: Path, 
 
 def test_bad_clips_skipped_during_extraction(data_root: Path, encoders: dict, tmp_path: Path) -> None:
     import shutil
+
     copy = tmp_path / "data"
     shutil.copytree(data_root, copy)
     (copy / "audio/class_01_train_0002.wav").write_bytes(b"not audio at all")
@@ -155,16 +164,20 @@ def test_bad_clips_skipped_during_extraction(data_root: Path, encoders: dict, tm
 def _write_avcil(root: Path, visual_as_h5: bool) -> None:
     rng = np.random.default_rng(0)
     ids = {"train": ["v1", "v2", "v3"], "test": ["v4"]}
-    categories = {split: {clip: ("dog" if clip in ("v1", "v4") else "cat") for clip in clips}
-                  for split, clips in ids.items()}
+    categories = {
+        split: {clip: ("dog" if clip in ("v1", "v4") else "cat") for clip in clips} for split, clips in ids.items()
+    }
     (root / "audio_pretrained_feature").mkdir(parents=True)
     (root / "visual_pretrained_feature").mkdir()
     np.save(root / "all_id_category_dict.npy", categories)
-    np.save(root / "audio_pretrained_feature/audio_pretrained_feature_dict.npy",
-            {clip: rng.normal(size=768).astype(np.float32) for clip in ("v1", "v2", "v4")})
+    np.save(
+        root / "audio_pretrained_feature/audio_pretrained_feature_dict.npy",
+        {clip: rng.normal(size=768).astype(np.float32) for clip in ("v1", "v2", "v4")},
+    )
     visual = {clip: rng.normal(size=(8, 16)).astype(np.float32) for clip in ("v1", "v2", "v3", "v4")}
     if visual_as_h5:
         import h5py
+
         with h5py.File(root / "visual_pretrained_feature/visual_features.h5", "w") as handle:
             for clip, array in visual.items():
                 handle.create_dataset(clip, data=array)
@@ -212,14 +225,35 @@ def test_unknown_folder_and_split(tmp_path: Path, cache: Path) -> None:
 
 def test_cli_extract(data_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from cign_fast.cli import extract as extract_cli
+
     parser = argparse.ArgumentParser()
     extract_cli.add_arguments(parser)
-    args = parser.parse_args(["--data", str(data_root), "--out", str(tmp_path / "cli"), "--image-size", "32",
-                              "--sample-rate", "8000", "--workers", "0", "--device", "cpu", "--shard-size", "8"])
+    args = parser.parse_args(
+        [
+            "--data",
+            str(data_root),
+            "--out",
+            str(tmp_path / "cli"),
+            "--image-size",
+            "32",
+            "--sample-rate",
+            "8000",
+            "--workers",
+            "0",
+            "--device",
+            "cpu",
+            "--shard-size",
+            "8",
+        ]
+    )
     assert extract_cli.main(args) == 0
     out = capsys.readouterr()
     assert "clips train 12, val 3, test 6; shards written 4" in out.out and "randomly initialised" in out.err
     assert FeatureDataset(tmp_path / "cli", "val", NAMES).audio_shape == (36, 512)
-    assert extract_cli.main(parser.parse_args(["--data", str(data_root), "--out", str(tmp_path / "cli"),
-                                               "--dtype", "float32"])) == 2
+    assert (
+        extract_cli.main(
+            parser.parse_args(["--data", str(data_root), "--out", str(tmp_path / "cli"), "--dtype", "float32"])
+        )
+        == 2
+    )
     assert "holds a feature cache made with other settings" in capsys.readouterr().err

@@ -19,8 +19,15 @@ RECORDINGS = Path(__file__).resolve().parents[2] / "shared/data/fsdd/recordings"
 def fsdd_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     if not RECORDINGS.is_dir():
         pytest.skip(f"FSDD recordings not available at {RECORDINGS} (only in the project's shared folder)")
-    return write_fsdd_digits_dataset(RECORDINGS, tmp_path_factory.mktemp("fsdd"), train_per_class=3,
-                                     val_per_class=1, test_per_class=2, image_size=32, seed=0)
+    return write_fsdd_digits_dataset(
+        RECORDINGS,
+        tmp_path_factory.mktemp("fsdd"),
+        train_per_class=3,
+        val_per_class=1,
+        test_per_class=2,
+        image_size=32,
+        seed=0,
+    )
 
 
 def test_layout_and_splits(fsdd_root: Path) -> None:
@@ -33,10 +40,12 @@ def test_layout_and_splits(fsdd_root: Path) -> None:
         recording = sources[row.id]["recording"]
         digit, _speaker, take = recording[:-4].split("_")
         assert row.label == f"digit_{digit}"
-        assert (int(take) < 5) == (row.split == "test")   # upstream convention: takes 0-4 are the test set
+        assert (int(take) < 5) == (row.split == "test")  # upstream convention: takes 0-4 are the test set
     assert len({source["recording"] for source in sources.values()}) == 60
-    images = {split: {sources[row.id]["digits_image_index"] for row in rows if row.split == split}
-              for split in ("train", "val", "test")}
+    images = {
+        split: {sources[row.id]["digits_image_index"] for row in rows if row.split == split}
+        for split in ("train", "val", "test")
+    }
     assert not images["train"] & images["test"] and not images["val"] & images["test"]
 
 
@@ -50,8 +59,9 @@ def test_loaded_by_clip_dataset(fsdd_root: Path) -> None:
 
 
 def test_deterministic_and_refuses_too_many(fsdd_root: Path, tmp_path: Path) -> None:
-    again = write_fsdd_digits_dataset(RECORDINGS, tmp_path / "again", train_per_class=3, val_per_class=1,
-                                      test_per_class=2, image_size=32, seed=0)
+    again = write_fsdd_digits_dataset(
+        RECORDINGS, tmp_path / "again", train_per_class=3, val_per_class=1, test_per_class=2, image_size=32, seed=0
+    )
     assert (again / "sources.csv").read_text() == (fsdd_root / "sources.csv").read_text()
     with pytest.raises(ValueError, match="asked for 31"):
         write_fsdd_digits_dataset(RECORDINGS, tmp_path / "big", test_per_class=31)

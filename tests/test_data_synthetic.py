@@ -13,7 +13,11 @@ import torch
 from PIL import Image
 
 from cign_fast.data import (
-    ClipDataset, read_labels, spectrogram_frames, synthetic_class_names, synthetic_confusable_pairs,
+    ClipDataset,
+    read_labels,
+    spectrogram_frames,
+    synthetic_class_names,
+    synthetic_confusable_pairs,
     write_synthetic_dataset,
 )
 
@@ -22,8 +26,16 @@ NUM_CLASSES = 8
 
 @pytest.fixture(scope="module")
 def synthetic_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return write_synthetic_dataset(tmp_path_factory.mktemp("synthetic"), num_classes=NUM_CLASSES, train_per_class=12,
-                                   val_per_class=2, test_per_class=16, image_size=32, sample_rate=8000, seed=3)
+    return write_synthetic_dataset(
+        tmp_path_factory.mktemp("synthetic"),
+        num_classes=NUM_CLASSES,
+        train_per_class=12,
+        val_per_class=2,
+        test_per_class=16,
+        image_size=32,
+        sample_rate=8000,
+        seed=3,
+    )
 
 
 def _digest(root: Path) -> str:
@@ -38,8 +50,10 @@ def _digest(root: Path) -> str:
 def test_files_and_label_counts(synthetic_root: Path) -> None:
     rows = read_labels(synthetic_root)
     assert Counter((row.split, row.label) for row in rows) == {
-        (split, name): count for split, count in (("train", 12), ("val", 2), ("test", 16))
-        for name in synthetic_class_names(NUM_CLASSES)}
+        (split, name): count
+        for split, count in (("train", 12), ("val", 2), ("test", 16))
+        for name in synthetic_class_names(NUM_CLASSES)
+    }
     row = rows[0]
     with Image.open(synthetic_root / "frames" / f"{row.id}.jpg") as image:
         assert image.size == (32, 32) and image.mode == "RGB"
@@ -56,10 +70,12 @@ def test_deterministic_given_seed(tmp_path: Path) -> None:
 
 
 def test_clip_does_not_depend_on_other_counts(tmp_path: Path) -> None:
-    small = write_synthetic_dataset(tmp_path / "small", num_classes=2, train_per_class=1, val_per_class=1,
-                                    test_per_class=1, image_size=16)
-    large = write_synthetic_dataset(tmp_path / "large", num_classes=2, train_per_class=3, val_per_class=1,
-                                    test_per_class=2, image_size=16)
+    small = write_synthetic_dataset(
+        tmp_path / "small", num_classes=2, train_per_class=1, val_per_class=1, test_per_class=1, image_size=16
+    )
+    large = write_synthetic_dataset(
+        tmp_path / "large", num_classes=2, train_per_class=3, val_per_class=1, test_per_class=2, image_size=16
+    )
     for name in ("audio/class_01_test_0000.wav", "frames/class_01_test_0000.jpg"):
         assert (small / name).read_bytes() == (large / name).read_bytes()
 
@@ -76,8 +92,9 @@ def test_read_back_by_clip_dataset(synthetic_root: Path) -> None:
     assert item["label"] == 1 and item["id"] == "class_03_test_0004"
 
 
-def _nearest_centroid_accuracy(train: np.ndarray, train_labels: np.ndarray, test: np.ndarray,
-                               test_labels: np.ndarray) -> float:
+def _nearest_centroid_accuracy(
+    train: np.ndarray, train_labels: np.ndarray, test: np.ndarray, test_labels: np.ndarray
+) -> float:
     classes = np.unique(train_labels)
     centroids = np.stack([train[train_labels == c].mean(0) for c in classes])
     distances = ((test[:, None, :] - centroids[None]) ** 2).sum(-1)
@@ -98,8 +115,10 @@ def test_each_modality_separable_except_its_confusable_pairs(synthetic_root: Pat
     names = synthetic_class_names(NUM_CLASSES)
     train = _features(ClipDataset(synthetic_root, "train", names, train=False, image_size=32, sample_rate=8000))
     test = _features(ClipDataset(synthetic_root, "test", names, train=False, image_size=32, sample_rate=8000))
-    accuracy = {modality: _nearest_centroid_accuracy(train[m], train[2], test[m], test[2])
-                for m, modality in enumerate(("audio", "visual"))}
+    accuracy = {
+        modality: _nearest_centroid_accuracy(train[m], train[2], test[m], test[2])
+        for m, modality in enumerate(("audio", "visual"))
+    }
     # chance is 1/8; each modality confuses 2 of the 4 pairs, so its ceiling is 75 %.
     for modality in ("audio", "visual"):
         assert 0.6 < accuracy[modality] < 0.9, accuracy
@@ -110,18 +129,24 @@ def test_each_modality_separable_except_its_confusable_pairs(synthetic_root: Pat
         for pair in pairs[confused_in]:
             train_mask, test_mask = np.isin(train[2], pair), np.isin(test[2], pair)
             pair_accuracy = [
-                _nearest_centroid_accuracy(train[m][train_mask], train[2][train_mask], test[m][test_mask],
-                                           test[2][test_mask]) for m in (m_confused, m_clear)]
+                _nearest_centroid_accuracy(
+                    train[m][train_mask], train[2][train_mask], test[m][test_mask], test[2][test_mask]
+                )
+                for m in (m_confused, m_clear)
+            ]
             assert pair_accuracy[0] < 0.8, (confused_in, pair, pair_accuracy)
             assert pair_accuracy[1] > 0.95, (confused_in, pair, pair_accuracy)
 
 
-@pytest.mark.parametrize("num_classes, expected", [
-    (2, {"visual": [], "audio": []}),
-    (3, {"visual": [(0, 2)], "audio": []}),
-    (6, {"visual": [(0, 2)], "audio": [(1, 3)]}),
-    (7, {"visual": [(0, 2), (4, 6)], "audio": [(1, 3)]}),
-])
+@pytest.mark.parametrize(
+    "num_classes, expected",
+    [
+        (2, {"visual": [], "audio": []}),
+        (3, {"visual": [(0, 2)], "audio": []}),
+        (6, {"visual": [(0, 2)], "audio": [(1, 3)]}),
+        (7, {"visual": [(0, 2), (4, 6)], "audio": [(1, 3)]}),
+    ],
+)
 def test_confusable_pairs_of_a_partial_block(num_classes: int, expected: dict) -> None:
     assert synthetic_confusable_pairs(num_classes) == expected
 
@@ -131,8 +156,9 @@ def test_confusable_partners_fall_in_different_tasks_of_two() -> None:
         assert all(first // 2 != second // 2 for first, second in pairs)
 
 
-@pytest.mark.parametrize("argument, value", [("num_classes", 1), ("train_per_class", 0), ("image_size", 4),
-                                             ("sample_rate", 100)])
+@pytest.mark.parametrize(
+    "argument, value", [("num_classes", 1), ("train_per_class", 0), ("image_size", 4), ("sample_rate", 100)]
+)
 def test_bad_arguments_are_refused(tmp_path: Path, argument: str, value: int) -> None:
     with pytest.raises(ValueError, match=argument):
         write_synthetic_dataset(tmp_path, **{argument: value})

@@ -7,9 +7,29 @@ from cign_fast.cli import main
 from helpers import one_thread
 
 TINY_DEMO = [
-    "--tasks", "2", "--classes", "4", "--train-per-class", "8", "--test-per-class", "5", "--epochs", "6",
-    "--batch-size", "8", "--dim", "32", "--image-size", "32", "--sample-rate", "4000", "--device", "cpu",
-    "--no-progress", "--seed", "0",
+    "--tasks",
+    "2",
+    "--classes",
+    "4",
+    "--train-per-class",
+    "8",
+    "--test-per-class",
+    "5",
+    "--epochs",
+    "6",
+    "--batch-size",
+    "8",
+    "--dim",
+    "32",
+    "--image-size",
+    "32",
+    "--sample-rate",
+    "4000",
+    "--device",
+    "cpu",
+    "--no-progress",
+    "--seed",
+    "0",
 ]
 
 

@@ -15,11 +15,12 @@ from cign_fast.train.config import build_config
 from cign_fast.train.distributed import DistContext
 from cign_fast.train.divergence import DivergenceMonitor, TrainingDiverged
 from cign_fast.train.loop import train_incremental
+
 from helpers import one_thread, tiny_config, tiny_train_args, write_feature_dataset
 
-LOSS_KEYS = ("total", "cls_audio", "cls_visual", "token_ce", "kd")   # CIGN's terms, total first
+LOSS_KEYS = ("total", "cls_audio", "cls_visual", "token_ce", "kd")  # CIGN's terms, total first
 
-FAST = ("--tasks", "2", "--epochs", "2")   # 3 steps per epoch
+FAST = ("--tasks", "2", "--epochs", "2")  # 3 steps per epoch
 CPU = DistContext(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
 
 
@@ -39,8 +40,11 @@ def test_observing_a_step_never_reads_the_device(monkeypatch: pytest.MonkeyPatch
     for step, losses in enumerate(steps):
         watcher.observe(task=1, epoch=0, step=step, lr=0.5 * (step + 1), losses=losses)
     monkeypatch.undo()
-    with pytest.raises(TrainingDiverged, match=r"task 2/3, epoch 1/2, step 2 \(lr 1.5\): loss nan \(bce_audio nan, "
-                                               r"cls_visual nan, token_ce nan, kd nan\)"):
+    with pytest.raises(
+        TrainingDiverged,
+        match=r"task 2/3, epoch 1/2, step 2 \(lr 1.5\): loss nan \(bce_audio nan, "
+        r"cls_visual nan, token_ce nan, kd nan\)",
+    ):
         watcher.check(task=1, epoch=0)
 
 
@@ -48,13 +52,16 @@ def test_finite_explosion_is_measured_against_the_tasks_first_loss() -> None:
     watcher = monitor(factor=10.0)
     for step, total in enumerate((2.0, 19.0, 1.0)):
         watcher.observe(task=0, epoch=0, step=step, lr=1e-3, losses=step_losses(total))
-    watcher.check(task=0, epoch=0)   # 19 < 10 * 2: fine
+    watcher.check(task=0, epoch=0)  # 19 < 10 * 2: fine
     watcher.observe(task=0, epoch=0, step=3, lr=1e-3, losses=step_losses(21.0))
-    with pytest.raises(TrainingDiverged, match=r"step 3 \(lr 0.001\): loss 21 .*run.divergence_factor = 10 times the "
-                                               r"task's first loss 2"):
+    with pytest.raises(
+        TrainingDiverged,
+        match=r"step 3 \(lr 0.001\): loss 21 .*run.divergence_factor = 10 times the "
+        r"task's first loss 2",
+    ):
         watcher.check(task=0, epoch=0)
     watcher.reset_interval()
-    watcher.observe(task=1, epoch=0, step=0, lr=1e-3, losses=step_losses(30.0))   # a new task: a new first loss
+    watcher.observe(task=1, epoch=0, step=0, lr=1e-3, losses=step_losses(30.0))  # a new task: a new first loss
     watcher.check(task=1, epoch=0)
     only_nan = monitor(factor=0.0)
     only_nan.observe(task=0, epoch=0, step=0, lr=1e-3, losses=step_losses(1.0))
@@ -62,11 +69,14 @@ def test_finite_explosion_is_measured_against_the_tasks_first_loss() -> None:
     only_nan.check(task=0, epoch=0)
 
 
-@pytest.mark.parametrize("lr, why", [
-    ("10", r"step \d+ \(lr 10\): loss .* more than run.divergence_factor = 100 times"),   # finite, in the thousands
-    # the ops' NaN checks are off by default (CIGN_FAST_CHECKS), so the NaN reaches the loss and the monitor
-    ("1e6", r"step \d+ \(lr 1e\+06\): loss nan"),
-])
+@pytest.mark.parametrize(
+    "lr, why",
+    [
+        ("10", r"step \d+ \(lr 10\): loss .* more than run.divergence_factor = 100 times"),  # finite, in the thousands
+        # the ops' NaN checks are off by default (CIGN_FAST_CHECKS), so the NaN reaches the loss and the monitor
+        ("1e6", r"step \d+ \(lr 1e\+06\): loss nan"),
+    ],
+)
 def test_exploding_loss_stops_the_run_naming_task_epoch_step_lr_and_terms(tmp_path: Path, lr: str, why: str) -> None:
     data = write_feature_dataset(tmp_path / "data")
     with one_thread(), pytest.raises(TrainingDiverged) as caught:
@@ -77,13 +87,14 @@ def test_exploding_loss_stops_the_run_naming_task_epoch_step_lr_and_terms(tmp_pa
     assert "no checkpoint was written" in message
 
 
-def test_nan_weights_stop_the_run_and_it_resumes_from_the_last_good_checkpoint(tmp_path: Path,
-                                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+def test_nan_weights_stop_the_run_and_it_resumes_from_the_last_good_checkpoint(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     data = write_feature_dataset(tmp_path / "data")
     out = tmp_path / "run"
     real_step, calls = torch.optim.Adam.step, []
 
-    def step_then_blow_up(optimizer, *args, **kwargs):   # the last update of task 2's first epoch poisons the weights
+    def step_then_blow_up(optimizer, *args, **kwargs):  # the last update of task 2's first epoch poisons the weights
         result = real_step(optimizer, *args, **kwargs)
         calls.append(1)
         if len(calls) == 9:
@@ -94,12 +105,18 @@ def test_nan_weights_stop_the_run_and_it_resumes_from_the_last_good_checkpoint(t
         return result
 
     monkeypatch.setattr(torch.optim.Adam, "step", step_then_blow_up)
-    with one_thread(), pytest.raises(TrainingDiverged, match=r"task 2/2, epoch 1/2, the weights turned NaN or inf in "
-                                                             r"the update of epoch 1 step 2 \(lr 0.003\).*last good "
-                                                             r"checkpoint .*checkpoint-000003-task0-done\.pt"):
+    with (
+        one_thread(),
+        pytest.raises(
+            TrainingDiverged,
+            match=r"task 2/2, epoch 1/2, the weights turned NaN or inf in "
+            r"the update of epoch 1 step 2 \(lr 0.003\).*last good "
+            r"checkpoint .*checkpoint-000003-task0-done\.pt",
+        ),
+    ):
         train_incremental(tiny_config(data, out, *FAST), log=lambda message: None)
     with (out / "epochs.csv").open() as handle:
-        assert [row["task"] for row in csv.DictReader(handle)] == ["0", "0"]   # no diverged epoch recorded
+        assert [row["task"] for row in csv.DictReader(handle)] == ["0", "0"]  # no diverged epoch recorded
     monkeypatch.undo()
     messages: list[str] = []
     with one_thread():

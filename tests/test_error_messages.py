@@ -16,6 +16,7 @@ from cign_fast.data.extract import build_frozen_encoders, extract_features
 from cign_fast.train.checkpoint import list_checkpoints
 from cign_fast.train.config import RunConfig, TrainConfig
 from cign_fast.train.loop import train_incremental
+
 from helpers import one_thread, tiny_train_args, write_feature_dataset
 
 EXTRACT = ["--image-size", "32", "--sample-rate", "8000", "--workers", "0", "--device", "cpu"]
@@ -31,13 +32,14 @@ def test_malformed_yaml_is_named_with_its_line(tmp_path: Path, capsys: pytest.Ca
     assert not (tmp_path / "run").exists()
 
 
-def test_full_disk_stops_with_a_message_and_the_run_resumes(tmp_path: Path, capsys: pytest.CaptureFixture[str],
-                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+def test_full_disk_stops_with_a_message_and_the_run_resumes(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     data = write_feature_dataset(tmp_path / "data")
     args = tiny_train_args(data, tmp_path / "run", "--tasks", "2", "--epochs", "1")
     real_fsync, checkpoint_writes = os.fsync, []
 
-    def fsync_until_the_disk_fills(fd: int) -> None:   # the third checkpoint finds the disk full
+    def fsync_until_the_disk_fills(fd: int) -> None:  # the third checkpoint finds the disk full
         if ".checkpoint-" in os.readlink(f"/proc/self/fd/{fd}"):
             checkpoint_writes.append(fd)
             if len(checkpoint_writes) == 3:
@@ -48,10 +50,11 @@ def test_full_disk_stops_with_a_message_and_the_run_resumes(tmp_path: Path, caps
     with one_thread():
         assert main(["train", *args]) == 2
     checkpoints = tmp_path / "run" / "checkpoints"
-    assert (f"error: [Errno 28] cannot write {checkpoints / 'checkpoint-000003-task1-epoch1.pt'} "
-            f"(No space left on device)") in capsys.readouterr().err
+    assert (
+        f"error: [Errno 28] cannot write {checkpoints / 'checkpoint-000003-task1-epoch1.pt'} (No space left on device)"
+    ) in capsys.readouterr().err
     assert sorted(path.name for path in checkpoints.iterdir()) == [path.name for path in list_checkpoints(checkpoints)]
-    assert len(list_checkpoints(checkpoints)) == 2   # nothing half-written is left behind
+    assert len(list_checkpoints(checkpoints)) == 2  # nothing half-written is left behind
     monkeypatch.undo()
     with one_thread():
         assert main(["train", *args, "--resume"]) == 0
@@ -60,13 +63,20 @@ def test_full_disk_stops_with_a_message_and_the_run_resumes(tmp_path: Path, caps
 
 @pytest.fixture(scope="module")
 def clips(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return write_synthetic_dataset(tmp_path_factory.mktemp("clips"), num_classes=2, train_per_class=2,
-                                   val_per_class=1, test_per_class=1, image_size=32, sample_rate=8000)
+    return write_synthetic_dataset(
+        tmp_path_factory.mktemp("clips"),
+        num_classes=2,
+        train_per_class=2,
+        val_per_class=1,
+        test_per_class=1,
+        image_size=32,
+        sample_rate=8000,
+    )
 
 
-def test_extract_into_an_unwritable_folder_is_a_message(clips: Path, tmp_path: Path,
-                                                         capsys: pytest.CaptureFixture[str],
-                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+def test_extract_into_an_unwritable_folder_is_a_message(
+    clips: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     blocker = tmp_path / "a-file"
     blocker.write_text("")
     assert main(["extract", "--data", str(clips), "--out", str(blocker / "cache"), *EXTRACT]) == 2
@@ -87,15 +97,17 @@ class PooledTokens(torch.nn.Module):
         return torch.nn.functional.adaptive_avg_pool2d(x, 2).flatten(2).transpose(1, 2)
 
 
-def test_rerunning_extract_on_a_finished_read_only_cache_writes_nothing(clips: Path, tmp_path: Path,
-                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+def test_rerunning_extract_on_a_finished_read_only_cache_writes_nothing(
+    clips: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     cache = tmp_path / "cache"
     encoders = {"audio": PooledTokens(), "visual": PooledTokens()}
     options = {"image_size": 32, "sample_rate": 8000, "progress": False}
     extract_features(clips, cache, encoders, {"name": "pooled"}, **options)
     manifest = (cache / "manifest.json").read_bytes()
-    monkeypatch.setattr("cign_fast.data.cache.write_atomically",
-                        lambda *args: pytest.fail("a finished cache was written to"))
+    monkeypatch.setattr(
+        "cign_fast.data.cache.write_atomically", lambda *args: pytest.fail("a finished cache was written to")
+    )
     again = extract_features(clips, cache, encoders, {"name": "pooled"}, **options)
     assert again.shards_written == 0 and again.shards_kept == 3 and again.clips == {"train": 4, "val": 2, "test": 2}
     assert (cache / "manifest.json").read_bytes() == manifest
@@ -104,8 +116,9 @@ def test_rerunning_extract_on_a_finished_read_only_cache_writes_nothing(clips: P
 @pytest.mark.parametrize("seed, error", [(1.5, TypeError), ("x", TypeError), (True, TypeError), (-1, ValueError)])
 def test_bad_seeds_are_refused_naming_seed(seed: object, error: type, tmp_path: Path) -> None:
     with pytest.raises(error, match=rf"^seed: expected an int >= 0, got {seed!r}"):
-        write_synthetic_dataset(tmp_path, num_classes=2, train_per_class=1, val_per_class=1, test_per_class=1,
-                                image_size=32, seed=seed)
+        write_synthetic_dataset(
+            tmp_path, num_classes=2, train_per_class=1, val_per_class=1, test_per_class=1, image_size=32, seed=seed
+        )
     with pytest.raises(error, match="^seed: expected an int >= 0"):
         build_frozen_encoders(seed=seed)
     with pytest.raises(ValueError, match=r"train_incremental\(config\): config run\.seed: expected"):

@@ -15,8 +15,12 @@ def test_without_a_gpu_it_says_so_and_exits_0(monkeypatch, capsys):
 
 
 def test_a_step_past_its_time_is_stopped_with_its_children():
-    command = [sys.executable, "-c", "import subprocess, sys, time; "
-               "subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)']); time.sleep(60)"]
+    command = [
+        sys.executable,
+        "-c",
+        "import subprocess, sys, time; "
+        "subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)']); time.sleep(60)",
+    ]
     status, seconds, _, _ = gpu_check.run_command(command, 1.0, {})
     assert status == "timed out after 1 s" and seconds < 30
 
@@ -34,14 +38,38 @@ def test_pytest_counts_are_read_from_the_summary_line():
 
 
 def test_summary_reads_the_benchmark_files(tmp_path):
-    env = {"gpu": "NVIDIA H200", "capability": "9.0", "date_utc": "2026-01-01T00:00:00+00:00",
-           "versions": {"torch": "2.11.0"}}
-    (tmp_path / "nvidia-h200-ops.json").write_text(json.dumps({"targets": [
-        {"op": "assign_attention", "provider": "triton", "case": "cign-n36 soft fp32", "metric": "speedup vs eager",
-         "target": 2.0, "measured": 3.5}]}))
-    (tmp_path / "nvidia-h200-step.json").write_text(json.dumps({"rows": [
-        {"backend": "reference", "ms_per_step": 20.0, "speedup_vs_reference": 1.0},
-        {"backend": "auto", "ms_per_step": 10.0, "speedup_vs_reference": 2.0}]}))
+    env = {
+        "gpu": "NVIDIA H200",
+        "capability": "9.0",
+        "date_utc": "2026-01-01T00:00:00+00:00",
+        "versions": {"torch": "2.11.0"},
+    }
+    (tmp_path / "nvidia-h200-ops.json").write_text(
+        json.dumps(
+            {
+                "targets": [
+                    {
+                        "op": "assign_attention",
+                        "provider": "triton",
+                        "case": "cign-n36 soft fp32",
+                        "metric": "speedup vs eager",
+                        "target": 2.0,
+                        "measured": 3.5,
+                    }
+                ]
+            }
+        )
+    )
+    (tmp_path / "nvidia-h200-step.json").write_text(
+        json.dumps(
+            {
+                "rows": [
+                    {"backend": "reference", "ms_per_step": 20.0, "speedup_vs_reference": 1.0},
+                    {"backend": "auto", "ms_per_step": 10.0, "speedup_vs_reference": 2.0},
+                ]
+            }
+        )
+    )
     tests = gpu_check.StepResult("tests", "pytest", "ok", 12.0, details={"totals": {"passed": 7}})
     lines = gpu_check.summary_lines(env, [tests], tmp_path, "nvidia-h200")
     assert "tests: 7 passed" in lines

@@ -14,6 +14,7 @@ from torch.profiler import ProfilerActivity, profile
 
 import cign_fast
 from cign_fast.model import CIGN, ModelConfig
+
 from helpers import require_backend
 
 SEED_READERS = ("cign_fast::assign_attention_fwd", "cign_fast::assign_attention_bwd")
@@ -63,8 +64,9 @@ def test_a_model_step_reads_no_values(no_value_checks):
     the old classes' logits and the backward: no host read but the ops' seeds. (The model's loss adds its
     own: ``cign_fast/model/losses.py`` checks the label range and calls ``one_hot``, a read each.)"""
     torch.manual_seed(0)
-    config = ModelConfig(input_mode="features", dim=16, depth=1, num_heads=2, audio_feature_dim=8,
-                         visual_feature_dim=6, drop_path=0.0)
+    config = ModelConfig(
+        input_mode="features", dim=16, depth=1, num_heads=2, audio_feature_dim=8, visual_feature_dim=6, drop_path=0.0
+    )
     model = CIGN(config)
     model.add_task(3)
     teacher = model.frozen_copy()
@@ -76,8 +78,10 @@ def test_a_model_step_reads_no_values(no_value_checks):
         with torch.no_grad():
             teacher_out = teacher(audio, visual)
         old = model.num_old_classes
-        loss = sum(cign_fast.token_distill_kl(getattr(out, name)[:, :old], getattr(teacher_out, name))
-                   for name in ("audio_logits", "visual_logits"))
+        loss = sum(
+            cign_fast.token_distill_kl(getattr(out, name)[:, :old], getattr(teacher_out, name))
+            for name in ("audio_logits", "visual_logits")
+        )
         (loss + out.audio_groups.square().mean() + out.visual_groups.square().mean()).backward()
 
     step()

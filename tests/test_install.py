@@ -26,9 +26,22 @@ ROOT = Path(__file__).resolve().parent.parent
 BACKEND_DIR = ROOT / "build_support"
 HELP_COMMANDS = [[], *([name] for name in SUBCOMMANDS), ["bench", "ops"]]
 # what --help must not load: torch and everything built on it, the benchmarks, Triton, plotting
-HEAVY = ("torch", "triton", "matplotlib", "torchvision", "torchaudio", "sklearn", "h5py", "cign_fast.bench.common",
-         "cign_fast.bench.bench_assign_attention", "cign_fast.bench.bench_step", "cign_fast.kernels",
-         "cign_fast.ops", "cign_fast.model", "cign_fast.train.loop")
+HEAVY = (
+    "torch",
+    "triton",
+    "matplotlib",
+    "torchvision",
+    "torchaudio",
+    "sklearn",
+    "h5py",
+    "cign_fast.bench.common",
+    "cign_fast.bench.bench_assign_attention",
+    "cign_fast.bench.bench_step",
+    "cign_fast.kernels",
+    "cign_fast.ops",
+    "cign_fast.model",
+    "cign_fast.train.loop",
+)
 HELP_PROBE = """
 import json, sys
 from cign_fast.cli import main
@@ -42,8 +55,13 @@ print(json.dumps(sorted(sys.modules)), file=sys.stderr)
 
 
 def test_help_of_every_subcommand_imports_nothing_heavy():
-    probe = subprocess.run([sys.executable, "-c", HELP_PROBE, json.dumps(HELP_COMMANDS)], cwd=ROOT,
-                           capture_output=True, text=True, check=True)
+    probe = subprocess.run(
+        [sys.executable, "-c", HELP_PROBE, json.dumps(HELP_COMMANDS)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     loaded = set(json.loads(probe.stderr.strip().splitlines()[-1]))
     assert "cign_fast.cli.bench" in loaded and "cign_fast.cli.demo" in loaded  # the probe did reach them
     assert sorted(name for name in HEAVY if name in loaded) == []
@@ -58,9 +76,12 @@ def test_bench_results_default_to_the_working_directory():
 
 def test_no_benchmark_writes_into_its_own_folder_by_default():
     """Every results or work folder a benchmark defaults to is relative to the working directory."""
-    found = [f"{path.name}:{number}" for path in sorted((ROOT / "bench").glob("*.py"))
-             for number, line in enumerate(path.read_text().splitlines(), 1)
-             if re.search(r"default=(REPO|ROOT|Path\(__file__)", line)]
+    found = [
+        f"{path.name}:{number}"
+        for path in sorted((ROOT / "bench").glob("*.py"))
+        for number, line in enumerate(path.read_text().splitlines(), 1)
+        if re.search(r"default=(REPO|ROOT|Path\(__file__)", line)
+    ]
     assert found == []
 
 
@@ -72,10 +93,14 @@ def test_bench_ops_names_a_wrong_shape(capsys):
 
 def test_no_tracker_words_in_the_product():
     pattern = re.compile(r"issue[ -]?\d|issue tracker|the ticket", re.IGNORECASE)
-    found = [f"{path.relative_to(ROOT)}:{number}"
-             for folder in ("cign_fast", "kernels", "bench", "csrc", "build_support")
-             for path in sorted((ROOT / folder).rglob("*")) if path.suffix in (".py", ".md", ".cpp", ".cu", ".h")
-             for number, line in enumerate(path.read_text().splitlines(), 1) if pattern.search(line)]
+    found = [
+        f"{path.relative_to(ROOT)}:{number}"
+        for folder in ("cign_fast", "kernels", "bench", "csrc", "build_support")
+        for path in sorted((ROOT / folder).rglob("*"))
+        if path.suffix in (".py", ".md", ".cpp", ".cu", ".h")
+        for number, line in enumerate(path.read_text().splitlines(), 1)
+        if pattern.search(line)
+    ]
     assert found == []
 
 
@@ -83,9 +108,16 @@ def test_no_tracker_words_in_the_product():
 def test_lazy_exports_are_also_imported_for_type_checkers(package):
     """A lazily exported name is imported under ``if TYPE_CHECKING:`` too, from the same module."""
     tree = ast.parse((ROOT / package.replace(".", "/") / "__init__.py").read_text())
-    checked = [node for node in tree.body if isinstance(node, ast.If) and getattr(node.test, "id", "") == "TYPE_CHECKING"]
-    imported = {(node.module, alias.name) for block in checked for node in block.body
-                if isinstance(node, ast.ImportFrom) for alias in node.names}
+    checked = [
+        node for node in tree.body if isinstance(node, ast.If) and getattr(node.test, "id", "") == "TYPE_CHECKING"
+    ]
+    imported = {
+        (node.module, alias.name)
+        for block in checked
+        for node in block.body
+        if isinstance(node, ast.ImportFrom)
+        for alias in node.names
+    }
     exports = importlib.import_module(package).EXPORTS
     assert imported == {(module, name) for module, names in exports.items() for name in names}
 
@@ -100,8 +132,13 @@ def test_build_record_matches_the_running_torch():
 
 
 def test_build_line_names_the_archs_or_the_reason():
-    built = {"cuda_extension": True, "cuda_archs": "8.0;9.0+PTX", "torch": "2.11.0", "torch_cuda": "13.0",
-             "cuda_skipped": None}
+    built = {
+        "cuda_extension": True,
+        "cuda_archs": "8.0;9.0+PTX",
+        "torch": "2.11.0",
+        "torch_cuda": "13.0",
+        "cuda_skipped": None,
+    }
     skipped = {**built, "cuda_extension": False, "cuda_archs": None, "cuda_skipped": "CIGN_FAST_CUDA=0"}
     assert "8.0;9.0+PTX" in cuda_build_line(built)
     assert cuda_build_line(skipped) == "CUDA extension skipped: CIGN_FAST_CUDA=0"
@@ -121,9 +158,11 @@ def setuptools_only(tmp_path: Path) -> Path:
 
 def backend_requirements(python: str | Path, pythonpath: list[Path]) -> dict:
     """Import the backend the way pip does (its folder and the build's packages on PYTHONPATH) and ask it."""
-    code = ("import json, importlib.util, torch_aware_backend as b; "
-            "print(json.dumps({'requires': b.get_requires_for_build_wheel(), "
-            "'torch': importlib.util.find_spec('torch') is not None}))")
+    code = (
+        "import json, importlib.util, torch_aware_backend as b; "
+        "print(json.dumps({'requires': b.get_requires_for_build_wheel(), "
+        "'torch': importlib.util.find_spec('torch') is not None}))"
+    )
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(map(str, [BACKEND_DIR, *pythonpath])), "PYTHONNOUSERSITE": "1"}
     done = subprocess.run([str(python), "-c", code], env=env, capture_output=True, text=True, cwd=ROOT)
     assert done.returncode == 0, done.stderr
@@ -136,7 +175,8 @@ def test_backend_uses_the_installed_torch_under_isolation(tmp_path):
     hide.mkdir()
     (hide / "sitecustomize.py").write_text(  # what pip's build environment does
         "import sys, site\nhidden = set(site.getsitepackages())\n"
-        "sys.path[:] = [p for p in sys.path if p not in hidden]\n")
+        "sys.path[:] = [p for p in sys.path if p not in hidden]\n"
+    )
     answer = backend_requirements(sys.executable, [hide, setuptools_only(tmp_path)])
     assert answer["torch"] is True
     assert not any(requirement.startswith("torch") for requirement in answer["requires"])
@@ -146,8 +186,9 @@ def test_backend_pins_torch_where_there_is_none(tmp_path):
     bare = tmp_path / "bare"
     venv.create(bare, with_pip=False)
     answer = backend_requirements(bare / "bin" / "python", [setuptools_only(tmp_path)])
-    pinned = next(line.strip() for line in (ROOT / "requirements.txt").read_text().splitlines()
-                  if line.startswith("torch=="))
+    pinned = next(
+        line.strip() for line in (ROOT / "requirements.txt").read_text().splitlines() if line.startswith("torch==")
+    )
     assert answer == {"requires": [pinned], "torch": False}
 
 

@@ -8,10 +8,10 @@ shift-blind distillation gave (every task after the first at chance, forgetting 
 
 from __future__ import annotations
 
-
 import pytest
 
 from cign_fast.train.loop import train_incremental
+
 from helpers import one_thread, tiny_config, write_feature_dataset
 
 
@@ -22,8 +22,9 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict]:
     summaries = {}
     for name, extra in (("distill", ()), ("no_distill", ("--no-distill",))):
         with one_thread():
-            results = train_incremental(tiny_config(data, root / name, "--epochs", "4", *extra),
-                                        log=lambda message: None)
+            results = train_incremental(
+                tiny_config(data, root / name, "--epochs", "4", *extra), log=lambda message: None
+            )
         summaries[name] = results.summary["audio_visual"]
     return summaries
 
@@ -31,7 +32,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict]:
 def test_every_task_is_learned(runs: dict[str, dict]) -> None:
     matrix = runs["distill"]["matrix"]
     within_task = [matrix[t][t] for t in range(len(matrix))]
-    assert min(within_task) >= 0.6, within_task    # two classes per task: chance within a task is 0.5
+    assert min(within_task) >= 0.6, within_task  # two classes per task: chance within a task is 0.5
 
 
 def test_distillation_lowers_forgetting(runs: dict[str, dict]) -> None:

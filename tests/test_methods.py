@@ -25,9 +25,18 @@ AUDIO_DIM, VISUAL_DIM, DIM = 6, 5, 8
 
 def make_method(name: str, *overrides: str):
     memory = ["memory.per_class=2"] if METHODS[name].memory_use == "required" else []
-    config = build_config(overrides=["data.input_mode=features", f"method={name}", f"model.dim={DIM}",
-                                     "model.depth=1", "model.num_heads=2", "model.drop_path=0.0", *memory,
-                                     *overrides])
+    config = build_config(
+        overrides=[
+            "data.input_mode=features",
+            f"method={name}",
+            f"model.dim={DIM}",
+            "model.depth=1",
+            "model.num_heads=2",
+            "model.drop_path=0.0",
+            *memory,
+            *overrides,
+        ]
+    )
     return build_method(config, config.model_config(AUDIO_DIM, VISUAL_DIM))
 
 
@@ -40,6 +49,7 @@ def clips(count: int, num_classes: int, seed: int = 0) -> tuple[torch.Tensor, to
 
 def resources(task: TaskInfo, model, method, audio, visual, labels, exemplars=None) -> TaskResources:
     """What the trainer hands ``end_task``, over in-memory clips (indices = rows)."""
+
     def batches(indices):
         for chunk in torch.tensor(list(indices), dtype=torch.long).split(4):
             yield audio[chunk], visual[chunk], labels[chunk]
@@ -49,34 +59,62 @@ def resources(task: TaskInfo, model, method, audio, visual, labels, exemplars=No
         with torch.no_grad():
             return method.embed(model.eval()(audio[rows], visual[rows]), labels[rows]), list(indices)
 
-    return TaskResources(task=task, task_indices=list(range(len(labels))), exemplars=exemplars or {},
-                         context=DistContext(0, 1, 0, torch.device("cpu")), batches=batches,
-                         embed=embed, all_reduce_sum=lambda tensor: tensor)
+    return TaskResources(
+        task=task,
+        task_indices=list(range(len(labels))),
+        exemplars=exemplars or {},
+        context=DistContext(0, 1, 0, torch.device("cpu")),
+        batches=batches,
+        embed=embed,
+        all_reduce_sum=lambda tensor: tensor,
+    )
 
 
 def backbone_output(audio_logits: torch.Tensor, visual_logits: torch.Tensor) -> BackboneOutput:
     batch = audio_logits.shape[0]
-    return BackboneOutput(audio_logits, visual_logits, torch.randn(batch, DIM), torch.randn(batch, DIM),
-                          torch.randn(batch, 3, DIM), torch.randn(batch, 2, DIM))
+    return BackboneOutput(
+        audio_logits,
+        visual_logits,
+        torch.randn(batch, DIM),
+        torch.randn(batch, DIM),
+        torch.randn(batch, 3, DIM),
+        torch.randn(batch, 2, DIM),
+    )
 
 
 # ----- registry, config, backbone ----------------------------------------------------------------------------
 
+
 def test_every_method_is_registered_and_unknown_names_are_refused():
-    assert tuple(METHODS) == ("cign", "finetune", "joint", "ewc", "lwf", "icarl", "ssil", "il2m", "bic", "podnet", "l2p")
+    assert tuple(METHODS) == (
+        "cign",
+        "finetune",
+        "joint",
+        "ewc",
+        "lwf",
+        "icarl",
+        "ssil",
+        "il2m",
+        "bic",
+        "podnet",
+        "l2p",
+    )
     with pytest.raises(ValueError, match=r"config method: expected one of .*'ssil'.*got 'ewcc'"):
         build_config(overrides=["method=ewcc"])
 
 
-@pytest.mark.parametrize("overrides, named", [
-    (["method=icarl"], r"memory\.budget, memory\.per_class: method 'icarl' needs an exemplar memory"),
-    (["method=ssil"], r"method 'ssil' needs an exemplar memory"),
-    (["method=joint", "memory.per_class=5"], r"method 'joint' keeps no exemplars"),
-    (["memory.budget=10", "memory.per_class=5"], r"set one of the two"),
-    (["ewc.fisher_decay=1.5"], r"ewc\.fisher_decay: expected a number in \[0, 1\]"),
-    (["icarl.classifier=knn"], r"icarl\.classifier: expected one of 'nme', 'cnn'"),
-    (["lwf.temperature=0"], r"lwf\.temperature: expected a number > 0"),
-])
+@pytest.mark.parametrize(
+    "overrides, named",
+    [
+        (["method=icarl"], r"memory\.budget, memory\.per_class: method 'icarl' needs an exemplar memory"),
+        (["method=ssil"], r"method 'ssil' needs an exemplar memory"),
+        (["method=joint", "memory.per_class=5"], r"method 'joint' keeps no exemplars"),
+        (["memory.budget=10", "memory.per_class=5"], r"set one of the two"),
+        (["ewc.fisher_decay=1.5"], r"ewc\.fisher_decay: expected a number in \[0, 1\]"),
+        (["icarl.classifier=knn"], r"icarl\.classifier: expected one of 'nme', 'cnn'"),
+        (["lwf.temperature=0"], r"lwf\.temperature: expected a number > 0"),
+    ],
+)
 def test_method_settings_are_checked_naming_the_key(overrides, named):
     with pytest.raises(ValueError, match=named):
         build_config(overrides=overrides)
@@ -107,7 +145,7 @@ def test_late_fusion_is_the_product_of_the_two_posteriors():
     visual = torch.tensor([[0.05, 0.45, 0.50]]).log()
     predictions = late_fusion_predict(audio, visual)
     assert predictions["audio"].tolist() == [0] and predictions["visual"].tolist() == [2]
-    assert predictions["audio_visual"].tolist() == [1]   # 0.45 * 0.45 > 0.5 * 0.05
+    assert predictions["audio_visual"].tolist() == [1]  # 0.45 * 0.45 > 0.5 * 0.05
 
 
 def test_default_and_joint_training_clips():
@@ -137,15 +175,17 @@ def test_cign_method_is_cign_loss_and_predict():
 
 # ----- EWC ---------------------------------------------------------------------------------------------------
 
+
 def fisher_by_loop(model, audio, visual, labels) -> dict[str, torch.Tensor]:
     """The diagonal empirical Fisher written out: one backward per clip."""
     params = {name: p for name, p in model.named_parameters() if p.requires_grad}
     sums = {name: torch.zeros_like(p) for name, p in params.items()}
     model.eval()
     for row in range(labels.shape[0]):
-        out = model(audio[row:row + 1], visual[row:row + 1])
-        loss = F.cross_entropy(out.audio_logits, labels[row:row + 1]) + F.cross_entropy(out.visual_logits,
-                                                                                         labels[row:row + 1])
+        out = model(audio[row : row + 1], visual[row : row + 1])
+        loss = F.cross_entropy(out.audio_logits, labels[row : row + 1]) + F.cross_entropy(
+            out.visual_logits, labels[row : row + 1]
+        )
         for (name, _), gradient in zip(params.items(), torch.autograd.grad(loss, list(params.values())), strict=True):
             sums[name] += gradient.pow(2)
     return {name: total / labels.shape[0] for name, total in sums.items()}
@@ -186,7 +226,7 @@ def test_ewc_fisher_is_the_mean_squared_per_clip_gradient_and_accumulates():
 
 def test_ewc_penalty_is_zero_at_the_anchor_and_quadratic_in_the_distance():
     method, model, (audio, visual, labels) = ewc_after_first_task("ewc.weight=100.0")
-    model = method.begin_task(model, TaskInfo(1, (2, 2)))     # the heads grow: new rows are not penalised
+    model = method.begin_task(model, TaskInfo(1, (2, 2)))  # the heads grow: new rows are not penalised
     assert float(method.penalty(model).detach()) == 0.0
     directions = {name: torch.randn_like(p) for name, p in model.named_parameters()}
     anchor_state = copy.deepcopy(model.state_dict())
@@ -198,19 +238,26 @@ def test_ewc_penalty_is_zero_at_the_anchor_and_quadratic_in_the_distance():
                 p.add_(step * directions[name])
         return float(method.penalty(model).detach())
 
-    expected = 0.5 * 100.0 * sum(float((method.fisher[n] * directions[n][tuple(slice(0, s) for s in a.shape)] ** 2)
-                                       .sum()) for n, a in method.anchor.items())
+    expected = (
+        0.5
+        * 100.0
+        * sum(
+            float((method.fisher[n] * directions[n][tuple(slice(0, s) for s in a.shape)] ** 2).sum())
+            for n, a in method.anchor.items()
+        )
+    )
     assert penalty_at(1e-2) == pytest.approx(expected * 1e-4, rel=1e-3)
     assert penalty_at(2e-2) == pytest.approx(4 * penalty_at(1e-2), rel=1e-3)
     model.load_state_dict(anchor_state)
     with torch.no_grad():
-        model.audio_branch.head.linear.weight[2:] += 5.0          # a new class's row: free to move
+        model.audio_branch.head.linear.weight[2:] += 5.0  # a new class's row: free to move
     assert float(method.penalty(model).detach()) == 0.0
     losses = method.loss(model, model(audio, visual), labels, None)
     torch.testing.assert_close(losses["total"], losses["ce_audio"] + losses["ce_visual"] + losses["ewc"])
 
 
 # ----- LwF ---------------------------------------------------------------------------------------------------
+
 
 def test_lwf_distils_towards_the_model_of_the_previous_task():
     torch.manual_seed(0)
@@ -219,7 +266,7 @@ def test_lwf_distils_towards_the_model_of_the_previous_task():
     audio, visual, labels = clips(5, 5)
     before = copy.deepcopy(model).eval()
     model = method.begin_task(model, TaskInfo(1, (3, 2)))
-    with torch.no_grad():                                        # "training" moves the student away
+    with torch.no_grad():  # "training" moves the student away
         for p in model.parameters():
             p.add_(0.1 * torch.randn_like(p))
     teacher_out = method.teacher_forward(audio, visual)
@@ -227,18 +274,21 @@ def test_lwf_distils_towards_the_model_of_the_previous_task():
     out = model(audio, visual)
     losses = method.loss(model, out, labels, teacher_out)
 
-    def kl(student, teacher):      # LwF's term without T^2, written out
+    def kl(student, teacher):  # LwF's term without T^2, written out
         p_teacher = F.softmax(teacher / 2.0, dim=-1)
         return (p_teacher * (p_teacher.log() - F.log_softmax(student[:, :3] / 2.0, dim=-1))).sum(-1).mean()
 
     expected = 0.5 * (kl(out.audio_logits, teacher_out.audio_logits) + kl(out.visual_logits, teacher_out.visual_logits))
     torch.testing.assert_close(losses["kd"], expected)
-    same = backbone_output(torch.cat([teacher_out.audio_logits, torch.randn(5, 2)], 1),
-                           torch.cat([teacher_out.visual_logits, torch.randn(5, 2)], 1))
+    same = backbone_output(
+        torch.cat([teacher_out.audio_logits, torch.randn(5, 2)], 1),
+        torch.cat([teacher_out.visual_logits, torch.randn(5, 2)], 1),
+    )
     assert float(method.loss(model, same, labels, teacher_out)["kd"]) == pytest.approx(0.0, abs=1e-6)
 
 
 # ----- iCaRL -------------------------------------------------------------------------------------------------
+
 
 def test_icarl_bce_targets_are_the_label_on_new_columns_and_the_old_sigmoids_on_old_ones():
     torch.manual_seed(0)
@@ -253,13 +303,15 @@ def test_icarl_bce_targets_are_the_label_on_new_columns_and_the_old_sigmoids_on_
     torch.testing.assert_close(gradient[:, :3], (torch.sigmoid(logits[:, :3]) - torch.sigmoid(teacher)).detach() / 20)
     same = torch.cat([teacher, torch.randn(4, 2)], dim=1).requires_grad_()
     (gradient,) = torch.autograd.grad(sum(distilled_bce(same, labels, teacher)), same)
-    assert gradient[:, :3].abs().max() < 1e-7                   # matching the old model costs nothing
+    assert gradient[:, :3].abs().max() < 1e-7  # matching the old model costs nothing
 
 
 def test_icarl_nearest_mean_classifier_is_the_nearest_normalised_exemplar_mean():
     torch.manual_seed(0)
     width = 4
-    embeddings = torch.cat([F.normalize(torch.randn(12, width), dim=-1), F.normalize(torch.randn(12, width), dim=-1)], 1)
+    embeddings = torch.cat(
+        [F.normalize(torch.randn(12, width), dim=-1), F.normalize(torch.randn(12, width), dim=-1)], 1
+    )
     labels = torch.arange(12) % 3
     means = class_means(embeddings, labels, 3, width)
     for cls in range(3):
@@ -292,28 +344,33 @@ def test_icarl_means_come_from_the_exemplars_and_drive_predict():
     embedded = method.embed(out, labels)
     expected = class_means(embedded[[4, 0, 3]], torch.tensor([0, 0, 1]), 2, DIM)
     torch.testing.assert_close(method.means, expected)
-    assert torch.equal(method.predict(out)["audio_visual"], nearest_mean_predict(embedded, expected, DIM)["audio_visual"])
+    assert torch.equal(
+        method.predict(out)["audio_visual"], nearest_mean_predict(embedded, expected, DIM)["audio_visual"]
+    )
 
 
 # ----- SS-IL -------------------------------------------------------------------------------------------------
 
+
 def test_ssil_softmax_is_separated_between_old_and_new_classes():
     torch.manual_seed(0)
     logits = torch.randn(4, 5, requires_grad=True)
-    labels = torch.tensor([0, 2, 3, 4])                  # two old-class clips (exemplars), two new-class clips
+    labels = torch.tensor([0, 2, 3, 4])  # two old-class clips (exemplars), two new-class clips
     loss = separated_cross_entropy(logits, labels, num_old=3)
-    expected = (F.cross_entropy(logits[:2, :3], labels[:2], reduction="sum")
-                + F.cross_entropy(logits[2:, 3:], labels[2:] - 3, reduction="sum")) / 4
+    expected = (
+        F.cross_entropy(logits[:2, :3], labels[:2], reduction="sum")
+        + F.cross_entropy(logits[2:, 3:], labels[2:] - 3, reduction="sum")
+    ) / 4
     torch.testing.assert_close(loss, expected)
     (gradient,) = torch.autograd.grad(loss, logits)
-    assert not gradient[:2, 3:].any() and not gradient[2:, :3].any()   # no push across the groups
+    assert not gradient[:2, 3:].any() and not gradient[2:, :3].any()  # no push across the groups
     assert gradient[:2, :3].abs().sum() > 0 and gradient[2:, 3:].abs().sum() > 0
     torch.testing.assert_close(separated_cross_entropy(logits, labels, 0), F.cross_entropy(logits, labels))
 
 
 def test_ssil_distillation_is_task_wise():
     torch.manual_seed(0)
-    task = TaskInfo(2, (2, 3, 2))                        # old tasks: classes 0-1 and 2-4
+    task = TaskInfo(2, (2, 3, 2))  # old tasks: classes 0-1 and 2-4
     student, teacher = torch.randn(6, 7), torch.randn(6, 5)
 
     def kl(s, t):
@@ -323,11 +380,12 @@ def test_ssil_distillation_is_task_wise():
     expected = kl(student[:, 0:2], teacher[:, 0:2]) + kl(student[:, 2:5], teacher[:, 2:5])
     torch.testing.assert_close(task_wise_distillation(student, teacher, task, 2.0, "reference"), expected)
     shifted = student.clone()
-    shifted[:, 2:5] += 3.0                               # one old task's logits all shifted together
+    shifted[:, 2:5] += 3.0  # one old task's logits all shifted together
     torch.testing.assert_close(task_wise_distillation(shifted, teacher, task, 2.0, "reference"), expected)
     # a single softmax over all old classes is not blind to that shift
     assert float(distill_old_classes(shifted, teacher, 2.0, "reference")) != pytest.approx(
-        float(distill_old_classes(student, teacher, 2.0, "reference")), rel=1e-3)
+        float(distill_old_classes(student, teacher, 2.0, "reference")), rel=1e-3
+    )
 
 
 def test_ssil_loss_terms():
@@ -339,13 +397,16 @@ def test_ssil_loss_terms():
     out, teacher_out = model(audio, visual), method.teacher_forward(audio, visual)
     losses = method.loss(model, out, labels, teacher_out)
     torch.testing.assert_close(losses["ce_audio"], separated_cross_entropy(out.audio_logits, labels, 2))
-    expected_kd = 0.5 * sum(task_wise_distillation(getattr(out, key), getattr(teacher_out, key), method.task, 2.0,
-                                                   "auto") for key in ("audio_logits", "visual_logits"))
+    expected_kd = 0.5 * sum(
+        task_wise_distillation(getattr(out, key), getattr(teacher_out, key), method.task, 2.0, "auto")
+        for key in ("audio_logits", "visual_logits")
+    )
     torch.testing.assert_close(losses["kd"], expected_kd)
     torch.testing.assert_close(losses["total"], losses["ce_audio"] + losses["ce_visual"] + losses["kd"])
 
 
 # ----- extra state -------------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("name", list(METHODS))
 def test_extra_state_round_trips_through_a_weights_only_checkpoint(name):

@@ -5,8 +5,14 @@ import json
 import pytest
 
 from cign_fast.metrics import (
-    accuracy_after_step, average_incremental_accuracy, backward_transfer, format_matrix, forgetting,
-    mean_task_accuracy_after_step, metrics_summary, padded_matrix,
+    accuracy_after_step,
+    average_incremental_accuracy,
+    backward_transfer,
+    forgetting,
+    format_matrix,
+    mean_task_accuracy_after_step,
+    metrics_summary,
+    padded_matrix,
 )
 
 # a[t][i]; task 1 improves on task 0 after training task 1 (positive transfer), then both drop.

@@ -14,8 +14,9 @@ AUDIO_DIM, VISUAL_DIM = 12, 20
 
 
 def features_config(**overrides) -> ModelConfig:
-    settings = dict(input_mode="features", dim=32, depth=1, num_heads=2, audio_feature_dim=AUDIO_DIM,
-                    visual_feature_dim=VISUAL_DIM)
+    settings = dict(
+        input_mode="features", dim=32, depth=1, num_heads=2, audio_feature_dim=AUDIO_DIM, visual_feature_dim=VISUAL_DIM
+    )
     return ModelConfig(**{**settings, **overrides})
 
 
@@ -92,9 +93,13 @@ def test_eval_assignment_follows_the_training_mode_unless_set(assign_mode, expec
     assert features_config(assign_mode=assign_mode, eval_assign_mode="soft").eval_assign_mode == "soft"
     seen = []
     import cign_fast.model.grouping as grouping
+
     original = grouping.cign_fast.assign_attention
-    monkeypatch.setattr(grouping.cign_fast, "assign_attention",
-                        lambda *args, mode, **kwargs: seen.append(mode) or original(*args, mode=mode, **kwargs))
+    monkeypatch.setattr(
+        grouping.cign_fast,
+        "assign_attention",
+        lambda *args, mode, **kwargs: seen.append(mode) or original(*args, mode=mode, **kwargs),
+    )
     model = model_with_tasks(features_config(assign_mode=assign_mode), 2)
     model.train()(*features_batch(2))
     model.eval()(*features_batch(2))
@@ -126,8 +131,13 @@ def test_add_task_keeps_old_parameters_and_grows_in_place():
         "token_head.weight": (slice(0, 3), slice(None)),
         "token_head.bias": (slice(0, 3),),
     }
-    grown_shapes = {"grouping.token_mixer.fc1.weight": (16, 5), "grouping.token_mixer.fc2.weight": (5, 16),
-                    "grouping.token_mixer.fc2.bias": (5,), "token_head.weight": (5, 32), "token_head.bias": (5,)}
+    grown_shapes = {
+        "grouping.token_mixer.fc1.weight": (16, 5),
+        "grouping.token_mixer.fc2.weight": (5, 16),
+        "grouping.token_mixer.fc2.bias": (5,),
+        "token_head.weight": (5, 32),
+        "token_head.bias": (5,),
+    }
     for name, old in before.items():
         local = name.split("_branch.", 1)[-1]
         if local in grown:
@@ -242,7 +252,7 @@ def test_predict_fuses_softmax_posteriors_after_cross_entropy_training():
     audio = torch.tensor([[10.0, 8.0, 0.0]])
     visual = torch.tensor([[0.0, 1.0, 0.0]])
     out = CIGNOutput(audio, visual, *(torch.zeros(1, 3, 3),) * 2, *(torch.zeros(1, 3, 4),) * 2)
-    assert predict(out)["audio_visual"].tolist() == [0]        # softmax: 0.88 * 0.21 > 0.12 * 0.58
+    assert predict(out)["audio_visual"].tolist() == [0]  # softmax: 0.88 * 0.21 > 0.12 * 0.58
     assert predict(out, "bce")["audio_visual"].tolist() == [1]  # sigmoids: 1.0 * 0.5 < 1.0 * 0.73
 
 
@@ -276,21 +286,24 @@ def test_add_task_rejects_non_positive_sizes(task_size):
         CIGN(features_config()).add_task(task_size)
 
 
-@pytest.mark.parametrize("overrides, argument", [
-    (dict(audio_feature_dim=None), "audio_feature_dim"),
-    (dict(visual_feature_dim=None), "visual_feature_dim"),
-    (dict(visual_feature_dim=0), "visual_feature_dim"),
-    (dict(audio_weights="x.pth"), "audio_weights"),
-    (dict(num_heads=3), "num_heads"),
-    (dict(drop_path=1.0), "drop_path"),
-    (dict(assign_mode="sometimes"), "assign_mode"),
-    (dict(input_mode="video"), "input_mode"),
-    (dict(backend="gpu"), "backend"),
-    (dict(audio_tokens="all"), "audio_tokens"),
-    (dict(token_norm="batch"), "token_norm"),
-    (dict(grouping_norms="post"), "grouping_norms"),
-    (dict(eval_assign_mode="gumbel"), "eval_assign_mode"),
-])
+@pytest.mark.parametrize(
+    "overrides, argument",
+    [
+        (dict(audio_feature_dim=None), "audio_feature_dim"),
+        (dict(visual_feature_dim=None), "visual_feature_dim"),
+        (dict(visual_feature_dim=0), "visual_feature_dim"),
+        (dict(audio_weights="x.pth"), "audio_weights"),
+        (dict(num_heads=3), "num_heads"),
+        (dict(drop_path=1.0), "drop_path"),
+        (dict(assign_mode="sometimes"), "assign_mode"),
+        (dict(input_mode="video"), "input_mode"),
+        (dict(backend="gpu"), "backend"),
+        (dict(audio_tokens="all"), "audio_tokens"),
+        (dict(token_norm="batch"), "token_norm"),
+        (dict(grouping_norms="post"), "grouping_norms"),
+        (dict(eval_assign_mode="gumbel"), "eval_assign_mode"),
+    ],
+)
 def test_bad_config_names_the_argument(overrides, argument):
     with pytest.raises(ValueError, match=argument):
         features_config(**overrides)

@@ -1,4 +1,5 @@
-"""cign_loss: the classification (cross-entropy or BCE) / token-CE / distillation terms, their gradients, bad input, and a tiny overfit run."""
+"""cign_loss: the classification (cross-entropy or BCE), token-CE and distillation terms, their gradients,
+bad input, and a tiny overfit run."""
 
 from __future__ import annotations
 
@@ -12,8 +13,9 @@ AUDIO_DIM, VISUAL_DIM = 12, 20
 
 
 def tiny_model(*task_sizes: int, **overrides) -> CIGN:
-    settings = dict(input_mode="features", dim=32, depth=1, num_heads=2, audio_feature_dim=AUDIO_DIM,
-                    visual_feature_dim=VISUAL_DIM)
+    settings = dict(
+        input_mode="features", dim=32, depth=1, num_heads=2, audio_feature_dim=AUDIO_DIM, visual_feature_dim=VISUAL_DIM
+    )
     model = CIGN(ModelConfig(**{**settings, **overrides}))
     for size in task_sizes:
         model.add_task(size)
@@ -67,23 +69,30 @@ def test_distillation_matches_the_formula_on_the_old_slice_only(form, head_kl):
     batch, num_old, num_new, temperature, weight = 3, 4, 2, 2.0, 0.7
     student = random_output(batch, num_old + num_new, requires_grad=True)
     teacher = random_output(batch, num_old)
-    losses = cign_loss(student, torch.tensor([0, 5, 4]), teacher, num_old, temperature=temperature, kd_weight=weight,
-                       distill_form=form)
+    losses = cign_loss(
+        student, torch.tensor([0, 5, 4]), teacher, num_old, temperature=temperature, kd_weight=weight, distill_form=form
+    )
     expected = weight * (
         head_kl(student.audio_logits[:, :num_old], teacher.audio_logits, temperature)
         + head_kl(student.visual_logits[:, :num_old], teacher.visual_logits, temperature)
-        + kl_on_old(student.audio_token_logits[:, :num_old, :num_old].reshape(-1, num_old),
-                    teacher.audio_token_logits.reshape(-1, num_old), temperature)
-        + kl_on_old(student.visual_token_logits[:, :num_old, :num_old].reshape(-1, num_old),
-                    teacher.visual_token_logits.reshape(-1, num_old), temperature)
+        + kl_on_old(
+            student.audio_token_logits[:, :num_old, :num_old].reshape(-1, num_old),
+            teacher.audio_token_logits.reshape(-1, num_old),
+            temperature,
+        )
+        + kl_on_old(
+            student.visual_token_logits[:, :num_old, :num_old].reshape(-1, num_old),
+            teacher.visual_token_logits.reshape(-1, num_old),
+            temperature,
+        )
     )
     torch.testing.assert_close(losses["kd"], expected.detach())
     losses["kd"].backward()
     for name in ("audio_token_logits", "visual_logits"):
         (expected_grad,) = torch.autograd.grad(expected, getattr(student, name), retain_graph=True)
         torch.testing.assert_close(getattr(student, name).grad, expected_grad)
-    assert not student.audio_token_logits.grad[:, num_old:].any()      # new class tokens are not distilled
-    assert not student.audio_token_logits.grad[:, :, num_old:].any()   # nor the new classes' columns
+    assert not student.audio_token_logits.grad[:, num_old:].any()  # new class tokens are not distilled
+    assert not student.audio_token_logits.grad[:, :, num_old:].any()  # nor the new classes' columns
     assert not student.visual_logits.grad[:, num_old:].any()
     assert student.visual_logits.grad[:, :num_old].abs().sum() > 0
 
@@ -93,16 +102,28 @@ def test_only_the_bernoulli_form_sees_a_uniform_shift_of_the_old_logits(form, sh
     torch.manual_seed(0)
     student, teacher = random_output(4, 5), random_output(4, 3)
     labels = torch.tensor([3, 4, 3, 4])
-    kd = [float(cign_loss(student._replace(audio_logits=student.audio_logits - shift,
-                                           visual_logits=student.visual_logits - shift),
-                          labels, teacher, 3, distill_form=form, token_weight=0.0)["kd"]) for shift in (0.0, 5.0)]
+    kd = [
+        float(
+            cign_loss(
+                student._replace(
+                    audio_logits=student.audio_logits - shift, visual_logits=student.visual_logits - shift
+                ),
+                labels,
+                teacher,
+                3,
+                distill_form=form,
+                token_weight=0.0,
+            )["kd"]
+        )
+        for shift in (0.0, 5.0)
+    ]
     assert (abs(kd[1] - kd[0]) > 0.1) == shift_changes_loss, kd
 
 
 def test_old_classes_are_negatives_of_new_clips_only_when_asked():
     torch.manual_seed(0)
     out = random_output(batch=4, num_classes=5, requires_grad=True)
-    labels = torch.tensor([0, 3, 4, 1])   # two exemplars of old classes (0, 1), two new clips
+    labels = torch.tensor([0, 3, 4, 1])  # two exemplars of old classes (0, 1), two new clips
     kept = torch.ones(4, 5)
     kept[1:3, :3] = 0
     for classification in ("cross_entropy", "bce"):
@@ -110,20 +131,24 @@ def test_old_classes_are_negatives_of_new_clips_only_when_asked():
         loss = cign_loss(out, labels, None, 3, classification=classification, old_class_negatives=False)["cls_audio"]
         loss.backward()
         grad = out.audio_logits.grad
-        assert not grad[1:3, :3].any()                        # new clips: no term on the old classes
-        assert grad[1:3, 3:].abs().min() > 0 and grad[[0, 3]].abs().min() > 0   # exemplars: every class
+        assert not grad[1:3, :3].any()  # new clips: no term on the old classes
+        assert grad[1:3, 3:].abs().min() > 0 and grad[[0, 3]].abs().min() > 0  # exemplars: every class
         out.audio_logits.grad = None
         cign_loss(out, labels, None, 3, classification=classification)["cls_audio"].backward()
-        assert out.audio_logits.grad.abs().min() > 0          # the authors' scoring: every class
+        assert out.audio_logits.grad.abs().min() > 0  # the authors' scoring: every class
     logits = out.audio_logits.detach()
     p = torch.sigmoid(logits)
     onehot = F.one_hot(labels, 5).float()
     terms = -(onehot * p.log() + (1 - onehot) * (1 - p).log())
-    torch.testing.assert_close(cign_loss(out, labels, None, 3, classification="bce", old_class_negatives=False)["cls_audio"],
-                               (terms * kept).sum() / kept.sum())
+    torch.testing.assert_close(
+        cign_loss(out, labels, None, 3, classification="bce", old_class_negatives=False)["cls_audio"],
+        (terms * kept).sum() / kept.sum(),
+    )
     masked = logits.masked_fill(kept == 0, float("-inf"))
-    torch.testing.assert_close(cign_loss(out, labels, None, 3, old_class_negatives=False)["cls_audio"],
-                               -F.log_softmax(masked, dim=-1)[torch.arange(4), labels].mean())
+    torch.testing.assert_close(
+        cign_loss(out, labels, None, 3, old_class_negatives=False)["cls_audio"],
+        -F.log_softmax(masked, dim=-1)[torch.arange(4), labels].mean(),
+    )
 
 
 def test_token_weight_scales_the_token_terms_and_zero_drops_their_distillation():
@@ -136,8 +161,11 @@ def test_token_weight_scales_the_token_terms_and_zero_drops_their_distillation()
     torch.testing.assert_close(half["token_ce"], 0.5 * full["token_ce"])
     assert float(off["token_ce"]) == 0.0
     heads_only = cign_loss(student, labels, teacher, 3, token_weight=0.0)["kd"]
-    torch.testing.assert_close(heads_only, bernoulli_kl_on_old(student.audio_logits[:, :3], teacher.audio_logits, 2.0)
-                               + bernoulli_kl_on_old(student.visual_logits[:, :3], teacher.visual_logits, 2.0))
+    torch.testing.assert_close(
+        heads_only,
+        bernoulli_kl_on_old(student.audio_logits[:, :3], teacher.audio_logits, 2.0)
+        + bernoulli_kl_on_old(student.visual_logits[:, :3], teacher.visual_logits, 2.0),
+    )
 
 
 def test_distillation_is_zero_for_an_identical_teacher_and_positive_after_a_new_task():

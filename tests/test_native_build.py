@@ -18,10 +18,17 @@ from cign_fast.ops import native_cpp
 from cign_fast.ops.backends import backend_report
 from cign_fast.ops.gumbel import gumbel_noise, seed_keys
 
-OPS = ("assign_attention_forward", "assign_attention_backward", "token_distill_kl_forward", "bernoulli_distill_kl_forward")
+OPS = (
+    "assign_attention_forward",
+    "assign_attention_backward",
+    "token_distill_kl_forward",
+    "bernoulli_distill_kl_forward",
+)
 # What the extensions export: the contract's functions, except the Bernoulli KL's per-row losses (reduced in Python).
 EXTENSION_OPS = (*OPS[:3], "bernoulli_distill_kl_rows")
-CUDA_BUILT = any(Path(cign_fast.__file__).parent.glob("_cuda*.so")) or any(Path(cign_fast.__file__).parent.glob("_cuda*.pyd"))
+CUDA_BUILT = any(Path(cign_fast.__file__).parent.glob("_cuda*.so")) or any(
+    Path(cign_fast.__file__).parent.glob("_cuda*.pyd")
+)
 
 
 def available_isas() -> list[str]:
@@ -91,19 +98,28 @@ def test_avx2_and_generic_kernels_agree(use_isa, dtype, mode):
     for isa in ("avx2", "generic"):
         use_isa(isa)
         results[isa] = run_cpp(*inputs, mode)
-    for name, a, b in zip(("out", "lse", "argmax", "row_sum", "hard", "soft", "dq", "dk", "dv"), *results.values(), strict=True):
+    for name, a, b in zip(
+        ("out", "lse", "argmax", "row_sum", "hard", "soft", "dq", "dk", "dv"), *results.values(), strict=True
+    ):
         if name in ("argmax", "hard"):
             assert torch.equal(a, b), name
         else:
-            torch.testing.assert_close(a.float(), b.float(), rtol=1e-5 if dtype == torch.float32 else 1e-2,
-                                       atol=1e-5 if dtype == torch.float32 else 1e-2, msg=name)
+            torch.testing.assert_close(
+                a.float(),
+                b.float(),
+                rtol=1e-5 if dtype == torch.float32 else 1e-2,
+                atol=1e-5 if dtype == torch.float32 else 1e-2,
+                msg=name,
+            )
 
 
 @pytest.mark.skipif("avx2" not in available_isas(), reason="this CPU has no AVX2+FMA")
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_avx2_and_generic_bernoulli_kernels_agree(use_isa, dtype):
     generator = torch.Generator().manual_seed(3)
-    student, teacher = (3 * torch.randn(2 * 64 + 5, 29, generator=generator).to(dtype) for _ in range(2))  # row blocks and vector tails
+    student, teacher = (
+        3 * torch.randn(2 * 64 + 5, 29, generator=generator).to(dtype) for _ in range(2)
+    )  # row blocks and vector tails
     results = {}
     for isa in ("avx2", "generic"):
         use_isa(isa)
@@ -122,8 +138,13 @@ def test_results_do_not_depend_on_the_thread_count():
     try:
         for threads in (1, 2):
             torch.set_num_threads(threads)
-            runs.append((*run_cpp(*inputs, mode=2), *native_cpp.token_distill_kl_forward(student, teacher, 3, 37, 2.0, "sum"),
-                         *native_cpp.bernoulli_distill_kl_forward(student, teacher, 3, 37, 2.0, "sum")))
+            runs.append(
+                (
+                    *run_cpp(*inputs, mode=2),
+                    *native_cpp.token_distill_kl_forward(student, teacher, 3, 37, 2.0, "sum"),
+                    *native_cpp.bernoulli_distill_kl_forward(student, teacher, 3, 37, 2.0, "sum"),
+                )
+            )
     finally:
         torch.set_num_threads(previous)
     for a, b in zip(*runs, strict=True):
@@ -142,8 +163,20 @@ def test_bfloat16_outputs_follow_the_float32_computation():
 
 def assign_args(**changes):
     q, k, v, _ = small_problem()
-    args = dict(q=q, k=k, v=v, mode=0, tau=1.0, eps=1.0, sum_assign=False, key_a=1, key_b=2, noise_batch_offset=0,
-                noise_batch_stride=1, return_maps=False)
+    args = dict(
+        q=q,
+        k=k,
+        v=v,
+        mode=0,
+        tau=1.0,
+        eps=1.0,
+        sum_assign=False,
+        key_a=1,
+        key_b=2,
+        noise_batch_offset=0,
+        noise_batch_stride=1,
+        return_maps=False,
+    )
     args.update(changes)
     return args
 
@@ -188,9 +221,23 @@ def test_bad_assign_inputs_raise_runtime_errors(changes, match):
 def test_bad_backward_inputs_raise_runtime_errors(statistic, value, match):
     q, k, v, grad_out = small_problem()
     forward = _C.assign_attention_forward(q, k, v, 0, 1.0, 1.0, False, 1, 2, 0, 1, False)
-    args = dict(grad_out=grad_out, q=q, k=k, v=v, col_lse=forward[1], col_argmax=forward[2], row_sum=forward[3],
-                mode=1, tau=1.0, eps=1.0, sum_assign=False, key_a=1, key_b=2, noise_batch_offset=0,
-                noise_batch_stride=1)
+    args = dict(
+        grad_out=grad_out,
+        q=q,
+        k=k,
+        v=v,
+        col_lse=forward[1],
+        col_argmax=forward[2],
+        row_sum=forward[3],
+        mode=1,
+        tau=1.0,
+        eps=1.0,
+        sum_assign=False,
+        key_a=1,
+        key_b=2,
+        noise_batch_offset=0,
+        noise_batch_stride=1,
+    )
     args[statistic] = value(forward, grad_out)
     with pytest.raises(RuntimeError, match=match):
         _C.assign_attention_backward(**args)
@@ -212,8 +259,9 @@ def test_bad_backward_inputs_raise_runtime_errors(statistic, value, match):
 )
 @pytest.mark.parametrize("function", ["token_distill_kl_forward", "bernoulli_distill_kl_rows"])
 def test_bad_distill_inputs_raise_runtime_errors(changes, match, function):
-    args = dict(student=torch.randn(4, 7), teacher=torch.randn(4, 7), start=0, stop=7, temperature=2.0,
-                reduction="batchmean")
+    args = dict(
+        student=torch.randn(4, 7), teacher=torch.randn(4, 7), start=0, stop=7, temperature=2.0, reduction="batchmean"
+    )
     args.update(changes)
     with pytest.raises(RuntimeError, match=f"{function}: .*{match}"):
         getattr(_C, function)(**args)

@@ -12,10 +12,11 @@ import pytest
 from cign_fast.train.checkpoint import list_checkpoints, load_checkpoint
 from cign_fast.train.loop import train_incremental
 from cign_fast.train.run_folder import RUN_OUTPUTS, RunFolderError, RunFolderLock
+
 from helpers import one_thread, tiny_config, write_feature_dataset
 
 QUIET = {"log": lambda message: None}
-FAST = ("--tasks", "2", "--epochs", "1")   # 2 tasks of 3 classes, 4 checkpoints
+FAST = ("--tasks", "2", "--epochs", "1")  # 2 tasks of 3 classes, 4 checkpoints
 
 
 @pytest.fixture(scope="module")
@@ -44,8 +45,11 @@ def test_fresh_run_into_a_used_folder_is_refused_and_overwrite_replaces_it(finis
     data, out = copy_run(finished_run, tmp_path)
     (out / "notes.txt").write_text("mine")
     metrics = (out / "metrics.json").read_bytes()
-    with pytest.raises(RunFolderError, match=r"already holds a run \(config\.yaml, run\.json, metrics\.json.*--resume.*"
-                                             r"--overwrite"):
+    with pytest.raises(
+        RunFolderError,
+        match=r"already holds a run \(config\.yaml, run\.json, metrics\.json.*--resume.*"
+        r"--overwrite",
+    ):
         train_incremental(tiny_config(data, out, *FAST), **QUIET)
     assert (out / "metrics.json").read_bytes() == metrics
     with pytest.raises(RunFolderError, match="exclude each other"):
@@ -53,12 +57,11 @@ def test_fresh_run_into_a_used_folder_is_refused_and_overwrite_replaces_it(finis
 
     messages: list[str] = []
     with one_thread():
-        train_incremental(tiny_config(data, out, "--tasks", "1", "--epochs", "1"), overwrite=True,
-                          log=messages.append)
+        train_incremental(tiny_config(data, out, "--tasks", "1", "--epochs", "1"), overwrite=True, log=messages.append)
     assert any("replacing the earlier run" in message for message in messages)
-    assert (out / "notes.txt").read_text() == "mine"   # not an output of the run: left alone
+    assert (out / "notes.txt").read_text() == "mine"  # not an output of the run: left alone
     names = [path.name for path in list_checkpoints(out / "checkpoints")]
-    assert names == ["checkpoint-000001-task0-epoch1.pt", "checkpoint-000002-task0-done.pt"]   # none of the old run's
+    assert names == ["checkpoint-000001-task0-epoch1.pt", "checkpoint-000002-task0-done.pt"]  # none of the old run's
 
 
 def hold_lock(out: Path, locked, release) -> None:
@@ -86,13 +89,16 @@ def test_a_second_run_on_a_locked_folder_names_the_holder(tmp_path: Path) -> Non
     finally:
         release.set()
         holder.join(60)
-    assert [path.name for path in out.iterdir()] == [".lock"]   # the refused runs wrote nothing
+    assert [path.name for path in out.iterdir()] == [".lock"]  # the refused runs wrote nothing
 
 
-@pytest.mark.parametrize("change, match", [
-    (("--seed", "1"), r"run\.seed: 0 there, 1 here"),
-    (("--lr", "0.01"), r"optim\.lr: 0\.003 there, 0\.01 here"),
-])
+@pytest.mark.parametrize(
+    "change, match",
+    [
+        (("--seed", "1"), r"run\.seed: 0 there, 1 here"),
+        (("--lr", "0.01"), r"optim\.lr: 0\.003 there, 0\.01 here"),
+    ],
+)
 def test_resume_with_other_settings_is_refused_naming_both(finished_run, tmp_path: Path, change, match) -> None:
     data, out = copy_run(finished_run, tmp_path)
     saved = (out / "config.yaml").read_text()
@@ -103,16 +109,19 @@ def test_resume_with_other_settings_is_refused_naming_both(finished_run, tmp_pat
 
 def test_resume_with_other_data_is_refused_naming_both(finished_run, tmp_path: Path) -> None:
     data, out = copy_run(finished_run, tmp_path)
-    same_classes = write_feature_dataset(tmp_path / "other", seed=1)   # same ids and labels, other features
+    same_classes = write_feature_dataset(tmp_path / "other", seed=1)  # same ids and labels, other features
     saved = (out / "run.json").read_text()
-    with pytest.raises(RunFolderError, match=r"other data .*audio_pretrained_feature_dict\.npy sha256 \w{12} there, "
-                                             r"sha256 \w{12} here"):
+    with pytest.raises(
+        RunFolderError,
+        match=r"other data .*audio_pretrained_feature_dict\.npy sha256 \w{12} there, "
+        r"sha256 \w{12} here",
+    ):
         train_incremental(tiny_config(same_classes, out, *FAST), resume=True, **QUIET)
     fewer_clips = write_feature_dataset(tmp_path / "fewer", train_per_class=15)
     with pytest.raises(RunFolderError, match="train clips: 96 there, 90 here"):
         train_incremental(tiny_config(fewer_clips, out, *FAST), resume=True, **QUIET)
     assert (out / "run.json").read_text() == saved
-    moved = shutil.copytree(data, tmp_path / "moved")   # the same data elsewhere: data.root does not matter
+    moved = shutil.copytree(data, tmp_path / "moved")  # the same data elsewhere: data.root does not matter
     messages: list[str] = []
     with one_thread():
         train_incremental(tiny_config(moved, out, *FAST), resume=True, log=messages.append)
@@ -125,7 +134,7 @@ def test_rejected_checkpoints_are_set_aside_never_named_final(finished_run, tmp_
     newest = list_checkpoints(checkpoints)[-1]
     stray = checkpoints / "checkpoint-000099-task1-done.pt"
     stray.write_bytes(b"not a checkpoint")
-    (checkpoints / f".{newest.name}.tmp-12345").write_bytes(b"half-written")   # a killed write's leftover
+    (checkpoints / f".{newest.name}.tmp-12345").write_bytes(b"half-written")  # a killed write's leftover
     messages: list[str] = []
     with one_thread():
         train_incremental(tiny_config(data, out, *FAST), resume=True, log=messages.append)

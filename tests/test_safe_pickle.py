@@ -41,8 +41,11 @@ def honest_avcil(root: Path) -> Path:
 def test_crafted_npy_does_not_execute(tmp_path: Path, target: str) -> None:
     root = honest_avcil(tmp_path / "features")
     marker = tmp_path / "payload-ran"
-    payload = {"labels": {"train": {"a": CreatesFile(marker)}}, "audio": {"a": CreatesFile(marker)},
-               "visual": {"a": CreatesFile(marker)}}[target]
+    payload = {
+        "labels": {"train": {"a": CreatesFile(marker)}},
+        "audio": {"a": CreatesFile(marker)},
+        "visual": {"a": CreatesFile(marker)},
+    }[target]
     name = {"labels": AVCIL_LABELS, "audio": AVCIL_AUDIO, "visual": AVCIL_VISUAL_NPY}[target]
     np.save(root / name, payload, allow_pickle=True)
     with pytest.raises(UnsafeFileError, match=r"refused to unpickle builtins\.exec") as caught:
@@ -58,12 +61,15 @@ def test_honest_avcil_files_still_load(tmp_path: Path) -> None:
     assert dataset[1]["audio"].shape == (2, 4) and dataset[1]["visual"].shape == (1, 3)
 
 
-@pytest.mark.parametrize("value, match", [
-    (np.arange(3.0), "expected a pickled dictionary"),
-    (np.array("train", dtype=object), "expected the file to be a dictionary, got str"),
-    ({"train": {"a": 3.5}}, r"clip id \(str\) -> category"),
-    ({"train": ["a"]}, "split 'train'"),
-])
+@pytest.mark.parametrize(
+    "value, match",
+    [
+        (np.arange(3.0), "expected a pickled dictionary"),
+        (np.array("train", dtype=object), "expected the file to be a dictionary, got str"),
+        ({"train": {"a": 3.5}}, r"clip id \(str\) -> category"),
+        ({"train": ["a"]}, "split 'train'"),
+    ],
+)
 def test_label_dict_structure_is_checked(tmp_path: Path, value: object, match: str) -> None:
     path = tmp_path / "labels.npy"
     np.save(path, value, allow_pickle=True)
@@ -71,11 +77,14 @@ def test_label_dict_structure_is_checked(tmp_path: Path, value: object, match: s
         load_label_dict(path)
 
 
-@pytest.mark.parametrize("value, match", [
-    ({"a": np.array(["x"])}, r"numeric array, got 'a' -> <U1"),
-    ({"a": [1.0, 2.0]}, "numeric array, got 'a' -> list"),
-    ({"a": np.array([object()], dtype=object)}, "refused to unpickle builtins.object"),
-])
+@pytest.mark.parametrize(
+    "value, match",
+    [
+        ({"a": np.array(["x"])}, r"numeric array, got 'a' -> <U1"),
+        ({"a": [1.0, 2.0]}, "numeric array, got 'a' -> list"),
+        ({"a": np.array([object()], dtype=object)}, "refused to unpickle builtins.object"),
+    ],
+)
 def test_feature_dict_structure_is_checked(tmp_path: Path, value: object, match: str) -> None:
     path = tmp_path / "features.npy"
     np.save(path, value, allow_pickle=True)

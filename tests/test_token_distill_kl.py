@@ -10,11 +10,16 @@ import torch
 import cign_fast
 from cign_fast.ops.reference import token_distill_kl_reference
 from cign_fast.ops.token_distill_kl import token_distill_kl_fwd
+
 from helpers import ALL_BACKENDS, require_backend
 
 OP = "token_distill_kl_forward"
 CASES = [  # (R, K, columns)
-    (6, 10, slice(0, 7)), (1, 1, None), (5, 3, slice(1, 3)), (33, 37, slice(0, 36)), (4, 300, slice(2, 289)),
+    (6, 10, slice(0, 7)),
+    (1, 1, None),
+    (5, 3, slice(1, 3)),
+    (33, 37, slice(0, 36)),
+    (4, 300, slice(2, 289)),
 ]
 
 
@@ -52,8 +57,9 @@ def test_backend_matches_reference_fp32(rng_seed, backend, reduction, case, stri
     device = require_backend(backend, OP)
     rows, width, columns = case
     student, teacher = logits(rows, width, device=device, strided=strided)
-    loss = cign_fast.token_distill_kl(student, teacher, temperature=2.0, columns=columns, reduction=reduction,
-                                      backend=backend)
+    loss = cign_fast.token_distill_kl(
+        student, teacher, temperature=2.0, columns=columns, reduction=reduction, backend=backend
+    )
     upstream = torch.rand_like(loss) + 0.5
     (grad,) = torch.autograd.grad(loss, student, upstream)
     leaf = student.detach().double().requires_grad_()
@@ -128,15 +134,18 @@ def test_temperature_scaling_matches_the_definition():
     student, teacher = logits(4, 6, torch.float64)
     for temperature in (0.5, 1.0, 4.0):
         got = cign_fast.token_distill_kl(student, teacher, temperature=temperature, backend="reference")
-        torch.testing.assert_close(got.detach(), torch.as_tensor(direct_float64(student, teacher, temperature, None, "batchmean")))
+        torch.testing.assert_close(
+            got.detach(), torch.as_tensor(direct_float64(student, teacher, temperature, None, "batchmean"))
+        )
 
 
 def test_gradcheck_reference_backend():
     student, teacher = logits(3, 5, torch.float64)
     for reduction in ("batchmean", "none"):
         torch.autograd.gradcheck(
-            lambda s, reduction=reduction: cign_fast.token_distill_kl(s, teacher, columns=(0, 4), reduction=reduction,
-                                                                     backend="reference"),
+            lambda s, reduction=reduction: cign_fast.token_distill_kl(
+                s, teacher, columns=(0, 4), reduction=reduction, backend="reference"
+            ),
             (student,),
         )
 
@@ -152,7 +161,9 @@ def test_custom_op_passes_opcheck(backend):
 def test_compiles_without_graph_break():
     student, teacher = (t.detach() for t in logits(6, 11))
     fn = lambda s, t: cign_fast.token_distill_kl(s * 1.5, t, columns=(0, 8))  # noqa: E731
-    torch.testing.assert_close(torch.compile(fn, backend="aot_eager", fullgraph=True)(student, teacher), fn(student, teacher))
+    torch.testing.assert_close(
+        torch.compile(fn, backend="aot_eager", fullgraph=True)(student, teacher), fn(student, teacher)
+    )
 
 
 @pytest.mark.parametrize(
@@ -163,8 +174,18 @@ def test_compiles_without_graph_break():
         (lambda s, t: (s.int(), t), {}, TypeError, "student_logits: expected a floating-point dtype"),
         (lambda s, t: (s, t.double()), {}, TypeError, "one dtype"),
         (lambda s, t: (s, t.to("meta")), {}, ValueError, "one device"),
-        (lambda s, t: (s.index_fill(0, torch.tensor([1]), float("nan")), t), {}, ValueError, "student_logits: contains NaN"),
-        (lambda s, t: (s, t.index_fill(1, torch.tensor([0]), float("inf"))), {}, ValueError, "teacher_logits: contains inf"),
+        (
+            lambda s, t: (s.index_fill(0, torch.tensor([1]), float("nan")), t),
+            {},
+            ValueError,
+            "student_logits: contains NaN",
+        ),
+        (
+            lambda s, t: (s, t.index_fill(1, torch.tensor([0]), float("inf"))),
+            {},
+            ValueError,
+            "teacher_logits: contains inf",
+        ),
         (lambda s, t: (s, t), {"temperature": 0.0}, ValueError, "temperature"),
         (lambda s, t: (s, t), {"columns": slice(5, 5)}, ValueError, "columns"),
         (lambda s, t: (s, t), {"columns": slice(0, 6, 2)}, ValueError, "columns"),

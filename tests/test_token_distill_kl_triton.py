@@ -23,8 +23,9 @@ def device() -> torch.device:
 
 def compare(student, teacher, start, stop, temperature, reduction, rtol=1e-5, atol=1e-6):
     loss, grad = kernels.token_distill_kl_forward(student, teacher, start, stop, temperature, reduction)
-    want_loss, want_grad = reference_forward(student.cpu().double(), teacher.cpu().double(), start, stop,
-                                             temperature, reduction)
+    want_loss, want_grad = reference_forward(
+        student.cpu().double(), teacher.cpu().double(), start, stop, temperature, reduction
+    )
     assert grad.shape == student.shape and grad.dtype == student.dtype and loss.dtype == torch.float32
     torch.testing.assert_close(loss.cpu().double(), want_loss, rtol=rtol, atol=atol)
     torch.testing.assert_close(grad.cpu().double(), want_grad, rtol=1e-4, atol=atol)

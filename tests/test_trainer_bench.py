@@ -3,14 +3,42 @@
 import json
 
 from cign_fast.bench import bench_step
+
 from helpers import one_thread
 
 
 def test_step_benchmark_writes_both_backends(tmp_path, capsys):
-    argv = ["--batch", "4", "--classes", "6", "--old-classes", "4", "--visual-tokens", "3", "--audio-tokens", "5",
-            "--feature-dim", "8", "--dim", "16", "--depth", "1", "--heads", "2", "--repeats", "1", "--warmup", "1",
-            "--threads", "1", "--device", "cpu", "--out", str(tmp_path)]
-    with one_thread():   # restores the thread count that --threads changes
+    argv = [
+        "--batch",
+        "4",
+        "--classes",
+        "6",
+        "--old-classes",
+        "4",
+        "--visual-tokens",
+        "3",
+        "--audio-tokens",
+        "5",
+        "--feature-dim",
+        "8",
+        "--dim",
+        "16",
+        "--depth",
+        "1",
+        "--heads",
+        "2",
+        "--repeats",
+        "1",
+        "--warmup",
+        "1",
+        "--threads",
+        "1",
+        "--device",
+        "cpu",
+        "--out",
+        str(tmp_path),
+    ]
+    with one_thread():  # restores the thread count that --threads changes
         assert bench_step.main(argv) == 0
     report = json.loads((tmp_path / "cpu-step.json").read_text())
     assert [row["backend"] for row in report["rows"]] == ["reference", "auto"]

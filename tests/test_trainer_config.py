@@ -8,6 +8,7 @@ import yaml
 from cign_fast.cli import train as train_cli
 from cign_fast.methods import METHODS
 from cign_fast.train.config import build_config, config_from_dict, save_config
+
 from helpers import REPO
 
 
@@ -15,10 +16,10 @@ def test_file_then_flags_then_set_overrides(tmp_path):
     config_file = tmp_path / "run.yaml"
     config_file.write_text("optim:\n  lr: 0.01\n  epochs: 7\nmodel:\n  dim: 64\n")
     config = build_config(config_file, ["optim.lr=3e-4", "model.depth=2"], flags={"optim.epochs": 5})
-    assert config.optim.lr == pytest.approx(3e-4)      # "3e-4" is a string to YAML: parsed as a float
+    assert config.optim.lr == pytest.approx(3e-4)  # "3e-4" is a string to YAML: parsed as a float
     assert config.optim.epochs == 5
     assert config.model["dim"] == 64 and config.model["depth"] == 2
-    assert config.model["num_heads"] == 8               # untouched defaults are filled in from ModelConfig
+    assert config.model["num_heads"] == 8  # untouched defaults are filled in from ModelConfig
     assert config.optim.batch_size == 128
 
 
@@ -31,7 +32,7 @@ def test_file_then_flags_then_set_overrides(tmp_path):
         ("optim.lr=-1", "optim.lr"),
         ("optim.schedule=linear", "optim.schedule"),
         ("optim.epochs=many", "optim.epochs"),
-        ("model.dim=12", "model.num_heads"),             # ModelConfig: heads must divide dim
+        ("model.dim=12", "model.num_heads"),  # ModelConfig: heads must divide dim
         ("run.deterministic=maybe", "run.deterministic"),
     ],
 )
@@ -70,7 +71,9 @@ def test_shipped_configs_load(config_file):
 
 @pytest.mark.parametrize("name", list(METHODS))
 def test_each_method_has_a_config_layered_over_a_dataset_config(name):
-    config = build_config([REPO / "configs" / "vggsound-instruments.yaml", REPO / "configs" / "methods" / f"{name}.yaml"])
+    config = build_config(
+        [REPO / "configs" / "vggsound-instruments.yaml", REPO / "configs" / "methods" / f"{name}.yaml"]
+    )
     assert config.method == name
     assert config.data.benchmark == build_config(REPO / "configs" / "vggsound-instruments.yaml").data.benchmark
     assert (config.memory.per_class > 0) == (METHODS[name].memory_use == "required")

@@ -22,8 +22,15 @@ import sys
 import pytest
 
 from cign_fast.cli import main
+
 from helpers import (
-    COMPARE_RUNNER, REPO, one_thread, read_run_results, subprocess_env, tiny_train_args, write_feature_dataset,
+    COMPARE_RUNNER,
+    REPO,
+    one_thread,
+    read_run_results,
+    subprocess_env,
+    tiny_train_args,
+    write_feature_dataset,
 )
 
 # CIGN and two methods with extra state: EWC (Fisher summed over the ranks' shards), iCaRL (memory, class means)
@@ -40,16 +47,24 @@ def free_port() -> int:
 def test_two_gloo_processes_match_one_process(tmp_path):
     """``cign-fast compare`` under torchrun: every method's DDP run matches its single-process run."""
     data = write_feature_dataset(tmp_path / "data")
-    with one_thread():   # the single-process runs, in this process
+    with one_thread():  # the single-process runs, in this process
         assert main(["compare", *tiny_train_args(data, tmp_path / "single", *EXTRA)]) == 0
 
     runner = tmp_path / "runner.py"
     runner.write_text(COMPARE_RUNNER.replace("; ", "\n"))
-    command = [sys.executable, "-m", "torch.distributed.run", "--nnodes=1", "--nproc_per_node=2",
-               f"--master_port={free_port()}", str(runner), *tiny_train_args(data, tmp_path / "ddp", *EXTRA)]
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nnodes=1",
+        "--nproc_per_node=2",
+        f"--master_port={free_port()}",
+        str(runner),
+        *tiny_train_args(data, tmp_path / "ddp", *EXTRA),
+    ]
     ddp = subprocess.run(command, env=subprocess_env(), cwd=REPO, capture_output=True, text=True, timeout=900)
     assert ddp.returncode == 0, ddp.stderr[-3000:]
-    assert ddp.stdout.count("after task 3/3") == len(METHODS)     # only rank 0 prints
+    assert ddp.stdout.count("after task 3/3") == len(METHODS)  # only rank 0 prints
     assert (tmp_path / "ddp" / "compare.md").is_file()
 
     for method in METHODS:
@@ -59,7 +74,9 @@ def test_two_gloo_processes_match_one_process(tmp_path):
         sizes = single_metrics["task_test_sizes"]
         assert ddp_metrics["task_test_sizes"] == sizes
         for modality in ("audio", "visual", "audio_visual"):
-            for single_row, ddp_row in zip(single_metrics[modality]["matrix"], ddp_metrics[modality]["matrix"], strict=True):
+            for single_row, ddp_row in zip(
+                single_metrics[modality]["matrix"], ddp_metrics[modality]["matrix"], strict=True
+            ):
                 for task, (a, b) in enumerate(zip(single_row, ddp_row, strict=True)):
                     assert (a is None) == (b is None)
                     if a is not None:

@@ -7,6 +7,7 @@ import pytest
 from cign_fast.cli import main
 from cign_fast.train.checkpoint import list_checkpoints
 from cign_fast.train.loop import train_incremental
+
 from helpers import one_thread, tiny_config, write_feature_dataset
 
 
@@ -22,8 +23,22 @@ def trained(tmp_path_factory):
 def test_eval_reproduces_the_last_row_of_the_matrix(trained, tmp_path, capsys):
     data, checkpoint, results = trained
     with one_thread():
-        assert main(["eval", "--checkpoint", str(checkpoint), "--data", str(data), "--device", "cpu",
-                     "--json", str(tmp_path / "eval.json")]) == 0
+        assert (
+            main(
+                [
+                    "eval",
+                    "--checkpoint",
+                    str(checkpoint),
+                    "--data",
+                    str(data),
+                    "--device",
+                    "cpu",
+                    "--json",
+                    str(tmp_path / "eval.json"),
+                ]
+            )
+            == 0
+        )
     assert "audio_visual" in capsys.readouterr().out
     evaluation = json.loads((tmp_path / "eval.json").read_text())
     assert evaluation["tasks_seen"] == 3
@@ -36,8 +51,24 @@ def test_embed_writes_a_tsne_png(trained, tmp_path):
     data, checkpoint, _ = trained
     out = tmp_path / "tsne.png"
     with one_thread():
-        assert main(["embed", "--checkpoint", str(checkpoint), "--data", str(data), "--out", str(out),
-                     "--device", "cpu", "--perplexity", "5"]) == 0
+        assert (
+            main(
+                [
+                    "embed",
+                    "--checkpoint",
+                    str(checkpoint),
+                    "--data",
+                    str(data),
+                    "--out",
+                    str(out),
+                    "--device",
+                    "cpu",
+                    "--perplexity",
+                    "5",
+                ]
+            )
+            == 0
+        )
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 

@@ -37,7 +37,7 @@ def test_per_class_memory_keeps_the_same_number_for_every_class_and_selected_lea
     memory.update({0: list(range(0, 20)), 1: list(range(20, 40))})
     first_choice = dict(memory.exemplars)
     proposal = memory.selected({2: list(range(40, 60)), 3: list(range(60, 63))})
-    assert memory.exemplars == first_choice                      # a proposal, not an update
+    assert memory.exemplars == first_choice  # a proposal, not an update
     assert [len(proposal[c]) for c in range(4)] == [4, 4, 4, 3]  # class 3 has only 3 clips
     assert proposal[0] == first_choice[0]
     with pytest.raises(ValueError, match=r"memory\.budget, memory\.per_class: set one of the two"):
@@ -58,7 +58,7 @@ def test_herding_uses_the_indices_that_could_be_embedded():
     memory = ExemplarMemory(budget=2, selection="herding")
     features = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.7, 0.7]])
     memory.update({0: [10, 11, 12, 13]}, embed=lambda indices: (features, [10, 12, 13]))  # 11 failed to decode
-    assert memory.exemplars[0] == [13, 10]   # nearest the mean first; then a tie, broken by position
+    assert memory.exemplars[0] == [13, 10]  # nearest the mean first; then a tie, broken by position
 
 
 def test_memory_state_round_trips():

@@ -4,21 +4,33 @@ with extra state (EWC's Fisher and anchor, iCaRL's old model, memory and class m
 import pytest
 import torch
 
+from cign_fast.cli import main
 from cign_fast.train.checkpoint import (
-    CorruptCheckpoint, checkpoint_name, list_checkpoints, load_checkpoint, load_latest_checkpoint, save_checkpoint,
+    CorruptCheckpoint,
+    checkpoint_name,
+    list_checkpoints,
+    load_checkpoint,
+    load_latest_checkpoint,
+    save_checkpoint,
 )
 from cign_fast.train.loop import check_resume_compatible, train_incremental
-from cign_fast.cli import main
+
 from helpers import (
-    COMPARE_RUNNER, KILLING_RUNNER, one_thread, read_run_results, run_runner, tiny_config, tiny_train_args,
+    COMPARE_RUNNER,
+    KILLING_RUNNER,
+    one_thread,
+    read_run_results,
+    run_runner,
+    tiny_config,
+    tiny_train_args,
     write_feature_dataset,
 )
 
 # 3 tasks of 2 classes, 32 clips each plus 12 exemplars from task 1 on, batch 16: task 0 takes steps 1-6,
 # task 1's epochs steps 7-9, 10-12 and 13-15
 KILL_POINTS = [
-    ("cign", "train_step", 11),   # inside task 1's second epoch
-    ("ewc", "evaluate", 2),       # after task 1's memory update and Fisher, before its evaluation
+    ("cign", "train_step", 11),  # inside task 1's second epoch
+    ("ewc", "evaluate", 2),  # after task 1's memory update and Fisher, before its evaluation
     ("icarl", "train_step", 11),  # inside task 1's second epoch, with task 0's old model and class means
 ]
 METHODS = ",".join(method for method, _, _ in KILL_POINTS)
@@ -29,14 +41,14 @@ def test_killed_runs_resume_to_the_uninterrupted_metrics(tmp_path):
     run killed last (without retraining its first task) and the final runs equal uninterrupted ones."""
     data = write_feature_dataset(tmp_path / "data")
     extra = ("--methods", METHODS, "--memory-per-class", "6", "--set", "run.keep_checkpoints=2")
-    with one_thread():   # the uninterrupted references, in this process: one thread computes as the runners do
+    with one_thread():  # the uninterrupted references, in this process: one thread computes as the runners do
         assert main(["compare", *tiny_train_args(data, tmp_path / "reference", *extra)]) == 0
 
     args = tiny_train_args(data, tmp_path / "killed", *extra)
     previous = None
     for number, (method, hook, call) in enumerate(KILL_POINTS, start=1):
         killed = run_runner(KILLING_RUNNER, [method, hook, str(call), "compare", *args], timeout=600)
-        assert killed.returncode == -9, killed.stderr    # SIGKILL: nothing after the kill point ran
+        assert killed.returncode == -9, killed.stderr  # SIGKILL: nothing after the kill point ran
         assert f"[{number}/3] {method} seed 0: training" in killed.stdout
         assert "task 2/3 epoch 1/3" in killed.stdout.split(f"[{number}/3]")[1]
         assert "after task 2/3" not in killed.stdout.split(f"[{number}/3]")[1]
@@ -85,11 +97,14 @@ def test_truncated_checkpoint_falls_back_to_the_previous_one(tmp_path, method):
     changed = tiny_config(data, out, "--method", method, "--memory-per-class", "3", "--epochs", "2", "--lr", "1e-2")
     with pytest.raises(ValueError, match=r"optim\.lr"):
         train_incremental(changed, resume=True, log=lambda message: None)
-    assert "lr: 0.003" in (out / "config.yaml").read_text()   # the run's own config is kept
+    assert "lr: 0.003" in (out / "config.yaml").read_text()  # the run's own config is kept
     other = "finetune" if method != "finetune" else "cign"
     with pytest.raises(ValueError, match=rf"method: '{method}' there, '{other}' here"):
-        train_incremental(tiny_config(data, out, "--method", other, "--memory-per-class", "3", "--epochs", "2"),
-                          resume=True, log=lambda message: None)
+        train_incremental(
+            tiny_config(data, out, "--method", other, "--memory-per-class", "3", "--epochs", "2"),
+            resume=True,
+            log=lambda message: None,
+        )
     old_format = {**load_checkpoint(previous), "format": 1}
     with pytest.raises(ValueError, match=r"has format 1, this version reads format 2"):
         check_resume_compatible(old_format, config, uninterrupted.class_tasks, previous)
@@ -108,4 +123,4 @@ def test_checkpoint_digest_detects_damage(tmp_path):
     state, path = load_latest_checkpoint(tmp_path, report=reports.append)
     assert path == first and torch.equal(state["weights"], torch.arange(4.0))
     assert second.name in reports[0]
-    assert not list(tmp_path.glob(".*.tmp-*"))   # no temporary file is left behind
+    assert not list(tmp_path.glob(".*.tmp-*"))  # no temporary file is left behind

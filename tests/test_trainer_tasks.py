@@ -37,8 +37,10 @@ def test_too_many_tasks_or_none_is_refused():
         custom_class_tasks(DataConfig(), ROWS, seed=0)
 
 
-@pytest.mark.parametrize("name, tasks, sizes", [("vggsound-instruments", None, [9] * 4), ("vggsound-100", 4, [25] * 4),
-                                                ("vggsound100", 10, [10] * 10)])
+@pytest.mark.parametrize(
+    "name, tasks, sizes",
+    [("vggsound-instruments", None, [9] * 4), ("vggsound-100", 4, [25] * 4), ("vggsound100", 10, [10] * 10)],
+)
 def test_presets(name, tasks, sizes):
     canonical = name.replace("vggsound-100", "vggsound100")
     labels = [c for task in benchmark_tasks(canonical, num_tasks=tasks) for c in task]

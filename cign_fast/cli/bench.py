@@ -15,26 +15,44 @@ from pathlib import Path
 
 from cign_fast.bench.options import RESULTS, add_run_arguments
 
-MODULES = {"assign_attention": "cign_fast.bench.bench_assign_attention",
-           "token_distill_kl": "cign_fast.bench.bench_token_distill_kl"}
+MODULES = {
+    "assign_attention": "cign_fast.bench.bench_assign_attention",
+    "token_distill_kl": "cign_fast.bench.bench_token_distill_kl",
+}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     which = parser.add_subparsers(dest="benchmark", required=True, metavar="BENCHMARK")
     ops = which.add_parser("ops", help="fused ops vs eager and torch.compile", description=__doc__.splitlines()[0])
-    add_run_arguments(ops, quick_help="only the cases with speed targets (CPU: assign_attention CIGN N=36 fp32 "
-                                      "in every mode, token_distill_kl [384, 220] fp32)")
-    ops.add_argument("--ops", nargs="+", choices=tuple(MODULES), default=list(MODULES), help="ops to run (default: both)")
-    ops.add_argument("--shapes", nargs="+", metavar="SHAPE",
-                     help="shape names of either op's grid (default: the full grid; a wrong name lists them)")
-    ops.add_argument("--modes", nargs="+", metavar="MODE",
-                     help="assign_attention modes (default: the grid's; a wrong name lists them)")
-    ops.add_argument("--dtypes", nargs="+", metavar="DTYPE", help="dtypes (default: the grid's; a wrong name lists them)")
+    add_run_arguments(
+        ops,
+        quick_help="only the cases with speed targets (CPU: assign_attention CIGN N=36 fp32 "
+        "in every mode, token_distill_kl [384, 220] fp32)",
+    )
+    ops.add_argument(
+        "--ops", nargs="+", choices=tuple(MODULES), default=list(MODULES), help="ops to run (default: both)"
+    )
+    ops.add_argument(
+        "--shapes",
+        nargs="+",
+        metavar="SHAPE",
+        help="shape names of either op's grid (default: the full grid; a wrong name lists them)",
+    )
+    ops.add_argument(
+        "--modes",
+        nargs="+",
+        metavar="MODE",
+        help="assign_attention modes (default: the grid's; a wrong name lists them)",
+    )
+    ops.add_argument(
+        "--dtypes", nargs="+", metavar="DTYPE", help="dtypes (default: the grid's; a wrong name lists them)"
+    )
     ops.add_argument("--note", action="append", default=[], help="a remark for the results file (repeatable)")
     ops.add_argument("--out", type=Path, default=RESULTS, help=f"results folder (default: ./{RESULTS})")
     # Every argument after `step` (options included: this parser has no "-" options) goes to bench_step.py.
-    step = which.add_parser("step", help="training-step benchmark (`step --help` for its options)",
-                            prefix_chars="+", add_help=False)
+    step = which.add_parser(
+        "step", help="training-step benchmark (`step --help` for its options)", prefix_chars="+", add_help=False
+    )
     step.add_argument("step_args", nargs="*", help="arguments for the training-step benchmark")
 
 

@@ -22,8 +22,16 @@ def main(args: argparse.Namespace) -> int:
     from cign_fast.train.embed import embed_checkpoint
 
     try:
-        path = embed_checkpoint(args.checkpoint, args.data, args.out, split=args.split, batch_size=args.batch_size,
-                                device=args.device, perplexity=args.perplexity, seed=args.seed)
+        path = embed_checkpoint(
+            args.checkpoint,
+            args.data,
+            args.out,
+            split=args.split,
+            batch_size=args.batch_size,
+            device=args.device,
+            perplexity=args.perplexity,
+            seed=args.seed,
+        )
     except (ValueError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

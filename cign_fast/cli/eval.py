@@ -21,8 +21,9 @@ def main(args: argparse.Namespace) -> int:
     from cign_fast.train.evaluate import evaluate_checkpoint, format_evaluation
 
     try:
-        result = evaluate_checkpoint(args.checkpoint, args.data, split=args.split, batch_size=args.batch_size,
-                                     device=args.device)
+        result = evaluate_checkpoint(
+            args.checkpoint, args.data, split=args.split, batch_size=args.batch_size, device=args.device
+        )
     except (ValueError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

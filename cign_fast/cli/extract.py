@@ -13,8 +13,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="cache folder (new, empty, or an interrupted cache to resume)")
     parser.add_argument("--visual-weights", default=None, help="local torchvision ResNet-18 .pth for the image encoder")
     parser.add_argument("--audio-weights", default=None, help="local ResNet-18 .pth for the spectrogram encoder")
-    parser.add_argument("--audio-tokens", choices=AUDIO_TOKEN_MODES, default="map",
-                        help="audio token map (default) or one max-pooled token (the authors' variant)")
+    parser.add_argument(
+        "--audio-tokens",
+        choices=AUDIO_TOKEN_MODES,
+        default="map",
+        help="audio token map (default) or one max-pooled token (the authors' variant)",
+    )
     parser.add_argument("--image-size", type=int, default=224)
     parser.add_argument("--sample-rate", type=int, default=16000)
     parser.add_argument("--shard-size", type=int, default=256, help="clips per shard file")
@@ -32,21 +36,38 @@ def main(args: argparse.Namespace) -> int:
 
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
     if args.visual_weights is None or args.audio_weights is None:
-        print("warning: without --visual-weights / --audio-weights the encoders are randomly initialised "
-              "(features from them are only useful for testing)", file=sys.stderr)
-    options = dict(audio_weights=args.audio_weights, visual_weights=args.visual_weights,
-                   audio_tokens=args.audio_tokens, seed=args.seed)
+        print(
+            "warning: without --visual-weights / --audio-weights the encoders are randomly initialised "
+            "(features from them are only useful for testing)",
+            file=sys.stderr,
+        )
+    options = dict(
+        audio_weights=args.audio_weights,
+        visual_weights=args.visual_weights,
+        audio_tokens=args.audio_tokens,
+        seed=args.seed,
+    )
     try:
-        result = extract_features(args.data, args.out, build_frozen_encoders(**options),
-                                  describe_encoders(**options), image_size=args.image_size,
-                                  sample_rate=args.sample_rate, shard_size=args.shard_size,
-                                  batch_size=args.batch_size, num_workers=args.workers, dtype=args.dtype,
-                                  device=device)
+        result = extract_features(
+            args.data,
+            args.out,
+            build_frozen_encoders(**options),
+            describe_encoders(**options),
+            image_size=args.image_size,
+            sample_rate=args.sample_rate,
+            shard_size=args.shard_size,
+            batch_size=args.batch_size,
+            num_workers=args.workers,
+            dtype=args.dtype,
+            device=device,
+        )
     except (ValueError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     per_split = ", ".join(f"{split} {count}" for split, count in result.clips.items())
-    print(f"feature cache {result.cache_dir}: clips {per_split}; shards written {result.shards_written}, "
-          f"kept from an earlier run {result.shards_kept}")
+    print(
+        f"feature cache {result.cache_dir}: clips {per_split}; shards written {result.shards_written}, "
+        f"kept from an earlier run {result.shards_kept}"
+    )
     print(result.skips.summary())
     return 0

@@ -15,9 +15,12 @@ from cign_fast.build_info import cuda_build_line, read_build_info
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print a JSON object instead of text")
-    parser.add_argument("--check", action="store_true",
-                        help="hold every backend, op and dtype against the reference on a tiny input and print a "
-                             "table (Triton on CPU: set TRITON_INTERPRET=1)")
+    parser.add_argument(
+        "--check",
+        action="store_true",
+        help="hold every backend, op and dtype against the reference on a tiny input and print a "
+        "table (Triton on CPU: set TRITON_INTERPRET=1)",
+    )
 
 
 def collect() -> dict:
@@ -50,10 +53,22 @@ def collect() -> dict:
 def check_table(rows: list[dict]) -> list[str]:
     """The ``--check`` rows as an aligned text table."""
     header = ("backend", "op", "device", "dtype", "max rel. error", "result")
-    cells = [header] + [(row["backend"], row["op"], row["device"], row["dtype"],
-                         "-" if row["error"] is None else f"{row['error']:.1e}", row["result"]) for row in rows]
+    cells = [header] + [
+        (
+            row["backend"],
+            row["op"],
+            row["device"],
+            row["dtype"],
+            "-" if row["error"] is None else f"{row['error']:.1e}",
+            row["result"],
+        )
+        for row in rows
+    ]
     widths = [max(len(line[column]) for line in cells) for column in range(len(header) - 1)]
-    return ["  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=False)) + "  " + line[-1] for line in cells]
+    return [
+        "  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=False)) + "  " + line[-1]
+        for line in cells
+    ]
 
 
 def main(args: argparse.Namespace) -> int:

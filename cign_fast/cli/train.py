@@ -15,28 +15,50 @@ from pathlib import Path
 METHOD_NAMES = ("cign", "finetune", "joint", "ewc", "lwf", "icarl", "ssil", "il2m", "bic", "podnet", "l2p")
 # flag attribute -> config key (flags not given are left unset)
 FLAG_KEYS = {
-    "method": "method", "data": "data.root", "out": "run.out", "benchmark": "data.benchmark", "tasks": "data.tasks",
-    "class_order": "data.class_order", "input_mode": "data.input_mode", "epochs": "optim.epochs",
-    "batch_size": "optim.batch_size", "lr": "optim.lr", "memory_budget": "memory.budget",
-    "memory_per_class": "memory.per_class", "memory_selection": "memory.selection", "seed": "run.seed",
-    "device": "run.device", "workers": "data.num_workers",
+    "method": "method",
+    "data": "data.root",
+    "out": "run.out",
+    "benchmark": "data.benchmark",
+    "tasks": "data.tasks",
+    "class_order": "data.class_order",
+    "input_mode": "data.input_mode",
+    "epochs": "optim.epochs",
+    "batch_size": "optim.batch_size",
+    "lr": "optim.lr",
+    "memory_budget": "memory.budget",
+    "memory_per_class": "memory.per_class",
+    "memory_selection": "memory.selection",
+    "seed": "run.seed",
+    "device": "run.device",
+    "workers": "data.num_workers",
 }
 # switch attribute -> (config key, value when the switch is given)
 SWITCH_KEYS = {
-    "shuffle_classes": ("data.shuffle_classes", True), "deterministic": ("run.deterministic", True),
-    "no_distill": ("distill.enabled", False), "no_progress": ("run.progress", False),
+    "shuffle_classes": ("data.shuffle_classes", True),
+    "deterministic": ("run.deterministic", True),
+    "no_distill": ("distill.enabled", False),
+    "no_progress": ("run.progress", False),
 }
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", type=Path, help="dataset root (labels.csv, frames/, audio/) or feature cache")
     parser.add_argument("--out", type=Path, help="output directory (config, checkpoints, metrics, plots)")
-    parser.add_argument("--resume", action="store_true",
-                        help="continue the run in OUT from its newest intact checkpoint (same settings, seed and data)")
-    parser.add_argument("--overwrite", action="store_true",
-                        help="replace the earlier run's outputs in OUT (without it a fresh run refuses a used OUT)")
-    parser.add_argument("--method", choices=METHOD_NAMES,
-                        help="continual-learning method (default: cign); its settings are in its config section")
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the run in OUT from its newest intact checkpoint (same settings, seed and data)",
+    )
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the earlier run's outputs in OUT (without it a fresh run refuses a used OUT)",
+    )
+    parser.add_argument(
+        "--method",
+        choices=METHOD_NAMES,
+        help="continual-learning method (default: cign); its settings are in its config section",
+    )
     parser.add_argument("--seed", type=int)
     parser.add_argument("--memory-budget", type=int, help="exemplar memory size in clips (0: none)")
     parser.add_argument("--memory-per-class", type=int, help="exemplars per class instead of a total budget")
@@ -45,12 +67,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     """The settings shared by ``train`` and ``compare`` (all but the output, method, seed and memory size)."""
-    parser.add_argument("--config", type=Path, action="append", default=[],
-                        help="YAML config file (see configs/ and configs/methods/); repeatable, later files win")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                        help="override one config key, e.g. --set optim.lr=3e-4 (repeatable)")
-    parser.add_argument("--benchmark", help="preset: vggsound-instruments (4x9), vggsound100 (--tasks 10 or 4), "
-                                            "vgg-ss (220 classes, list from --class-order); default: the data's labels")
+    parser.add_argument(
+        "--config",
+        type=Path,
+        action="append",
+        default=[],
+        help="YAML config file (see configs/ and configs/methods/); repeatable, later files win",
+    )
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="override one config key, e.g. --set optim.lr=3e-4 (repeatable)",
+    )
+    parser.add_argument(
+        "--benchmark",
+        help="preset: vggsound-instruments (4x9), vggsound100 (--tasks 10 or 4), "
+        "vgg-ss (220 classes, list from --class-order); default: the data's labels",
+    )
     parser.add_argument("--tasks", type=int, help="number of tasks (custom split, or a preset's variant)")
     parser.add_argument("--class-order", type=Path, help="file with one class name per line (vgg-ss: its class list)")
     parser.add_argument("--shuffle-classes", action="store_true", help="shuffle the class order with --seed")
@@ -68,8 +104,7 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
 
 def settings_from_flags(args: argparse.Namespace) -> dict[str, object]:
     """``{"section.key": value}`` for the explicit flags that were given."""
-    settings = {key: getattr(args, name) for name, key in FLAG_KEYS.items()
-                if getattr(args, name, None) is not None}
+    settings = {key: getattr(args, name) for name, key in FLAG_KEYS.items() if getattr(args, name, None) is not None}
     settings.update(setting for name, setting in SWITCH_KEYS.items() if getattr(args, name))
     return settings
 

@@ -56,14 +56,18 @@ def read_mono(path: str | Path) -> tuple[np.ndarray, int]:
     if samples.shape[0] == 0:
         raise ClipDecodeError(EMPTY_AUDIO, path, "audio file holds no samples")
     if not MIN_FILE_RATE <= rate <= MAX_FILE_RATE:
-        raise ClipDecodeError(CORRUPT_AUDIO, path, f"sample rate {rate} Hz is outside the supported "
-                                                   f"{MIN_FILE_RATE}..{MAX_FILE_RATE} Hz")
+        raise ClipDecodeError(
+            CORRUPT_AUDIO, path, f"sample rate {rate} Hz is outside the supported {MIN_FILE_RATE}..{MAX_FILE_RATE} Hz"
+        )
     if not np.isfinite(samples).all():
         raise ClipDecodeError(CORRUPT_AUDIO, path, "audio holds NaN or inf samples")
     peak = float(np.abs(samples).max())
     if peak > MAX_ABS_SAMPLE:
-        raise ClipDecodeError(CORRUPT_AUDIO, path, f"audio sample magnitude {peak:.3g} exceeds {MAX_ABS_SAMPLE:g} "
-                                                   f"(float audio is nominally within +-1)")
+        raise ClipDecodeError(
+            CORRUPT_AUDIO,
+            path,
+            f"audio sample magnitude {peak:.3g} exceeds {MAX_ABS_SAMPLE:g} (float audio is nominally within +-1)",
+        )
     return samples.mean(axis=1), int(rate)
 
 
@@ -72,7 +76,7 @@ def centre_crop_or_tile(waveform: torch.Tensor, num_samples: int) -> torch.Tenso
     length = waveform.shape[-1]
     if length >= num_samples:
         start = (length - num_samples) // 2
-        return waveform[..., start:start + num_samples]
+        return waveform[..., start : start + num_samples]
     return waveform.repeat(math.ceil(num_samples / length))[:num_samples]
 
 

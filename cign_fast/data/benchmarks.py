@@ -15,40 +15,118 @@ published.
 from __future__ import annotations
 
 import random
-from pathlib import Path
 from collections.abc import Sequence
+from pathlib import Path
 
 from cign_fast.data.labels import LabelRow
 
 VGGSOUND_INSTRUMENTS_TASKS: tuple[tuple[str, ...], ...] = (
     ("accordion", "bass_guitar", "cello", "cornet", "electronic_organ", "erhu", "flute", "tabla", "timbales"),
-    ("acoustic_guitar", "banjo", "glockenspiel", "piano", "steel_guitar", "trumpet", "vibraphone", "violin",
-     "zither"),
+    ("acoustic_guitar", "banjo", "glockenspiel", "piano", "steel_guitar", "trumpet", "vibraphone", "violin", "zither"),
     ("bass_drum", "bongo", "cymbal", "guiro", "hammond_organ", "harp", "harpsichord", "mandolin", "xylophone"),
-    ("clarinet", "congas", "double_bass", "drum_kit", "electric_guitar", "saxophone", "sitar", "snare_drum",
-     "ukulele"),
+    ("clarinet", "congas", "double_bass", "drum_kit", "electric_guitar", "saxophone", "sitar", "snare_drum", "ukulele"),
 )
 
 VGGSOUND100_CLASSES: tuple[str, ...] = (
-    "playing theremin", "donkey, ass braying", "playing electronic organ", "zebra braying", "people eating noodle",
-    "airplane flyby", "playing double bass", "cat growling", "footsteps on snow", "playing tennis",
-    "black capped chickadee calling", "bouncing on trampoline", "playing steelpan", "waterfall burbling",
-    "subway, metr", "people clapping", "chipmunk chirping", "chopping food", "people shuffling", "elk bugling",
-    "alarm clock ringing", "people booing", "canary calling", "chopping wood", "people humming", "lathe spinning",
-    "playing tuning fork", "playing violin, fiddle", "singing choir", "playing timbales", "children shouting",
-    "chicken crowing", "car passing by", "driving motorcycle", "bull bellowing", "lawn mowing", "playing bugle",
-    "mouse squeaking", "child singing", "playing tympani", "hair dryer drying", "basketball bounce",
-    "driving snowmobile", "train whistling", "thunder", "dog bow-wow", "ocean burbling", "cuckoo bird calling",
-    "sheep bleating", "splashing water", "air conditioning noise", "cattle mooing", "eagle screaming", "air horn",
-    "playing bass guitar", "sloshing water", "tap dancing", "running electric fan", "playing ukulele",
-    "playing guiro", "playing shofar", "people sniggering", "people whispering", "people finger snapping",
-    "car engine idling", "bathroom ventilation fan running", "police car (siren)", "roller coaster running",
-    "playing french horn", "swimming", "lighting firecrackers", "playing electric guitar", "playing castanets",
-    "people babbling", "arc welding", "wood thrush calling", "wind rustling leaves", "playing darts",
-    "planing timber", "crow cawing", "shot football", "writing on blackboard with chalk", "people slapping",
-    "using sewing machines", "raining", "dog howling", "playing cello", "playing trumpet", "fox barking",
-    "bowling impact", "people crowd", "pumping water", "ice cracking", "baby crying", "playing bass drum",
-    "playing bongo", "tornado roaring", "playing steel guitar, slide guitar", "playing squash",
+    "playing theremin",
+    "donkey, ass braying",
+    "playing electronic organ",
+    "zebra braying",
+    "people eating noodle",
+    "airplane flyby",
+    "playing double bass",
+    "cat growling",
+    "footsteps on snow",
+    "playing tennis",
+    "black capped chickadee calling",
+    "bouncing on trampoline",
+    "playing steelpan",
+    "waterfall burbling",
+    "subway, metr",
+    "people clapping",
+    "chipmunk chirping",
+    "chopping food",
+    "people shuffling",
+    "elk bugling",
+    "alarm clock ringing",
+    "people booing",
+    "canary calling",
+    "chopping wood",
+    "people humming",
+    "lathe spinning",
+    "playing tuning fork",
+    "playing violin, fiddle",
+    "singing choir",
+    "playing timbales",
+    "children shouting",
+    "chicken crowing",
+    "car passing by",
+    "driving motorcycle",
+    "bull bellowing",
+    "lawn mowing",
+    "playing bugle",
+    "mouse squeaking",
+    "child singing",
+    "playing tympani",
+    "hair dryer drying",
+    "basketball bounce",
+    "driving snowmobile",
+    "train whistling",
+    "thunder",
+    "dog bow-wow",
+    "ocean burbling",
+    "cuckoo bird calling",
+    "sheep bleating",
+    "splashing water",
+    "air conditioning noise",
+    "cattle mooing",
+    "eagle screaming",
+    "air horn",
+    "playing bass guitar",
+    "sloshing water",
+    "tap dancing",
+    "running electric fan",
+    "playing ukulele",
+    "playing guiro",
+    "playing shofar",
+    "people sniggering",
+    "people whispering",
+    "people finger snapping",
+    "car engine idling",
+    "bathroom ventilation fan running",
+    "police car (siren)",
+    "roller coaster running",
+    "playing french horn",
+    "swimming",
+    "lighting firecrackers",
+    "playing electric guitar",
+    "playing castanets",
+    "people babbling",
+    "arc welding",
+    "wood thrush calling",
+    "wind rustling leaves",
+    "playing darts",
+    "planing timber",
+    "crow cawing",
+    "shot football",
+    "writing on blackboard with chalk",
+    "people slapping",
+    "using sewing machines",
+    "raining",
+    "dog howling",
+    "playing cello",
+    "playing trumpet",
+    "fox barking",
+    "bowling impact",
+    "people crowd",
+    "pumping water",
+    "ice cracking",
+    "baby crying",
+    "playing bass drum",
+    "playing bongo",
+    "tornado roaring",
+    "playing steel guitar, slide guitar",
+    "playing squash",
     "typing on typewriter",
 )
 
@@ -89,7 +167,7 @@ def split_classes(class_names: Sequence[str], num_tasks: int) -> list[list[str]]
     tasks, start = [], 0
     for task in range(num_tasks):
         size = base + (1 if task < extra else 0)
-        tasks.append(names[start:start + size])
+        tasks.append(names[start : start + size])
         start += size
     return tasks
 
@@ -124,8 +202,9 @@ def class_order_of_first_appearance(rows: Sequence[LabelRow], split: str | None 
     return list(dict.fromkeys(row.label for row in rows if split is None or row.split == split))
 
 
-def benchmark_tasks(name: str, *, num_tasks: int | None = None, class_list: str | Path | None = None,
-                    label_style: str = "vggsound") -> list[list[str]]:
+def benchmark_tasks(
+    name: str, *, num_tasks: int | None = None, class_list: str | Path | None = None, label_style: str = "vggsound"
+) -> list[list[str]]:
     """The class names of each task of a preset (see the module docstring).
 
     ``num_tasks``: vggsound100 takes 10 (default) or 4; vggsound-instruments only 4; vgg-ss any count
@@ -138,20 +217,25 @@ def benchmark_tasks(name: str, *, num_tasks: int | None = None, class_list: str 
     allowed = _TASK_COUNTS[name]
     count = allowed[0] if num_tasks is None else num_tasks
     if name != "vgg-ss" and count not in allowed:
-        raise ValueError(f"num_tasks: benchmark {name!r} is run as {' or '.join(map(str, allowed))} tasks, "
-                         f"got {num_tasks!r}")
+        raise ValueError(
+            f"num_tasks: benchmark {name!r} is run as {' or '.join(map(str, allowed))} tasks, got {num_tasks!r}"
+        )
     if name == "vgg-ss":
         if class_list is None:
             raise ValueError("class_list: benchmark 'vgg-ss' needs the dataset's 220-class list file")
         classes = class_order_from_file(class_list)
         if len(classes) != VGG_SS_NUM_CLASSES:
-            raise ValueError(f"class_list: expected {VGG_SS_NUM_CLASSES} VGG-SS classes in {class_list}, "
-                             f"got {len(classes)}")
+            raise ValueError(
+                f"class_list: expected {VGG_SS_NUM_CLASSES} VGG-SS classes in {class_list}, got {len(classes)}"
+            )
         return split_classes(classes, count)
     if class_list is not None:
         raise ValueError(f"class_list: only used by benchmark 'vgg-ss', not {name!r}")
-    published = ([list(task) for task in VGGSOUND_INSTRUMENTS_TASKS] if name == "vggsound-instruments"
-                 else split_classes(VGGSOUND100_CLASSES, count))
+    published = (
+        [list(task) for task in VGGSOUND_INSTRUMENTS_TASKS]
+        if name == "vggsound-instruments"
+        else split_classes(VGGSOUND100_CLASSES, count)
+    )
     if label_style == "published":
         return published
     return [[vggsound_label(class_name) for class_name in task] for task in published]

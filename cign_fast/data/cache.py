@@ -75,8 +75,9 @@ def open_shard_file(cache_dir: Path, entry: dict[str, Any]) -> np.ndarray:
     except (OSError, ValueError) as error:
         raise CorruptShardError(f"feature cache shard {path} cannot be read ({error})") from error
     if list(array.shape) != entry["shape"]:
-        raise CorruptShardError(f"feature cache shard {path} has shape {list(array.shape)}, manifest says "
-                                f"{entry['shape']}")
+        raise CorruptShardError(
+            f"feature cache shard {path} has shape {list(array.shape)}, manifest says {entry['shape']}"
+        )
     return array
 
 
@@ -87,8 +88,10 @@ def read_manifest(cache_dir: Path) -> dict[str, Any]:
     except json.JSONDecodeError as error:
         raise ValueError(f"feature cache manifest {path} is not valid JSON ({error})") from error
     if manifest.get("format") != CACHE_FORMAT or manifest.get("version") != CACHE_VERSION:
-        raise ValueError(f"feature cache manifest {path}: expected format {CACHE_FORMAT!r} version {CACHE_VERSION}, "
-                         f"got {manifest.get('format')!r} version {manifest.get('version')!r}")
+        raise ValueError(
+            f"feature cache manifest {path}: expected format {CACHE_FORMAT!r} version {CACHE_VERSION}, "
+            f"got {manifest.get('format')!r} version {manifest.get('version')!r}"
+        )
     return manifest
 
 
@@ -99,5 +102,11 @@ def write_manifest(cache_dir: Path, manifest: dict[str, Any]) -> None:
 
 def new_manifest(settings: dict[str, Any]) -> dict[str, Any]:
     """An empty manifest: no shard written yet, ``complete`` false."""
-    return {"format": CACHE_FORMAT, "version": CACHE_VERSION, "settings": settings, "complete": False,
-            "shapes": {}, "splits": {}}
+    return {
+        "format": CACHE_FORMAT,
+        "version": CACHE_VERSION,
+        "settings": settings,
+        "complete": False,
+        "shapes": {},
+        "splits": {},
+    }

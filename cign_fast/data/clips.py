@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import os
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
-from collections.abc import Sequence
 
 import torch
 from torch.utils.data import Dataset
@@ -21,8 +21,15 @@ from torch.utils.data import Dataset
 from cign_fast.data.audio import MAX_FILE_RATE, MIN_FILE_RATE, LogSpectrogram, load_clip_waveform
 from cign_fast.data.labels import SPLITS, LabelRow, read_labels
 from cign_fast.data.skips import (
-    MISSING_AUDIO, MISSING_AUDIO_AND_VISUAL, MISSING_VISUAL, ClipDecodeError, SkippedClipWarning, SkippedItem,
-    SkipReport, non_finite_inputs, warn_skipped,
+    MISSING_AUDIO,
+    MISSING_AUDIO_AND_VISUAL,
+    MISSING_VISUAL,
+    ClipDecodeError,
+    SkippedClipWarning,
+    SkippedItem,
+    SkipReport,
+    non_finite_inputs,
+    warn_skipped,
 )
 from cign_fast.data.visual import IMAGE_SUFFIXES, choose_frame, image_transform, read_rgb
 
@@ -100,15 +107,26 @@ class ClipDataset(Dataset):
     ``rows``: labels already read with :func:`read_labels` (default: read from ``root``).
     """
 
-    def __init__(self, root: str | Path, split: str, class_names: Sequence[str], train: bool,
-                 image_size: int = 224, sample_rate: int = 16000, *, rows: Sequence[LabelRow] | None = None) -> None:
+    def __init__(
+        self,
+        root: str | Path,
+        split: str,
+        class_names: Sequence[str],
+        train: bool,
+        image_size: int = 224,
+        sample_rate: int = 16000,
+        *,
+        rows: Sequence[LabelRow] | None = None,
+    ) -> None:
         self.root = Path(root)
         self.split = check_split(split)
         self.class_names = check_class_names(class_names)
         if not isinstance(image_size, int) or image_size < 32:
             raise ValueError(f"image_size: expected an int >= 32, got {image_size!r}")
         if not isinstance(sample_rate, int) or not MIN_FILE_RATE <= sample_rate <= MAX_FILE_RATE:
-            raise ValueError(f"sample_rate: expected an int in {MIN_FILE_RATE}..{MAX_FILE_RATE} Hz, got {sample_rate!r}")
+            raise ValueError(
+                f"sample_rate: expected an int in {MIN_FILE_RATE}..{MAX_FILE_RATE} Hz, got {sample_rate!r}"
+            )
         self.train = bool(train)
         self.image_size = image_size
         self.sample_rate = sample_rate
@@ -126,10 +144,16 @@ class ClipDataset(Dataset):
         for row in selected:
             audio, visual = audio_files.get(row.id), visual_files.get(row.id)
             if audio is None or visual is None:
-                reason = MISSING_AUDIO_AND_VISUAL if audio is None and visual is None else (
-                    MISSING_AUDIO if audio is None else MISSING_VISUAL)
-                missing = [f"{self.root / folder}/{row.id}.*" for folder, path in
-                           (("audio", audio), ("frames", visual)) if path is None]
+                reason = (
+                    MISSING_AUDIO_AND_VISUAL
+                    if audio is None and visual is None
+                    else (MISSING_AUDIO if audio is None else MISSING_VISUAL)
+                )
+                missing = [
+                    f"{self.root / folder}/{row.id}.*"
+                    for folder, path in (("audio", audio), ("frames", visual))
+                    if path is None
+                ]
                 self.skip_report.add(SkippedItem(row.id, reason, f"no {' and no '.join(missing)}"))
                 continue
             self.ids.append(row.id)
@@ -137,8 +161,9 @@ class ClipDataset(Dataset):
             self._audio_paths.append(audio)
             self._visual_paths.append(visual)
         if len(self.skip_report):
-            warnings.warn(f"ClipDataset({self.root}, {split!r}): {self.skip_report.summary()}", SkippedClipWarning,
-                          stacklevel=2)
+            warnings.warn(
+                f"ClipDataset({self.root}, {split!r}): {self.skip_report.summary()}", SkippedClipWarning, stacklevel=2
+            )
         require_every_class(self.targets, self.class_names, split, self.root)
         self._image_transform = image_transform(image_size, self.train)
         self._spectrogram = LogSpectrogram()
@@ -161,4 +186,3 @@ class ClipDataset(Dataset):
         if bad is not None:
             return bad
         return {"audio": spectrogram, "visual": visual, "label": self.targets[index], "id": self.ids[index]}
-

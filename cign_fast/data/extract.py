@@ -15,10 +15,10 @@ from __future__ import annotations
 import copy
 import hashlib
 import math
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from collections.abc import Callable, Mapping
 
 import numpy as np
 import torch
@@ -29,8 +29,17 @@ from tqdm import tqdm
 
 from cign_fast.data.benchmarks import class_order_of_first_appearance
 from cign_fast.data.cache import (
-    AUDIO_TOKEN_MODES, CACHE_DTYPES, MANIFEST_NAME, CorruptShardError, file_sha256, new_manifest, read_manifest,
-    shard_file_name, verify_shard_file, write_manifest, write_shard_file,
+    AUDIO_TOKEN_MODES,
+    CACHE_DTYPES,
+    MANIFEST_NAME,
+    CorruptShardError,
+    file_sha256,
+    new_manifest,
+    read_manifest,
+    shard_file_name,
+    verify_shard_file,
+    write_manifest,
+    write_shard_file,
 )
 from cign_fast.data.clips import ClipDataset
 from cign_fast.data.labels import SPLITS, find_labels_file, read_labels
@@ -57,25 +66,36 @@ class TrunkTokens(nn.Module):
         return feature_map.flatten(2).transpose(1, 2)
 
 
-def build_frozen_encoders(*, audio_weights: str | None = None, visual_weights: str | None = None,
-                          audio_tokens: str = "map", seed: int = 0) -> dict[str, nn.Module]:
+def build_frozen_encoders(
+    *, audio_weights: str | None = None, visual_weights: str | None = None, audio_tokens: str = "map", seed: int = 0
+) -> dict[str, nn.Module]:
     """``{"audio": TrunkTokens(1 channel), "visual": TrunkTokens(3 channels)}``, weights from local
     torchvision ResNet-18 files when given (else random, drawn from ``seed`` without touching torch's global RNG)."""
     if audio_tokens not in AUDIO_TOKEN_MODES:
         raise ValueError(f"audio_tokens: expected one of {', '.join(AUDIO_TOKEN_MODES)}, got {audio_tokens!r}")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(check_seed(seed))
-        return {"audio": TrunkTokens(1, audio_tokens == "pooled", audio_weights, "audio_weights"),
-                "visual": TrunkTokens(3, False, visual_weights, "visual_weights")}
+        return {
+            "audio": TrunkTokens(1, audio_tokens == "pooled", audio_weights, "audio_weights"),
+            "visual": TrunkTokens(3, False, visual_weights, "visual_weights"),
+        }
 
 
-def describe_encoders(*, audio_weights: str | None = None, visual_weights: str | None = None,
-                      audio_tokens: str = "map", seed: int = 0) -> dict[str, Any]:
+def describe_encoders(
+    *, audio_weights: str | None = None, visual_weights: str | None = None, audio_tokens: str = "map", seed: int = 0
+) -> dict[str, Any]:
     """What :func:`build_frozen_encoders` builds, for the manifest (weights named by SHA-256, not path)."""
+
     def weights(path: str | None) -> str | None:
         return None if path is None else file_sha256(Path(path))
-    return {"name": "resnet18-trunk", "audio_tokens": audio_tokens, "audio_weights_sha256": weights(audio_weights),
-            "visual_weights_sha256": weights(visual_weights), "seed": seed}
+
+    return {
+        "name": "resnet18-trunk",
+        "audio_tokens": audio_tokens,
+        "audio_weights_sha256": weights(audio_weights),
+        "visual_weights_sha256": weights(visual_weights),
+        "seed": seed,
+    }
 
 
 @dataclass
@@ -83,7 +103,7 @@ class ExtractionResult:
     cache_dir: Path
     shards_written: int
     shards_kept: int
-    clips: dict[str, int]     # clips cached per split
+    clips: dict[str, int]  # clips cached per split
     skips: SkipReport
 
 
@@ -96,10 +116,15 @@ def _open_manifest(cache_dir: Path, settings: dict[str, Any]) -> dict[str, Any]:
     if (cache_dir / MANIFEST_NAME).is_file():
         manifest = read_manifest(cache_dir)
         if manifest["settings"] != settings:
-            changed = sorted(key for key in settings.keys() | manifest["settings"].keys()
-                             if settings.get(key) != manifest["settings"].get(key))
-            raise ValueError(f"out: {cache_dir} holds a feature cache made with other settings (differs in "
-                             f"{', '.join(changed)}); pass an empty or new folder")
+            changed = sorted(
+                key
+                for key in settings.keys() | manifest["settings"].keys()
+                if settings.get(key) != manifest["settings"].get(key)
+            )
+            raise ValueError(
+                f"out: {cache_dir} holds a feature cache made with other settings (differs in "
+                f"{', '.join(changed)}); pass an empty or new folder"
+            )
         return manifest
     if cache_dir.exists() and any(cache_dir.iterdir()):
         raise ValueError(f"out: {cache_dir} is not empty and holds no feature cache; pass an empty or new folder")
@@ -121,18 +146,32 @@ def _shard_is_intact(cache_dir: Path, entry: dict[str, Any] | None) -> bool:
     return True
 
 
-def _encode(encoders: Mapping[str, nn.Module], batch: dict[str, Any], device: torch.device,
-            dtype: str) -> dict[str, np.ndarray]:
+def _encode(
+    encoders: Mapping[str, nn.Module], batch: dict[str, Any], device: torch.device, dtype: str
+) -> dict[str, np.ndarray]:
     with torch.inference_mode():
-        return {modality: encoders[modality](batch[modality].to(device)).float().cpu().numpy().astype(dtype)
-                for modality in ("audio", "visual")}
+        return {
+            modality: encoders[modality](batch[modality].to(device)).float().cpu().numpy().astype(dtype)
+            for modality in ("audio", "visual")
+        }
 
 
-def extract_features(data_root: str | Path, cache_dir: str | Path, encoders: Mapping[str, nn.Module],
-                     encoder_info: Mapping[str, Any], *, image_size: int = 224, sample_rate: int = 16000,
-                     shard_size: int = 256, batch_size: int = 32, num_workers: int = 0, dtype: str = "float16",
-                     device: str | torch.device = "cpu", progress: bool | None = None,
-                     on_shard: Callable[[str, int], None] | None = None) -> ExtractionResult:
+def extract_features(
+    data_root: str | Path,
+    cache_dir: str | Path,
+    encoders: Mapping[str, nn.Module],
+    encoder_info: Mapping[str, Any],
+    *,
+    image_size: int = 224,
+    sample_rate: int = 16000,
+    shard_size: int = 256,
+    batch_size: int = 32,
+    num_workers: int = 0,
+    dtype: str = "float16",
+    device: str | torch.device = "cpu",
+    progress: bool | None = None,
+    on_shard: Callable[[str, int], None] | None = None,
+) -> ExtractionResult:
     """Encodes every clip of every split of ``data_root`` (eval transforms) into ``cache_dir``.
 
     ``encoders``: ``{"audio": module, "visual": module}`` mapping ``ClipDataset`` batches ([B, 1, 257, T] and
@@ -147,12 +186,26 @@ def extract_features(data_root: str | Path, cache_dir: str | Path, encoders: Map
             raise ValueError(f"{name}: expected an int >= 1, got {value!r}")
     data_root, cache_dir, device = Path(data_root), Path(cache_dir), torch.device(device)
     rows = read_labels(data_root)
-    datasets = {split: ClipDataset(data_root, split, class_order_of_first_appearance(rows, split), train=False,
-                                   image_size=image_size, sample_rate=sample_rate, rows=rows)
-                for split in SPLITS if any(row.split == split for row in rows)}
+    datasets = {
+        split: ClipDataset(
+            data_root,
+            split,
+            class_order_of_first_appearance(rows, split),
+            train=False,
+            image_size=image_size,
+            sample_rate=sample_rate,
+            rows=rows,
+        )
+        for split in SPLITS
+        if any(row.split == split for row in rows)
+    }
     settings = {
-        "labels_sha256": file_sha256(find_labels_file(data_root)), "image_size": image_size,
-        "sample_rate": sample_rate, "shard_size": shard_size, "dtype": dtype, "encoders": dict(encoder_info),
+        "labels_sha256": file_sha256(find_labels_file(data_root)),
+        "image_size": image_size,
+        "sample_rate": sample_rate,
+        "shard_size": shard_size,
+        "dtype": dtype,
+        "encoders": dict(encoder_info),
         "splits": {split: {"num_clips": len(ds), "ids_sha256": _ids_digest(ds.ids)} for split, ds in datasets.items()},
     }
     manifest = _open_manifest(cache_dir, settings)
@@ -161,11 +214,12 @@ def extract_features(data_root: str | Path, cache_dir: str | Path, encoders: Map
     encoders = {modality: encoders[modality].to(device).eval() for modality in ("audio", "visual")}
 
     written = kept = 0
-    pending: list[tuple[str, int, list[int]]] = []   # (split, shard index, dataset indices)
+    pending: list[tuple[str, int, list[int]]] = []  # (split, shard index, dataset indices)
     for split, dataset in datasets.items():
         record = manifest["splits"].setdefault(split, {"shards": {}, "skipped": []})
-        record["skipped"] = [[item.id, label_of[item.id], item.reason, item.detail]
-                             for item in dataset.skip_report.items()]
+        record["skipped"] = [
+            [item.id, label_of[item.id], item.reason, item.detail] for item in dataset.skip_report.items()
+        ]
         for shard in range(math.ceil(len(dataset) / shard_size)):
             if _shard_is_intact(cache_dir, record["shards"].get(str(shard))):
                 kept += 1
@@ -175,11 +229,21 @@ def extract_features(data_root: str | Path, cache_dir: str | Path, encoders: Map
     if pending:
         manifest["complete"] = False
         write_manifest(cache_dir, manifest)
-    bar = tqdm(total=sum(len(indices) for _s, _i, indices in pending), unit="clip", desc="extracting features",
-               disable=None if progress is None else not progress, dynamic_ncols=True)
+    bar = tqdm(
+        total=sum(len(indices) for _s, _i, indices in pending),
+        unit="clip",
+        desc="extracting features",
+        disable=None if progress is None else not progress,
+        dynamic_ncols=True,
+    )
     for split, shard, indices in pending:
-        loader = DataLoader(datasets[split], batch_size=batch_size, sampler=indices, num_workers=num_workers,
-                            collate_fn=collate_skipping)
+        loader = DataLoader(
+            datasets[split],
+            batch_size=batch_size,
+            sampler=indices,
+            num_workers=num_workers,
+            collate_fn=collate_skipping,
+        )
         ids: list[str] = []
         skipped: list[SkippedItem] = []
         outputs: dict[str, list[np.ndarray]] = {"audio": [], "visual": []}
@@ -191,17 +255,21 @@ def extract_features(data_root: str | Path, cache_dir: str | Path, encoders: Map
             ids.extend(batch["id"])
             for modality, array in _encode(encoders, batch, device, dtype).items():
                 outputs[modality].append(array)
-        entry: dict[str, Any] = {"ids": ids, "labels": [label_of[clip_id] for clip_id in ids],
-                                 "skipped": [[item.id, label_of[item.id], item.reason, item.detail]
-                                             for item in skipped]}
+        entry: dict[str, Any] = {
+            "ids": ids,
+            "labels": [label_of[clip_id] for clip_id in ids],
+            "skipped": [[item.id, label_of[item.id], item.reason, item.detail] for item in skipped],
+        }
         for modality in ("audio", "visual"):
             entry[modality] = None
             if ids:
                 array = np.concatenate(outputs[modality])
                 shape = manifest["shapes"].setdefault(modality, list(array.shape[1:]))
                 if list(array.shape[1:]) != shape:
-                    raise ValueError(f"{modality} encoder: gave tokens {list(array.shape[1:])} for {split} shard "
-                                     f"{shard}, earlier shards {shape}")
+                    raise ValueError(
+                        f"{modality} encoder: gave tokens {list(array.shape[1:])} for {split} shard "
+                        f"{shard}, earlier shards {shape}"
+                    )
                 entry[modality] = write_shard_file(cache_dir, shard_file_name(split, modality, shard), array)
         manifest["splits"][split]["shards"][str(shard)] = entry
         write_manifest(cache_dir, manifest)
@@ -219,6 +287,6 @@ def extract_features(data_root: str | Path, cache_dir: str | Path, encoders: Map
             skips.update(SkippedItem(clip_id, reason, detail) for clip_id, _label, reason, detail in entry["skipped"])
         clips[split] = sum(len(entry["ids"]) for entry in record["shards"].values())
     manifest["complete"] = True
-    if pending or manifest != as_found:   # a finished, intact cache is only read (it may lie on a read-only disk)
+    if pending or manifest != as_found:  # a finished, intact cache is only read (it may lie on a read-only disk)
         write_manifest(cache_dir, manifest)
     return ExtractionResult(cache_dir=cache_dir, shards_written=written, shards_kept=kept, clips=clips, skips=skips)

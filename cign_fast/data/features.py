@@ -29,7 +29,12 @@ from cign_fast.data.cache import MANIFEST_NAME, open_shard_file, read_manifest, 
 from cign_fast.data.clips import check_class_names, check_split, require_every_class
 from cign_fast.data.safe_pickle import load_feature_dict, load_label_dict
 from cign_fast.data.skips import (
-    MISSING_AUDIO, MISSING_AUDIO_AND_VISUAL, MISSING_VISUAL, SkippedItem, SkipReport, non_finite_inputs,
+    MISSING_AUDIO,
+    MISSING_AUDIO_AND_VISUAL,
+    MISSING_VISUAL,
+    SkippedItem,
+    SkipReport,
+    non_finite_inputs,
 )
 
 AVCIL_LABELS = "all_id_category_dict.npy"
@@ -69,17 +74,25 @@ class _ProjectCache:
         self.cache_dir = cache_dir
         manifest = read_manifest(cache_dir)
         if not manifest.get("complete"):
-            raise ValueError(f"feature cache {cache_dir} is incomplete (its extraction was interrupted): run "
-                             f"`cign-fast extract` again with the same arguments to finish it")
+            raise ValueError(
+                f"feature cache {cache_dir} is incomplete (its extraction was interrupted): run "
+                f"`cign-fast extract` again with the same arguments to finish it"
+            )
         if split not in manifest["splits"]:
-            raise ValueError(f"split {split!r}: feature cache {cache_dir} has no such split "
-                             f"(splits: {', '.join(manifest['splits'])})")
+            raise ValueError(
+                f"split {split!r}: feature cache {cache_dir} has no such split "
+                f"(splits: {', '.join(manifest['splits'])})"
+            )
         self.shards: dict[int, dict[str, Any]] = {int(k): v for k, v in manifest["splits"][split]["shards"].items()}
         records = manifest["splits"][split]["skipped"] + [
-            record for entry in self.shards.values() for record in entry["skipped"]]
+            record for entry in self.shards.values() for record in entry["skipped"]
+        ]
         self.skipped = [tuple(record) for record in records]
-        self.clips = [(clip_id, label, (shard, row)) for shard, entry in sorted(self.shards.items())
-                      for row, (clip_id, label) in enumerate(zip(entry["ids"], entry["labels"], strict=True))]
+        self.clips = [
+            (clip_id, label, (shard, row))
+            for shard, entry in sorted(self.shards.items())
+            for row, (clip_id, label) in enumerate(zip(entry["ids"], entry["labels"], strict=True))
+        ]
         self._arrays: dict[tuple[int, str], np.ndarray] = {}
 
     def verify(self, locators: Sequence[tuple[int, int]]) -> None:
@@ -100,7 +113,7 @@ class _ProjectCache:
         self._arrays = {}
 
     def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "_arrays": {}}   # memory maps are reopened in each worker process
+        return {**self.__dict__, "_arrays": {}}  # memory maps are reopened in each worker process
 
 
 class _AvCilFeatures:
@@ -110,8 +123,9 @@ class _AvCilFeatures:
         self.root = root
         categories = load_label_dict(root / AVCIL_LABELS)
         if split not in categories:
-            raise ValueError(f"split {split!r}: {root / AVCIL_LABELS} has no such split "
-                             f"(splits: {', '.join(categories)})")
+            raise ValueError(
+                f"split {split!r}: {root / AVCIL_LABELS} has no such split (splits: {', '.join(categories)})"
+            )
         audio_path = root / AVCIL_AUDIO
         if not audio_path.is_file():
             raise FileNotFoundError(f"AV-CIL features: {audio_path} does not exist")
@@ -121,7 +135,7 @@ class _AvCilFeatures:
             self.visual: Any = load_feature_dict(root / AVCIL_VISUAL_NPY)
             visual_ids = set(self.visual)
         elif self.h5_path.is_file():
-            self.visual = None   # opened lazily in each process (h5py handles do not survive fork)
+            self.visual = None  # opened lazily in each process (h5py handles do not survive fork)
             with self._h5py().File(self.h5_path, "r") as handle:
                 visual_ids = set(handle.keys())
         else:
@@ -132,8 +146,11 @@ class _AvCilFeatures:
             if has_audio and has_visual:
                 self.clips.append((clip_id, label, clip_id))
             else:
-                reason = MISSING_AUDIO_AND_VISUAL if not (has_audio or has_visual) else (
-                    MISSING_VISUAL if has_audio else MISSING_AUDIO)
+                reason = (
+                    MISSING_AUDIO_AND_VISUAL
+                    if not (has_audio or has_visual)
+                    else (MISSING_VISUAL if has_audio else MISSING_AUDIO)
+                )
                 self.skipped.append((clip_id, label, reason, f"no feature for clip under {root}"))
 
     def _h5py(self) -> Any:
@@ -170,8 +187,9 @@ def open_feature_source(root: Path, split: str) -> tuple[str, _FeatureSource]:
         return "cign_fast", _ProjectCache(root, split)
     if (root / AVCIL_LABELS).is_file():
         return "av-cil", _AvCilFeatures(root, split)
-    raise FileNotFoundError(f"root: {root} holds neither a feature cache ({MANIFEST_NAME}) nor AV-CIL "
-                            f"features ({AVCIL_LABELS})")
+    raise FileNotFoundError(
+        f"root: {root} holds neither a feature cache ({MANIFEST_NAME}) nor AV-CIL features ({AVCIL_LABELS})"
+    )
 
 
 class FeatureDataset(Dataset):
@@ -202,7 +220,7 @@ class FeatureDataset(Dataset):
         if verify:
             self._source.verify(self._locators)
         first_audio, first_visual = self._tokens(0)
-        self._source.close()   # no file handle is inherited by DataLoader worker processes
+        self._source.close()  # no file handle is inherited by DataLoader worker processes
         self.audio_shape = tuple(first_audio.shape)
         self.visual_shape = tuple(first_visual.shape)
 

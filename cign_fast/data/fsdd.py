@@ -45,9 +45,16 @@ def _digit_image(pixels: np.ndarray, image_size: int) -> Image.Image:
     return Image.fromarray(grey).resize((image_size, image_size), Image.Resampling.BICUBIC).convert("RGB")
 
 
-def write_fsdd_digits_dataset(recordings_dir: str | Path, root: str | Path, *, train_per_class: int = 20,
-                              val_per_class: int = 5, test_per_class: int = 10, image_size: int = 64,
-                              seed: int = 0) -> Path:
+def write_fsdd_digits_dataset(
+    recordings_dir: str | Path,
+    root: str | Path,
+    *,
+    train_per_class: int = 20,
+    val_per_class: int = 5,
+    test_per_class: int = 10,
+    image_size: int = 64,
+    seed: int = 0,
+) -> Path:
     """Writes ``root/frames/{id}.jpg``, ``root/audio/{id}.wav`` (the FSDD file, copied), ``root/labels.csv``
     (labels from :func:`fsdd_class_names`) and ``root/sources.csv`` (id -> recording, digits image index).
 
@@ -73,10 +80,11 @@ def write_fsdd_digits_dataset(recordings_dir: str | Path, root: str | Path, *, t
         if len(test_pool) < test_per_class or len(train_val_pool) < train_per_class + val_per_class:
             raise ValueError(
                 f"recordings_dir: {recordings_dir} has {len(test_pool)} test and {len(train_val_pool)} train/val "
-                f"recordings of digit {digit}; asked for {test_per_class} and {train_per_class + val_per_class}")
+                f"recordings of digit {digit}; asked for {test_per_class} and {train_per_class + val_per_class}"
+            )
         train_val = [train_val_pool[i] for i in rng.permutation(len(train_val_pool))]
         chosen[(digit, "train")] = train_val[:train_per_class]
-        chosen[(digit, "val")] = train_val[train_per_class:train_per_class + val_per_class]
+        chosen[(digit, "val")] = train_val[train_per_class : train_per_class + val_per_class]
         chosen[(digit, "test")] = [test_pool[i] for i in rng.permutation(len(test_pool))[:test_per_class]]
 
     labels_rows, source_rows = [], []
@@ -87,19 +95,22 @@ def write_fsdd_digits_dataset(recordings_dir: str | Path, root: str | Path, *, t
         # only when a split asks for more clips than its pool holds).
         bounds = np.cumsum([0] + [counts[s] for s in SPLITS]) * len(images) // sum(counts.values())
         for split_index, split in enumerate(SPLITS):
-            pool = images[bounds[split_index]:max(bounds[split_index + 1], bounds[split_index] + 1)]
+            pool = images[bounds[split_index] : max(bounds[split_index + 1], bounds[split_index] + 1)]
             for clip_index, recording in enumerate(chosen[(digit, split)]):
                 clip_id = f"{names[digit]}_{split}_{clip_index:04d}"
                 image_index = int(pool[clip_index % len(pool)])
-                _digit_image(digits.images[image_index], image_size).save(root / "frames" / f"{clip_id}.jpg",
-                                                                          quality=95)
+                _digit_image(digits.images[image_index], image_size).save(
+                    root / "frames" / f"{clip_id}.jpg", quality=95
+                )
                 shutil.copyfile(recording, root / "audio" / f"{clip_id}.wav")
                 labels_rows.append((clip_id, names[digit], split))
                 source_rows.append((clip_id, recording.name, image_index))
     split_order = {split: i for i, split in enumerate(SPLITS)}
     labels_rows.sort(key=lambda row: (split_order[row[2]], row[1], row[0]))
-    for name, header, rows in (("labels.csv", ("id", "label", "split"), labels_rows),
-                               ("sources.csv", ("id", "recording", "digits_image_index"), source_rows)):
+    for name, header, rows in (
+        ("labels.csv", ("id", "label", "split"), labels_rows),
+        ("sources.csv", ("id", "recording", "digits_image_index"), source_rows),
+    ):
         with (root / name).open("w", newline="", encoding="utf-8") as handle:
             writer = csv.writer(handle)
             writer.writerow(header)

@@ -13,9 +13,9 @@ the file and the line.
 from __future__ import annotations
 
 import csv
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from collections.abc import Collection, Iterator
 
 SPLITS = ("train", "val", "test")
 LABELS_FILE_NAMES = ("labels.csv", "vggsound.csv")
@@ -84,8 +84,11 @@ def _column_order(path: Path, line: int, header: list[str]) -> tuple[str, ...]:
     else:
         problem = f"incomplete or repeated columns {names}"
     raise LabelsFileError(
-        path, line, f"{problem}; expected a header {','.join(PROJECT_COLUMNS)} or VGGSound rows "
-        f"{','.join(VGGSOUND_COLUMNS)} (no header)")
+        path,
+        line,
+        f"{problem}; expected a header {','.join(PROJECT_COLUMNS)} or VGGSound rows "
+        f"{','.join(VGGSOUND_COLUMNS)} (no header)",
+    )
 
 
 def _parse_row(path: Path, line: int, columns: tuple[str, ...], fields: list[str]) -> LabelRow:

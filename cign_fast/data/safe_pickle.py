@@ -31,7 +31,7 @@ SAFE_GLOBALS = {
     )
     for module in modules
 }
-NUMERIC_KINDS = "biuf"   # bool, signed / unsigned integer, floating point
+NUMERIC_KINDS = "biuf"  # bool, signed / unsigned integer, floating point
 
 
 class UnsafeFileError(ValueError):
@@ -50,7 +50,8 @@ class _NumpyOnlyUnpickler(pickle.Unpickler):
             return SAFE_GLOBALS[(module, name)]
         raise UnsafeFileError(
             f"{self.path}: refused to unpickle {module}.{name}; this file should hold only dictionaries of "
-            f"numpy arrays and strings, and loading other objects could run code from it")
+            f"numpy arrays and strings, and loading other objects could run code from it"
+        )
 
 
 def _read_npy_header(handle: BinaryIO, path: Path) -> tuple[tuple[int, ...], np.dtype]:
@@ -76,8 +77,10 @@ def load_pickled_object(path: str | Path) -> Any:
     with path.open("rb") as handle:
         shape, dtype = _read_npy_header(handle, path)
         if dtype != np.dtype(object) or shape != ():
-            raise UnsafeFileError(f"{path}: expected a pickled dictionary (a 0-d object array), got an array of "
-                                  f"dtype {dtype} and shape {shape}")
+            raise UnsafeFileError(
+                f"{path}: expected a pickled dictionary (a 0-d object array), got an array of "
+                f"dtype {dtype} and shape {shape}"
+            )
         try:
             array = _NumpyOnlyUnpickler(handle, path).load()
         except UnsafeFileError:
@@ -104,8 +107,10 @@ def load_label_dict(path: str | Path) -> dict[str, dict[str, str]]:
         clips = _require_dict(clips, path, f"split {split!r}")
         for clip_id, category in clips.items():
             if not isinstance(clip_id, str) or not isinstance(category, (str, int)) or isinstance(category, bool):
-                raise UnsafeFileError(f"{path}: split {split!r}: expected clip id (str) -> category (str or int), "
-                                      f"got {clip_id!r} -> {category!r}")
+                raise UnsafeFileError(
+                    f"{path}: split {split!r}: expected clip id (str) -> category (str or int), "
+                    f"got {clip_id!r} -> {category!r}"
+                )
         labels[str(split)] = {str(clip_id): str(category) for clip_id, category in clips.items()}
     return labels
 

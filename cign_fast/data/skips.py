@@ -22,9 +22,9 @@ Typical training loop::
 from __future__ import annotations
 
 import warnings
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
-from collections.abc import Iterable, Mapping, Sequence
 
 import torch
 from torch.utils.data import default_collate
@@ -35,9 +35,16 @@ MISSING_AUDIO_AND_VISUAL = "missing_audio_and_visual"
 CORRUPT_AUDIO = "corrupt_audio"
 EMPTY_AUDIO = "empty_audio"
 CORRUPT_IMAGE = "corrupt_image"
-NON_FINITE_INPUT = "non_finite_input"   # decoded, but the model input (spectrogram, image, features) holds NaN / inf
-SKIP_REASONS = (MISSING_AUDIO, MISSING_VISUAL, MISSING_AUDIO_AND_VISUAL, CORRUPT_AUDIO, EMPTY_AUDIO, CORRUPT_IMAGE,
-                NON_FINITE_INPUT)
+NON_FINITE_INPUT = "non_finite_input"  # decoded, but the model input (spectrogram, image, features) holds NaN / inf
+SKIP_REASONS = (
+    MISSING_AUDIO,
+    MISSING_VISUAL,
+    MISSING_AUDIO_AND_VISUAL,
+    CORRUPT_AUDIO,
+    EMPTY_AUDIO,
+    CORRUPT_IMAGE,
+    NON_FINITE_INPUT,
+)
 
 
 class SkippedClipWarning(UserWarning):

@@ -79,8 +79,9 @@ def _render_image(pattern: int, num_patterns: int, size: int, rng: np.random.Gen
     return np.clip(pixels, 0, 255).astype(np.uint8)
 
 
-def _render_audio(pattern: int, num_patterns: int, sample_rate: int, seconds: float,
-                  rng: np.random.Generator) -> np.ndarray:
+def _render_audio(
+    pattern: int, num_patterns: int, sample_rate: int, seconds: float, rng: np.random.Generator
+) -> np.ndarray:
     """[round(seconds * sample_rate)] float32 in [-1, 1]: the pattern's tone and octave, rhythm, noise."""
     lowest, highest = 220.0, 0.35 * sample_rate
     frequency = lowest * (highest / lowest) ** (pattern / max(num_patterns - 1, 1))
@@ -96,7 +97,9 @@ def _render_audio(pattern: int, num_patterns: int, sample_rate: int, seconds: fl
     return (signal / max(1.0, np.abs(signal).max() / 0.95)).astype(np.float32)
 
 
-def check_split_counts(train_per_class: int, val_per_class: int, test_per_class: int, image_size: int) -> dict[str, int]:
+def check_split_counts(
+    train_per_class: int, val_per_class: int, test_per_class: int, image_size: int
+) -> dict[str, int]:
     """Validate the per-class clip counts and image size of a written dataset; returns ``{split: count}``."""
     counts = {"train": train_per_class, "val": val_per_class, "test": test_per_class}
     for split, count in counts.items():
@@ -107,9 +110,18 @@ def check_split_counts(train_per_class: int, val_per_class: int, test_per_class:
     return counts
 
 
-def write_synthetic_dataset(root: str | Path, *, num_classes: int = 8, train_per_class: int = 24,
-                            val_per_class: int = 6, test_per_class: int = 10, image_size: int = 64,
-                            sample_rate: int = 8000, seed: int = 0, seconds: float = 1.0) -> Path:
+def write_synthetic_dataset(
+    root: str | Path,
+    *,
+    num_classes: int = 8,
+    train_per_class: int = 24,
+    val_per_class: int = 6,
+    test_per_class: int = 10,
+    image_size: int = 64,
+    sample_rate: int = 8000,
+    seed: int = 0,
+    seconds: float = 1.0,
+) -> Path:
     """Writes ``root/frames/{id}.jpg``, ``root/audio/{id}.wav`` (mono, ``seconds`` long, 16-bit) and
     ``root/labels.csv`` (``id,label,split``; labels from :func:`synthetic_class_names`). Returns ``root``.
 

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 from PIL import Image
@@ -12,7 +12,7 @@ from torchvision import transforms
 from cign_fast.data.skips import CORRUPT_IMAGE, MISSING_VISUAL, ClipDecodeError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
-MAX_IMAGE_PIXELS = 4096 * 4096   # larger frames are skipped (``corrupt_image``) before they are decoded
+MAX_IMAGE_PIXELS = 4096 * 4096  # larger frames are skipped (``corrupt_image``) before they are decoded
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -62,8 +62,11 @@ def read_rgb(path: Path) -> Image.Image:
         with Image.open(path) as image:
             width, height = image.size
             if width * height > MAX_IMAGE_PIXELS:
-                raise ClipDecodeError(CORRUPT_IMAGE, path, f"image of {width} x {height} pixels exceeds the limit of "
-                                                           f"{MAX_IMAGE_PIXELS} pixels (4096 x 4096)")
+                raise ClipDecodeError(
+                    CORRUPT_IMAGE,
+                    path,
+                    f"image of {width} x {height} pixels exceeds the limit of {MAX_IMAGE_PIXELS} pixels (4096 x 4096)",
+                )
             return image.convert("RGB")
     except FileNotFoundError as error:
         raise ClipDecodeError(MISSING_VISUAL, path, "image file disappeared") from error

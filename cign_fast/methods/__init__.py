@@ -9,5 +9,13 @@ from cign_fast.methods import cign, finetune, joint, ewc, lwf, icarl, ssil, il2m
 from cign_fast.methods.base import ContinualMethod, TaskInfo, TaskResources
 from cign_fast.methods.registry import METHODS, build_method, method_class, method_names, register_method
 
-__all__ = ["METHODS", "ContinualMethod", "TaskInfo", "TaskResources", "build_method", "method_class",
-           "method_names", "register_method"]
+__all__ = [
+    "METHODS",
+    "ContinualMethod",
+    "TaskInfo",
+    "TaskResources",
+    "build_method",
+    "method_class",
+    "method_names",
+    "register_method",
+]

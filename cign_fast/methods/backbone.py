@@ -33,12 +33,12 @@ from cign_fast.model.transformer import Transformer, init_weights
 class BackboneOutput(NamedTuple):
     """What :class:`Backbone` returns for B clips with N classes seen."""
 
-    audio_logits: Tensor      # [B, N] audio head
-    visual_logits: Tensor     # [B, N] visual head
-    audio_features: Tensor    # [B, D] f_a: mean of the audio tokens, the audio head's input
-    visual_features: Tensor   # [B, D] f_v
-    audio_tokens: Tensor      # [B, S_a, D] audio tokens after the transformer (intermediate features)
-    visual_tokens: Tensor     # [B, S_v, D] visual tokens after the transformer
+    audio_logits: Tensor  # [B, N] audio head
+    visual_logits: Tensor  # [B, N] visual head
+    audio_features: Tensor  # [B, D] f_a: mean of the audio tokens, the audio head's input
+    visual_features: Tensor  # [B, D] f_v
+    audio_tokens: Tensor  # [B, S_a, D] audio tokens after the transformer (intermediate features)
+    visual_tokens: Tensor  # [B, S_v, D] visual tokens after the transformer
 
 
 class GrowingHead(nn.Module):
@@ -135,17 +135,19 @@ class Backbone(nn.Module):
     def forward(self, audio: Tensor, visual: Tensor) -> BackboneOutput:
         if not self._task_sizes:
             raise RuntimeError("Backbone.forward: call add_task(num_new_classes) before the first forward")
-        check_model_inputs(self.cfg, audio, visual)   # the same checks and messages as CIGN's
+        check_model_inputs(self.cfg, audio, visual)  # the same checks and messages as CIGN's
         audio_logits, audio_features, audio_tokens = self.audio_branch(audio)
         visual_logits, visual_features, visual_tokens = self.visual_branch(visual)
-        return BackboneOutput(audio_logits, visual_logits, audio_features, visual_features, audio_tokens,
-                              visual_tokens)
+        return BackboneOutput(audio_logits, visual_logits, audio_features, visual_features, audio_tokens, visual_tokens)
 
 
 def late_fusion_predict(audio_log_probs: Tensor, visual_log_probs: Tensor) -> dict[str, Tensor]:
     """Class indices [B]: argmax of each modality's log-probabilities [B, N], and of their sum (audio-visual)."""
-    return {"audio": audio_log_probs.argmax(dim=-1), "visual": visual_log_probs.argmax(dim=-1),
-            "audio_visual": (audio_log_probs.float() + visual_log_probs.float()).argmax(dim=-1)}
+    return {
+        "audio": audio_log_probs.argmax(dim=-1),
+        "visual": visual_log_probs.argmax(dim=-1),
+        "audio_visual": (audio_log_probs.float() + visual_log_probs.float()).argmax(dim=-1),
+    }
 
 
 def modality_log_probs(audio_logits: Tensor, visual_logits: Tensor) -> dict[str, Tensor]:
@@ -157,16 +159,19 @@ def modality_log_probs(audio_logits: Tensor, visual_logits: Tensor) -> dict[str,
 
 def feature_embedding(out: BackboneOutput) -> Tensor:
     """[B, 2D] float32: ``concat(normalize(f_a), normalize(f_v))``."""
-    return torch.cat([F.normalize(out.audio_features.float(), dim=-1),
-                      F.normalize(out.visual_features.float(), dim=-1)], dim=-1)
+    return torch.cat(
+        [F.normalize(out.audio_features.float(), dim=-1), F.normalize(out.visual_features.float(), dim=-1)], dim=-1
+    )
 
 
 def classification_loss(out: BackboneOutput, labels: Tensor) -> dict[str, Tensor]:
     """``"ce_audio"``, ``"ce_visual"``: softmax cross-entropy of each head over the N classes seen (batch means)."""
     batch, num_classes = out.audio_logits.shape
     check_labels(labels, batch, num_classes)
-    return {"ce_audio": F.cross_entropy(out.audio_logits, labels.long()),
-            "ce_visual": F.cross_entropy(out.visual_logits, labels.long())}
+    return {
+        "ce_audio": F.cross_entropy(out.audio_logits, labels.long()),
+        "ce_visual": F.cross_entropy(out.visual_logits, labels.long()),
+    }
 
 
 class BackboneMethod(ContinualMethod[BackboneOutput]):
@@ -178,27 +183,37 @@ class BackboneMethod(ContinualMethod[BackboneOutput]):
     def build_model(self) -> Backbone:
         return Backbone(self.model_config)
 
-    def loss(self, model: nn.Module, out: BackboneOutput, labels: Tensor,
-             teacher_out: BackboneOutput | None) -> dict[str, Tensor]:
+    def loss(
+        self, model: nn.Module, out: BackboneOutput, labels: Tensor, teacher_out: BackboneOutput | None
+    ) -> dict[str, Tensor]:
         terms = classification_loss(out, labels)
         return {**terms, "total": terms["ce_audio"] + terms["ce_visual"]}
 
     def predict(self, out: BackboneOutput) -> dict[str, Tensor]:
-        return late_fusion_predict(F.log_softmax(out.audio_logits.float(), dim=-1),
-                                   F.log_softmax(out.visual_logits.float(), dim=-1))
+        return late_fusion_predict(
+            F.log_softmax(out.audio_logits.float(), dim=-1), F.log_softmax(out.visual_logits.float(), dim=-1)
+        )
 
     def embed(self, out: BackboneOutput, labels: Tensor) -> Tensor:
         return feature_embedding(out)
 
 
-def distill_old_classes(student_logits: Tensor, teacher_logits: Tensor, temperature: float, backend: str,
-                        columns: tuple[int, int] | None = None) -> Tensor:
+def distill_old_classes(
+    student_logits: Tensor,
+    teacher_logits: Tensor,
+    temperature: float,
+    backend: str,
+    columns: tuple[int, int] | None = None,
+) -> Tensor:
     """``T^2 * KL(softmax(teacher / T) || softmax(student[:, :N_old] / T))``, batch mean, by the fused
     :func:`cign_fast.token_distill_kl`: ``student_logits`` [B, N], ``teacher_logits`` [B, N_old];
     ``columns`` restricts both softmaxes to a range of the old classes (all of them by default)."""
     num_old = teacher_logits.shape[1]
     if student_logits.shape[0] != teacher_logits.shape[0] or student_logits.shape[1] < num_old:
-        raise ValueError(f"teacher_logits: expected [B, N_old] with B = {student_logits.shape[0]} and "
-                         f"N_old <= {student_logits.shape[1]}, got {tuple(teacher_logits.shape)}")
-    return cign_fast.token_distill_kl(student_logits[:, :num_old], teacher_logits, temperature=temperature,
-                                      columns=columns, backend=backend)
+        raise ValueError(
+            f"teacher_logits: expected [B, N_old] with B = {student_logits.shape[0]} and "
+            f"N_old <= {student_logits.shape[1]}, got {tuple(teacher_logits.shape)}"
+        )
+    return cign_fast.token_distill_kl(
+        student_logits[:, :num_old], teacher_logits, temperature=temperature, columns=columns, backend=backend
+    )

@@ -83,8 +83,8 @@ class TaskResources:
     """
 
     task: TaskInfo
-    task_indices: list[int]                      # the task's training clips (dataset indices)
-    exemplars: dict[int, list[int]]              # the memory after this task's update (class -> indices)
+    task_indices: list[int]  # the task's training clips (dataset indices)
+    exemplars: dict[int, list[int]]  # the memory after this task's update (class -> indices)
     context: DistContext
     batches: Callable[[Sequence[int]], Iterator[tuple[Tensor, Tensor, Tensor]]]
     embed: Embed
@@ -105,11 +105,10 @@ def frozen_copy(model: nn.Module) -> nn.Module:
 
 def rank_shard(indices: Sequence[int], context: DistContext) -> list[int]:
     """This rank's share of ``indices`` (every ``world_size``-th one): for sums the ranks then all-reduce."""
-    return list(indices)[context.rank::context.world_size]
+    return list(indices)[context.rank :: context.world_size]
 
 
-def eval_outputs(model: nn.Module, batches: Iterator[tuple[Tensor, Tensor, Tensor]]
-                 ) -> Iterator[tuple[NamedTuple, Tensor]]:
+def eval_outputs(model: nn.Module, batches: Iterator[tuple[Tensor, Tensor, Tensor]]) -> Iterator[tuple[Any, Tensor]]:
     """``(float32 output, labels)`` of ``model`` in eval mode without gradients, batch by batch (mode restored)."""
     was_training = model.training
     model.eval()
@@ -175,11 +174,14 @@ class ContinualMethod(ABC, Generic[OutputT]):
         """Add a task of ``num_new_classes`` classes to ``model`` (in place; old weights kept): its ``add_task``."""
         add_task = getattr(model, "add_task", None)
         if not callable(add_task):
-            raise TypeError(f"{type(self).__name__}.grow_model: {type(model).__name__} has no add_task(num_new_classes)")
+            raise TypeError(
+                f"{type(self).__name__}.grow_model: {type(model).__name__} has no add_task(num_new_classes)"
+            )
         add_task(num_new_classes)
 
-    def rebuild_model(self, task_sizes: Sequence[int], state: dict[str, Tensor],
-                      device: torch.device | str = "cpu") -> nn.Module:
+    def rebuild_model(
+        self, task_sizes: Sequence[int], state: dict[str, Tensor], device: torch.device | str = "cpu"
+    ) -> nn.Module:
         """:meth:`build_model`, :meth:`grow_model` per task, ``load_state_dict``: how a checkpoint is restored."""
         model = self.build_model()
         for size in task_sizes:
@@ -200,9 +202,15 @@ class ContinualMethod(ABC, Generic[OutputT]):
         self.task = task
         return model
 
-    def train_indices(self, task: TaskInfo, clips_of_task: Callable[[int], list[int]],
-                      exemplar_indices: list[int], *, clips_of_class: Callable[[int], list[int]] | None = None,
-                      exemplars: Mapping[int, list[int]] | None = None) -> list[int]:
+    def train_indices(
+        self,
+        task: TaskInfo,
+        clips_of_task: Callable[[int], list[int]],
+        exemplar_indices: list[int],
+        *,
+        clips_of_class: Callable[[int], list[int]] | None = None,
+        exemplars: Mapping[int, list[int]] | None = None,
+    ) -> list[int]:
         """Dataset indices the task trains on (default: task t's clips, then the exemplars).
 
         ``clips_of_class`` (class -> its training clips) and ``exemplars`` (the memory before the task,
@@ -210,8 +218,9 @@ class ContinualMethod(ABC, Generic[OutputT]):
         on the arguments and the method's state (the trainer calls this more than once per task)."""
         return clips_of_task(task.index) + exemplar_indices
 
-    def select_exemplars(self, memory: ExemplarMemory, candidates_by_class: dict[int, list[int]],
-                         embed: Embed | None) -> dict[int, list[int]]:
+    def select_exemplars(
+        self, memory: ExemplarMemory, candidates_by_class: dict[int, list[int]], embed: Embed | None
+    ) -> dict[int, list[int]]:
         """The memory after a task (class -> dataset indices, best first); default: ``memory.selection``."""
         return memory.selected(candidates_by_class, embed)
 
@@ -225,8 +234,7 @@ class ContinualMethod(ABC, Generic[OutputT]):
         return None if self.teacher is None else self.teacher(audio, visual)
 
     @abstractmethod
-    def loss(self, model: nn.Module, out: OutputT, labels: Tensor,
-             teacher_out: OutputT | None) -> dict[str, Tensor]:
+    def loss(self, model: nn.Module, out: OutputT, labels: Tensor, teacher_out: OutputT | None) -> dict[str, Tensor]:
         """Scalars ``"total"`` (what is minimised) and every name of ``loss_terms``.
 
         ``model``: the model being trained (not the DDP wrapper: for penalties on its parameters);
@@ -256,5 +264,6 @@ class ContinualMethod(ABC, Generic[OutputT]):
         task = state["task"]
         self.task = None if task is None else TaskInfo(int(task["index"]), tuple(int(s) for s in task["task_sizes"]))
         teacher = state["teacher"]
-        self.teacher = None if teacher is None else freeze(
-            self.rebuild_model(teacher["task_sizes"], teacher["model"], device))
+        self.teacher = (
+            None if teacher is None else freeze(self.rebuild_model(teacher["task_sizes"], teacher["model"], device))
+        )

@@ -45,8 +45,8 @@ def apply_bias(logits: Tensor, bias: Tensor, task_sizes: tuple[int, ...]) -> Ten
     start = 0
     for task, size in enumerate(task_sizes):
         if task < bias.shape[0]:
-            alpha[start:start + size] = bias[task, 0]
-            beta[start:start + size] = bias[task, 1]
+            alpha[start : start + size] = bias[task, 0]
+            beta[start : start + size] = bias[task, 1]
         start += size
     return logits * alpha + beta
 
@@ -56,8 +56,14 @@ def fit_bias(logits: Tensor, labels: Tensor, first_new: int) -> Tensor:
     ``first_new..`` mapped to ``alpha * z + beta``: BiC's stage 2 on fixed logits (L-BFGS, from (1, 0))."""
     params = torch.tensor([1.0, 0.0], dtype=torch.float64, requires_grad=True)
     new = torch.arange(logits.shape[1]) >= first_new
-    optimizer = torch.optim.LBFGS([params], lr=1.0, max_iter=LBFGS_ITERATIONS, tolerance_grad=1e-10,
-                                  tolerance_change=1e-14, line_search_fn="strong_wolfe")
+    optimizer = torch.optim.LBFGS(
+        [params],
+        lr=1.0,
+        max_iter=LBFGS_ITERATIONS,
+        tolerance_grad=1e-10,
+        tolerance_change=1e-14,
+        line_search_fn="strong_wolfe",
+    )
 
     def closure() -> Tensor:
         optimizer.zero_grad()
@@ -82,13 +88,14 @@ class BiC(BackboneMethod):
 
     def __init__(self, *args: object, **kwargs: object) -> None:
         super().__init__(*args, **kwargs)
-        self.bias = torch.zeros(len(HEADS), 0, 2, dtype=torch.float64)   # [head, task, (alpha, beta)]; task 0: none
-        self.validation: list[int] = []                                   # the task's held-out clips
+        self.bias = torch.zeros(len(HEADS), 0, 2, dtype=torch.float64)  # [head, task, (alpha, beta)]; task 0: none
+        self.validation: list[int] = []  # the task's held-out clips
 
     # ----- the held-out split -----------------------------------------------------------------------------
 
-    def held_out(self, task: TaskInfo, clips_of_class: Callable[[int], list[int]],
-                 exemplars: Mapping[int, list[int]]) -> list[int]:
+    def held_out(
+        self, task: TaskInfo, clips_of_class: Callable[[int], list[int]], exemplars: Mapping[int, list[int]]
+    ) -> list[int]:
         """The held-out clips of ``task`` (module docstring): none at the first task."""
         if task.index == 0 or not exemplars:
             return []
@@ -98,13 +105,19 @@ class BiC(BackboneMethod):
         for cls in range(first, stop):
             clips = clips_of_class(cls)
             generator = torch.Generator().manual_seed(self.config.run.seed * 100_003 + cls)
-            order = torch.randperm(len(clips), generator=generator)[:min(per_class, len(clips) - 1)]
+            order = torch.randperm(len(clips), generator=generator)[: min(per_class, len(clips) - 1)]
             held += [clips[position] for position in order.tolist()]
         return held
 
-    def train_indices(self, task: TaskInfo, clips_of_task: Callable[[int], list[int]], exemplar_indices: list[int],
-                      *, clips_of_class: Callable[[int], list[int]] | None = None,
-                      exemplars: Mapping[int, list[int]] | None = None) -> list[int]:
+    def train_indices(
+        self,
+        task: TaskInfo,
+        clips_of_task: Callable[[int], list[int]],
+        exemplar_indices: list[int],
+        *,
+        clips_of_class: Callable[[int], list[int]] | None = None,
+        exemplars: Mapping[int, list[int]] | None = None,
+    ) -> list[int]:
         """The task's clips and the exemplars, less the held-out ones (kept in ``self.validation``)."""
         if clips_of_class is None or exemplars is None:
             raise ValueError("bic: train_indices needs clips_of_class and exemplars (the trainer passes them)")
@@ -116,27 +129,41 @@ class BiC(BackboneMethod):
 
     def corrected(self, out: BackboneOutput, task_sizes: tuple[int, ...]) -> BackboneOutput:
         """``out`` with each head's logits through the bias layers fitted so far."""
-        return out._replace(**{head: apply_bias(getattr(out, head), self.bias[number].to(getattr(out, head)),
-                                                 task_sizes) for number, head in enumerate(HEADS)})
+        return out._replace(
+            **{
+                head: apply_bias(getattr(out, head), self.bias[number].to(getattr(out, head)), task_sizes)
+                for number, head in enumerate(HEADS)
+            }
+        )
 
     def teacher_forward(self, audio: Tensor, visual: Tensor) -> BackboneOutput | None:
         if self.teacher is None:
             return None
         return self.corrected(self.teacher(audio, visual), self.task.task_sizes[:-1])
 
-    def loss(self, model: nn.Module, out: BackboneOutput, labels: Tensor,
-             teacher_out: BackboneOutput | None) -> dict[str, Tensor]:
+    def loss(
+        self, model: nn.Module, out: BackboneOutput, labels: Tensor, teacher_out: BackboneOutput | None
+    ) -> dict[str, Tensor]:
         out = self.corrected(out, self.task.task_sizes)
         terms = classification_loss(out, labels)
         ce = terms["ce_audio"] + terms["ce_visual"]
         if teacher_out is None:
             return {**terms, "kd": out.audio_logits.new_zeros(()), "total": ce}
         temperature, backend = self.config.bic.temperature, self.model_config.backend
-        kd = sum(distill_old_classes(getattr(out, head), getattr(teacher_out, head), temperature, backend)
-                 for head in HEADS) / temperature**2
-        weight = self.task.num_old_classes / self.task.num_classes           # lambda = n / (n + m)
-        return {"ce_audio": (1 - weight) * terms["ce_audio"], "ce_visual": (1 - weight) * terms["ce_visual"],
-                "kd": weight * kd, "total": (1 - weight) * ce + weight * kd}
+        kd = (
+            sum(
+                distill_old_classes(getattr(out, head), getattr(teacher_out, head), temperature, backend)
+                for head in HEADS
+            )
+            / temperature**2
+        )
+        weight = self.task.num_old_classes / self.task.num_classes  # lambda = n / (n + m)
+        return {
+            "ce_audio": (1 - weight) * terms["ce_audio"],
+            "ce_visual": (1 - weight) * terms["ce_visual"],
+            "kd": weight * kd,
+            "total": (1 - weight) * ce + weight * kd,
+        }
 
     # ----- stage 2 --------------------------------------------------------------------------------------------
 
@@ -156,10 +183,10 @@ class BiC(BackboneMethod):
         labels = torch.cat(labels)
         check_labels(labels, labels.shape[0], task.num_classes)
         first_new = task.num_old_classes
-        fitted = torch.stack([fit_bias(torch.cat(logits[head]), labels, first_new) for head in HEADS])   # [2, 2]
+        fitted = torch.stack([fit_bias(torch.cat(logits[head]), labels, first_new) for head in HEADS])  # [2, 2]
         grown = torch.zeros(len(HEADS), task.index + 1, 2, dtype=torch.float64)
         grown[:, :, 0] = 1.0
-        grown[:, :self.bias.shape[1]] = self.bias
+        grown[:, : self.bias.shape[1]] = self.bias
         grown[:, task.index] = fitted
         self.bias = grown
 

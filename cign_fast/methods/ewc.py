@@ -17,9 +17,9 @@ old rows only. The paper tunes lambda per experiment and gives no general value;
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
 import warnings
 from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
@@ -34,17 +34,19 @@ from cign_fast.model import ModelConfig
 if TYPE_CHECKING:  # importing it at run time would be circular
     from cign_fast.train.config import TrainConfig
 
-FISHER_CHUNK = 16   # clips whose gradients are held at once (memory: FISHER_CHUNK copies of the parameters)
+FISHER_CHUNK = 16  # clips whose gradients are held at once (memory: FISHER_CHUNK copies of the parameters)
 
 
 def log_likelihood_loss(out: BackboneOutput, labels: Tensor) -> Tensor:
     """``-(log p_a(y) + log p_v(y))`` summed over the batch (no label checks: it runs under ``vmap``)."""
-    return (F.cross_entropy(out.audio_logits, labels, reduction="sum")
-            + F.cross_entropy(out.visual_logits, labels, reduction="sum"))
+    return F.cross_entropy(out.audio_logits, labels, reduction="sum") + F.cross_entropy(
+        out.visual_logits, labels, reduction="sum"
+    )
 
 
-def squared_gradient_sums(model: nn.Module, batches: Iterator[tuple[Tensor, Tensor, Tensor]],
-                          chunk_size: int = FISHER_CHUNK) -> tuple[dict[str, Tensor], int]:
+def squared_gradient_sums(
+    model: nn.Module, batches: Iterator[tuple[Tensor, Tensor, Tensor]], chunk_size: int = FISHER_CHUNK
+) -> tuple[dict[str, Tensor], int]:
     """``({name: sum over clips of (d log p(y|x) / d theta)^2}, clips)`` over the trainable parameters,
     one gradient per clip, the model in eval mode (its mode is restored)."""
     params = {name: p.detach() for name, p in model.named_parameters() if p.requires_grad}
@@ -103,8 +105,9 @@ class EWC(BackboneMethod):
                 total = total + (self.fisher[name] * (leading_block(param, anchor.shape) - anchor).pow(2)).sum()
         return 0.5 * self.config.ewc.weight * total
 
-    def loss(self, model: nn.Module, out: BackboneOutput, labels: Tensor,
-             teacher_out: BackboneOutput | None) -> dict[str, Tensor]:
+    def loss(
+        self, model: nn.Module, out: BackboneOutput, labels: Tensor, teacher_out: BackboneOutput | None
+    ) -> dict[str, Tensor]:
         terms = classification_loss(out, labels)
         penalty = self.penalty(model)
         return {**terms, "ewc": penalty, "total": terms["ce_audio"] + terms["ce_visual"] + penalty}
@@ -112,7 +115,7 @@ class EWC(BackboneMethod):
     def task_fisher(self, model: nn.Module, resources: TaskResources) -> dict[str, Tensor]:
         """The diagonal empirical Fisher of the task's training clips (each rank sums its shard)."""
         context = resources.context
-        shard = resources.task_indices[context.rank::context.world_size]
+        shard = resources.task_indices[context.rank :: context.world_size]
         sums, count = squared_gradient_sums(model, resources.batches(shard))
         total = resources.all_reduce_sum(torch.tensor([float(count)], dtype=torch.float64, device=context.device))
         for tensor in sums.values():

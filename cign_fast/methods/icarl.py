@@ -18,6 +18,7 @@
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
+
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
@@ -63,8 +64,11 @@ def nearest_mean_predict(embeddings: Tensor, means: Tensor, modality_width: int)
     and of the smallest sum of the two squared distances (audio-visual)."""
     audio = torch.cdist(embeddings[:, :modality_width], means[:, :modality_width]).pow(2)
     visual = torch.cdist(embeddings[:, modality_width:], means[:, modality_width:]).pow(2)
-    return {"audio": audio.argmin(dim=-1), "visual": visual.argmin(dim=-1),
-            "audio_visual": (audio + visual).argmin(dim=-1)}
+    return {
+        "audio": audio.argmin(dim=-1),
+        "visual": visual.argmin(dim=-1),
+        "audio_visual": (audio + visual).argmin(dim=-1),
+    }
 
 
 @register_method
@@ -79,16 +83,19 @@ class ICaRL(BackboneMethod):
 
     def __init__(self, config: TrainConfig, model_config: ModelConfig) -> None:
         super().__init__(config, model_config)
-        self.means: Tensor | None = None    # [N, 2D] class means of the exemplars, on the CPU
+        self.means: Tensor | None = None  # [N, 2D] class means of the exemplars, on the CPU
 
-    def loss(self, model: nn.Module, out: BackboneOutput, labels: Tensor,
-             teacher_out: BackboneOutput | None) -> dict[str, Tensor]:
+    def loss(
+        self, model: nn.Module, out: BackboneOutput, labels: Tensor, teacher_out: BackboneOutput | None
+    ) -> dict[str, Tensor]:
         batch, num_classes = out.audio_logits.shape
         check_labels(labels, batch, num_classes)
-        audio_new, audio_old = distilled_bce(out.audio_logits, labels,
-                                             None if teacher_out is None else teacher_out.audio_logits)
-        visual_new, visual_old = distilled_bce(out.visual_logits, labels,
-                                               None if teacher_out is None else teacher_out.visual_logits)
+        audio_new, audio_old = distilled_bce(
+            out.audio_logits, labels, None if teacher_out is None else teacher_out.audio_logits
+        )
+        visual_new, visual_old = distilled_bce(
+            out.visual_logits, labels, None if teacher_out is None else teacher_out.visual_logits
+        )
         kd = audio_old + visual_old
         return {"bce_audio": audio_new, "bce_visual": visual_new, "kd": kd, "total": audio_new + visual_new + kd}
 
@@ -106,9 +113,11 @@ class ICaRL(BackboneMethod):
         num_classes = out.audio_logits.shape[1]
         if self.means is None or self.means.shape[0] != num_classes:
             have = 0 if self.means is None else self.means.shape[0]
-            raise ValueError(f"icarl.classifier: the nearest-mean classifier has class means for {have} classes, "
-                             f"the model has {num_classes}; they are computed when a task ends (evaluate a "
-                             "'-done' checkpoint, or use icarl.classifier=cnn)")
+            raise ValueError(
+                f"icarl.classifier: the nearest-mean classifier has class means for {have} classes, "
+                f"the model has {num_classes}; they are computed when a task ends (evaluate a "
+                "'-done' checkpoint, or use icarl.classifier=cnn)"
+            )
         embeddings = feature_embedding(out)
         return nearest_mean_predict(embeddings, self.means.to(embeddings.device), embeddings.shape[1] // 2)
 

@@ -28,8 +28,9 @@ from cign_fast.methods.registry import register_method
 from cign_fast.metrics import MODALITIES
 
 
-def mean_scores(model: nn.Module, resources: TaskResources, indices: list[int],
-                num_classes: int) -> tuple[Tensor, Tensor, Tensor]:
+def mean_scores(
+    model: nn.Module, resources: TaskResources, indices: list[int], num_classes: int
+) -> tuple[Tensor, Tensor, Tensor]:
     """Over ``indices`` (summed over the ranks): ``(per class [N, 3] the sum of p(c | x) for x of class c,
     per class [N] the clip count, [3] the sum of the top-1 scores)``; the 3 columns are ``MODALITIES``."""
     device = resources.context.device
@@ -37,8 +38,9 @@ def mean_scores(model: nn.Module, resources: TaskResources, indices: list[int],
     counts = torch.zeros(num_classes, dtype=torch.float64, device=device)
     top = torch.zeros(len(MODALITIES), dtype=torch.float64, device=device)
     for out, labels in eval_outputs(model, resources.batches(rank_shard(indices, resources.context))):
-        scores = torch.stack([log_probs.exp() for log_probs in modality_log_probs(
-            out.audio_logits, out.visual_logits).values()], dim=-1).double()            # [B, N, 3]
+        scores = torch.stack(
+            [log_probs.exp() for log_probs in modality_log_probs(out.audio_logits, out.visual_logits).values()], dim=-1
+        ).double()  # [B, N, 3]
         rows = torch.arange(labels.shape[0], device=labels.device)
         own.index_add_(0, labels, scores[rows, labels])
         counts.index_add_(0, labels, torch.ones_like(labels, dtype=torch.float64))
@@ -56,7 +58,7 @@ def rectify(scores: Tensor, initial: Tensor, current: Tensor, confidence: Tensor
     old = class_task < newest
     factor = torch.ones_like(initial)
     factor[old] = initial[old] / current[old].clamp_min(1e-12) * confidence[newest] / confidence[class_task[old]]
-    predicted_new = ~old.to(scores.device)[scores.argmax(dim=-1)]                         # [B]
+    predicted_new = ~old.to(scores.device)[scores.argmax(dim=-1)]  # [B]
     return torch.where(predicted_new.unsqueeze(-1), scores * factor.to(scores), scores)
 
 
@@ -70,10 +72,10 @@ class IL2M(BackboneMethod):
     def __init__(self, *args: object, **kwargs: object) -> None:
         super().__init__(*args, **kwargs)
         # on the CPU, float64; columns MODALITIES
-        self.initial = torch.zeros(0, len(MODALITIES), dtype=torch.float64)     # [N, 3] mu^P
-        self.current = torch.zeros(0, len(MODALITIES), dtype=torch.float64)     # [N, 3] mu^N (this state)
+        self.initial = torch.zeros(0, len(MODALITIES), dtype=torch.float64)  # [N, 3] mu^P
+        self.current = torch.zeros(0, len(MODALITIES), dtype=torch.float64)  # [N, 3] mu^N (this state)
         self.confidence = torch.zeros(0, len(MODALITIES), dtype=torch.float64)  # [T, 3] M per state
-        self.class_task = torch.zeros(0, dtype=torch.long)                      # [N]
+        self.class_task = torch.zeros(0, dtype=torch.long)  # [N]
 
     def end_task(self, model: nn.Module, resources: TaskResources) -> None:
         """The new classes' initial mean scores, every class's mean score on its exemplars, the state's confidence."""
@@ -87,8 +89,9 @@ class IL2M(BackboneMethod):
         initial = own[first:] / counts[first:, None]
         exemplar_indices = [index for cls in sorted(resources.exemplars) for index in resources.exemplars[cls]]
         old_own, old_counts, _ = mean_scores(model, resources, exemplar_indices, num_classes)
-        current = torch.where(old_counts[:, None] > 0, old_own / old_counts.clamp_min(1)[:, None],
-                              torch.cat([self.initial, initial]))      # a class without exemplars is not rescaled
+        current = torch.where(
+            old_counts[:, None] > 0, old_own / old_counts.clamp_min(1)[:, None], torch.cat([self.initial, initial])
+        )  # a class without exemplars is not rescaled
         self.initial = torch.cat([self.initial, initial])
         self.current = current
         self.confidence = torch.cat([self.confidence, (top / counts.sum()).unsqueeze(0)])
@@ -97,18 +100,30 @@ class IL2M(BackboneMethod):
     def predict(self, out: BackboneOutput) -> dict[str, Tensor]:
         num_classes = out.audio_logits.shape[1]
         if self.initial.shape[0] != num_classes:
-            raise ValueError(f"il2m: class statistics for {self.initial.shape[0]} classes, the model has "
-                             f"{num_classes}; they are kept when a task ends (evaluate a '-done' checkpoint)")
+            raise ValueError(
+                f"il2m: class statistics for {self.initial.shape[0]} classes, the model has "
+                f"{num_classes}; they are kept when a task ends (evaluate a '-done' checkpoint)"
+            )
         predictions = {}
         for column, (modality, log_probs) in enumerate(modality_log_probs(out.audio_logits, out.visual_logits).items()):
-            scores = rectify(log_probs.exp(), self.initial[:, column], self.current[:, column],
-                             self.confidence[:, column], self.class_task)
+            scores = rectify(
+                log_probs.exp(),
+                self.initial[:, column],
+                self.current[:, column],
+                self.confidence[:, column],
+                self.class_task,
+            )
             predictions[modality] = scores.argmax(dim=-1)
         return predictions
 
     def state_dict(self) -> dict[str, object]:
-        return {**super().state_dict(), "initial": self.initial, "current": self.current,
-                "confidence": self.confidence, "class_task": self.class_task}
+        return {
+            **super().state_dict(),
+            "initial": self.initial,
+            "current": self.current,
+            "confidence": self.confidence,
+            "class_task": self.class_task,
+        }
 
     def load_state_dict(self, state: dict[str, object], device: torch.device | str = "cpu") -> None:
         super().load_state_dict(state, device)

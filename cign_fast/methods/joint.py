@@ -21,6 +21,7 @@ class JointTraining(BackboneMethod):
     name = "joint"
     memory_use = "none"
 
-    def train_indices(self, task: TaskInfo, clips_of_task: Callable[[int], list[int]],
-                      exemplar_indices: list[int], **by_class: object) -> list[int]:
+    def train_indices(
+        self, task: TaskInfo, clips_of_task: Callable[[int], list[int]], exemplar_indices: list[int], **by_class: object
+    ) -> list[int]:
         return [index for seen in range(task.index + 1) for index in clips_of_task(seen)]

@@ -38,11 +38,11 @@ class L2POutput(NamedTuple):
 
     audio_logits: Tensor
     visual_logits: Tensor
-    audio_features: Tensor          # [B, D] mean of the outputs at the prompt positions
+    audio_features: Tensor  # [B, D] mean of the outputs at the prompt positions
     visual_features: Tensor
-    audio_tokens: Tensor            # [B, N * L_p + S_a, D] transformer outputs, prompts first
+    audio_tokens: Tensor  # [B, N * L_p + S_a, D] transformer outputs, prompts first
     visual_tokens: Tensor
-    audio_key_distance: Tensor      # [B] sum over the selected prompts of 1 - cos(query, key)
+    audio_key_distance: Tensor  # [B] sum over the selected prompts of 1 - cos(query, key)
     visual_key_distance: Tensor
 
 
@@ -59,23 +59,23 @@ class PromptPool(nn.Module):
 
     def select(self, query: Tensor) -> tuple[Tensor, Tensor]:
         """``(indices [B, N] of the selected prompts, their cosine similarities [B, N])``."""
-        cosines = F.normalize(query, dim=-1) @ F.normalize(self.keys, dim=-1).t()    # [B, M]
+        cosines = F.normalize(query, dim=-1) @ F.normalize(self.keys, dim=-1).t()  # [B, M]
         chosen = cosines.topk(self.top_k, dim=-1).indices
         return chosen, cosines.gather(1, chosen)
 
     def forward(self, query: Tensor) -> tuple[Tensor, Tensor]:
         """``(prompt tokens [B, N * L_p, D], key distances [B])``."""
         chosen, cosines = self.select(query)
-        prompts = self.prompts[chosen]                                                 # [B, N, L_p, D]
+        prompts = self.prompts[chosen]  # [B, N, L_p, D]
         return prompts.flatten(1, 2), (1 - cosines).sum(dim=-1)
 
 
 def prompted_branch(branch: BackboneBranch, pool: PromptPool, inputs: Tensor) -> tuple[Tensor, ...]:
     """One modality: ``(logits, features, tokens, key distances)`` with the selected prompts prepended."""
-    prompts, distance = pool(inputs.mean(dim=1))                   # query: the frozen features themselves
+    prompts, distance = pool(inputs.mean(dim=1))  # query: the frozen features themselves
     tokens = branch.encoder(inputs)
     out = branch.norm(branch.transformer(torch.cat([prompts.to(tokens.dtype), tokens], dim=1)))
-    features = out[:, :prompts.shape[1]].mean(dim=1)
+    features = out[:, : prompts.shape[1]].mean(dim=1)
     return branch.head(features), features, out, distance
 
 
@@ -111,8 +111,9 @@ class L2P(BackboneMethod):
         settings = self.config.l2p
         return PromptedBackbone(self.model_config, settings.pool_size, settings.prompt_length, settings.top_k)
 
-    def loss(self, model: nn.Module, out: L2POutput, labels: Tensor,
-             teacher_out: L2POutput | None) -> dict[str, Tensor]:
+    def loss(
+        self, model: nn.Module, out: L2POutput, labels: Tensor, teacher_out: L2POutput | None
+    ) -> dict[str, Tensor]:
         memory = self.config.memory
         num_old = 0 if memory.budget or memory.per_class else self.task.num_old_classes
         masked = out._replace(audio_logits=out.audio_logits[:, num_old:], visual_logits=out.visual_logits[:, num_old:])

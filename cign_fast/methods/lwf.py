@@ -30,8 +30,9 @@ class LwF(BackboneMethod):
     config_sections = ("lwf",)
     uses_teacher = True
 
-    def loss(self, model: nn.Module, out: BackboneOutput, labels: Tensor,
-             teacher_out: BackboneOutput | None) -> dict[str, Tensor]:
+    def loss(
+        self, model: nn.Module, out: BackboneOutput, labels: Tensor, teacher_out: BackboneOutput | None
+    ) -> dict[str, Tensor]:
         terms = classification_loss(out, labels)
         settings = self.config.lwf
         if teacher_out is None:
@@ -39,7 +40,12 @@ class LwF(BackboneMethod):
         else:
             temperature, backend = settings.temperature, self.model_config.backend
             # token_distill_kl returns T^2 * KL; LwF's term has no T^2
-            kd = settings.weight / temperature**2 * (
-                distill_old_classes(out.audio_logits, teacher_out.audio_logits, temperature, backend)
-                + distill_old_classes(out.visual_logits, teacher_out.visual_logits, temperature, backend))
+            kd = (
+                settings.weight
+                / temperature**2
+                * (
+                    distill_old_classes(out.audio_logits, teacher_out.audio_logits, temperature, backend)
+                    + distill_old_classes(out.visual_logits, teacher_out.visual_logits, temperature, backend)
+                )
+            )
         return {**terms, "kd": kd, "total": terms["ce_audio"] + terms["ce_visual"] + kd}

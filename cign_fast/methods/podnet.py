@@ -42,8 +42,8 @@ class LocalSimilarityHead(nn.Module):
         super().__init__()
         self.dim = dim
         self.proxies = proxies
-        self.weight = nn.Parameter(torch.zeros(0, dim))     # [N * K, D]
-        self.scale = nn.Parameter(torch.ones(()))           # eta
+        self.weight = nn.Parameter(torch.zeros(0, dim))  # [N * K, D]
+        self.scale = nn.Parameter(torch.ones(()))  # eta
 
     @property
     def num_classes(self) -> int:
@@ -56,7 +56,7 @@ class LocalSimilarityHead(nn.Module):
 
     def similarities(self, features: Tensor) -> Tensor:
         """``s`` [B, N] (without eta)."""
-        cosines = F.normalize(features, dim=-1) @ F.normalize(self.weight, dim=-1).t()   # [B, N * K]
+        cosines = F.normalize(features, dim=-1) @ F.normalize(self.weight, dim=-1).t()  # [B, N * K]
         cosines = cosines.view(features.shape[0], self.num_classes, self.proxies)
         return (F.softmax(cosines, dim=-1) * cosines).sum(dim=-1)
 
@@ -77,7 +77,7 @@ def nca_loss(logits: Tensor, labels: Tensor, scale: Tensor, margin: float) -> Te
     """``mean [logsumexp_{c != y} z_c - (z_y - eta * delta)]_+`` of ``logits`` z = eta * s [B, N]."""
     target = logits.gather(1, labels.unsqueeze(1)).squeeze(1)
     others = logits.scatter(1, labels.unsqueeze(1), float("-inf"))
-    if logits.shape[1] == 1:      # one class seen: nothing to separate from
+    if logits.shape[1] == 1:  # one class seen: nothing to separate from
         return (target * 0).mean()
     return F.relu(torch.logsumexp(others, dim=1) - (target - scale * margin)).mean()
 
@@ -91,8 +91,9 @@ def pooled_map(tokens: Tensor) -> Tensor:
 def pod_spatial(tokens: Tensor, old_tokens: Tensor) -> Tensor:
     """POD-spatial of one token map: batch mean of ``|pooled(new) - pooled(old)|_2`` (0 for identical maps)."""
     if tokens.shape != old_tokens.shape:
-        raise ValueError(f"old_tokens: expected the new map's shape {tuple(tokens.shape)}, got "
-                         f"{tuple(old_tokens.shape)}")
+        raise ValueError(
+            f"old_tokens: expected the new map's shape {tuple(tokens.shape)}, got {tuple(old_tokens.shape)}"
+        )
     return (pooled_map(tokens) - pooled_map(old_tokens)).norm(dim=1).mean()
 
 
@@ -114,24 +115,40 @@ class PODNet(BackboneMethod):
     def build_model(self) -> PODBackbone:
         return PODBackbone(self.model_config, self.config.podnet.proxies)
 
-    def loss(self, model: nn.Module, out: BackboneOutput, labels: Tensor,
-             teacher_out: BackboneOutput | None) -> dict[str, Tensor]:
+    def loss(
+        self, model: nn.Module, out: BackboneOutput, labels: Tensor, teacher_out: BackboneOutput | None
+    ) -> dict[str, Tensor]:
         batch, num_classes = out.audio_logits.shape
         check_labels(labels, batch, num_classes)
         settings, labels = self.config.podnet, labels.long()
-        terms = {f"nca_{modality}": nca_loss(getattr(out, f"{modality}_logits"), labels,
-                                             getattr(model, f"{modality}_branch").head.scale.float(),
-                                             settings.margin)
-                 for modality in ("audio", "visual")}
+        terms = {
+            f"nca_{modality}": nca_loss(
+                getattr(out, f"{modality}_logits"),
+                labels,
+                getattr(model, f"{modality}_branch").head.scale.float(),
+                settings.margin,
+            )
+            for modality in ("audio", "visual")
+        }
         if teacher_out is None:
             zero = out.audio_logits.new_zeros(())
             terms.update(pod_spatial=zero, pod_flat=zero)
         else:
             adaptive = math.sqrt(num_classes / self.task.task_sizes[-1])
-            terms["pod_spatial"] = settings.spatial_weight * adaptive * (
-                pod_spatial(out.audio_tokens, teacher_out.audio_tokens)
-                + pod_spatial(out.visual_tokens, teacher_out.visual_tokens))
-            terms["pod_flat"] = settings.flat_weight * adaptive * (
-                pod_flat(out.audio_features, teacher_out.audio_features)
-                + pod_flat(out.visual_features, teacher_out.visual_features))
+            terms["pod_spatial"] = (
+                settings.spatial_weight
+                * adaptive
+                * (
+                    pod_spatial(out.audio_tokens, teacher_out.audio_tokens)
+                    + pod_spatial(out.visual_tokens, teacher_out.visual_tokens)
+                )
+            )
+            terms["pod_flat"] = (
+                settings.flat_weight
+                * adaptive
+                * (
+                    pod_flat(out.audio_features, teacher_out.audio_features)
+                    + pod_flat(out.visual_features, teacher_out.visual_features)
+                )
+            )
         return {**terms, "total": sum(terms.values())}

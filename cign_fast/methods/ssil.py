@@ -26,14 +26,15 @@ from cign_fast.model.losses import check_labels
 def separated_cross_entropy(logits: Tensor, labels: Tensor, num_old: int) -> Tensor:
     """SS-IL's classification loss of one head [B, N]: each clip's softmax runs over its own group of classes
     (old ``[0, N_old)`` or new ``[N_old, N)``); the other group's logits are masked out (no gradient)."""
-    new_column = torch.arange(logits.shape[1], device=logits.device) >= num_old   # [N]
-    other_group = new_column.unsqueeze(0) != (labels >= num_old).unsqueeze(1)     # [B, N]
+    new_column = torch.arange(logits.shape[1], device=logits.device) >= num_old  # [N]
+    other_group = new_column.unsqueeze(0) != (labels >= num_old).unsqueeze(1)  # [B, N]
     log_probs = F.log_softmax(logits.masked_fill(other_group, float("-inf")), dim=-1)
     return F.nll_loss(log_probs, labels.long())
 
 
-def task_wise_distillation(student_logits: Tensor, teacher_logits: Tensor, task: TaskInfo, temperature: float,
-                           backend: str) -> Tensor:
+def task_wise_distillation(
+    student_logits: Tensor, teacher_logits: Tensor, task: TaskInfo, temperature: float, backend: str
+) -> Tensor:
     """Sum over the old tasks of the KD restricted to each task's classes (module docstring)."""
     total = distill_old_classes(student_logits, teacher_logits, temperature, backend, task.class_range(0))
     for old in range(1, task.index):
@@ -51,8 +52,9 @@ class SSIL(BackboneMethod):
     config_sections = ("ssil",)
     uses_teacher = True
 
-    def loss(self, model: nn.Module, out: BackboneOutput, labels: Tensor,
-             teacher_out: BackboneOutput | None) -> dict[str, Tensor]:
+    def loss(
+        self, model: nn.Module, out: BackboneOutput, labels: Tensor, teacher_out: BackboneOutput | None
+    ) -> dict[str, Tensor]:
         batch, num_classes = out.audio_logits.shape
         check_labels(labels, batch, num_classes)
         num_old = self.current_task.num_old_classes
@@ -63,8 +65,11 @@ class SSIL(BackboneMethod):
         else:
             settings, backend = self.config.ssil, self.model_config.backend
             kd = settings.weight * (
-                task_wise_distillation(out.audio_logits, teacher_out.audio_logits, self.current_task, settings.temperature,
-                                       backend)
-                + task_wise_distillation(out.visual_logits, teacher_out.visual_logits, self.current_task,
-                                         settings.temperature, backend))
+                task_wise_distillation(
+                    out.audio_logits, teacher_out.audio_logits, self.current_task, settings.temperature, backend
+                )
+                + task_wise_distillation(
+                    out.visual_logits, teacher_out.visual_logits, self.current_task, settings.temperature, backend
+                )
+            )
         return {"ce_audio": ce_audio, "ce_visual": ce_visual, "kd": kd, "total": ce_audio + ce_visual + kd}

@@ -21,12 +21,12 @@ from cign_fast.ops.checks import check_float_tensor
 class CIGNOutput(NamedTuple):
     """What :class:`CIGN` returns for a batch of B clips with N classes seen."""
 
-    audio_logits: Tensor          # [B, N] pre-sigmoid class scores from the audio groups
-    visual_logits: Tensor         # [B, N] pre-sigmoid class scores from the visual groups
-    audio_token_logits: Tensor    # [B, N, N] token head on the audio class tokens (row i should predict class i)
-    visual_token_logits: Tensor   # [B, N, N] token head on the visual class tokens
-    audio_groups: Tensor          # [B, N, D] audio class embeddings
-    visual_groups: Tensor         # [B, N, D] visual class embeddings
+    audio_logits: Tensor  # [B, N] pre-sigmoid class scores from the audio groups
+    visual_logits: Tensor  # [B, N] pre-sigmoid class scores from the visual groups
+    audio_token_logits: Tensor  # [B, N, N] token head on the audio class tokens (row i should predict class i)
+    visual_token_logits: Tensor  # [B, N, N] token head on the visual class tokens
+    audio_groups: Tensor  # [B, N, D] audio class embeddings
+    visual_groups: Tensor  # [B, N, D] visual class embeddings
 
 
 class ModalityBranch(nn.Module):
@@ -131,10 +131,12 @@ class CIGN(nn.Module):
         self.visual_encoder: nn.Module
         if cfg.input_mode == "raw":
             pooled_audio = cfg.audio_tokens == "pooled"
-            self.audio_encoder = ResNetTokenEncoder(1, cfg.dim, pooled_audio, cfg.audio_weights, "audio_weights",
-                                                    cfg.token_norm)
-            self.visual_encoder = ResNetTokenEncoder(3, cfg.dim, False, cfg.visual_weights, "visual_weights",
-                                                     cfg.token_norm)
+            self.audio_encoder = ResNetTokenEncoder(
+                1, cfg.dim, pooled_audio, cfg.audio_weights, "audio_weights", cfg.token_norm
+            )
+            self.visual_encoder = ResNetTokenEncoder(
+                3, cfg.dim, False, cfg.visual_weights, "visual_weights", cfg.token_norm
+            )
         else:
             audio_dim, visual_dim = cfg.feature_dims()
             self.audio_encoder = nn.Linear(audio_dim, cfg.dim)
@@ -201,8 +203,11 @@ def predict(out: CIGNOutput, classification: str = "cross_entropy") -> dict[str,
     p is the softmax over the classes after ``classification="cross_entropy"`` training and the per-class
     sigmoid after ``"bce"`` (the authors' heads; computed as log-sigmoids, so a saturated sigmoid makes no ties).
     """
-    log_probs = nn.functional.log_softmax if classification == "cross_entropy" else (
-        lambda logits, dim: nn.functional.logsigmoid(logits))
+    log_probs = (
+        nn.functional.log_softmax
+        if classification == "cross_entropy"
+        else (lambda logits, dim: nn.functional.logsigmoid(logits))
+    )
     audio_log_probs = log_probs(out.audio_logits.float(), dim=-1)
     visual_log_probs = log_probs(out.visual_logits.float(), dim=-1)
     return {

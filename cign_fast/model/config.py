@@ -6,10 +6,10 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
+from cign_fast.contract import MODES
 from cign_fast.model.encoders import TOKEN_NORMS
 from cign_fast.ops.backends import BACKEND_NAMES
 from cign_fast.ops.checks import check_choice
-from cign_fast.contract import MODES
 
 INPUT_MODES = ("raw", "features")
 AUDIO_TOKEN_MODES = ("map", "pooled")
@@ -49,8 +49,8 @@ class ModelConfig:
     visual_feature_dim: int | None = None
     class_token_init: str = "trunc_normal"
     assign_mode: str = "gumbel"
-    eval_assign_mode: str | None = None   # None: "hard" after hard/gumbel training, "soft" after soft training
-    token_norm: str = "standardise_l2"    # raw mode; "l2" is the authors' recipe (see ResNetTokenEncoder)
+    eval_assign_mode: str | None = None  # None: "hard" after hard/gumbel training, "soft" after soft training
+    token_norm: str = "standardise_l2"  # raw mode; "l2" is the authors' recipe (see ResNetTokenEncoder)
     grouping_norms: str = "pre_and_post"  # "authors": GroupViT's post-norm cross-attention (see GroupingBlock)
     backend: str = "auto"
     visual_weights: str | None = None
@@ -91,6 +91,7 @@ class ModelConfig:
     def feature_dims(self) -> tuple[int, int]:
         """``(audio_feature_dim, visual_feature_dim)``: the token widths D_a, D_v of features mode."""
         if self.audio_feature_dim is None or self.visual_feature_dim is None:
-            raise ValueError(f"audio_feature_dim, visual_feature_dim: set only in features mode (input_mode is "
-                             f"{self.input_mode!r})")
+            raise ValueError(
+                f"audio_feature_dim, visual_feature_dim: set only in features mode (input_mode is {self.input_mode!r})"
+            )
         return self.audio_feature_dim, self.visual_feature_dim

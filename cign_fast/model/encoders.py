@@ -29,10 +29,18 @@ def load_trunk_weights(trunk: nn.Sequential, path: str, argument: str) -> None:
         raise FileNotFoundError(f"{argument}: weights file {str(file)!r} does not exist (weights are never downloaded)")
     state = torch.load(file, map_location="cpu")
     if not isinstance(state, dict):
-        raise ValueError(f"{argument}: expected {str(file)!r} to hold a ResNet-18 state dict, got a {type(state).__name__}")
+        raise ValueError(
+            f"{argument}: expected {str(file)!r} to hold a ResNet-18 state dict, got a {type(state).__name__}"
+        )
     state = {key: value for key, value in state.items() if not key.startswith("fc.")}
     stem, conv1 = state.get("conv1.weight"), trunk.conv1
-    if isinstance(conv1, nn.Conv2d) and conv1.in_channels == 1 and isinstance(stem, Tensor) and stem.dim() == 4 and stem.shape[1] == 3:
+    if (
+        isinstance(conv1, nn.Conv2d)
+        and conv1.in_channels == 1
+        and isinstance(stem, Tensor)
+        and stem.dim() == 4
+        and stem.shape[1] == 3
+    ):
         state["conv1.weight"] = stem.sum(dim=1, keepdim=True)
     try:
         trunk.load_state_dict(state, strict=True)
@@ -55,8 +63,15 @@ class ResNetTokenEncoder(nn.Module):
     projections are nearly collinear across clips (cosine 0.98-0.998), which starves the grouping.
     """
 
-    def __init__(self, in_channels: int, dim: int, pooled: bool, weights: str | None, argument: str,
-                 token_norm: str = "standardise_l2") -> None:
+    def __init__(
+        self,
+        in_channels: int,
+        dim: int,
+        pooled: bool,
+        weights: str | None,
+        argument: str,
+        token_norm: str = "standardise_l2",
+    ) -> None:
         super().__init__()
         if token_norm not in TOKEN_NORMS:
             raise ValueError(f"token_norm: expected one of {', '.join(map(repr, TOKEN_NORMS))}, got {token_norm!r}")

@@ -47,8 +47,13 @@ class AssignAttention(nn.Module):
 
     def forward(self, group_tokens: Tensor, tokens: Tensor, mode: str) -> Tensor:
         assigned = cign_fast.assign_attention(
-            self.q_proj(group_tokens), self.k_proj(tokens), self.v_proj(tokens), mode=mode, backend=self.backend,
-            noise_batch_offset=self.noise_batch[0], noise_batch_stride=self.noise_batch[1],
+            self.q_proj(group_tokens),
+            self.k_proj(tokens),
+            self.v_proj(tokens),
+            mode=mode,
+            backend=self.backend,
+            noise_batch_offset=self.noise_batch[0],
+            noise_batch_stride=self.noise_batch[1],
         )
         return self.out_proj(assigned)
 
@@ -73,8 +78,9 @@ class GroupingBlock(nn.Module):
         self.mixer_hidden = max(1, dim // 2)
         self.token_mixer: Mlp | None = None
         self.norm_mixed = nn.LayerNorm(dim)
-        self.cross_attn = TransformerBlock(dim, num_heads, mlp_ratio, drop_path=0.0, cross=True,
-                                           attention_norms=norms == "pre_and_post")
+        self.cross_attn = TransformerBlock(
+            dim, num_heads, mlp_ratio, drop_path=0.0, cross=True, attention_norms=norms == "pre_and_post"
+        )
         self.norm_cross = nn.LayerNorm(dim)
         self.assign = AssignAttention(dim, backend)
         self.norm_assigned = nn.LayerNorm(dim)

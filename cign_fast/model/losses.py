@@ -36,8 +36,13 @@ DISTILL_FORMS = ("bernoulli", "softmax")
 
 
 def class_token_distillation(
-    student: CIGNOutput, teacher: CIGNOutput, num_old_classes: int, temperature: float, backend: str,
-    form: str = "bernoulli", token_heads: bool = True,
+    student: CIGNOutput,
+    teacher: CIGNOutput,
+    num_old_classes: int,
+    temperature: float,
+    backend: str,
+    form: str = "bernoulli",
+    token_heads: bool = True,
 ) -> Tensor:
     """Sum of the KL terms on the old classes (unweighted), each T^2-scaled.
 
@@ -59,8 +64,10 @@ def class_token_distillation(
                     f"(num_old_classes={num_old_classes}), got {got}"
                 )
     old = num_old_classes
-    head_pairs = ((student.audio_logits[:, :old], teacher.audio_logits),
-                  (student.visual_logits[:, :old], teacher.visual_logits))
+    head_pairs = (
+        (student.audio_logits[:, :old], teacher.audio_logits),
+        (student.visual_logits[:, :old], teacher.visual_logits),
+    )
     token_pairs = (
         (student.audio_token_logits[:, :old, :old].reshape(-1, old), teacher.audio_token_logits.reshape(-1, old)),
         (student.visual_token_logits[:, :old, :old].reshape(-1, old), teacher.visual_token_logits.reshape(-1, old)),
@@ -71,8 +78,9 @@ def class_token_distillation(
         total = total + head_kl(student_rows, teacher_rows, temperature=temperature, backend=backend)
     if token_heads:
         for student_rows, teacher_rows in token_pairs:
-            total = total + cign_fast.token_distill_kl(student_rows, teacher_rows, temperature=temperature,
-                                                       backend=backend)
+            total = total + cign_fast.token_distill_kl(
+                student_rows, teacher_rows, temperature=temperature, backend=backend
+            )
     return total
 
 
@@ -87,8 +95,9 @@ def classification_mask(labels: Tensor, num_classes: int, num_old_classes: int) 
 CLASSIFICATION_LOSSES = ("cross_entropy", "bce")
 
 
-def classification_loss(logits: Tensor, labels: Tensor, num_old_classes: int, loss: str,
-                        old_class_negatives: bool) -> Tensor:
+def classification_loss(
+    logits: Tensor, labels: Tensor, num_old_classes: int, loss: str, old_class_negatives: bool
+) -> Tensor:
     """One modality's classification term on its class logits [B, N].
 
     ``"cross_entropy"``: softmax cross-entropy over the classes a clip is scored on, mean over clips.
@@ -97,8 +106,11 @@ def classification_loss(logits: Tensor, labels: Tensor, num_old_classes: int, lo
     classes only (:func:`classification_mask`).
     """
     num_classes = logits.shape[1]
-    mask = None if old_class_negatives or num_old_classes == 0 else classification_mask(
-        labels, num_classes, num_old_classes)
+    mask = (
+        None
+        if old_class_negatives or num_old_classes == 0
+        else classification_mask(labels, num_classes, num_old_classes)
+    )
     if loss == "cross_entropy":
         scored = logits if mask is None else logits.masked_fill(~mask, float("-inf"))
         return F.cross_entropy(scored, labels.long())
@@ -159,20 +171,24 @@ def cign_loss(
         valid_int = isinstance(num_old_classes, int) and not isinstance(num_old_classes, bool)
         lowest = 1 if teacher_out is not None else 0
         if not valid_int or not lowest <= num_old_classes <= num_classes:
-            raise ValueError(f"num_old_classes: expected an int in [{lowest}, {num_classes}]"
-                             f"{' when teacher_out is given' if teacher_out is not None else ''}, got {num_old_classes!r}")
+            raise ValueError(
+                f"num_old_classes: expected an int in [{lowest}, {num_classes}]"
+                f"{' when teacher_out is given' if teacher_out is not None else ''}, got {num_old_classes!r}"
+            )
     losses = {
         f"cls_{modality}": classification_loss(logits, labels, num_old_classes, classification, old_class_negatives)
         for modality, logits in (("audio", out.audio_logits), ("visual", out.visual_logits))
     }
-    losses["token_ce"] = token_weight * (token_cross_entropy(out.audio_token_logits)
-                                         + token_cross_entropy(out.visual_token_logits))
+    losses["token_ce"] = token_weight * (
+        token_cross_entropy(out.audio_token_logits) + token_cross_entropy(out.visual_token_logits)
+    )
     if teacher_out is None:
         losses["kd"] = out.audio_logits.new_zeros((), dtype=torch.float32)
     else:
         if not isinstance(teacher_out, CIGNOutput):
             raise TypeError(f"teacher_out: expected a CIGNOutput or None, got {type(teacher_out).__name__}")
-        losses["kd"] = kd_weight * class_token_distillation(out, teacher_out, num_old_classes, temperature, backend,
-                                                            distill_form, token_heads=token_weight > 0)
+        losses["kd"] = kd_weight * class_token_distillation(
+            out, teacher_out, num_old_classes, temperature, backend, distill_form, token_heads=token_weight > 0
+        )
     losses["total"] = losses["cls_audio"] + losses["cls_visual"] + losses["token_ce"] + losses["kd"]
     return losses

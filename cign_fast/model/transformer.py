@@ -52,7 +52,9 @@ class MultiHeadAttention(nn.Module):
 
     def forward(self, query: Tensor, context: Tensor) -> Tensor:
         attended = F.scaled_dot_product_attention(
-            self.split_heads(self.q_proj(query)), self.split_heads(self.k_proj(context)), self.split_heads(self.v_proj(context))
+            self.split_heads(self.q_proj(query)),
+            self.split_heads(self.k_proj(context)),
+            self.split_heads(self.v_proj(context)),
         )
         return self.out_proj(attended.transpose(1, 2).flatten(2))
 
@@ -66,8 +68,15 @@ class TransformerBlock(nn.Module):
     arrive normalised and whose output the caller normalises).
     """
 
-    def __init__(self, dim: int, num_heads: int, mlp_ratio: float, drop_path: float, cross: bool = False,
-                 attention_norms: bool = True) -> None:
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        mlp_ratio: float,
+        drop_path: float,
+        cross: bool = False,
+        attention_norms: bool = True,
+    ) -> None:
         super().__init__()
         self.norm_query = nn.LayerNorm(dim) if attention_norms else nn.Identity()
         self.norm_context = (nn.LayerNorm(dim) if attention_norms else nn.Identity()) if cross else None

@@ -20,8 +20,15 @@ from torch import Tensor
 from cign_fast.contract import MAX_NOISE_ELEMENTS, MODE_GUMBEL, MODES, AssignParams, seed_keys
 from cign_fast.ops.backends import backend_function, select_backend
 from cign_fast.ops.checks import (
-    check_choice, check_finite, check_float_tensor, check_group_indices, check_non_negative, check_positive,
-    check_same_device, check_same_dtype, value_checks_enabled,
+    check_choice,
+    check_finite,
+    check_float_tensor,
+    check_group_indices,
+    check_non_negative,
+    check_positive,
+    check_same_device,
+    check_same_dtype,
+    value_checks_enabled,
 )
 
 OPTION_FIELDS = tuple(field.name for field in dataclasses.fields(AssignParams) if field.name != "seed")
@@ -39,8 +46,18 @@ def params_from_op(seed: Tensor, options: tuple) -> AssignParams:
 
 @torch.library.custom_op("cign_fast::assign_attention_fwd", mutates_args=())
 def assign_attention_fwd(
-    q: Tensor, k: Tensor, v: Tensor, seed: Tensor, mode: int, tau: float, eps: float, sum_assign: bool,
-    return_maps: bool, noise_batch_offset: int, noise_batch_stride: int, backend: str,
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    seed: Tensor,
+    mode: int,
+    tau: float,
+    eps: float,
+    sum_assign: bool,
+    return_maps: bool,
+    noise_batch_offset: int,
+    noise_batch_stride: int,
+    backend: str,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     """``(out, col_lse, col_argmax, row_sum, hard_map, soft_map)``, see ``reference.assign_attention_forward``."""
     params = params_from_op(seed, (mode, tau, eps, sum_assign, return_maps, noise_batch_offset, noise_batch_stride))
@@ -54,17 +71,33 @@ def _(q, k, v, seed, mode, tau, eps, sum_assign, return_maps, noise_batch_offset
     stat = torch.float64 if q.dtype == torch.float64 else torch.float32
     map_shape = (batch, groups, tokens) if return_maps else (0,)
     return (
-        q.new_empty(q.shape), q.new_empty((batch, tokens), dtype=stat),
-        q.new_empty((batch, tokens), dtype=torch.int32), q.new_empty((batch, groups), dtype=stat),
-        q.new_empty(map_shape), q.new_empty(map_shape),
+        q.new_empty(q.shape),
+        q.new_empty((batch, tokens), dtype=stat),
+        q.new_empty((batch, tokens), dtype=torch.int32),
+        q.new_empty((batch, groups), dtype=stat),
+        q.new_empty(map_shape),
+        q.new_empty(map_shape),
     )
 
 
 @torch.library.custom_op("cign_fast::assign_attention_bwd", mutates_args=())
 def assign_attention_bwd(
-    grad_out: Tensor, q: Tensor, k: Tensor, v: Tensor, col_lse: Tensor, col_argmax: Tensor, row_sum: Tensor,
-    seed: Tensor, mode: int, tau: float, eps: float, sum_assign: bool, return_maps: bool, noise_batch_offset: int,
-    noise_batch_stride: int, backend: str,
+    grad_out: Tensor,
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    col_lse: Tensor,
+    col_argmax: Tensor,
+    row_sum: Tensor,
+    seed: Tensor,
+    mode: int,
+    tau: float,
+    eps: float,
+    sum_assign: bool,
+    return_maps: bool,
+    noise_batch_offset: int,
+    noise_batch_stride: int,
+    backend: str,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Returns ``(grad_q, grad_k, grad_v)``, see ``reference.assign_attention_backward``."""
     params = params_from_op(seed, (mode, tau, eps, sum_assign, return_maps, noise_batch_offset, noise_batch_stride))
@@ -89,8 +122,9 @@ def _setup_context(ctx, inputs, output) -> None:
 
 def _backward(ctx, grad_out, *map_grads):
     q, k, v, col_lse, col_argmax, row_sum, seed = ctx.saved_tensors
-    grads = assign_attention_bwd(grad_out.contiguous(), q, k, v, col_lse, col_argmax, row_sum, seed, *ctx.options,
-                                 ctx.backend)
+    grads = assign_attention_bwd(
+        grad_out.contiguous(), q, k, v, col_lse, col_argmax, row_sum, seed, *ctx.options, ctx.backend
+    )
     no_grads = (None,) * (len(ctx.options) + 2)  # the seed, the options and the backend
     return (*grads, *no_grads)
 
@@ -107,9 +141,13 @@ def check_assign_inputs(q: Tensor, k: Tensor, v: Tensor, params: AssignParams) -
     check_same_device(q=q, k=k, v=v)
     check_same_dtype(q=q, k=k, v=v)
     if not (q.shape[0] == k.shape[0] == v.shape[0]):
-        raise ValueError(f"batch size B: expected q, k, v to agree, got q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)}")
+        raise ValueError(
+            f"batch size B: expected q, k, v to agree, got q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)}"
+        )
     if not (q.shape[2] == k.shape[2] == v.shape[2]):
-        raise ValueError(f"channels C: expected q, k, v to agree, got q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)}")
+        raise ValueError(
+            f"channels C: expected q, k, v to agree, got q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)}"
+        )
     if k.shape[1] != v.shape[1]:
         raise ValueError(f"tokens S: expected k and v to agree, got k {tuple(k.shape)}, v {tuple(v.shape)}")
     if min(q.shape) == 0 or min(k.shape) == 0:
@@ -123,9 +161,11 @@ def check_assign_inputs(q: Tensor, k: Tensor, v: Tensor, params: AssignParams) -
     check_count("noise_batch_stride", params.noise_batch_stride, 1)
     global_map = params.global_batch_size(q.shape[0]) * q.shape[1] * k.shape[1]
     if global_map >= MAX_NOISE_ELEMENTS:
-        raise ValueError(f"q, k: the global [B, N, S] map (noise_batch_offset {params.noise_batch_offset}, "
-                         f"noise_batch_stride {params.noise_batch_stride}, {tuple(q.shape[:2]) + (k.shape[1],)} "
-                         f"locally) would have {global_map} >= 2**32 elements")
+        raise ValueError(
+            f"q, k: the global [B, N, S] map (noise_batch_offset {params.noise_batch_offset}, "
+            f"noise_batch_stride {params.noise_batch_stride}, {tuple(q.shape[:2]) + (k.shape[1],)} "
+            f"locally) would have {global_map} >= 2**32 elements"
+        )
     for name, tensor in (("q", q), ("k", k), ("v", v)):
         check_finite(name, tensor)
 
@@ -174,9 +214,16 @@ def assign_attention(
         ``out`` [B, N, C], or ``(out, hard_map, soft_map)`` with ``return_maps``.
     """
     check_choice("mode", mode, MODES)
-    params = AssignParams(mode=MODES.index(mode), tau=tau, eps=eps, sum_assign=sum_assign, seed=seed or 0,
-                          return_maps=return_maps, noise_batch_offset=noise_batch_offset,
-                          noise_batch_stride=noise_batch_stride)
+    params = AssignParams(
+        mode=MODES.index(mode),
+        tau=tau,
+        eps=eps,
+        sum_assign=sum_assign,
+        seed=seed or 0,
+        return_maps=return_maps,
+        noise_batch_offset=noise_batch_offset,
+        noise_batch_stride=noise_batch_stride,
+    )
     check_assign_inputs(q, k, v, params)
     if seed is None and params.mode == MODE_GUMBEL:
         seed_tensor = torch.randint(0, 2**62, (), dtype=torch.int64)  # torch's default CPU generator

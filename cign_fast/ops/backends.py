@@ -52,8 +52,12 @@ class BackendSpec:
 BACKENDS = {
     spec.name: spec
     for spec in (
-        BackendSpec("reference", "cign_fast.ops.reference", ("cpu", "cuda"),
-                    (torch.float16, torch.bfloat16, torch.float32, torch.float64)),
+        BackendSpec(
+            "reference",
+            "cign_fast.ops.reference",
+            ("cpu", "cuda"),
+            (torch.float16, torch.bfloat16, torch.float32, torch.float64),
+        ),
         BackendSpec("cpp", "cign_fast.ops.native_cpp", ("cpu",), (torch.bfloat16, torch.float32)),
         BackendSpec("cuda", "cign_fast.ops.native_cuda", ("cuda",), (torch.float16, torch.bfloat16, torch.float32)),
         BackendSpec("triton", "cign_fast.kernels", ("cuda",), (torch.float16, torch.bfloat16, torch.float32)),
@@ -124,11 +128,17 @@ def self_check_failure(name: str, op: str, device: torch.device, dtype: torch.dt
     key = (name, op_family(op), torch.device(device), dtype)
     if key not in _self_check_failures:
         result = run_check(backend_module(name), key[1], key[2], dtype)
-        _self_check_failures[key] = None if result.passed else f"failed its self-check against the reference: {result.failure}"
+        _self_check_failures[key] = (
+            None if result.passed else f"failed its self-check against the reference: {result.failure}"
+        )
         if not result.passed:
-            warnings.warn(f"cign_fast: backend {name!r} disagrees with the reference for {key[1]} on "
-                          f"{key[2]}/{str(dtype).replace('torch.', '')} ({result.failure}); backend='auto' "
-                          "falls back to the next backend", RuntimeWarning, stacklevel=3)
+            warnings.warn(
+                f"cign_fast: backend {name!r} disagrees with the reference for {key[1]} on "
+                f"{key[2]}/{str(dtype).replace('torch.', '')} ({result.failure}); backend='auto' "
+                "falls back to the next backend",
+                RuntimeWarning,
+                stacklevel=3,
+            )
     return _self_check_failures[key]
 
 
@@ -149,8 +159,12 @@ def backend_report(device: torch.device | None = None) -> dict[str, dict[str, st
     """For ``cign-fast info``: per backend and op, ``None`` if usable in float32, else why not.
 
     Each backend is asked on ``device``, or on the device it would serve here (``check_devices``)."""
-    ops = ("assign_attention_forward", "assign_attention_backward", "token_distill_kl_forward",
-           "bernoulli_distill_kl_forward")
+    ops = (
+        "assign_attention_forward",
+        "assign_attention_backward",
+        "token_distill_kl_forward",
+        "bernoulli_distill_kl_forward",
+    )
     report = {}
     for name in BACKENDS:
         module, why = load_backend(name)
@@ -173,11 +187,11 @@ class CheckRow(TypedDict):
     """One row of ``cign-fast info --check``."""
 
     backend: str
-    op: str                 # the op family
+    op: str  # the op family
     device: str
     dtype: str
-    result: str             # "ok", "FAILED: why" or "unavailable: why"
-    error: float | None     # the largest relative error, None when the check did not run
+    result: str  # "ok", "FAILED: why" or "unavailable: why"
+    error: float | None  # the largest relative error, None when the check did not run
 
 
 def check_report() -> list[CheckRow]:
@@ -194,6 +208,14 @@ def check_report() -> list[CheckRow]:
                     if why is None:
                         check = run_check(backend_module(name), family, device, dtype)
                         error, result = check.error, "ok" if check.passed else f"FAILED: {check.failure}"
-                    rows.append(CheckRow(backend=name, op=family, device=str(device),
-                                         dtype=str(dtype).replace("torch.", ""), result=result, error=error))
+                    rows.append(
+                        CheckRow(
+                            backend=name,
+                            op=family,
+                            device=str(device),
+                            dtype=str(dtype).replace("torch.", ""),
+                            result=result,
+                            error=error,
+                        )
+                    )
     return rows

@@ -21,7 +21,13 @@ OP = "bernoulli_distill_kl_forward"
 
 @torch.library.custom_op("cign_fast::bernoulli_distill_kl_fwd", mutates_args=())
 def bernoulli_distill_kl_fwd(
-    student: Tensor, teacher: Tensor, start: int, stop: int, temperature: float, reduction: str, backend: str,
+    student: Tensor,
+    teacher: Tensor,
+    start: int,
+    stop: int,
+    temperature: float,
+    reduction: str,
+    backend: str,
 ) -> tuple[Tensor, Tensor]:
     """Returns ``(loss, grad_student)``, see ``reference.bernoulli_distill_kl_forward``."""
     forward = backend_function(backend, OP)
@@ -55,6 +61,7 @@ def bernoulli_distill_kl(
     """
     start, stop = check_distill_arguments(student_logits, teacher_logits, temperature, columns, reduction)
     name = select_backend(backend, OP, student_logits.device, student_logits.dtype)
-    loss, _ = bernoulli_distill_kl_fwd(student_logits, teacher_logits.detach(), start, stop, float(temperature),
-                                       reduction, name)
+    loss, _ = bernoulli_distill_kl_fwd(
+        student_logits, teacher_logits.detach(), start, stop, float(temperature), reduction, name
+    )
     return loss

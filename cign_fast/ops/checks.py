@@ -30,7 +30,9 @@ def check_float_tensor(name: str, value: object, ndim: int) -> torch.Tensor:
     if not isinstance(value, torch.Tensor):
         raise TypeError(f"{name}: expected a torch.Tensor, got {type(value).__name__}")
     if value.dtype not in FLOAT_DTYPES:
-        raise TypeError(f"{name}: expected a floating-point dtype (float16, bfloat16, float32, float64), got {value.dtype}")
+        raise TypeError(
+            f"{name}: expected a floating-point dtype (float16, bfloat16, float32, float64), got {value.dtype}"
+        )
     if value.dim() != ndim:
         raise ValueError(f"{name}: expected a rank-{ndim} tensor, got shape {tuple(value.shape)}")
     return value

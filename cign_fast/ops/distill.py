@@ -13,7 +13,12 @@ import torch
 from torch import Tensor
 
 from cign_fast.ops.checks import (
-    check_choice, check_finite, check_float_tensor, check_positive, check_same_device, check_same_dtype,
+    check_choice,
+    check_finite,
+    check_float_tensor,
+    check_positive,
+    check_same_device,
+    check_same_dtype,
 )
 from cign_fast.ops.reference import REDUCTIONS
 
@@ -38,8 +43,11 @@ def column_range(columns: slice | tuple[int, int] | None, width: int) -> tuple[i
 
 
 def check_distill_arguments(
-    student_logits: Tensor, teacher_logits: Tensor, temperature: float,
-    columns: slice | tuple[int, int] | None, reduction: str,
+    student_logits: Tensor,
+    teacher_logits: Tensor,
+    temperature: float,
+    columns: slice | tuple[int, int] | None,
+    reduction: str,
 ) -> tuple[int, int]:
     """Check the public arguments of a distillation op; returns the column range ``(start, stop)``.
 
@@ -55,7 +63,7 @@ def check_distill_arguments(
             f"got {tuple(teacher_logits.shape)}"
         )
     if student_logits.shape[0] == 0:
-        raise ValueError("student_logits: expected at least one row, got shape " f"{tuple(student_logits.shape)}")
+        raise ValueError(f"student_logits: expected at least one row, got shape {tuple(student_logits.shape)}")
     check_positive("temperature", temperature)
     check_choice("reduction", reduction, REDUCTIONS)
     start, stop = column_range(columns, student_logits.shape[1])

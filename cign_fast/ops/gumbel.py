@@ -24,7 +24,14 @@ from __future__ import annotations
 import torch
 
 from cign_fast.contract import (
-    MASK32, MAX_NOISE_ELEMENTS, MIX_MUL_1, MIX_MUL_2, UNIFORM_OFFSET, UNIFORM_STEP, mix32_int, seed_keys,
+    MASK32,
+    MAX_NOISE_ELEMENTS,
+    MIX_MUL_1,
+    MIX_MUL_2,
+    UNIFORM_OFFSET,
+    UNIFORM_STEP,
+    mix32_int,
+    seed_keys,
 )
 
 __all__ = ["gumbel_noise", "mix32", "mix32_int", "noise_index", "seed_keys", "uniform_from_index"]
@@ -53,22 +60,30 @@ def uniform_from_index(index: torch.Tensor, seed: int) -> torch.Tensor:
     return (x >> 9).to(torch.float32) * UNIFORM_STEP + UNIFORM_OFFSET
 
 
-def noise_index(shape: tuple[int, int, int], device: torch.device | str = "cpu", batch_offset: int = 0,
-                batch_stride: int = 1) -> torch.Tensor:
+def noise_index(
+    shape: tuple[int, int, int], device: torch.device | str = "cpu", batch_offset: int = 0, batch_stride: int = 1
+) -> torch.Tensor:
     """Int64 noise indices [B, N, S] of a local map whose clip ``b`` is clip ``batch_offset + b * batch_stride``
     of the global batch: ``((batch_offset + b * batch_stride) * N + i) * S + s``."""
     batch, groups, tokens = shape
     global_batch = batch_offset + (batch - 1) * batch_stride + 1
     if global_batch * groups * tokens >= MAX_NOISE_ELEMENTS:
-        raise ValueError(f"gumbel noise: the global map has {global_batch * groups * tokens} elements; "
-                         "at most 2**32 - 1 are supported")
+        raise ValueError(
+            f"gumbel noise: the global map has {global_batch * groups * tokens} elements; "
+            "at most 2**32 - 1 are supported"
+        )
     clips = batch_offset + batch_stride * torch.arange(batch, device=device, dtype=torch.int64)
     within = torch.arange(groups * tokens, device=device, dtype=torch.int64).view(groups, tokens)
     return clips.view(batch, 1, 1) * (groups * tokens) + within
 
 
-def gumbel_noise(shape: tuple[int, int, int], seed: int, device: torch.device | str = "cpu", batch_offset: int = 0,
-                 batch_stride: int = 1) -> torch.Tensor:
+def gumbel_noise(
+    shape: tuple[int, int, int],
+    seed: int,
+    device: torch.device | str = "cpu",
+    batch_offset: int = 0,
+    batch_stride: int = 1,
+) -> torch.Tensor:
     """Gumbel(0, 1) noise of ``shape = (B, N, S)`` in float32, element ``e`` as the module states
     (local clip ``b`` is global clip ``batch_offset + b * batch_stride``)."""
     u = uniform_from_index(noise_index(shape, device, batch_offset, batch_stride), seed)

@@ -12,34 +12,56 @@ from types import ModuleType
 
 import torch
 
-from cign_fast.contract import AssignParams
-from cign_fast.contract import reduce_bernoulli_rows
+from cign_fast.contract import AssignParams, reduce_bernoulli_rows
 
 
 def extension_args(params: AssignParams) -> tuple[int, float, float, bool, int, int, int, int]:
     """``(mode, tau, eps, sum_assign, key_a, key_b, noise_batch_offset, noise_batch_stride)`` for the extensions."""
-    return (params.mode, params.tau, params.eps, params.sum_assign, *params.noise_keys(), params.noise_batch_offset,
-            params.noise_batch_stride)
+    return (
+        params.mode,
+        params.tau,
+        params.eps,
+        params.sum_assign,
+        *params.noise_keys(),
+        params.noise_batch_offset,
+        params.noise_batch_stride,
+    )
 
 
 def assign_attention_forward(
-    extension: ModuleType, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, params: AssignParams,
+    extension: ModuleType,
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    params: AssignParams,
 ) -> tuple[torch.Tensor, ...]:
     """``(out [B,N,C], col_lse [B,S], col_argmax [B,S], row_sum [B,N], hard_map, soft_map)``."""
     return extension.assign_attention_forward(q, k, v, *extension_args(params), params.return_maps)
 
 
 def assign_attention_backward(
-    extension: ModuleType, grad_out: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-    col_lse: torch.Tensor, col_argmax: torch.Tensor, row_sum: torch.Tensor, params: AssignParams,
+    extension: ModuleType,
+    grad_out: torch.Tensor,
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    col_lse: torch.Tensor,
+    col_argmax: torch.Tensor,
+    row_sum: torch.Tensor,
+    params: AssignParams,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(grad_q, grad_k, grad_v)``, recomputing the map from ``q, k`` and the column statistics."""
     return extension.assign_attention_backward(grad_out, q, k, v, col_lse, col_argmax, row_sum, *extension_args(params))
 
 
 def bernoulli_distill_kl_forward(
-    extension: ModuleType, student: torch.Tensor, teacher: torch.Tensor, start: int, stop: int,
-    temperature: float, reduction: str,
+    extension: ModuleType,
+    student: torch.Tensor,
+    teacher: torch.Tensor,
+    start: int,
+    stop: int,
+    temperature: float,
+    reduction: str,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``(loss, grad_student [R, K])``: the extension's per-row losses [R] reduced with
     ``reference.reduce_bernoulli_rows`` (the gradient already carries the reduction's scale)."""

@@ -17,14 +17,22 @@ from __future__ import annotations
 import torch
 
 from cign_fast.contract import (
-    MODE_GUMBEL, MODE_SOFT, MODES, AssignParams, bernoulli_divisor, reduce_bernoulli_rows, reduce_rows,
+    MODE_GUMBEL,
+    MODE_SOFT,
+    MODES,
+    AssignParams,
+    bernoulli_divisor,
+    reduce_bernoulli_rows,
+    reduce_rows,
 )
 from cign_fast.ops.gumbel import gumbel_noise
 
 REDUCTIONS = ("batchmean", "sum", "mean", "none")
 
 
-def assignment_logits(q: torch.Tensor, k: torch.Tensor, params: AssignParams, noisy: bool | None = None) -> torch.Tensor:
+def assignment_logits(
+    q: torch.Tensor, k: torch.Tensor, params: AssignParams, noisy: bool | None = None
+) -> torch.Tensor:
     """``(scale * q k^T + g) / tau`` in float32 (float64 stays float64), [B, N, S].
 
     ``g`` is the Gumbel noise of ``params`` when ``noisy`` (default: in gumbel mode), else 0."""
@@ -32,8 +40,9 @@ def assignment_logits(q: torch.Tensor, k: torch.Tensor, params: AssignParams, no
     scale = q.shape[-1] ** -0.5
     logits = scale * torch.matmul(q.to(compute), k.to(compute).transpose(-1, -2))
     if params.noisy if noisy is None else noisy:
-        noise = gumbel_noise(tuple(logits.shape), params.seed, logits.device, params.noise_batch_offset,
-                             params.noise_batch_stride)
+        noise = gumbel_noise(
+            tuple(logits.shape), params.seed, logits.device, params.noise_batch_offset, params.noise_batch_stride
+        )
         logits = logits + noise.to(compute)
     return logits / params.tau
 
@@ -60,8 +69,15 @@ def assign_attention_reference(
     """The spec's AssignAttention, differentiable. Returns ``(out [B,N,C], hard [B,N,S], soft [B,N,S])``, or
     ``out`` alone without ``return_maps``; ``soft`` is the softmax without the noise (the authors' soft map,
     also in gumbel mode), ``hard`` the one-hot the output used."""
-    params = AssignParams(mode=MODES.index(mode), tau=tau, eps=eps, sum_assign=sum_assign, seed=seed,
-                          noise_batch_offset=noise_batch_offset, noise_batch_stride=noise_batch_stride)
+    params = AssignParams(
+        mode=MODES.index(mode),
+        tau=tau,
+        eps=eps,
+        sum_assign=sum_assign,
+        seed=seed,
+        noise_batch_offset=noise_batch_offset,
+        noise_batch_stride=noise_batch_stride,
+    )
     y = torch.softmax(assignment_logits(q, k, params), dim=-2)
     hard = torch.zeros_like(y).scatter_(-2, y.argmax(dim=-2, keepdim=True), 1.0)
     assign = y if params.mode == MODE_SOFT else hard - y.detach() + y
@@ -75,7 +91,10 @@ def assign_attention_reference(
 
 
 def assign_attention_forward(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, params: AssignParams,
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    params: AssignParams,
 ) -> tuple[torch.Tensor, ...]:
     """Forward of the fused form. Returns ``(out, col_lse [B,S], col_argmax [B,S] int32, row_sum [B,N],
     hard_map, soft_map)``; ``col_lse`` is the log-sum-exp over N of the logits, ``row_sum`` the
@@ -99,8 +118,14 @@ def assign_attention_forward(
 
 
 def assign_attention_backward(
-    grad_out: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-    col_lse: torch.Tensor, col_argmax: torch.Tensor, row_sum: torch.Tensor, params: AssignParams,
+    grad_out: torch.Tensor,
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    col_lse: torch.Tensor,
+    col_argmax: torch.Tensor,
+    row_sum: torch.Tensor,
+    params: AssignParams,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The spec's backward, recomputing the map from ``q, k`` and the saved column statistics."""
     compute = col_lse.dtype
@@ -111,24 +136,28 @@ def assign_attention_backward(
         assign = y
     else:
         assign = torch.zeros_like(y).scatter_(-2, col_argmax.long().unsqueeze(-2), 1.0)
-    grad_assign_n = torch.matmul(go, vc.transpose(-1, -2))                      # dA_n = dout v^T
+    grad_assign_n = torch.matmul(go, vc.transpose(-1, -2))  # dA_n = dout v^T
     if params.sum_assign:
         assign_n, grad_assign = assign, grad_assign_n
     else:
         assign_n = assign / row_sum.unsqueeze(-1)
         row_dot = (grad_assign_n * assign_n).sum(dim=-1, keepdim=True)
-        grad_assign = (grad_assign_n - row_dot) / row_sum.unsqueeze(-1)        # dA
-    grad_v = torch.matmul(assign_n.transpose(-1, -2), go)                       # dv = A_n^T dout
+        grad_assign = (grad_assign_n - row_dot) / row_sum.unsqueeze(-1)  # dA
+    grad_v = torch.matmul(assign_n.transpose(-1, -2), go)  # dv = A_n^T dout
     col_dot = (y * grad_assign).sum(dim=-2, keepdim=True)
-    grad_logits = y * (grad_assign - col_dot) / params.tau                      # dz (dy = dA)
+    grad_logits = y * (grad_assign - col_dot) / params.tau  # dz (dy = dA)
     grad_q = scale * torch.matmul(grad_logits, kc)
     grad_k = scale * torch.matmul(grad_logits.transpose(-1, -2), qc)
     return grad_q.to(q.dtype), grad_k.to(k.dtype), grad_v.to(v.dtype)
 
 
 def token_distill_kl_reference(
-    student: torch.Tensor, teacher: torch.Tensor, *, temperature: float = 2.0,
-    columns: slice | None = None, reduction: str = "batchmean",
+    student: torch.Tensor,
+    teacher: torch.Tensor,
+    *,
+    temperature: float = 2.0,
+    columns: slice | None = None,
+    reduction: str = "batchmean",
 ) -> torch.Tensor:
     """``T^2 * KL(softmax(teacher/T) || softmax(student/T))`` over ``columns``, teacher detached."""
     cols = columns if columns is not None else slice(None)
@@ -140,7 +169,12 @@ def token_distill_kl_reference(
 
 
 def token_distill_kl_forward(
-    student: torch.Tensor, teacher: torch.Tensor, start: int, stop: int, temperature: float, reduction: str,
+    student: torch.Tensor,
+    teacher: torch.Tensor,
+    start: int,
+    stop: int,
+    temperature: float,
+    reduction: str,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Loss and, in the same pass, d(loss)/d(student) for a unit upstream gradient.
 
@@ -188,8 +222,12 @@ def bernoulli_kl(z_s: torch.Tensor, z_t: torch.Tensor) -> torch.Tensor:
 
 
 def bernoulli_distill_kl_reference(
-    student: torch.Tensor, teacher: torch.Tensor, *, temperature: float = 1.0,
-    columns: slice | None = None, reduction: str = "batchmean",
+    student: torch.Tensor,
+    teacher: torch.Tensor,
+    *,
+    temperature: float = 1.0,
+    columns: slice | None = None,
+    reduction: str = "batchmean",
 ) -> torch.Tensor:
     """``T^2 * sum_c KL(Bern(sigmoid(teacher/T)) || Bern(sigmoid(student/T)))`` per row over ``columns``,
     reduced (``'mean'``: over the R * columns elements); the teacher detached."""
@@ -202,7 +240,12 @@ def bernoulli_distill_kl_reference(
 
 
 def bernoulli_distill_kl_forward(
-    student: torch.Tensor, teacher: torch.Tensor, start: int, stop: int, temperature: float, reduction: str,
+    student: torch.Tensor,
+    teacher: torch.Tensor,
+    start: int,
+    stop: int,
+    temperature: float,
+    reduction: str,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Loss and, in the same pass, d(loss)/d(student) for a unit upstream gradient.
 

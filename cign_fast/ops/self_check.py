@@ -18,16 +18,20 @@ import torch
 
 from cign_fast.contract import MODE_GUMBEL, MODE_SOFT, MODES, AssignParams
 from cign_fast.ops.reference import (
-    assign_attention_reference, bernoulli_distill_kl_reference, token_distill_kl_reference,
+    assign_attention_reference,
+    bernoulli_distill_kl_reference,
+    token_distill_kl_reference,
 )
 
-OP_FAMILIES = {"assign_attention": ("assign_attention_forward", "assign_attention_backward"),
-               "token_distill_kl": ("token_distill_kl_forward",),
-               "bernoulli_distill_kl": ("bernoulli_distill_kl_forward",)}
+OP_FAMILIES = {
+    "assign_attention": ("assign_attention_forward", "assign_attention_backward"),
+    "token_distill_kl": ("token_distill_kl_forward",),
+    "bernoulli_distill_kl": ("bernoulli_distill_kl_forward",),
+}
 # Largest error allowed, relative to the largest magnitude of the reference output (at least 1).
 TOLERANCES = {torch.float64: 1e-9, torch.float32: 1e-4, torch.float16: 5e-3, torch.bfloat16: 3e-2}
-ASSIGN_SHAPE = (2, 5, 7, 8)        # B, N, S, C: odd sizes, a few milliseconds on any backend
-DISTILL_SHAPE = (6, 11)            # R, K; columns [2, 9) distilled
+ASSIGN_SHAPE = (2, 5, 7, 8)  # B, N, S, C: odd sizes, a few milliseconds on any backend
+DISTILL_SHAPE = (6, 11)  # R, K; columns [2, 9) distilled
 INPUT_SEED = 20240601
 
 
@@ -54,8 +58,9 @@ def op_family(op: str) -> str:
 def inputs(shapes: tuple[tuple[int, ...], ...], device: torch.device, dtype: torch.dtype) -> list[torch.Tensor]:
     """Standard-normal tensors of ``shapes`` from a private generator, in ``dtype`` on ``device``."""
     generator = torch.Generator().manual_seed(INPUT_SEED)
-    return [torch.randn(shape, generator=generator, dtype=torch.float64).to(device=device, dtype=dtype)
-            for shape in shapes]
+    return [
+        torch.randn(shape, generator=generator, dtype=torch.float64).to(device=device, dtype=dtype) for shape in shapes
+    ]
 
 
 def relative_error(got: torch.Tensor, want: torch.Tensor) -> float:
@@ -77,16 +82,20 @@ def compare(outputs: dict[str, tuple[torch.Tensor, torch.Tensor]], dtype: torch.
 def check_assign_attention(module: ModuleType, device: torch.device, dtype: torch.dtype) -> CheckResult:
     """``module``'s assignment forward and backward against the reference in soft and gumbel mode."""
     batch, groups, tokens, channels = ASSIGN_SHAPE
-    q, k, v, grad_out = inputs(((batch, groups, channels), (batch, tokens, channels), (batch, tokens, channels),
-                                (batch, groups, channels)), device, dtype)
+    q, k, v, grad_out = inputs(
+        ((batch, groups, channels), (batch, tokens, channels), (batch, tokens, channels), (batch, groups, channels)),
+        device,
+        dtype,
+    )
     results = []
     for mode in (MODE_SOFT, MODE_GUMBEL):
         params = AssignParams(mode=mode, tau=0.8, eps=1.0, seed=INPUT_SEED, return_maps=True)
         out, col_lse, col_argmax, row_sum, hard, soft = module.assign_attention_forward(q, k, v, params)
         grads = module.assign_attention_backward(grad_out, q, k, v, col_lse, col_argmax, row_sum, params)
         leaves = [t.detach().cpu().double().requires_grad_() for t in (q, k, v)]
-        want_out, want_hard, want_soft = assign_attention_reference(*leaves, mode=MODES[mode], tau=params.tau,
-                                                                    eps=params.eps, seed=params.seed)
+        want_out, want_hard, want_soft = assign_attention_reference(
+            *leaves, mode=MODES[mode], tau=params.tau, eps=params.eps, seed=params.seed
+        )
         want_grads = torch.autograd.grad(want_out, leaves, grad_out.cpu().double())
         if not torch.equal(hard.cpu().double(), want_hard):
             return CheckResult(float("inf"), f"hard choices differ from the reference in {MODES[mode]} mode")
@@ -104,22 +113,28 @@ def check_distillation(family: str, module: ModuleType, device: torch.device, dt
     student, teacher = inputs((DISTILL_SHAPE, DISTILL_SHAPE), device, dtype)
     loss, grad = getattr(module, f"{family}_forward")(student, teacher, 2, 9, 2.0, "batchmean")
     leaf = student.detach().cpu().double().requires_grad_()
-    reference = {"token_distill_kl": token_distill_kl_reference,
-                 "bernoulli_distill_kl": bernoulli_distill_kl_reference}[family]
+    reference = {
+        "token_distill_kl": token_distill_kl_reference,
+        "bernoulli_distill_kl": bernoulli_distill_kl_reference,
+    }[family]
     want = reference(leaf, teacher.cpu().double(), temperature=2.0, columns=slice(2, 9))
     (want_grad,) = torch.autograd.grad(want, leaf)
     return compare({"loss": (loss, want), "grad_student": (grad, want_grad)}, dtype)
 
 
-CHECKS = {"assign_attention": check_assign_attention,
-          "token_distill_kl": lambda *args: check_distillation("token_distill_kl", *args),
-          "bernoulli_distill_kl": lambda *args: check_distillation("bernoulli_distill_kl", *args)}
+CHECKS = {
+    "assign_attention": check_assign_attention,
+    "token_distill_kl": lambda *args: check_distillation("token_distill_kl", *args),
+    "bernoulli_distill_kl": lambda *args: check_distillation("bernoulli_distill_kl", *args),
+}
 
 
 def run_check(module: ModuleType, family: str, device: torch.device, dtype: torch.dtype) -> CheckResult:
     """Hold backend ``module`` to the reference for op ``family`` on ``device``/``dtype``; an exception the
     backend raises is a failed check, not an error of the caller."""
-    autocast = torch.autocast(device.type, enabled=False) if device.type in ("cpu", "cuda") else contextlib.nullcontext()
+    autocast = (
+        torch.autocast(device.type, enabled=False) if device.type in ("cpu", "cuda") else contextlib.nullcontext()
+    )
     with torch.inference_mode(False), torch.enable_grad(), autocast:
         try:
             return CHECKS[family](module, device, dtype)

@@ -16,7 +16,13 @@ from cign_fast.ops.distill import check_distill_arguments, register_distill_op
 
 @torch.library.custom_op("cign_fast::token_distill_kl_fwd", mutates_args=())
 def token_distill_kl_fwd(
-    student: Tensor, teacher: Tensor, start: int, stop: int, temperature: float, reduction: str, backend: str,
+    student: Tensor,
+    teacher: Tensor,
+    start: int,
+    stop: int,
+    temperature: float,
+    reduction: str,
+    backend: str,
 ) -> tuple[Tensor, Tensor]:
     """Returns ``(loss, grad_student)``, see ``reference.token_distill_kl_forward``."""
     forward = backend_function(backend, "token_distill_kl_forward")
@@ -48,5 +54,7 @@ def token_distill_kl(
     """
     start, stop = check_distill_arguments(student_logits, teacher_logits, temperature, columns, reduction)
     name = select_backend(backend, "token_distill_kl_forward", student_logits.device, student_logits.dtype)
-    loss, _ = token_distill_kl_fwd(student_logits, teacher_logits.detach(), start, stop, float(temperature), reduction, name)
+    loss, _ = token_distill_kl_fwd(
+        student_logits, teacher_logits.detach(), start, stop, float(temperature), reduction, name
+    )
     return loss

@@ -40,7 +40,7 @@ def recalibrate_batchnorm(
     if not layers or max_batches == 0 or not indices:
         return 0
     order = torch.randperm(len(indices), generator=torch.Generator().manual_seed(seed)).tolist()
-    shard = [indices[p] for p in order][context.rank::context.world_size][: max_batches * batch_size]
+    shard = [indices[p] for p in order][context.rank :: context.world_size][: max_batches * batch_size]
     momenta = [layer.momentum for layer in layers]
     for layer in layers:
         layer.reset_running_stats()
@@ -59,7 +59,7 @@ def recalibrate_batchnorm(
         layer.momentum = momentum
         if context.is_distributed:
             for stat in (layer.running_mean, layer.running_var):
-                if stat is None:   # a layer without running statistics has none to average
+                if stat is None:  # a layer without running statistics has none to average
                     continue
                 stat.div_(context.world_size)
                 all_reduce_sum(stat, context)

@@ -7,13 +7,13 @@ back to the previous one. Writes are atomic (:func:`cign_fast.files.write_atomic
 
 from __future__ import annotations
 
-from typing import Any
 import hashlib
 import io
 import random
 import re
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -24,7 +24,7 @@ from cign_fast.methods import ContinualMethod, build_method
 from cign_fast.model import ModelConfig
 from cign_fast.train.config import config_from_dict
 
-CHECKPOINT_FORMAT = 2   # 2: the method's name in the config and its state under "method"
+CHECKPOINT_FORMAT = 2  # 2: the method's name in the config and its state under "method"
 MAGIC = b"CIGNCKPT"
 DIGEST_BYTES = 32
 NAME_PATTERN = re.compile(r"^checkpoint-(\d{6})-task(\d+)-(epoch\d+|done)\.pt$")
@@ -43,8 +43,11 @@ def list_checkpoints(directory: Path) -> list[Path]:
     """Checkpoints in ``directory``, oldest first (by sequence number)."""
     if not directory.is_dir():
         return []
-    found = [(int(match.group(1)), path) for path in directory.iterdir()
-             if (match := NAME_PATTERN.match(path.name)) is not None]
+    found = [
+        (int(match.group(1)), path)
+        for path in directory.iterdir()
+        if (match := NAME_PATTERN.match(path.name)) is not None
+    ]
     return [path for _, path in sorted(found)]
 
 
@@ -83,7 +86,9 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
 
 
 def load_latest_checkpoint(
-    directory: Path, report: Callable[[str], None] = print, map_location: str | torch.device = "cpu",
+    directory: Path,
+    report: Callable[[str], None] = print,
+    map_location: str | torch.device = "cpu",
 ) -> tuple[dict[str, Any], Path] | None:
     """The newest checkpoint that reads back intact (each bad one is reported by name), or ``None``."""
     for path in reversed(list_checkpoints(directory)):
@@ -137,9 +142,9 @@ class RunCheckpoints:
         path = self.directory / name
         save_checkpoint(path, state)
         self.paths = [known for known in self.paths if known != path] + [path]
-        for old in self.paths[:-self.keep]:
+        for old in self.paths[: -self.keep]:
             old.unlink(missing_ok=True)
-        self.paths = self.paths[-self.keep:]
+        self.paths = self.paths[-self.keep :]
 
 
 def capture_rng_state() -> dict[str, Any]:
@@ -149,8 +154,13 @@ def capture_rng_state() -> dict[str, Any]:
     return {
         "torch": torch.get_rng_state(),
         "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-        "numpy": {"kind": kind, "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)), "position": int(position),
-                  "has_gauss": int(has_gauss), "cached": float(cached)},
+        "numpy": {
+            "kind": kind,
+            "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)),
+            "position": int(position),
+            "has_gauss": int(has_gauss),
+            "cached": float(cached),
+        },
         "python": {"version": version, "state": list(python_state), "gauss": gauss},
     }
 
@@ -161,19 +171,24 @@ def restore_rng_state(state: dict[str, Any]) -> None:
     if state["cuda"] and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
     saved = state["numpy"]
-    np.random.set_state((saved["kind"], saved["keys"].numpy().astype(np.uint32), saved["position"],
-                         saved["has_gauss"], saved["cached"]))
+    np.random.set_state(
+        (saved["kind"], saved["keys"].numpy().astype(np.uint32), saved["position"], saved["has_gauss"], saved["cached"])
+    )
     saved = state["python"]
     random.setstate((saved["version"], tuple(saved["state"]), saved["gauss"]))
 
 
-def load_trained_model(path: str | Path, device: torch.device | str = "cpu",
-                       ) -> tuple[ContinualMethod, nn.Module, dict[str, Any]]:
+def load_trained_model(
+    path: str | Path,
+    device: torch.device | str = "cpu",
+) -> tuple[ContinualMethod, nn.Module, dict[str, Any]]:
     """The method (its state restored) and model (eval mode) of a training checkpoint, and the checkpoint itself."""
     state = load_checkpoint(path)
     if state.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"checkpoint: {path} has format {state.get('format')!r}; this version reads training "
-                         f"checkpoints of format {CHECKPOINT_FORMAT}")
+        raise ValueError(
+            f"checkpoint: {path} has format {state.get('format')!r}; this version reads training "
+            f"checkpoints of format {CHECKPOINT_FORMAT}"
+        )
     for key in ("model_config", "task_sizes", "model", "method", "class_tasks", "config"):
         if key not in state:
             raise ValueError(f"checkpoint: {path} is not a cign_fast training checkpoint (no {key!r})")

@@ -36,13 +36,13 @@ Settings = dict[str, Any]
 class DataConfig:
     """Where the clips are and how the classes are split into tasks."""
 
-    root: str | None = None            # dataset root (labels.csv + frames/ + audio/) or feature cache
-    input_mode: str = "raw"            # "raw" clips or pre-extracted "features"
-    benchmark: str | None = None       # a preset of cign_fast.data.benchmarks, or None for the dataset's labels
-    tasks: int | None = None           # number of tasks (custom split; picks among a preset's splits)
-    class_order: str | None = None     # file with one class name per line (custom split)
-    shuffle_classes: bool = False      # shuffle the class order with run.seed (custom split)
-    eval_split: str = "test"           # split the accuracy matrix is measured on
+    root: str | None = None  # dataset root (labels.csv + frames/ + audio/) or feature cache
+    input_mode: str = "raw"  # "raw" clips or pre-extracted "features"
+    benchmark: str | None = None  # a preset of cign_fast.data.benchmarks, or None for the dataset's labels
+    tasks: int | None = None  # number of tasks (custom split; picks among a preset's splits)
+    class_order: str | None = None  # file with one class name per line (custom split)
+    shuffle_classes: bool = False  # shuffle the class order with run.seed (custom split)
+    eval_split: str = "test"  # split the accuracy matrix is measured on
     image_size: int = 224
     sample_rate: int = 16000
     num_workers: int = 2
@@ -60,13 +60,13 @@ class OptimConfig:
 
     lr: float = 1e-4
     weight_decay: float = 0.0
-    schedule: str = "constant"         # "constant" or "cosine" (both after the warm-up)
+    schedule: str = "constant"  # "constant" or "cosine" (both after the warm-up)
     warmup_epochs: float = 0.0
-    grad_clip: float = 0.0             # max gradient norm; 0 turns clipping off
-    batch_size: int = 128              # global: per-rank batch = batch_size / world size
-    eval_batch_size: int = 128         # global, like batch_size
-    epochs: int = 20                   # per task
-    precise_bn_batches: int = 0        # re-estimate BatchNorm statistics on this many batches after each task
+    grad_clip: float = 0.0  # max gradient norm; 0 turns clipping off
+    batch_size: int = 128  # global: per-rank batch = batch_size / world size
+    eval_batch_size: int = 128  # global, like batch_size
+    epochs: int = 20  # per task
+    precise_bn_batches: int = 0  # re-estimate BatchNorm statistics on this many batches after each task
 
 
 @dataclass
@@ -77,10 +77,12 @@ class DistillConfig:
     enabled: bool = True
     temperature: float = 2.0
     weight: float = 1.0
-    form: str = "bernoulli"            # "bernoulli" (per-class sigmoid KL) or "softmax" (softmax KL over the old classes)
+    form: str = "bernoulli"  # "bernoulli" (per-class sigmoid KL) or "softmax" (softmax KL over the old classes)
     classification: str = "cross_entropy"  # per-modality class loss: softmax cross-entropy, or "bce" (the authors')
-    old_class_negatives: bool = True   # every clip scored on all classes (the authors'); False: new clips on new classes only
-    token_weight: float = 1.0          # token-head cross-entropy and its distillation; 0 turns both off
+    old_class_negatives: bool = (
+        True  # every clip scored on all classes (the authors'); False: new clips on new classes only
+    )
+    token_weight: float = 1.0  # token-head cross-entropy and its distillation; 0 turns both off
 
 
 @dataclass
@@ -89,8 +91,8 @@ class MemoryConfig:
     for every class; both 0 turns it off."""
 
     budget: int = 0
-    per_class: int = 0                 # exemplars per class (instead of a total budget)
-    selection: str = "herding"         # "herding" or "random"
+    per_class: int = 0  # exemplars per class (instead of a total budget)
+    selection: str = "herding"  # "herding" or "random"
 
 
 @dataclass
@@ -100,14 +102,14 @@ class RunConfig:
     out: str | None = None
     seed: int = 0
     deterministic: bool = False
-    device: str = "auto"               # "auto" (cuda when visible), "cpu" or "cuda"
-    precision: str = "auto"            # "auto" (bf16 autocast on cuda, fp32 on cpu), "bf16" or "fp32"
+    device: str = "auto"  # "auto" (cuda when visible), "cpu" or "cuda"
+    precision: str = "auto"  # "auto" (bf16 autocast on cuda, fp32 on cpu), "bf16" or "fp32"
     keep_checkpoints: int = 3
-    epoch_checkpoints: bool = True     # checkpoint after every epoch (else only after every task)
+    epoch_checkpoints: bool = True  # checkpoint after every epoch (else only after every task)
     progress: bool = True
     tensorboard: bool = True
-    divergence_factor: float = 100.0   # stop when a step's loss exceeds this times the task's first (0: NaN/inf only)
-    plots: bool = True                 # rewrite the PNG plots after every task
+    divergence_factor: float = 100.0  # stop when a step's loss exceeds this times the task's first (0: NaN/inf only)
+    plots: bool = True  # rewrite the PNG plots after every task
 
     def out_path(self) -> Path:
         """``out`` as a path; ValueError when it is not set."""
@@ -118,12 +120,13 @@ class RunConfig:
 
 # ----- the methods' sections (cign_fast.methods; each method's docstring cites where the defaults come from) -----
 
+
 @dataclass
 class EWCConfig:
     """EWC (Kirkpatrick et al. 2017): ``weight / 2 * sum F (theta - theta*)^2``."""
 
-    weight: float = 5000.0             # lambda
-    fisher_decay: float = 1.0          # F <- decay * F + F_task (1: sum over tasks; < 1: online EWC)
+    weight: float = 5000.0  # lambda
+    fisher_decay: float = 1.0  # F <- decay * F + F_task (1: sum over tasks; < 1: online EWC)
 
 
 @dataclass
@@ -131,14 +134,14 @@ class LwFConfig:
     """LwF (Li & Hoiem 2016): distillation of the old classes' logits from the previous model."""
 
     temperature: float = 2.0
-    weight: float = 1.0                # lambda_o
+    weight: float = 1.0  # lambda_o
 
 
 @dataclass
 class ICaRLConfig:
     """iCaRL (Rebuffi et al. 2017)."""
 
-    classifier: str = "nme"            # "nme" (nearest mean of exemplars) or "cnn" (the sigmoid heads)
+    classifier: str = "nme"  # "nme" (nearest mean of exemplars) or "cnn" (the sigmoid heads)
 
 
 @dataclass
@@ -153,7 +156,7 @@ class SSILConfig:
 class BiCConfig:
     """BiC (Wu et al. 2019): distillation, then a bias layer on the new classes fit on held-out clips."""
 
-    val_fraction: float = 0.1          # held-out clips per class, as a fraction of an old class's exemplars
+    val_fraction: float = 0.1  # held-out clips per class, as a fraction of an old class's exemplars
     temperature: float = 2.0
 
 
@@ -161,27 +164,27 @@ class BiCConfig:
 class PODNetConfig:
     """PODNet (Douillard et al. 2020): POD-spatial and POD-flat distillation, local-similarity classifier."""
 
-    spatial_weight: float = 3.0        # lambda_c (times sqrt(classes seen / new classes))
-    flat_weight: float = 1.0           # lambda_f (likewise)
-    proxies: int = 10                  # K proxies per class
-    margin: float = 0.6                # delta of the NCA loss
+    spatial_weight: float = 3.0  # lambda_c (times sqrt(classes seen / new classes))
+    flat_weight: float = 1.0  # lambda_f (likewise)
+    proxies: int = 10  # K proxies per class
+    margin: float = 0.6  # delta of the NCA loss
 
 
 @dataclass
 class L2PConfig:
     """L2P (Wang et al. 2022): a prompt pool with key-query selection over frozen features."""
 
-    pool_size: int = 10                # M
-    prompt_length: int = 5             # L_p
-    top_k: int = 5                     # N prompts selected per clip
-    pull_weight: float = 0.5           # lambda of the key-query surrogate loss
+    pool_size: int = 10  # M
+    prompt_length: int = 5  # L_p
+    top_k: int = 5  # N prompts selected per clip
+    pull_weight: float = 0.5  # lambda of the key-query surrogate loss
 
 
 @dataclass
 class TrainConfig:
     method: str = "cign"
     data: DataConfig = field(default_factory=DataConfig)
-    model: dict[str, Any] = field(default_factory=dict)   # ModelConfig's keyword arguments
+    model: dict[str, Any] = field(default_factory=dict)  # ModelConfig's keyword arguments
     optim: OptimConfig = field(default_factory=OptimConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
     memory: MemoryConfig = field(default_factory=MemoryConfig)
@@ -196,8 +199,12 @@ class TrainConfig:
 
     def model_config(self, audio_feature_dim: int | None = None, visual_feature_dim: int | None = None) -> ModelConfig:
         """The :class:`ModelConfig` of this run (feature widths are required in features mode)."""
-        return ModelConfig(input_mode=self.data.input_mode, audio_feature_dim=audio_feature_dim,
-                           visual_feature_dim=visual_feature_dim, **self.model)
+        return ModelConfig(
+            input_mode=self.data.input_mode,
+            audio_feature_dim=audio_feature_dim,
+            visual_feature_dim=visual_feature_dim,
+            **self.model,
+        )
 
     def to_dict(self) -> Settings:
         return dataclasses.asdict(self)
@@ -218,18 +225,42 @@ CHOICES = {
     "run.precision": ("auto", "bf16", "fp32"),
 }
 POSITIVE = {
-    "data.tasks", "data.image_size", "data.sample_rate", "optim.lr", "optim.batch_size", "optim.eval_batch_size",
-    "optim.epochs", "distill.temperature", "run.keep_checkpoints",
-    "lwf.temperature", "ssil.temperature", "bic.temperature", "podnet.proxies", "l2p.pool_size", "l2p.prompt_length",
+    "data.tasks",
+    "data.image_size",
+    "data.sample_rate",
+    "optim.lr",
+    "optim.batch_size",
+    "optim.eval_batch_size",
+    "optim.epochs",
+    "distill.temperature",
+    "run.keep_checkpoints",
+    "lwf.temperature",
+    "ssil.temperature",
+    "bic.temperature",
+    "podnet.proxies",
+    "l2p.pool_size",
+    "l2p.prompt_length",
     "l2p.top_k",
 }
 NON_NEGATIVE = {
-    "data.num_workers", "optim.weight_decay", "optim.precise_bn_batches", "optim.warmup_epochs", "optim.grad_clip",
-    "distill.weight", "distill.token_weight",
+    "data.num_workers",
+    "optim.weight_decay",
+    "optim.precise_bn_batches",
+    "optim.warmup_epochs",
+    "optim.grad_clip",
+    "distill.weight",
+    "distill.token_weight",
     "memory.budget",
-    "run.seed", "run.divergence_factor",
-    "memory.per_class", "ewc.weight", "lwf.weight", "ssil.weight", "podnet.spatial_weight", "podnet.flat_weight",
-    "podnet.margin", "l2p.pull_weight",
+    "run.seed",
+    "run.divergence_factor",
+    "memory.per_class",
+    "ewc.weight",
+    "lwf.weight",
+    "ssil.weight",
+    "podnet.spatial_weight",
+    "podnet.flat_weight",
+    "podnet.margin",
+    "l2p.pull_weight",
 }
 UNIT_INTERVAL = {"ewc.fisher_decay"}
 OPEN_UNIT_INTERVAL = {"bic.val_fraction"}
@@ -238,8 +269,11 @@ OPEN_UNIT_INTERVAL = {"bic.val_fraction"}
 def model_field_types() -> dict[str, Any]:
     """The ``model`` keys a config may set, with their types (from ``ModelConfig``)."""
     hints = typing.get_type_hints(ModelConfig)
-    return {name: hints[name] for name in (f.name for f in dataclasses.fields(ModelConfig))
-            if name not in MODEL_KEYS_SET_BY_TRAINER}
+    return {
+        name: hints[name]
+        for name in (f.name for f in dataclasses.fields(ModelConfig))
+        if name not in MODEL_KEYS_SET_BY_TRAINER
+    }
 
 
 def section_field_types(section: str) -> dict[str, Any]:
@@ -310,15 +344,18 @@ def merge_mapping(target: Settings, mapping: object, source: str) -> None:
     if mapping is None:
         return
     if not isinstance(mapping, dict):
-        raise ValueError(f"{source}: expected a mapping of sections ({', '.join(SECTIONS)}), "
-                         f"got {type(mapping).__name__}")
+        raise ValueError(
+            f"{source}: expected a mapping of sections ({', '.join(SECTIONS)}), got {type(mapping).__name__}"
+        )
     for section, values in mapping.items():
         if section in TOP_LEVEL_KEYS:
             set_key(target, section, values, source)
             continue
         if section not in SECTIONS:
-            raise ValueError(f"{source}: config key {section!r} is unknown; expected one of "
-                             f"{', '.join([*TOP_LEVEL_KEYS, *SECTIONS])}")
+            raise ValueError(
+                f"{source}: config key {section!r} is unknown; expected one of "
+                f"{', '.join([*TOP_LEVEL_KEYS, *SECTIONS])}"
+            )
         if values is None:
             continue
         if not isinstance(values, dict):
@@ -339,13 +376,17 @@ def set_key(target: Settings, dotted: str, value: object, source: str) -> None:
         return
     section, _, key = dotted.partition(".")
     if section not in SECTIONS or not key:
-        raise ValueError(f"{source}: config key {dotted!r} is unknown; expected {', '.join(TOP_LEVEL_KEYS)} or "
-                         f"section.key with section one of {', '.join(SECTIONS)}")
+        raise ValueError(
+            f"{source}: config key {dotted!r} is unknown; expected {', '.join(TOP_LEVEL_KEYS)} or "
+            f"section.key with section one of {', '.join(SECTIONS)}"
+        )
     types_by_key = section_field_types(section)
     if key not in types_by_key:
         hint = " (set by the trainer from the data)" if section == "model" and key in MODEL_KEYS_SET_BY_TRAINER else ""
-        raise ValueError(f"{source}: config key {dotted!r} is unknown{hint}; expected one of "
-                         f"{', '.join(f'{section}.{k}' for k in types_by_key)}")
+        raise ValueError(
+            f"{source}: config key {dotted!r} is unknown{hint}; expected one of "
+            f"{', '.join(f'{section}.{k}' for k in types_by_key)}"
+        )
     try:
         coerced = coerce(dotted, value, types_by_key[key])
         check_value(dotted, coerced)
@@ -397,7 +438,8 @@ def build_config(
     top_level = {key: values[key] for key in TOP_LEVEL_KEYS if key in values}
     sections: dict[str, Any] = {
         name: _complete_model_section(values[name]) if name == "model" else section_types[name](**values[name])
-        for name in SECTIONS}
+        for name in SECTIONS
+    }
     config = TrainConfig(**top_level, **sections)
     check_model_section(config)
     check_method_memory(config)
@@ -424,27 +466,35 @@ def check_method_memory(config: TrainConfig) -> None:
     """The memory settings must suit the method: one of budget / per_class, present when the method needs one."""
     memory = config.memory
     if memory.budget > 0 and memory.per_class > 0:
-        raise ValueError(f"config memory.budget, memory.per_class: set one of the two, got {memory.budget} and "
-                         f"{memory.per_class}")
+        raise ValueError(
+            f"config memory.budget, memory.per_class: set one of the two, got {memory.budget} and {memory.per_class}"
+        )
     use = method_class(config.method).memory_use
     has_memory = memory.budget > 0 or memory.per_class > 0
     if use == "required" and not has_memory:
-        raise ValueError(f"config memory.budget, memory.per_class: method {config.method!r} needs an exemplar memory; "
-                         "set one of them (e.g. memory.per_class=20)")
+        raise ValueError(
+            f"config memory.budget, memory.per_class: method {config.method!r} needs an exemplar memory; "
+            "set one of them (e.g. memory.per_class=20)"
+        )
     if use == "none" and has_memory:
-        raise ValueError(f"config memory.budget, memory.per_class: method {config.method!r} keeps no exemplars "
-                         "(it trains on every clip seen); set both to 0")
+        raise ValueError(
+            f"config memory.budget, memory.per_class: method {config.method!r} keeps no exemplars "
+            "(it trains on every clip seen); set both to 0"
+        )
 
 
 def check_method_settings(config: TrainConfig) -> None:
     """The method runs on ``data.input_mode``, and its settings agree with each other."""
     modes = method_class(config.method).input_modes
     if config.data.input_mode not in modes:
-        raise ValueError(f"config data.input_mode: method {config.method!r} runs on {' or '.join(map(repr, modes))} "
-                         f"inputs, got {config.data.input_mode!r}")
+        raise ValueError(
+            f"config data.input_mode: method {config.method!r} runs on {' or '.join(map(repr, modes))} "
+            f"inputs, got {config.data.input_mode!r}"
+        )
     if config.method == "l2p" and config.l2p.top_k > config.l2p.pool_size:
-        raise ValueError(f"config l2p.top_k: expected at most l2p.pool_size = {config.l2p.pool_size}, "
-                         f"got {config.l2p.top_k}")
+        raise ValueError(
+            f"config l2p.top_k: expected at most l2p.pool_size = {config.l2p.pool_size}, got {config.l2p.top_k}"
+        )
 
 
 def config_from_dict(values: Mapping[str, Any], source: str = "saved config") -> TrainConfig:

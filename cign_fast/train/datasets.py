@@ -13,9 +13,9 @@ from functools import cached_property
 from pathlib import Path
 
 from cign_fast.data import LabelRow, SkipReport, read_labels
+from cign_fast.data.cache import MANIFEST_NAME, read_manifest
 from cign_fast.data.clips import ClipDataset
 from cign_fast.data.features import FeatureDataset
-from cign_fast.data.cache import MANIFEST_NAME, read_manifest
 from cign_fast.data.labels import LABELS_FILE_NAMES, SPLITS
 from cign_fast.train.config import DataConfig, TrainConfig
 from cign_fast.train.tasks import benchmark_class_tasks, custom_class_tasks
@@ -26,9 +26,9 @@ RunDataset = ClipDataset | FeatureDataset
 
 @dataclass
 class RunData:
-    class_tasks: list[list[str]]                 # class names of each task, in order
-    train_set: RunDataset                        # training split, training transforms
-    eval_set: RunDataset                         # ``data.eval_split``, evaluation transforms
+    class_tasks: list[list[str]]  # class names of each task, in order
+    train_set: RunDataset  # training split, training transforms
+    eval_set: RunDataset  # ``data.eval_split``, evaluation transforms
     make_train_eval_set: Callable[[], RunDataset]  # builds the training split with evaluation transforms
     feature_dims: tuple[int | None, int | None]  # (D_a, D_v) in features mode, else (None, None)
     _train_by_class: list[list[int]] = field(init=False, repr=False)
@@ -82,22 +82,35 @@ def label_rows(root: Path, input_mode: str) -> list[LabelRow]:
     """
     if input_mode == "features" and not any((root / name).is_file() for name in LABELS_FILE_NAMES):
         if not (root / MANIFEST_NAME).is_file():
-            raise FileNotFoundError(f"data.root: {root} has no {' or '.join(LABELS_FILE_NAMES)} (needed for the "
-                                    f"class list of features not made by `cign-fast extract`) and no {MANIFEST_NAME}")
+            raise FileNotFoundError(
+                f"data.root: {root} has no {' or '.join(LABELS_FILE_NAMES)} (needed for the "
+                f"class list of features not made by `cign-fast extract`) and no {MANIFEST_NAME}"
+            )
         splits = read_manifest(root)["splits"]
-        return [LabelRow(clip_id, label, split) for split in SPLITS if split in splits
-                for _, shard in sorted(splits[split]["shards"].items(), key=lambda item: int(item[0]))
-                for clip_id, label in zip(shard["ids"], shard["labels"], strict=True)]
+        return [
+            LabelRow(clip_id, label, split)
+            for split in SPLITS
+            if split in splits
+            for _, shard in sorted(splits[split]["shards"].items(), key=lambda item: int(item[0]))
+            for clip_id, label in zip(shard["ids"], shard["labels"], strict=True)
+        ]
     return read_labels(root)
 
 
-def make_dataset(data: DataConfig, root: Path, split: str, class_names: Sequence[str], train: bool,
-                 rows: Sequence[LabelRow] | None = None) -> RunDataset:
+def make_dataset(
+    data: DataConfig,
+    root: Path,
+    split: str,
+    class_names: Sequence[str],
+    train: bool,
+    rows: Sequence[LabelRow] | None = None,
+) -> RunDataset:
     """A clip or feature dataset (per ``data.input_mode``) of ``split`` over ``class_names``."""
     if data.input_mode == "features":
         return FeatureDataset(root, split, list(class_names))
-    return ClipDataset(root, split, list(class_names), train, image_size=data.image_size,
-                       sample_rate=data.sample_rate, rows=rows)
+    return ClipDataset(
+        root, split, list(class_names), train, image_size=data.image_size, sample_rate=data.sample_rate, rows=rows
+    )
 
 
 def load_run_data(config: TrainConfig) -> RunData:
@@ -115,7 +128,10 @@ def load_run_data(config: TrainConfig) -> RunData:
     train_set = make_dataset(data, root, "train", names, True, rows)
     eval_set = make_dataset(data, root, data.eval_split, names, False, rows)
     # features have no augmentation: the training set is its own evaluation view
-    make_train_eval_set = ((lambda: train_set) if data.input_mode == "features"
-                          else (lambda: make_dataset(data, root, "train", names, False, rows)))
+    make_train_eval_set = (
+        (lambda: train_set)
+        if data.input_mode == "features"
+        else (lambda: make_dataset(data, root, "train", names, False, rows))
+    )
     widths = train_set.feature_dims if isinstance(train_set, FeatureDataset) else (None, None)
     return RunData(class_tasks, train_set, eval_set, make_train_eval_set, widths)

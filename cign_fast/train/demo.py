@@ -23,7 +23,7 @@ STAMP_FILE = "synthetic.json"
 @dataclass
 class DemoOptions:
     out: Path
-    data_dir: Path | None = None    # default: OUT/data
+    data_dir: Path | None = None  # default: OUT/data
     tasks: int = 4
     classes: int = 8
     train_per_class: int = 24
@@ -47,9 +47,15 @@ def prepare_synthetic_data(options: DemoOptions, log: Callable[[str], None] = pr
     from cign_fast.data import write_synthetic_dataset
 
     root = options.data_dir if options.data_dir is not None else options.out / "data"
-    parameters = {"num_classes": options.classes, "train_per_class": options.train_per_class,
-                  "val_per_class": 1, "test_per_class": options.test_per_class,
-                  "image_size": options.image_size, "sample_rate": options.sample_rate, "seed": options.seed}
+    parameters = {
+        "num_classes": options.classes,
+        "train_per_class": options.train_per_class,
+        "val_per_class": 1,
+        "test_per_class": options.test_per_class,
+        "image_size": options.image_size,
+        "sample_rate": options.sample_rate,
+        "seed": options.seed,
+    }
     stamp = root / STAMP_FILE
     if stamp.is_file() and json.loads(stamp.read_text()) == parameters and (root / "labels.csv").is_file():
         log(f"using the synthetic dataset in {root}")
@@ -63,16 +69,32 @@ def prepare_synthetic_data(options: DemoOptions, log: Callable[[str], None] = pr
 def demo_overrides(options: DemoOptions, data_root: Path) -> dict[str, dict[str, object]]:
     """The demo's configuration (raw mode: the real file loader, CNN encoders and loop)."""
     return {
-        "data": {"root": str(data_root), "input_mode": "raw", "tasks": options.tasks, "image_size": options.image_size,
-                 "sample_rate": options.sample_rate, "num_workers": 0},
+        "data": {
+            "root": str(data_root),
+            "input_mode": "raw",
+            "tasks": options.tasks,
+            "image_size": options.image_size,
+            "sample_rate": options.sample_rate,
+            "num_workers": 0,
+        },
         "model": {"dim": options.dim, "depth": options.depth, "num_heads": 4, "drop_path": 0.0},
-        "optim": {"lr": options.lr, "batch_size": options.batch_size, "eval_batch_size": 64, "epochs": options.epochs,
-                  "precise_bn_batches": 8},
+        "optim": {
+            "lr": options.lr,
+            "batch_size": options.batch_size,
+            "eval_batch_size": 64,
+            "epochs": options.epochs,
+            "precise_bn_batches": 8,
+        },
         "distill": {"enabled": options.distill},
         "memory": {"budget": options.memory_budget},
-        "run": {"out": str(options.out), "seed": options.seed, "device": options.device, "keep_checkpoints": 1,
-                "epoch_checkpoints": False,
-                "progress": options.progress},
+        "run": {
+            "out": str(options.out),
+            "seed": options.seed,
+            "device": options.device,
+            "keep_checkpoints": 1,
+            "epoch_checkpoints": False,
+            "progress": options.progress,
+        },
     }
 
 
@@ -84,4 +106,4 @@ def run_demo(options: DemoOptions, log: Callable[[str], None] = print) -> TrainR
     options.out.mkdir(parents=True, exist_ok=True)
     data_root = prepare_synthetic_data(options, log)
     config = build_config(base=demo_overrides(options, data_root))
-    return train_incremental(config, overwrite=True, log=log)   # a rerun replaces the earlier demo run's outputs
+    return train_incremental(config, overwrite=True, log=log)  # a rerun replaces the earlier demo run's outputs

@@ -85,6 +85,8 @@ def barrier(context: DistContext) -> None:
 def per_rank_batch_size(global_batch_size: int, context: DistContext, key: str) -> int:
     """``global / world``: the global batch stays the same when the number of processes changes."""
     if global_batch_size % context.world_size:
-        raise ValueError(f"config {key}: the global batch size {global_batch_size} must be divisible by the "
-                         f"number of processes ({context.world_size})")
+        raise ValueError(
+            f"config {key}: the global batch size {global_batch_size} must be divisible by the "
+            f"number of processes ({context.world_size})"
+        )
     return global_batch_size // context.world_size

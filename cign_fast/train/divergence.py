@@ -25,7 +25,7 @@ from torch import Tensor
 from cign_fast.train.distributed import DistContext, all_reduce_sum
 
 CHECK_EVERY_STEPS = 10
-NON_FINITE_MARKERS = ("contains NaN", "contains inf")   # how the ops' input checks report them
+NON_FINITE_MARKERS = ("contains NaN", "contains inf")  # how the ops' input checks report them
 
 
 class TrainingDiverged(ValueError):
@@ -35,8 +35,15 @@ class TrainingDiverged(ValueError):
 class DivergenceMonitor:
     """See the module docstring. ``loss_keys[0]`` is the total loss; ``factor`` 0 checks finiteness only."""
 
-    def __init__(self, loss_keys: Sequence[str], factor: float, context: DistContext, num_tasks: int,
-                 epochs: int, last_checkpoint: Callable[[], Path | None]) -> None:
+    def __init__(
+        self,
+        loss_keys: Sequence[str],
+        factor: float,
+        context: DistContext,
+        num_tasks: int,
+        epochs: int,
+        last_checkpoint: Callable[[], Path | None],
+    ) -> None:
         self.loss_keys = tuple(loss_keys)
         self.factor = factor
         self.context = context
@@ -45,7 +52,7 @@ class DivergenceMonitor:
         self.last_checkpoint = last_checkpoint
         self.task: int | None = None
         self.first_loss: Tensor | None = None
-        self.last_update: tuple[int, int, float, Tensor] | None = None   # (epoch, step, lr, loss terms)
+        self.last_update: tuple[int, int, float, Tensor] | None = None  # (epoch, step, lr, loss terms)
         self.reset_interval()
 
     def reset_interval(self) -> None:
@@ -83,20 +90,23 @@ class DivergenceMonitor:
         if loss_bad_here:
             problem = self._describe_step(int(self.bad_step.item()), self.learning_rates, self.bad_terms)
             if self.factor > 0 and self.first_loss is not None and torch.isfinite(self.bad_terms[0]):
-                problem += (f"; more than run.divergence_factor = {self.factor:g} times the task's first loss "
-                            f"{float(self.first_loss):.4g}")
+                problem += (
+                    f"; more than run.divergence_factor = {self.factor:g} times the task's first loss "
+                    f"{float(self.first_loss):.4g}"
+                )
         elif weights_bad_here:
             problem = self._describe_last_update("the weights turned NaN or inf")
         else:
             problem = "on another process"
         raise TrainingDiverged(self._message(task, epoch, problem))
 
-    def raise_if_diverged(self, error: ValueError, inputs: Iterable[Tensor], parameters: Iterable[Tensor],
-                          task: int, epoch: int) -> None:
+    def raise_if_diverged(
+        self, error: ValueError, inputs: Iterable[Tensor], parameters: Iterable[Tensor], task: int, epoch: int
+    ) -> None:
         """After a step failed with ``error``: raise :class:`TrainingDiverged` when the batch is finite but the
         model is not (NaN or inf in its weights, or found by an op's input check inside the forward)."""
         if not all(bool(torch.isfinite(tensor).all()) for tensor in inputs):
-            return   # a bad clip, not the model
+            return  # a bad clip, not the model
         weights_finite = all(bool(torch.isfinite(parameter).all()) for parameter in parameters)
         if weights_finite and not any(marker in str(error) for marker in NON_FINITE_MARKERS):
             return
@@ -116,12 +126,16 @@ class DivergenceMonitor:
         if self.last_update is None:
             return f"{what} before any step of this session"
         epoch, step, lr, terms = self.last_update
-        return (f"{what} in the update of epoch {epoch + 1} "
-                f"{self._describe_step(step, {step: lr}, terms)}")
+        return f"{what} in the update of epoch {epoch + 1} {self._describe_step(step, {step: lr}, terms)}"
 
     def _message(self, task: int, epoch: int, problem: str) -> str:
         checkpoint = self.last_checkpoint()
-        where = (f"its files end at the last good checkpoint {checkpoint}, which --resume continues from"
-                 if checkpoint is not None else "no checkpoint was written before it")
-        return (f"training diverged in task {task + 1}/{self.num_tasks}, epoch {epoch + 1}/{self.epochs}, {problem}; "
-                f"{where}. A lower optim.lr or optim.grad_clip > 0 (a new run) usually avoids it")
+        where = (
+            f"its files end at the last good checkpoint {checkpoint}, which --resume continues from"
+            if checkpoint is not None
+            else "no checkpoint was written before it"
+        )
+        return (
+            f"training diverged in task {task + 1}/{self.num_tasks}, epoch {epoch + 1}/{self.epochs}, {problem}; "
+            f"{where}. A lower optim.lr or optim.grad_clip > 0 (a new run) usually avoids it"
+        )

@@ -17,7 +17,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
-from cign_fast.data import SkipReport, SkippedItem, collate_skipping
+from cign_fast.data import SkippedItem, SkipReport, collate_skipping
 from cign_fast.methods import ContinualMethod
 from cign_fast.metrics import MODALITIES
 from cign_fast.train.checkpoint import load_trained_model
@@ -52,13 +52,23 @@ class IndexedSubset(Dataset):
 
 def eval_loader(dataset: Dataset, indices: Sequence[int], batch_size: int, num_workers: int) -> DataLoader:
     """In-order loader over ``indices`` of ``dataset`` that leaves torch's default generator untouched."""
-    return DataLoader(IndexedSubset(dataset, indices), batch_size=batch_size, shuffle=False, num_workers=num_workers,
-                      collate_fn=collate_skipping, generator=torch.Generator().manual_seed(0))
+    return DataLoader(
+        IndexedSubset(dataset, indices),
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=num_workers,
+        collate_fn=collate_skipping,
+        generator=torch.Generator().manual_seed(0),
+    )
 
 
 @torch.no_grad()
 def run_inference(
-    model: nn.Module, loader: DataLoader, device: torch.device, precision: str, skips: SkipReport | None = None,
+    model: nn.Module,
+    loader: DataLoader,
+    device: torch.device,
+    precision: str,
+    skips: SkipReport | None = None,
 ) -> Iterator[tuple[NamedTuple, Tensor, Tensor]]:
     """``(model output, labels [B], dataset indices [B])`` per non-empty batch, the model in eval mode."""
     was_training = model.training
@@ -110,12 +120,12 @@ def evaluate_tasks(
     task_lookup = torch.tensor(list(task_of_class), dtype=torch.long, device=context.device)
     num_tasks = int(task_lookup.max()) + 1
     counts = torch.zeros(len(MODALITIES) + 1, num_tasks, dtype=torch.float64, device=context.device)
-    loader = eval_loader(dataset, list(indices)[context.rank::context.world_size], batch_size, num_workers)
+    loader = eval_loader(dataset, list(indices)[context.rank :: context.world_size], batch_size, num_workers)
     for out, labels, _ in run_inference(model, loader, context.device, precision, skips):
-        task_onehot = nn.functional.one_hot(task_lookup[labels], num_tasks)   # [B, T]
+        task_onehot = nn.functional.one_hot(task_lookup[labels], num_tasks)  # [B, T]
         predictions = predict(out)
         hits = torch.stack([predictions[m] == labels for m in MODALITIES] + [torch.ones_like(labels, dtype=torch.bool)])
-        counts += hits.double() @ task_onehot.double()      # [modalities + 1, T]; float: CUDA has no integer matmul
+        counts += hits.double() @ task_onehot.double()  # [modalities + 1, T]; float: CUDA has no integer matmul
     all_reduce_sum(counts, context)
     rows = counts.round().long().cpu().tolist()
     return TaskAccuracy(correct=dict(zip(MODALITIES, rows[:-1], strict=True)), totals=rows[-1])
@@ -128,13 +138,14 @@ class CheckpointData:
     method: ContinualMethod
     model: nn.Module
     dataset: RunDataset
-    class_names: list[str]          # classes seen, in class-index order
+    class_names: list[str]  # classes seen, in class-index order
     task_of_class: list[int]
-    state: dict[str, Any]           # the checkpoint
+    state: dict[str, Any]  # the checkpoint
 
 
-def load_checkpoint_data(checkpoint: str | Path, data_root: str | Path, split: str,
-                         device: torch.device) -> CheckpointData:
+def load_checkpoint_data(
+    checkpoint: str | Path, data_root: str | Path, split: str, device: torch.device
+) -> CheckpointData:
     """The checkpoint's method and model, and the ``split`` dataset of ``data_root`` over the classes it has seen."""
     method, model, state = load_trained_model(checkpoint, device)
     config = config_from_dict(state["config"])
@@ -151,7 +162,7 @@ def load_checkpoint_data(checkpoint: str | Path, data_root: str | Path, split: s
 class ModalityAccuracy(TypedDict):
     """One modality's accuracy (fractions) on each seen task's clips and on all of them."""
 
-    per_task: list[float]   # [T]
+    per_task: list[float]  # [T]
     overall: float
 
 
@@ -162,38 +173,61 @@ class CheckpointEvaluation(TypedDict):
     method: str
     split: str
     tasks_seen: int
-    task_sizes: list[int]   # clips per seen task [T]
+    task_sizes: list[int]  # clips per seen task [T]
     audio: ModalityAccuracy
     visual: ModalityAccuracy
     audio_visual: ModalityAccuracy
-    skipped: dict[str, Any]   # SkipReport.to_dict()
+    skipped: dict[str, Any]  # SkipReport.to_dict()
 
 
-def evaluate_checkpoint(checkpoint: str | Path, data_root: str | Path, *, split: str = "test", batch_size: int = 64,
-                        device: str = "auto", num_workers: int = 0) -> CheckpointEvaluation:
+def evaluate_checkpoint(
+    checkpoint: str | Path,
+    data_root: str | Path,
+    *,
+    split: str = "test",
+    batch_size: int = 64,
+    device: str = "auto",
+    num_workers: int = 0,
+) -> CheckpointEvaluation:
     """Accuracy of a checkpoint on each seen task's ``split`` clips and on all of them, per modality."""
     context = DistContext(rank=0, world_size=1, local_rank=0, device=resolve_device(device, 0))
     loaded = load_checkpoint_data(checkpoint, data_root, split, context.device)
     skips = SkipReport()
     skips.merge(getattr(loaded.dataset, "skip_report", None) or SkipReport())
-    accuracy = evaluate_tasks(loaded.model, loaded.method.predict, loaded.dataset, range(len(loaded.dataset)),
-                              loaded.task_of_class,
-                              batch_size=batch_size, context=context, num_workers=num_workers, skips=skips)
+    accuracy = evaluate_tasks(
+        loaded.model,
+        loaded.method.predict,
+        loaded.dataset,
+        range(len(loaded.dataset)),
+        loaded.task_of_class,
+        batch_size=batch_size,
+        context=context,
+        num_workers=num_workers,
+        skips=skips,
+    )
     total = sum(accuracy.totals)
 
     def modality(name: str) -> ModalityAccuracy:
         return ModalityAccuracy(per_task=accuracy.accuracies(name), overall=sum(accuracy.correct[name]) / max(total, 1))
 
     return CheckpointEvaluation(
-        checkpoint=str(checkpoint), method=loaded.method.name, split=split, tasks_seen=len(accuracy.totals),
-        task_sizes=accuracy.totals, audio=modality("audio"), visual=modality("visual"),
-        audio_visual=modality("audio_visual"), skipped=skips.to_dict(),
+        checkpoint=str(checkpoint),
+        method=loaded.method.name,
+        split=split,
+        tasks_seen=len(accuracy.totals),
+        task_sizes=accuracy.totals,
+        audio=modality("audio"),
+        visual=modality("visual"),
+        audio_visual=modality("audio_visual"),
+        skipped=skips.to_dict(),
     )
 
 
 def format_evaluation(result: CheckpointEvaluation) -> str:
-    lines = [f"{result['checkpoint']} ({result['method']}) on the {result['split']} split of the "
-             f"{result['tasks_seen']} task(s) seen ({sum(result['task_sizes'])} clips)"]
+    lines = [
+        f"{result['checkpoint']} ({result['method']}) on the {result['split']} split of the "
+        f"{result['tasks_seen']} task(s) seen ({sum(result['task_sizes'])} clips)"
+    ]
     for modality in MODALITIES:
         per_task = "  ".join(f"{100 * a:5.1f}" for a in result[modality]["per_task"])
         lines.append(f"  {modality:<13s} overall {100 * result[modality]['overall']:5.1f}%   per task: {per_task}")

@@ -24,7 +24,7 @@ from cign_fast.methods import method_class
 from cign_fast.train.config import TrainConfig
 from cign_fast.train.datasets import RunData
 
-COMPATIBLE_SECTIONS = ("data", "model", "optim", "memory")   # plus the method's own sections
+COMPATIBLE_SECTIONS = ("data", "model", "optim", "memory")  # plus the method's own sections
 RESULT_AFFECTING_RUN_KEYS = ("seed",)
 RESULT_NEUTRAL_KEYS = ("data.root", "data.num_workers", "optim.eval_batch_size")
 SHOWN_DIGEST_CHARS = 12
@@ -37,8 +37,9 @@ def settings_differences(saved: dict[str, Any], current: dict[str, Any]) -> list
     if saved.get("method") != current["method"]:
         return [f"method: {saved.get('method')!r} there, {current['method']!r} here"]
     sections = COMPATIBLE_SECTIONS + method_class(current["method"]).config_sections
-    keys = [(section, key) for section in sections
-            for key in sorted(set(saved.get(section) or {}) | set(current[section]))]
+    keys = [
+        (section, key) for section in sections for key in sorted(set(saved.get(section) or {}) | set(current[section]))
+    ]
     keys += [("run", key) for key in RESULT_AFFECTING_RUN_KEYS]
     differences = []
     for section, key in keys:
@@ -61,20 +62,28 @@ def identity_files(root: Path, input_mode: str) -> list[Path]:
 def data_fingerprint(config: TrainConfig, data: RunData) -> dict[str, Any]:
     """``{"files": {name: sha256}, "clips": {split: count}}`` of the run's data."""
     root = config.data.root_path()
-    return {"files": {str(path.relative_to(root)): file_sha256(path)
-                      for path in identity_files(root, config.data.input_mode)},
-            "clips": {"train": len(data.train_set), config.data.eval_split: len(data.eval_set)}}
+    return {
+        "files": {
+            str(path.relative_to(root)): file_sha256(path) for path in identity_files(root, config.data.input_mode)
+        },
+        "clips": {"train": len(data.train_set), config.data.eval_split: len(data.eval_set)},
+    }
 
 
 def fingerprint_differences(recorded: dict[str, Any], current: dict[str, Any]) -> list[str]:
     """``"labels.csv sha256 1a2b3c4d5e6f there, 9f8e7d6c5b4a here"``, ``"train clips: 96 there, 90 here"``, ..."""
+
     def digest(files: dict[str, str], name: str) -> str:
         return f"sha256 {files[name][:SHOWN_DIGEST_CHARS]}" if name in files else "absent"
 
-    differences = [f"{name} {digest(recorded['files'], name)} there, {digest(current['files'], name)} here"
-                   for name in sorted(set(recorded["files"]) | set(current["files"]))
-                   if recorded["files"].get(name) != current["files"].get(name)]
-    differences += [f"{split} clips: {recorded['clips'].get(split)} there, {current['clips'].get(split)} here"
-                    for split in sorted(set(recorded["clips"]) | set(current["clips"]))
-                    if recorded["clips"].get(split) != current["clips"].get(split)]
+    differences = [
+        f"{name} {digest(recorded['files'], name)} there, {digest(current['files'], name)} here"
+        for name in sorted(set(recorded["files"]) | set(current["files"]))
+        if recorded["files"].get(name) != current["files"].get(name)
+    ]
+    differences += [
+        f"{split} clips: {recorded['clips'].get(split)} there, {current['clips'].get(split)} here"
+        for split in sorted(set(recorded["clips"]) | set(current["clips"]))
+        if recorded["clips"].get(split) != current["clips"].get(split)
+    ]
     return differences

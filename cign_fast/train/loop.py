@@ -33,23 +33,33 @@ from torch.utils.data.distributed import DistributedSampler
 from tqdm import tqdm
 
 from cign_fast.data import SkippedItem, SkipReport, collate_skipping
-from cign_fast.metrics import MODALITIES, Modality, format_summary, metrics_summary
 from cign_fast.methods import TaskInfo, TaskResources, build_method
 from cign_fast.methods.base import as_float32
+from cign_fast.metrics import MODALITIES, Modality, format_summary, metrics_summary
 from cign_fast.model import ModelConfig
 from cign_fast.model.grouping import set_noise_batch
 from cign_fast.train.batchnorm import recalibrate_batchnorm
 from cign_fast.train.checkpoint import (
-    CHECKPOINT_FORMAT, RunCheckpoints, capture_rng_state, checkpoint_name, checkpoint_sequence, load_latest_checkpoint,
+    CHECKPOINT_FORMAT,
+    RunCheckpoints,
+    capture_rng_state,
+    checkpoint_name,
+    checkpoint_sequence,
+    load_latest_checkpoint,
     restore_rng_state,
 )
 from cign_fast.train.config import TrainConfig, config_from_dict, save_config
 from cign_fast.train.datasets import RunData, dataset_skip_report, load_run_data
-from cign_fast.train.divergence import CHECK_EVERY_STEPS, DivergenceMonitor
 from cign_fast.train.distributed import (
-    DistContext, all_reduce_sum, barrier, broadcast_from_main, per_rank_batch_size, setup_distributed,
+    DistContext,
+    all_reduce_sum,
+    barrier,
+    broadcast_from_main,
+    per_rank_batch_size,
+    setup_distributed,
     teardown_distributed,
 )
+from cign_fast.train.divergence import CHECK_EVERY_STEPS, DivergenceMonitor
 from cign_fast.train.embed import embed_clips
 from cign_fast.train.evaluate import TaskAccuracy, autocast_context, eval_loader, evaluate_tasks
 from cign_fast.train.fingerprint import settings_differences
@@ -58,15 +68,14 @@ from cign_fast.train.outputs import RunSummary, RunWriter
 from cign_fast.train.run_folder import RunFolder
 
 
-
 @dataclass
 class TrainResults:
     """What :func:`train_incremental` returns (on every rank)."""
 
-    summary: RunSummary                      # the metrics.json content
+    summary: RunSummary  # the metrics.json content
     class_tasks: list[list[str]]
     out_dir: Path
-    history: list[dict[str, float]]          # one record per epoch
+    history: list[dict[str, float]]  # one record per epoch
     skips: SkipReport
     seconds: float
 
@@ -74,20 +83,20 @@ class TrainResults:
 class EvaluationRecord(TypedDict):
     """A finished task's :class:`TaskAccuracy` as a checkpoint keeps it."""
 
-    correct: dict[str, list[int]]   # modality -> correct clips per task 0..t
-    totals: list[int]               # clips per task 0..t
+    correct: dict[str, list[int]]  # modality -> correct clips per task 0..t
+    totals: list[int]  # clips per task 0..t
 
 
 @dataclass
 class RunProgress:
     """Where the run is; saved in every checkpoint."""
 
-    task: int = 0                  # task being trained (or just finished, when ``evaluated``)
-    epochs_done: int = 0           # epochs of ``task`` completed
-    evaluated: bool = False        # ``task`` evaluated and the memory updated
-    sequence: int = 0              # number of checkpoints written so far
+    task: int = 0  # task being trained (or just finished, when ``evaluated``)
+    epochs_done: int = 0  # epochs of ``task`` completed
+    evaluated: bool = False  # ``task`` evaluated and the memory updated
+    sequence: int = 0  # number of checkpoints written so far
     history: list[dict[str, float]] = field(default_factory=list)
-    evaluations: list[EvaluationRecord] = field(default_factory=list)   # one per finished task
+    evaluations: list[EvaluationRecord] = field(default_factory=list)  # one per finished task
 
 
 def seed_everything(seed: int, deterministic: bool) -> None:
@@ -115,8 +124,9 @@ def lr_multiplier(step: int, warmup_steps: int, total_steps: int, schedule: str)
 class IncrementalTrainer:
     """Owns the model, method, optimiser, memory and bookkeeping of one run (see the module docstring)."""
 
-    def __init__(self, config: TrainConfig, context: DistContext, data: RunData,
-                 log: Callable[[str], None] = print) -> None:
+    def __init__(
+        self, config: TrainConfig, context: DistContext, data: RunData, log: Callable[[str], None] = print
+    ) -> None:
         self.config = config
         self.context = context
         self.data = data
@@ -129,19 +139,26 @@ class IncrementalTrainer:
         self.model_config: ModelConfig = config.model_config(*data.feature_dims)
         self.method = build_method(config, self.model_config)
         self.model: nn.Module = self.method.build_model().to(context.device)
-        self.optimizer: torch.optim.Optimizer                 # both set by build_optimizer (begin_task, restore)
+        self.optimizer: torch.optim.Optimizer  # both set by build_optimizer (begin_task, restore)
         self.scheduler: torch.optim.lr_scheduler.LambdaLR
-        self.forward_model: nn.Module = self.model   # what a training step calls: model, or its DDP wrapper
-        self.memory = ExemplarMemory(config.memory.budget, config.memory.selection, config.run.seed,
-                                     config.memory.per_class)
+        self.forward_model: nn.Module = self.model  # what a training step calls: model, or its DDP wrapper
+        self.memory = ExemplarMemory(
+            config.memory.budget, config.memory.selection, config.run.seed, config.memory.per_class
+        )
         self.progress = RunProgress()
         self.skips = SkipReport()
         for dataset in data.datasets():
             self.skips.merge(dataset_skip_report(dataset))
         self.num_tasks = len(data.class_tasks)
         self.task_of_class = [t for t, names in enumerate(data.class_tasks) for _ in names]
-        self.divergence = DivergenceMonitor(("total", *self.method.loss_terms), config.run.divergence_factor, context, self.num_tasks,
-                                            config.optim.epochs, lambda: self.checkpoints.newest)
+        self.divergence = DivergenceMonitor(
+            ("total", *self.method.loss_terms),
+            config.run.divergence_factor,
+            context,
+            self.num_tasks,
+            config.optim.epochs,
+            lambda: self.checkpoints.newest,
+        )
 
     # ----- task structure -------------------------------------------------------------------------------------
 
@@ -150,16 +167,32 @@ class IncrementalTrainer:
 
     def train_indices(self, task: int) -> list[int]:
         """The clips the method trains ``task`` on (dataset indices; default: the task's plus the exemplars)."""
-        return self.method.train_indices(self.task_info(task), self.data.train_indices_of_task, self.memory.indices(),
-                                         clips_of_class=self.data.train_indices_of_class,
-                                         exemplars={cls: list(kept) for cls, kept in self.memory.exemplars.items()})
+        return self.method.train_indices(
+            self.task_info(task),
+            self.data.train_indices_of_task,
+            self.memory.indices(),
+            clips_of_class=self.data.train_indices_of_class,
+            exemplars={cls: list(kept) for cls, kept in self.memory.exemplars.items()},
+        )
 
     def make_train_loader(self, task: int) -> tuple[DataLoader, DistributedSampler]:
         subset = Subset(self.data.train_set, self.train_indices(task))
-        sampler: DistributedSampler = DistributedSampler(subset, num_replicas=self.context.world_size, rank=self.context.rank,
-                                     shuffle=True, seed=self.config.run.seed, drop_last=False)
-        loader = DataLoader(subset, batch_size=self.batch_size, sampler=sampler, collate_fn=collate_skipping,
-                            num_workers=self.config.data.num_workers, pin_memory=self.context.device.type == "cuda")
+        sampler: DistributedSampler = DistributedSampler(
+            subset,
+            num_replicas=self.context.world_size,
+            rank=self.context.rank,
+            shuffle=True,
+            seed=self.config.run.seed,
+            drop_last=False,
+        )
+        loader = DataLoader(
+            subset,
+            batch_size=self.batch_size,
+            sampler=sampler,
+            collate_fn=collate_skipping,
+            num_workers=self.config.data.num_workers,
+            pin_memory=self.context.device.type == "cuda",
+        )
         return loader, sampler
 
     def begin_task(self, task: int) -> None:
@@ -175,7 +208,8 @@ class IncrementalTrainer:
         total_steps = steps_per_epoch * optim.epochs
         warmup_steps = round(optim.warmup_epochs * steps_per_epoch)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lambda step: lr_multiplier(step, warmup_steps, total_steps, optim.schedule))
+            self.optimizer, lambda step: lr_multiplier(step, warmup_steps, total_steps, optim.schedule)
+        )
         set_noise_batch(self.model, self.context.rank, self.context.world_size)  # DistributedSampler's interleaving
         if self.context.is_distributed:
             device_ids = [self.context.device] if self.context.device.type == "cuda" else None
@@ -195,8 +229,14 @@ class IncrementalTrainer:
         sums = torch.zeros(len(loss_keys) + 1, dtype=torch.float64, device=device)
         self.forward_model.train()
         show = self.context.is_main and config.run.progress
-        bar = tqdm(loader, desc=f"task {task + 1}/{self.num_tasks} epoch {epoch + 1}/{config.optim.epochs}",
-                   unit="batch", leave=False, disable=None if show else True, dynamic_ncols=True)
+        bar = tqdm(
+            loader,
+            desc=f"task {task + 1}/{self.num_tasks} epoch {epoch + 1}/{config.optim.epochs}",
+            unit="batch",
+            leave=False,
+            disable=None if show else True,
+            dynamic_ncols=True,
+        )
         start = time.perf_counter()
         for step, batch in enumerate(bar):
             self.skips.update(batch["skipped"])
@@ -207,18 +247,22 @@ class IncrementalTrainer:
             audio, visual = batch["audio"].to(device, non_blocking=True), batch["visual"].to(device, non_blocking=True)
             try:
                 losses = self.train_step(audio, visual, labels, trainable)
-            except ValueError as error:   # NaN or inf inside the model fails an op's input check
+            except ValueError as error:  # NaN or inf inside the model fails an op's input check
                 self.divergence.raise_if_diverged(error, (audio, visual), trainable, task, epoch)
                 raise
             self.divergence.observe(task, epoch, step, lr, losses)
-            sums += torch.stack([losses[key].detach().double() * labels.numel() for key in loss_keys]
-                                + [torch.tensor(float(labels.numel()), dtype=torch.float64, device=device)])
+            sums += torch.stack(
+                [losses[key].detach().double() * labels.numel() for key in loss_keys]
+                + [torch.tensor(float(labels.numel()), dtype=torch.float64, device=device)]
+            )
             if (step + 1) % CHECK_EVERY_STEPS == 0:
                 self.divergence.check(task, epoch)
             if show and step % 5 == 0:
                 elapsed = time.perf_counter() - start
-                bar.set_postfix(loss=f"{float(sums[0] / sums[-1]):.4f}",
-                                clips_per_s=f"{float(sums[-1]) * self.context.world_size / max(elapsed, 1e-9):.1f}")
+                bar.set_postfix(
+                    loss=f"{float(sums[0] / sums[-1]):.4f}",
+                    clips_per_s=f"{float(sums[-1]) * self.context.world_size / max(elapsed, 1e-9):.1f}",
+                )
         self.divergence.check(task, epoch, trainable)
         all_reduce_sum(sums, self.context)
         seconds = time.perf_counter() - start
@@ -226,12 +270,20 @@ class IncrementalTrainer:
         samples = float(sums[-1])
         means = (sums[:-1] / max(samples, 1.0)).tolist()
         mean_losses = {("loss" if key == "total" else key): value for key, value in zip(loss_keys, means, strict=True)}
-        record: dict[str, float] = {"task": task, "epoch": epoch, **mean_losses,
-                  "lr": float(self.scheduler.get_last_lr()[0]), "samples": samples, "seconds": seconds,
-                  "samples_per_second": samples / max(seconds, 1e-9)}
+        record: dict[str, float] = {
+            "task": task,
+            "epoch": epoch,
+            **mean_losses,
+            "lr": float(self.scheduler.get_last_lr()[0]),
+            "samples": samples,
+            "seconds": seconds,
+            "samples_per_second": samples / max(seconds, 1e-9),
+        }
         terms = ", ".join(f"{key} {record[key]:.4f}" for key in self.method.loss_terms)
-        self.log(f"task {task + 1}/{self.num_tasks} epoch {epoch + 1}/{config.optim.epochs}: loss {record['loss']:.4f} "
-                 f"({terms})  {record['samples_per_second']:.1f} clips/s  {seconds:.1f} s")
+        self.log(
+            f"task {task + 1}/{self.num_tasks} epoch {epoch + 1}/{config.optim.epochs}: loss {record['loss']:.4f} "
+            f"({terms})  {record['samples_per_second']:.1f} clips/s  {seconds:.1f} s"
+        )
         return record
 
     def every_rank_has_clips(self, count: int) -> bool:
@@ -242,16 +294,18 @@ class IncrementalTrainer:
         empty = torch.tensor([int(count == 0)], device=self.context.device)
         return int(all_reduce_sum(empty, self.context)) == 0
 
-    def train_step(self, audio: Tensor, visual: Tensor, labels: Tensor,
-                   trainable: Sequence[Tensor]) -> dict[str, Tensor]:
+    def train_step(
+        self, audio: Tensor, visual: Tensor, labels: Tensor, trainable: Sequence[Tensor]
+    ) -> dict[str, Tensor]:
         """Forward (model and the method's teacher), the method's loss, backward, clipping, Adam step, schedule step."""
         precision = self.config.run.precision
         with autocast_context(self.context.device, precision):
             out = self.forward_model(audio, visual)
             with torch.no_grad():
                 teacher_out = self.method.teacher_forward(audio, visual)
-        losses = self.method.loss(self.model, as_float32(out), labels,
-                                  None if teacher_out is None else as_float32(teacher_out))
+        losses = self.method.loss(
+            self.model, as_float32(out), labels, None if teacher_out is None else as_float32(teacher_out)
+        )
         self.optimizer.zero_grad(set_to_none=True)
         losses["total"].backward()
         if self.config.optim.grad_clip > 0:
@@ -266,17 +320,24 @@ class IncrementalTrainer:
         """Accuracy on the evaluation clips of tasks 0..task."""
         indices = [i for t in range(task + 1) for i in self.data.eval_indices_of_task(t)]
         num_classes = self.task_info(task).num_classes
-        return evaluate_tasks(self.model, self.method.predict, self.data.eval_set, indices,
-                              self.task_of_class[:num_classes],
-                              batch_size=self.eval_batch_size, context=self.context,
-                              precision=self.config.run.precision, num_workers=self.config.data.num_workers,
-                              skips=self.skips)
+        return evaluate_tasks(
+            self.model,
+            self.method.predict,
+            self.data.eval_set,
+            indices,
+            self.task_of_class[:num_classes],
+            batch_size=self.eval_batch_size,
+            context=self.context,
+            precision=self.config.run.precision,
+            num_workers=self.config.data.num_workers,
+            skips=self.skips,
+        )
 
     def update_memory(self, task: int) -> None:
         """The method's choice of exemplars after ``task`` (rank 0 computes, every rank receives the same)."""
         if not self.memory.enabled:
             return
-        exemplars: dict[int, list[int]] = {}   # rank 0's choice replaces it on every rank
+        exemplars: dict[int, list[int]] = {}  # rank 0's choice replaces it on every rank
         if self.context.is_main:
             candidates = {cls: self.data.train_indices_of_class(cls) for cls in self.data.classes_of_task(task)}
             exemplars = self.method.select_exemplars(self.memory, candidates, self.embed_training_clips)
@@ -284,10 +345,17 @@ class IncrementalTrainer:
 
     def embed_training_clips(self, indices: Sequence[int]) -> tuple[Tensor, list[int]]:
         """The method's embeddings of training clips (evaluation transforms) and the indices that decoded."""
-        embeddings, _, kept = embed_clips(self.model, self.method.embed, self.data.train_eval_set, indices,
-                                          batch_size=self.eval_batch_size, device=self.context.device,
-                                          precision=self.config.run.precision,
-                                          num_workers=self.config.data.num_workers, skips=self.skips)
+        embeddings, _, kept = embed_clips(
+            self.model,
+            self.method.embed,
+            self.data.train_eval_set,
+            indices,
+            batch_size=self.eval_batch_size,
+            device=self.context.device,
+            precision=self.config.run.precision,
+            num_workers=self.config.data.num_workers,
+            skips=self.skips,
+        )
         return embeddings, kept.tolist()
 
     def training_batches(self, indices: Sequence[int]) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
@@ -301,10 +369,14 @@ class IncrementalTrainer:
     def end_task(self, task: int) -> None:
         """The method's ``end_task`` hook, with the task's clips, the memory and ways to run the model."""
         resources = TaskResources(
-            task=self.task_info(task), task_indices=self.data.train_indices_of_task(task),
-            exemplars={cls: list(indices) for cls, indices in self.memory.exemplars.items()}, context=self.context,
-            batches=self.training_batches, embed=self.embed_training_clips,
-            all_reduce_sum=lambda tensor: all_reduce_sum(tensor, self.context))
+            task=self.task_info(task),
+            task_indices=self.data.train_indices_of_task(task),
+            exemplars={cls: list(indices) for cls, indices in self.memory.exemplars.items()},
+            context=self.context,
+            batches=self.training_batches,
+            embed=self.embed_training_clips,
+            all_reduce_sum=lambda tensor: all_reduce_sum(tensor, self.context),
+        )
         self.method.end_task(self.model, resources)
 
     def summary(self) -> RunSummary:
@@ -325,15 +397,16 @@ class IncrementalTrainer:
             "config": self.config.to_dict(),
             "model_config": dataclasses.asdict(self.model_config),
             "class_tasks": self.data.class_tasks,
-            "task_sizes": list(self.task_info(self.progress.task).task_sizes),   # the tasks the model has grown by
+            "task_sizes": list(self.task_info(self.progress.task).task_sizes),  # the tasks the model has grown by
             "model": self.model.state_dict(),
             "method": self.method.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "memory": self.memory.state_dict(),
             "progress": dataclasses.asdict(self.progress),
-            "skipped": [[item_id, info["reason"], info["detail"]]
-                        for item_id, info in self.skips.to_dict()["clips"].items()],
+            "skipped": [
+                [item_id, info["reason"], info["detail"]] for item_id, info in self.skips.to_dict()["clips"].items()
+            ],
             "rng": capture_rng_state(),
         }
 
@@ -350,7 +423,7 @@ class IncrementalTrainer:
         self.progress.sequence = max(self.progress.sequence, checkpoint_sequence(source))
         self.model = self.method.rebuild_model(state["task_sizes"], state["model"], self.context.device)
         self.method.load_state_dict(state["method"], self.context.device)
-        self.memory.load_state_dict(state["memory"])   # before the optimiser: the schedule counts its clips
+        self.memory.load_state_dict(state["memory"])  # before the optimiser: the schedule counts its clips
         self.build_optimizer(self.progress.task)
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
@@ -363,12 +436,18 @@ class IncrementalTrainer:
         start = time.perf_counter()
         epochs = self.config.optim.epochs
         restored = resume and self.resume_from_latest()
-        if self.context.is_main:   # after the resume check: a refused resume keeps the run's own config.yaml
+        if self.context.is_main:  # after the resume check: a refused resume keeps the run's own config.yaml
             self.out_dir.mkdir(parents=True, exist_ok=True)
             save_config(self.config, self.out_dir / "config.yaml")
         purge_step = self.progress.task * epochs + self.progress.epochs_done if restored else None
-        writer = RunWriter(self.out_dir, self.context.is_main, self.config.run.tensorboard, purge_step,
-                           self.method.loss_terms, self.config.run.plots)
+        writer = RunWriter(
+            self.out_dir,
+            self.context.is_main,
+            self.config.run.tensorboard,
+            purge_step,
+            self.method.loss_terms,
+            self.config.run.plots,
+        )
         if restored and self.progress.evaluated:
             first_task, continue_current = self.progress.task + 1, False
         else:
@@ -394,11 +473,18 @@ class IncrementalTrainer:
         self.log(format_summary(summary))
         self.log(f"skipped clips: {self.skips.summary()}")
         newest = self.checkpoints.newest
-        self.log(f"wall time {seconds:.1f} s; outputs in {self.out_dir}"
-                 + (f"; final checkpoint {newest}" if newest else ""))
+        self.log(
+            f"wall time {seconds:.1f} s; outputs in {self.out_dir}" + (f"; final checkpoint {newest}" if newest else "")
+        )
         barrier(self.context)
-        return TrainResults(summary=summary, class_tasks=self.data.class_tasks, out_dir=self.out_dir,
-                            history=self.progress.history, skips=self.skips, seconds=seconds)
+        return TrainResults(
+            summary=summary,
+            class_tasks=self.data.class_tasks,
+            out_dir=self.out_dir,
+            history=self.progress.history,
+            skips=self.skips,
+            seconds=seconds,
+        )
 
     def resume_from_latest(self) -> bool:
         """Restore the newest intact checkpoint (damaged ones are reported and skipped); False if none."""
@@ -409,18 +495,27 @@ class IncrementalTrainer:
             return False
         state, path = found
         self.restore(state, path)
-        self.log(f"resumed from {path.name} (task {self.progress.task + 1}, {self.progress.epochs_done} epoch(s) "
-                 f"done{', evaluated' if self.progress.evaluated else ''})")
+        self.log(
+            f"resumed from {path.name} (task {self.progress.task + 1}, {self.progress.epochs_done} epoch(s) "
+            f"done{', evaluated' if self.progress.evaluated else ''})"
+        )
         return True
 
     def finish_task(self, task: int, writer: RunWriter) -> None:
         """Re-estimate BatchNorm statistics (optional), update the memory, the method's ``end_task``, evaluate,
         write the metrics, checkpoint."""
         if self.config.optim.precise_bn_batches:
-            recalibrate_batchnorm(self.model, self.data.train_set, self.train_indices(task),
-                                  max_batches=self.config.optim.precise_bn_batches, batch_size=self.batch_size,
-                                  context=self.context, seed=self.config.run.seed * 1000 + task,
-                                  precision=self.config.run.precision, num_workers=self.config.data.num_workers)
+            recalibrate_batchnorm(
+                self.model,
+                self.data.train_set,
+                self.train_indices(task),
+                max_batches=self.config.optim.precise_bn_batches,
+                batch_size=self.batch_size,
+                context=self.context,
+                seed=self.config.run.seed * 1000 + task,
+                precision=self.config.run.precision,
+                num_workers=self.config.data.num_workers,
+            )
         self.update_memory(task)
         self.end_task(task)
         accuracy = self.evaluate(task)
@@ -433,29 +528,40 @@ class IncrementalTrainer:
         self.save_checkpoint(None)
 
 
-def check_resume_compatible(state: dict[str, Any], config: TrainConfig, class_tasks: list[list[str]],
-                            source: Path) -> None:
+def check_resume_compatible(
+    state: dict[str, Any], config: TrainConfig, class_tasks: list[list[str]], source: Path
+) -> None:
     """A run resumes only with the settings and class sequence it started with (``run.*`` but the seed may differ)."""
     if state.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"--resume: checkpoint {source} has format {state.get('format')!r}, this version reads "
-                         f"format {CHECKPOINT_FORMAT}; start the run again in a new folder")
+        raise ValueError(
+            f"--resume: checkpoint {source} has format {state.get('format')!r}, this version reads "
+            f"format {CHECKPOINT_FORMAT}; start the run again in a new folder"
+        )
     differing = settings_differences(state["config"], config.to_dict())
     if differing:
-        raise ValueError(f"--resume: checkpoint {source} was written with other settings ({'; '.join(differing)}); "
-                         f"resume with the config saved in {source.parent.parent / 'config.yaml'}")
+        raise ValueError(
+            f"--resume: checkpoint {source} was written with other settings ({'; '.join(differing)}); "
+            f"resume with the config saved in {source.parent.parent / 'config.yaml'}"
+        )
     if state["class_tasks"] != class_tasks:
         raise ValueError(f"--resume: checkpoint {source} was written for a different class sequence")
 
 
-def train_incremental(config: TrainConfig, *, resume: bool = False, overwrite: bool = False,
-                      log: Callable[[str], None] = print, context: DistContext | None = None) -> TrainResults:
+def train_incremental(
+    config: TrainConfig,
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    log: Callable[[str], None] = print,
+    context: DistContext | None = None,
+) -> TrainResults:
     """Train ``config`` task after task (single process, or one rank of a torchrun job) and write its outputs.
 
     ``resume``: continue the run in ``run.out``; ``overwrite``: replace it (see ``run_folder``). ``context``: a
     process group already set up (``cign-fast compare`` runs many trainings in one); by default the run sets one
     up from torchrun's environment and tears it down at the end.
     """
-    config = config_from_dict(config.to_dict(), source="train_incremental(config)")   # a hand-built one too
+    config = config_from_dict(config.to_dict(), source="train_incremental(config)")  # a hand-built one too
     if config.run.out is None:
         raise ValueError("run.out: the output directory is required (--out DIR)")
     own_context = context is None
@@ -470,4 +576,3 @@ def train_incremental(config: TrainConfig, *, resume: bool = False, overwrite: b
     finally:
         if own_context:
             teardown_distributed(context)
-

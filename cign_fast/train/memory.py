@@ -8,8 +8,8 @@ greedily match the class mean of L2-normalised embeddings) or uniformly at rando
 
 from __future__ import annotations
 
-from typing import Any
 from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -108,8 +108,13 @@ class ExemplarMemory:
         return exemplars
 
     def state_dict(self) -> dict[str, Any]:
-        return {"budget": self.budget, "per_class": self.per_class, "selection": self.selection, "seed": self.seed,
-                "exemplars": {int(cls): list(indices) for cls, indices in self.exemplars.items()}}
+        return {
+            "budget": self.budget,
+            "per_class": self.per_class,
+            "selection": self.selection,
+            "seed": self.seed,
+            "exemplars": {int(cls): list(indices) for cls, indices in self.exemplars.items()},
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.budget, self.selection, self.seed = int(state["budget"]), str(state["selection"]), int(state["seed"])

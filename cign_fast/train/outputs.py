@@ -38,8 +38,15 @@ def epoch_columns(loss_terms: Sequence[str]) -> tuple[str, ...]:
 class RunWriter:
     """Writes the run's files; every method is a no-op when ``enabled`` is false (ranks other than 0)."""
 
-    def __init__(self, out_dir: Path, enabled: bool, tensorboard: bool, purge_step: int | None,
-                 loss_terms: Sequence[str], plots: bool = True) -> None:
+    def __init__(
+        self,
+        out_dir: Path,
+        enabled: bool,
+        tensorboard: bool,
+        purge_step: int | None,
+        loss_terms: Sequence[str],
+        plots: bool = True,
+    ) -> None:
         self.out_dir = Path(out_dir)
         self.enabled = enabled
         self.loss_terms = tuple(loss_terms)
@@ -76,8 +83,9 @@ class RunWriter:
         if board and self.board is not None:
             for modality in MODALITIES:
                 block = summary[modality]
-                self.board.add_scalar(f"eval/{modality}/accuracy_after_step", block["accuracy_after_step"][-1],
-                                      global_epoch)
+                self.board.add_scalar(
+                    f"eval/{modality}/accuracy_after_step", block["accuracy_after_step"][-1], global_epoch
+                )
                 for key in ("avg_incremental_accuracy", "forgetting", "bwt"):
                     self.board.add_scalar(f"eval/{modality}/{key}", block[key], global_epoch)
             self.board.flush()
@@ -88,8 +96,13 @@ class RunWriter:
 
 
 def accuracy_columns(num_tasks: int) -> tuple[str, ...]:
-    return ("modality", "after_task", "accuracy_after_step", "mean_task_accuracy_after_step",
-            *(f"task{i}" for i in range(num_tasks)))
+    return (
+        "modality",
+        "after_task",
+        "accuracy_after_step",
+        "mean_task_accuracy_after_step",
+        *(f"task{i}" for i in range(num_tasks)),
+    )
 
 
 def accuracy_rows(summary: MetricsSummary) -> list[dict[str, object]]:
@@ -97,9 +110,12 @@ def accuracy_rows(summary: MetricsSummary) -> list[dict[str, object]]:
     for modality in MODALITIES:
         block = summary[modality]
         for step, row in enumerate(block["matrix"]):
-            record: dict[str, object] = {"modality": modality, "after_task": step,
-                      "accuracy_after_step": block["accuracy_after_step"][step],
-                      "mean_task_accuracy_after_step": block["mean_task_accuracy_after_step"][step]}
+            record: dict[str, object] = {
+                "modality": modality,
+                "after_task": step,
+                "accuracy_after_step": block["accuracy_after_step"][step],
+                "mean_task_accuracy_after_step": block["mean_task_accuracy_after_step"][step],
+            }
             record.update({f"task{i}": value for i, value in enumerate(row) if value is not None})
             rows.append(record)
     return rows

@@ -33,8 +33,17 @@ from cign_fast.train.fingerprint import data_fingerprint, fingerprint_difference
 LOCK_FILE = ".lock"
 IDENTITY_FILE = "run.json"
 CONFIG_FILE = "config.yaml"
-RUN_OUTPUTS = (CONFIG_FILE, IDENTITY_FILE, "metrics.json", "accuracy.csv", "epochs.csv", "accuracy_matrices.png",
-               "accuracy_steps.png", "tensorboard", "checkpoints")
+RUN_OUTPUTS = (
+    CONFIG_FILE,
+    IDENTITY_FILE,
+    "metrics.json",
+    "accuracy.csv",
+    "epochs.csv",
+    "accuracy_matrices.png",
+    "accuracy_steps.png",
+    "tensorboard",
+    "checkpoints",
+)
 
 
 class RunFolderError(ValueError):
@@ -72,15 +81,17 @@ class RunFolderLock:
             os.close(fd)
             if error.errno not in (errno.EAGAIN, errno.EACCES):
                 raise
-            raise RunFolderError(f"run.out: {self.path.parent} is in use by another run (process {holder} holds "
-                                 f"{self.path}); wait for it to finish or choose another --out") from None
+            raise RunFolderError(
+                f"run.out: {self.path.parent} is in use by another run (process {holder} holds "
+                f"{self.path}); wait for it to finish or choose another --out"
+            ) from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         self._fd = fd
 
     def release(self) -> None:
         if self._fd is not None:
-            os.close(self._fd)   # closing the descriptor drops the flock
+            os.close(self._fd)  # closing the descriptor drops the flock
             self._fd = None
 
 
@@ -92,8 +103,9 @@ class RunFolder:
     rule and records ``run.json``; leaving the block releases the lock.
     """
 
-    def __init__(self, out_dir: Path, context: DistContext, *, resume: bool, overwrite: bool,
-                 log: Callable[[str], None] = print) -> None:
+    def __init__(
+        self, out_dir: Path, context: DistContext, *, resume: bool, overwrite: bool, log: Callable[[str], None] = print
+    ) -> None:
         if resume and overwrite:
             raise RunFolderError("--resume and --overwrite exclude each other: continue the run or replace it")
         self.out_dir = Path(out_dir)
@@ -111,8 +123,9 @@ class RunFolder:
             raise
         return self
 
-    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
-                 traceback: TracebackType | None) -> None:
+    def __exit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, traceback: TracebackType | None
+    ) -> None:
         self.lock.release()
 
     def _on_main_rank(self, action: Callable[[], None]) -> None:
@@ -142,8 +155,10 @@ class RunFolder:
         if self.resume or not found:
             return
         if not self.overwrite:
-            raise RunFolderError(f"run.out: {self.out_dir} already holds a run ({', '.join(found)}); pass --resume "
-                                 f"to continue it, --overwrite to replace it, or choose another --out")
+            raise RunFolderError(
+                f"run.out: {self.out_dir} already holds a run ({', '.join(found)}); pass --resume "
+                f"to continue it, --overwrite to replace it, or choose another --out"
+            )
         remove_outputs(self.out_dir, found)
         self.log(f"replacing the earlier run in {self.out_dir} (removed {', '.join(found)})")
 
@@ -157,17 +172,23 @@ class RunFolder:
         if self.resume and config_path.is_file():
             differences = settings_differences(read_yaml(config_path), config.to_dict())
             if differences:
-                raise RunFolderError(f"--resume: {config_path} records other settings than this run's "
-                                     f"({'; '.join(differences)}); resume with the config saved there")
+                raise RunFolderError(
+                    f"--resume: {config_path} records other settings than this run's "
+                    f"({'; '.join(differences)}); resume with the config saved there"
+                )
         if self.resume and identity_path.is_file():
             differences = fingerprint_differences(read_identity(identity_path), fingerprint)
             if differences:
-                raise RunFolderError(f"--resume: the run in {self.out_dir} was trained on other data than "
-                                     f"--data {config.data.root} ({'; '.join(differences)}); resume with the "
-                                     f"run's own data")
+                raise RunFolderError(
+                    f"--resume: the run in {self.out_dir} was trained on other data than "
+                    f"--data {config.data.root} ({'; '.join(differences)}); resume with the "
+                    f"run's own data"
+                )
         elif self.resume and earlier_outputs(self.out_dir):
-            self.log(f"warning: {self.out_dir} has no {IDENTITY_FILE} (written by an older cign_fast): its data "
-                     f"cannot be checked; recording the current data's fingerprint")
+            self.log(
+                f"warning: {self.out_dir} has no {IDENTITY_FILE} (written by an older cign_fast): its data "
+                f"cannot be checked; recording the current data's fingerprint"
+            )
         text = json.dumps({"data": fingerprint}, indent=2) + "\n"
         write_atomically(identity_path, text.encode())
 
@@ -186,6 +207,8 @@ def read_identity(path: Path) -> dict[str, dict[str, object]]:
     except json.JSONDecodeError as error:
         raise RunFolderError(f"{path} is not valid JSON ({error})") from None
     fingerprint = values.get("data") if isinstance(values, dict) else None
-    if not (isinstance(fingerprint, dict) and all(isinstance(fingerprint.get(key), dict) for key in ("files", "clips"))):
+    if not (
+        isinstance(fingerprint, dict) and all(isinstance(fingerprint.get(key), dict) for key in ("files", "clips"))
+    ):
         raise RunFolderError(f'{path}: expected {{"data": {{"files": {{...}}, "clips": {{...}}}}}}')
     return fingerprint

@@ -9,7 +9,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from cign_fast.data.benchmarks import (
-    BENCHMARK_NAMES, benchmark_tasks, class_order_from_file, class_order_of_first_appearance, shuffled_class_order,
+    BENCHMARK_NAMES,
+    benchmark_tasks,
+    class_order_from_file,
+    class_order_of_first_appearance,
+    shuffled_class_order,
     split_classes,
 )
 from cign_fast.data.labels import LabelRow
@@ -59,7 +63,8 @@ def benchmark_class_tasks(data: DataConfig, rows: Sequence[LabelRow]) -> list[li
     except ValueError as err:
         raise ValueError(f"data.benchmark {name!r}: {err}") from None
     if data.class_order is not None and name != "vgg-ss":
-        raise ValueError(f"data.class_order: benchmark {name!r} has a fixed class order; "
-                         "only 'vgg-ss' reads a class list")
+        raise ValueError(
+            f"data.class_order: benchmark {name!r} has a fixed class order; only 'vgg-ss' reads a class list"
+        )
     check_known_classes([c for task in tasks for c in task], rows, f"data.benchmark {name!r}")
     return tasks
