@@ -6,8 +6,10 @@ setting, mean +- std over the seeds of the average incremental accuracy, the las
 and the mean within-task accuracy a[t][t], the mean matrices, and checks the targets below.
 
 Settings: ``distill`` (the default CIGN loss), ``no_distill`` (the same without the teacher), ``memory``
-(``distill`` plus a small exemplar memory: 5 clips per class on the demo, 20 on FSDD) and ``authors``
-(the authors' recipe: L2-only tokens, softmax KL, old classes negative on new clips).
+(``distill`` plus a small exemplar memory: 5 clips per class on the demo, 20 on FSDD), ``bce`` and
+``bce_memory`` (``distill`` and ``memory`` with the authors' per-class BCE instead of the cross-entropy, the
+default before) and ``authors`` (the authors' recipe: L2-only tokens, per-class BCE, softmax KL, old classes
+negative on new clips).
 
 The FSDD digits need the FSDD recordings (``--fsdd DIR``, default ``../shared/data/fsdd/recordings`` next to
 the repository); without them only the demo runs. Finished runs are reused, so a killed benchmark resumes.
@@ -33,13 +35,20 @@ from cign_fast.metrics import MODALITIES
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_FSDD = REPO.parent / "shared" / "data" / "fsdd" / "recordings"
-SETTINGS = ("distill", "no_distill", "memory", "authors")
-SETTING_OVERRIDES: dict[str, dict[str, dict[str, object]]] = {
+SETTINGS = ("distill", "no_distill", "memory", "bce", "bce_memory", "authors")
+BCE = {"distill": {"classification": "bce"}}  # the per-class sigmoid BCE of the authors' code (the old default)
+SETTING_OVERRIDES = {
     "distill": {},
     "no_distill": {"distill": {"enabled": False}},
     "memory": {},
-    "authors": {"model": {"token_norm": "l2"}, "distill": {"form": "softmax", "old_class_negatives": True}},
+    "bce": BCE,
+    "bce_memory": BCE,
+    "authors": {
+        "model": {"token_norm": "l2"},
+        "distill": {"form": "softmax", "classification": "bce", "old_class_negatives": True},
+    },
 }
+WITH_MEMORY = ("memory", "bce_memory")
 DATASETS = {
     "demo": {"tasks": 4, "classes": 8, "memory_per_class": 5},
     "fsdd": {"tasks": 5, "classes": 10, "memory_per_class": 20},
@@ -83,7 +92,7 @@ def job_config(job: Job):
     from cign_fast.train.demo import DemoOptions, demo_overrides
 
     spec = DATASETS[job.dataset]
-    memory = spec["memory_per_class"] * spec["classes"] if job.setting == "memory" else 0
+    memory = spec["memory_per_class"] * spec["classes"] if job.setting in WITH_MEMORY else 0
     options = DemoOptions(
         out=Path(job.run_dir),
         tasks=spec["tasks"],

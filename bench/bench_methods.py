@@ -24,7 +24,7 @@ from cign_fast.bench import common
 from cign_fast.cli.compare import method_list
 from cign_fast.data.fsdd import write_fsdd_digits_dataset
 from cign_fast.methods import method_names
-from cign_fast.train.compare import format_table, run_compare
+from cign_fast.train.compare import format_table, run_compare, runnable_methods
 from cign_fast.train.config import build_config
 from cign_fast.train.demo import DemoOptions, demo_overrides, prepare_synthetic_data
 from cign_fast.train.distributed import broadcast_from_main, setup_distributed, teardown_distributed
@@ -72,6 +72,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     options = DemoOptions(out=args.work, epochs=args.epochs, device=args.device, progress=False)
+    methods, skipped = runnable_methods(args.methods, "raw")
+    if skipped:
+        print(f"skipping {', '.join(skipped)}: they need features-mode inputs", file=sys.stderr)
     context = setup_distributed(args.device)
     try:
         env = common.environment(context.device)
@@ -85,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
                 # one runs folder for both settings: the runs they share (joint; iCaRL and SS-IL) train once
                 report = run_compare(
                     base,
-                    args.methods,
+                    methods,
                     args.seeds,
                     args.work / dataset / f"memory{memory}",
                     memory_per_class=memory,
