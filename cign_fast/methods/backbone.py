@@ -157,11 +157,16 @@ def modality_log_probs(audio_logits: Tensor, visual_logits: Tensor) -> dict[str,
     return {"audio": audio, "visual": visual, "audio_visual": F.log_softmax(audio + visual, dim=-1)}
 
 
+def modality_embedding(audio_features: Tensor, visual_features: Tensor) -> Tensor:
+    """[B, D_a + D_v] float32: ``concat(normalize(f_a), normalize(f_v))`` of two per-clip features."""
+    return torch.cat(
+        [F.normalize(audio_features.float(), dim=-1), F.normalize(visual_features.float(), dim=-1)], dim=-1
+    )
+
+
 def feature_embedding(out: BackboneOutput) -> Tensor:
     """[B, 2D] float32: ``concat(normalize(f_a), normalize(f_v))``."""
-    return torch.cat(
-        [F.normalize(out.audio_features.float(), dim=-1), F.normalize(out.visual_features.float(), dim=-1)], dim=-1
-    )
+    return modality_embedding(out.audio_features, out.visual_features)
 
 
 def classification_loss(out: BackboneOutput, labels: Tensor) -> dict[str, Tensor]:
