@@ -25,7 +25,7 @@ from cign_fast.methods.podnet import nca_loss
 from cign_fast.methods.ssil import separated_cross_entropy, task_wise_distillation
 from cign_fast.train.config import build_config
 
-from helpers import one_thread, tiny_train_args, write_feature_dataset
+from helpers import KILLING_RUNNER, one_thread, read_run_results, run_runner, tiny_train_args, write_feature_dataset
 
 FRAMES, PATCHES = 2, 3  # AV-CIL's visual tokens in these tests: 2 frames of 3 patches
 
@@ -369,3 +369,23 @@ def test_a_tiny_run_of_each_through_the_cli(tmp_path, name, distilled):
     for row in rows:
         for term in distilled:
             assert (float(row[term]) > 0) == (int(row["task"]) == 1), (term, row)
+
+
+def test_a_run_of_afc_killed_after_its_fine_tuning_resumes_to_the_uninterrupted_metrics(tmp_path):
+    """AFC changes the model in end_task: a run killed between that and the task's checkpoint redoes it
+    from the last epoch's checkpoint and ends where the uninterrupted run does."""
+    data = write_feature_dataset(tmp_path / "data", num_classes=4, train_per_class=8, test_per_class=4)
+    extra = ("--method", "afc", "--tasks", "2", "--epochs", "2", "--memory-per-class", "3")
+    with one_thread():
+        assert main(["train", *tiny_train_args(data, tmp_path / "reference", *extra)]) == 0
+    args = tiny_train_args(data, tmp_path / "killed", *extra)
+    killed = run_runner(KILLING_RUNNER, ["afc", "evaluate", "2", "train", *args], timeout=600)
+    assert killed.returncode == -9, killed.stderr
+    assert "after task 1/2" in killed.stdout and "after task 2/2" not in killed.stdout
+    with one_thread():
+        assert main(["train", *args, "--resume"]) == 0
+    expected_metrics, expected_losses = read_run_results(tmp_path / "reference")
+    metrics, losses = read_run_results(tmp_path / "killed")
+    for modality in ("audio", "visual", "audio_visual"):
+        assert metrics[modality] == expected_metrics[modality]
+    assert losses == pytest.approx(expected_losses, rel=1e-6, abs=1e-9)
