@@ -54,7 +54,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from cign_fast.methods.backbone import GrowingHead, modality_embedding
+from cign_fast.methods.backbone import GrowingHead, GrowingModel, modality_embedding
 from cign_fast.methods.base import ContinualMethod
 from cign_fast.methods.registry import register_method
 from cign_fast.methods.ssil import separated_cross_entropy, task_wise_distillation
@@ -110,7 +110,7 @@ class AudioGuidedVisualAttention(nn.Module):
         return (F.softmax(temporal, dim=1) * per_frame).sum(dim=1), spatial, temporal
 
 
-class AVCILModel(nn.Module):
+class AVCILModel(GrowingModel):
     """AV-CIL's classifier over features ``audio`` [B, S_a, D_a], ``visual`` [B, S_v, D_v]; call
     :meth:`add_task` before each task."""
 
@@ -122,24 +122,15 @@ class AVCILModel(nn.Module):
             raise ValueError(f"input_mode: AV-CIL runs on pre-extracted features, got {cfg.input_mode!r}")
         self.cfg = cfg
         self.frames = frames
-        self._task_sizes: list[int] = []
         audio_dim, visual_dim = cfg.feature_dims()
         self.attention = AudioGuidedVisualAttention(audio_dim, visual_dim)
         self.audio_proj = nn.Linear(audio_dim, cfg.dim)
         self.visual_proj = nn.Linear(visual_dim, cfg.dim)
         self.head = GrowingHead(cfg.dim)
 
-    @property
-    def task_sizes(self) -> list[int]:
-        """Classes per task added so far (a copy)."""
-        return list(self._task_sizes)
-
-    def add_task(self, num_new_classes: int) -> None:
-        """Grow the classifier by ``num_new_classes`` outputs (old rows kept)."""
-        if not isinstance(num_new_classes, int) or isinstance(num_new_classes, bool) or num_new_classes <= 0:
-            raise ValueError(f"num_new_classes: expected an int > 0, got {num_new_classes!r}")
+    def add_classes(self, num_new_classes: int) -> None:
+        """Grow the classifier by ``num_new_classes`` outputs."""
         self.head.add_classes(num_new_classes, self.audio_proj.weight)
-        self._task_sizes.append(num_new_classes)
 
     def forward(self, audio: Tensor, visual: Tensor) -> AVCILOutput:
         if not self._task_sizes:
