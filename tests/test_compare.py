@@ -31,7 +31,17 @@ def compare_args(data, out, *extra):
     return [
         "compare",
         *tiny_train_args(
-            data, out, "--tasks", "2", "--epochs", "1", "--required-memory-per-class", str(REQUIRED_MEMORY), *extra
+            data,
+            out,
+            "--tasks",
+            "2",
+            "--epochs",
+            "1",
+            "--required-memory-per-class",
+            str(REQUIRED_MEMORY),
+            "--set",
+            "avcil.frames=1",  # the test clips' visual tokens are one frame
+            *extra,
         ),
     ]
 

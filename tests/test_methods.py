@@ -97,7 +97,9 @@ def test_every_method_is_registered_and_unknown_names_are_refused():
         "il2m",
         "bic",
         "podnet",
+        "afc",
         "l2p",
+        "avcil",
     )
     with pytest.raises(ValueError, match=r"config method: expected one of .*'ssil'.*got 'ewcc'"):
         build_config(overrides=["method=ewcc"])

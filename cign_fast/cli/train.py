@@ -12,7 +12,21 @@ import sys
 from pathlib import Path
 
 # the registered methods (cign_fast.methods, which imports torch: --help must not); a test holds them equal
-METHOD_NAMES = ("cign", "finetune", "joint", "ewc", "lwf", "icarl", "ssil", "il2m", "bic", "podnet", "l2p")
+METHOD_NAMES = (
+    "cign",
+    "finetune",
+    "joint",
+    "ewc",
+    "lwf",
+    "icarl",
+    "ssil",
+    "il2m",
+    "bic",
+    "podnet",
+    "afc",
+    "l2p",
+    "avcil",
+)
 # flag attribute -> config key (flags not given are left unset)
 FLAG_KEYS = {
     "method": "method",

@@ -101,7 +101,31 @@ def build_encoders(cfg: ModelConfig) -> tuple[nn.Module, nn.Module]:
     return projections
 
 
-class Backbone(nn.Module):
+class GrowingModel(nn.Module):
+    """A classifier grown a task at a time: :meth:`add_task` checks the class count, lets :meth:`add_classes`
+    grow the outputs and records the task."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._task_sizes: list[int] = []
+
+    @property
+    def task_sizes(self) -> list[int]:
+        """Classes per task added so far (a copy)."""
+        return list(self._task_sizes)
+
+    def add_task(self, num_new_classes: int) -> None:
+        """Grow the outputs by ``num_new_classes`` classes (old rows kept)."""
+        if not isinstance(num_new_classes, int) or isinstance(num_new_classes, bool) or num_new_classes <= 0:
+            raise ValueError(f"num_new_classes: expected an int > 0, got {num_new_classes!r}")
+        self.add_classes(num_new_classes)
+        self._task_sizes.append(num_new_classes)
+
+    def add_classes(self, num_new_classes: int) -> None:
+        raise NotImplementedError(f"{type(self).__name__}.add_classes")
+
+
+class Backbone(GrowingModel):
     """The baselines' audio-visual classifier (module docstring). Call :meth:`add_task` before each task.
 
     Inputs as :class:`cign_fast.model.CIGN`'s: raw ``audio`` [B, 1, F, T], ``visual`` [B, 3, H, W], or
@@ -113,24 +137,15 @@ class Backbone(nn.Module):
         if not isinstance(cfg, ModelConfig):
             raise TypeError(f"cfg: expected a ModelConfig, got {type(cfg).__name__}")
         self.cfg = cfg
-        self._task_sizes: list[int] = []
         audio_encoder, visual_encoder = build_encoders(cfg)
         self.audio_branch = BackboneBranch(audio_encoder, cfg)
         self.visual_branch = BackboneBranch(visual_encoder, cfg)
 
-    @property
-    def task_sizes(self) -> list[int]:
-        """Classes per task added so far (a copy)."""
-        return list(self._task_sizes)
-
-    def add_task(self, num_new_classes: int) -> None:
-        """Grow both heads by ``num_new_classes`` outputs (old rows kept)."""
-        if not isinstance(num_new_classes, int) or isinstance(num_new_classes, bool) or num_new_classes <= 0:
-            raise ValueError(f"num_new_classes: expected an int > 0, got {num_new_classes!r}")
+    def add_classes(self, num_new_classes: int) -> None:
+        """Grow both heads by ``num_new_classes`` outputs."""
         like = self.audio_branch.norm.weight
         self.audio_branch.head.add_classes(num_new_classes, like)
         self.visual_branch.head.add_classes(num_new_classes, like)
-        self._task_sizes.append(num_new_classes)
 
     def forward(self, audio: Tensor, visual: Tensor) -> BackboneOutput:
         if not self._task_sizes:
@@ -157,11 +172,16 @@ def modality_log_probs(audio_logits: Tensor, visual_logits: Tensor) -> dict[str,
     return {"audio": audio, "visual": visual, "audio_visual": F.log_softmax(audio + visual, dim=-1)}
 
 
+def modality_embedding(audio_features: Tensor, visual_features: Tensor) -> Tensor:
+    """[B, D_a + D_v] float32: ``concat(normalize(f_a), normalize(f_v))`` of two per-clip features."""
+    return torch.cat(
+        [F.normalize(audio_features.float(), dim=-1), F.normalize(visual_features.float(), dim=-1)], dim=-1
+    )
+
+
 def feature_embedding(out: BackboneOutput) -> Tensor:
     """[B, 2D] float32: ``concat(normalize(f_a), normalize(f_v))``."""
-    return torch.cat(
-        [F.normalize(out.audio_features.float(), dim=-1), F.normalize(out.visual_features.float(), dim=-1)], dim=-1
-    )
+    return modality_embedding(out.audio_features, out.visual_features)
 
 
 def classification_loss(out: BackboneOutput, labels: Tensor) -> dict[str, Tensor]:

@@ -31,6 +31,7 @@ from torch.nn import functional as F
 from cign_fast.methods.backbone import Backbone, BackboneBranch, BackboneMethod, classification_loss
 from cign_fast.methods.registry import register_method
 from cign_fast.model import ModelConfig
+from cign_fast.model.cign import check_model_inputs
 
 
 class L2POutput(NamedTuple):
@@ -91,7 +92,7 @@ class PromptedBackbone(Backbone):
     def forward(self, audio: Tensor, visual: Tensor) -> L2POutput:
         if not self._task_sizes:
             raise RuntimeError("PromptedBackbone.forward: call add_task(num_new_classes) before the first forward")
-        self.check_inputs(audio, visual)
+        check_model_inputs(self.cfg, audio, visual)
         a_logits, a_features, a_tokens, a_distance = prompted_branch(self.audio_branch, self.audio_pool, audio)
         v_logits, v_features, v_tokens, v_distance = prompted_branch(self.visual_branch, self.visual_pool, visual)
         return L2POutput(a_logits, v_logits, a_features, v_features, a_tokens, v_tokens, a_distance, v_distance)

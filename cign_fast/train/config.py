@@ -2,7 +2,8 @@
 
 The config has the sections ``data``, ``model``, ``optim``, ``distill``, ``memory``, ``run``, the top-level
 key ``method`` (a name of :mod:`cign_fast.methods`, default ``cign``) and one section per baseline with
-hyper-parameters (``ewc``, ``lwf``, ``icarl``, ``ssil``, ``bic``, ``podnet``, ``l2p``; ``distill`` is CIGN's).
+hyper-parameters (``ewc``, ``lwf``, ``icarl``, ``ssil``, ``bic``, ``podnet``, ``afc``, ``l2p``, ``avcil``; ``distill``
+is CIGN's).
 ``model`` holds any field of :class:`cign_fast.model.ModelConfig` except ``input_mode`` (taken from
 ``data.input_mode``) and the feature widths (read from the data in features mode).
 Every error names the offending key (and the file it came from) and what was expected.
@@ -171,6 +172,17 @@ class PODNetConfig:
 
 
 @dataclass
+class AFCConfig:
+    """AFC (Kang et al. 2022): importance-weighted feature distillation, PODNet's classifier, balanced fine-tuning."""
+
+    weight: float = 4.0  # lambda_disc (times sqrt(classes seen / new classes))
+    proxies: int = 10  # K per class
+    margin: float = 0.6  # delta of the NCA loss
+    finetune_epochs: int = 20  # class-balanced fine-tuning of the heads after each task t > 0 (0: none)
+    finetune_lr: float = 0.05  # its SGD learning rate
+
+
+@dataclass
 class L2PConfig:
     """L2P (Wang et al. 2022): a prompt pool with key-query selection over frozen features."""
 
@@ -178,6 +190,20 @@ class L2PConfig:
     prompt_length: int = 5  # L_p
     top_k: int = 5  # N prompts selected per clip
     pull_weight: float = 0.5  # lambda of the key-query surrogate loss
+
+
+@dataclass
+class AVCILConfig:
+    """AV-CIL (Pian et al. 2023): audio-guided visual attention, D-AVSC and visual attention distillation."""
+
+    frames: int = 8  # temporal positions of the visual tokens (8 x 196 in AV-CIL's VideoMAE features)
+    temperature: float = 2.0  # T of the task-wise logit distillation
+    instance_weight: float = 0.1  # lambda_I (0.5 on AVE)
+    instance_temperature: float = 0.05  # tau_I
+    class_weight: float = 1.0  # lambda_C
+    class_temperature: float = 0.05  # tau_C
+    spatial_weight: float = 0.5  # of the spatial attention distillation (lambda)
+    temporal_weight: float = 0.5  # of the temporal attention distillation (1 - lambda)
 
 
 @dataclass
@@ -195,7 +221,9 @@ class TrainConfig:
     ssil: SSILConfig = field(default_factory=SSILConfig)
     bic: BiCConfig = field(default_factory=BiCConfig)
     podnet: PODNetConfig = field(default_factory=PODNetConfig)
+    afc: AFCConfig = field(default_factory=AFCConfig)
     l2p: L2PConfig = field(default_factory=L2PConfig)
+    avcil: AVCILConfig = field(default_factory=AVCILConfig)
 
     def model_config(self, audio_feature_dim: int | None = None, visual_feature_dim: int | None = None) -> ModelConfig:
         """The :class:`ModelConfig` of this run (feature widths are required in features mode)."""
@@ -241,6 +269,12 @@ POSITIVE = {
     "l2p.pool_size",
     "l2p.prompt_length",
     "l2p.top_k",
+    "afc.proxies",
+    "afc.finetune_lr",
+    "avcil.frames",
+    "avcil.temperature",
+    "avcil.instance_temperature",
+    "avcil.class_temperature",
 }
 NON_NEGATIVE = {
     "data.num_workers",
@@ -261,6 +295,13 @@ NON_NEGATIVE = {
     "podnet.flat_weight",
     "podnet.margin",
     "l2p.pull_weight",
+    "afc.weight",
+    "afc.margin",
+    "afc.finetune_epochs",
+    "avcil.instance_weight",
+    "avcil.class_weight",
+    "avcil.spatial_weight",
+    "avcil.temporal_weight",
 }
 UNIT_INTERVAL = {"ewc.fisher_decay"}
 OPEN_UNIT_INTERVAL = {"bic.val_fraction"}
