@@ -8,15 +8,6 @@ import io
 import pytest
 import torch
 from test_methods import DIM, clips, make_method, resources
-from test_trainer_helpers import (
-    COMPARE_RUNNER,
-    KILLING_RUNNER,
-    one_thread,
-    read_run_results,
-    run_runner,
-    tiny_train_args,
-    write_feature_dataset,
-)
 from torch.nn import functional as F
 
 from cign_fast.cli import main
@@ -26,6 +17,16 @@ from cign_fast.methods.bic import apply_bias, fit_bias
 from cign_fast.methods.il2m import rectify
 from cign_fast.methods.podnet import LocalSimilarityHead, nca_loss, pod_flat, pod_spatial, pooled_map
 from cign_fast.train.config import build_config
+
+from helpers import (
+    COMPARE_RUNNER,
+    KILLING_RUNNER,
+    one_thread,
+    read_run_results,
+    run_runner,
+    tiny_train_args,
+    write_feature_dataset,
+)
 
 EXEMPLARS = {0: [0, 2, 4], 1: [1, 3, 5]}
 
