@@ -14,6 +14,7 @@ class posteriors (CIGN's rule for its sigmoid heads): ``argmax_c log p_a(c) + lo
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from typing import ClassVar, NamedTuple
 
 import torch
@@ -41,7 +42,20 @@ class BackboneOutput(NamedTuple):
     visual_tokens: Tensor  # [B, S_v, D] visual tokens after the transformer
 
 
-class GrowingHead(nn.Module):
+class ClassHead(nn.Module, ABC):
+    """A branch's classifier [B, D] -> [B, N] whose N grows task by task (:class:`GrowingHead`, PODNet's LSC)."""
+
+    @property
+    @abstractmethod
+    def num_classes(self) -> int:
+        """N: the classes it scores."""
+
+    @abstractmethod
+    def add_classes(self, num_new: int, like: Tensor) -> None:
+        """Grow by ``num_new`` classes on ``like``'s device and dtype, the old classes' weights kept."""
+
+
+class GrowingHead(ClassHead):
     """``Linear(D, N)`` whose N grows task by task; :meth:`add_classes` keeps the old rows in place."""
 
     def __init__(self, dim: int) -> None:
@@ -69,15 +83,15 @@ class GrowingHead(nn.Module):
 
 
 class BackboneBranch(nn.Module):
-    """One modality: encoder, transformer, LayerNorm, mean pooling, growing head (any module with
-    ``add_classes(num_new, reference)`` mapping [B, D] -> [B, N] can replace it: PODNet's LSC)."""
+    """One modality: encoder, transformer, LayerNorm, mean pooling, growing head (any :class:`ClassHead`
+    can replace it: PODNet's LSC)."""
 
     def __init__(self, encoder: nn.Module, cfg: ModelConfig) -> None:
         super().__init__()
         self.encoder = encoder
         self.transformer = Transformer(cfg.dim, cfg.depth, cfg.num_heads, cfg.mlp_ratio, cfg.drop_path)
         self.norm = nn.LayerNorm(cfg.dim)
-        self.head = GrowingHead(cfg.dim)
+        self.head: ClassHead = GrowingHead(cfg.dim)
         self.transformer.apply(init_weights)
         self.norm.apply(init_weights)
 
