@@ -15,7 +15,7 @@ class posteriors (CIGN's rule for its sigmoid heads): ``argmax_c log p_a(c) + lo
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import ClassVar, NamedTuple
+from typing import ClassVar, NamedTuple, Protocol
 
 import torch
 from torch import Tensor, nn
@@ -53,6 +53,23 @@ class ClassHead(nn.Module, ABC):
     @abstractmethod
     def add_classes(self, num_new: int, like: Tensor) -> None:
         """Grow by ``num_new`` classes on ``like``'s device and dtype, the old classes' weights kept."""
+
+
+class HeadOutputs(Protocol):
+    """What the backbone methods' losses, predictions and embeddings read of a model output: the heads'
+    logits and their input features, as :class:`BackboneOutput` and L2P's output have them."""
+
+    @property
+    def audio_logits(self) -> Tensor: ...  # [B, N]
+
+    @property
+    def visual_logits(self) -> Tensor: ...  # [B, N]
+
+    @property
+    def audio_features(self) -> Tensor: ...  # [B, D]
+
+    @property
+    def visual_features(self) -> Tensor: ...  # [B, D]
 
 
 class GrowingHead(ClassHead):
@@ -115,12 +132,9 @@ def build_encoders(cfg: ModelConfig) -> tuple[nn.Module, nn.Module]:
     return projections
 
 
-class Backbone(nn.Module):
-    """The baselines' audio-visual classifier (module docstring). Call :meth:`add_task` before each task.
-
-    Inputs as :class:`cign_fast.model.CIGN`'s: raw ``audio`` [B, 1, F, T], ``visual`` [B, 3, H, W], or
-    features ``audio`` [B, S_a, D_a], ``visual`` [B, S_v, D_v].
-    """
+class BackboneBranches(nn.Module):
+    """The two branches of the backbone and the classes per task; :class:`Backbone` (and L2P's prompted
+    backbone) adds the forward pass. Call :meth:`add_task` before each task."""
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
@@ -145,6 +159,14 @@ class Backbone(nn.Module):
         self.audio_branch.head.add_classes(num_new_classes, like)
         self.visual_branch.head.add_classes(num_new_classes, like)
         self._task_sizes.append(num_new_classes)
+
+
+class Backbone(BackboneBranches):
+    """The baselines' audio-visual classifier (module docstring). Call :meth:`add_task` before each task.
+
+    Inputs as :class:`cign_fast.model.CIGN`'s: raw ``audio`` [B, 1, F, T], ``visual`` [B, 3, H, W], or
+    features ``audio`` [B, S_a, D_a], ``visual`` [B, S_v, D_v].
+    """
 
     def forward(self, audio: Tensor, visual: Tensor) -> BackboneOutput:
         if not self._task_sizes:
@@ -171,14 +193,21 @@ def modality_log_probs(audio_logits: Tensor, visual_logits: Tensor) -> dict[str,
     return {"audio": audio, "visual": visual, "audio_visual": F.log_softmax(audio + visual, dim=-1)}
 
 
-def feature_embedding(out: BackboneOutput) -> Tensor:
+def softmax_predict(out: HeadOutputs) -> dict[str, Tensor]:
+    """Late fusion of the two heads' softmaxes (:func:`late_fusion_predict` of their log-softmaxes)."""
+    return late_fusion_predict(
+        F.log_softmax(out.audio_logits.float(), dim=-1), F.log_softmax(out.visual_logits.float(), dim=-1)
+    )
+
+
+def feature_embedding(out: HeadOutputs) -> Tensor:
     """[B, 2D] float32: ``concat(normalize(f_a), normalize(f_v))``."""
     return torch.cat(
         [F.normalize(out.audio_features.float(), dim=-1), F.normalize(out.visual_features.float(), dim=-1)], dim=-1
     )
 
 
-def classification_loss(out: BackboneOutput, labels: Tensor) -> dict[str, Tensor]:
+def classification_loss(out: HeadOutputs, labels: Tensor) -> dict[str, Tensor]:
     """``"ce_audio"``, ``"ce_visual"``: softmax cross-entropy of each head over the N classes seen (batch means)."""
     batch, num_classes = out.audio_logits.shape
     check_labels(labels, batch, num_classes)
@@ -204,9 +233,7 @@ class BackboneMethod(ContinualMethod[BackboneOutput]):
         return {**terms, "total": terms["ce_audio"] + terms["ce_visual"]}
 
     def predict(self, out: BackboneOutput) -> dict[str, Tensor]:
-        return late_fusion_predict(
-            F.log_softmax(out.audio_logits.float(), dim=-1), F.log_softmax(out.visual_logits.float(), dim=-1)
-        )
+        return softmax_predict(out)
 
     def embed(self, out: BackboneOutput, labels: Tensor) -> Tensor:
         return feature_embedding(out)
