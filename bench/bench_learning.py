@@ -36,8 +36,11 @@ from cign_fast.metrics import MODALITIES
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_FSDD = REPO.parent / "shared" / "data" / "fsdd" / "recordings"
 SETTINGS = ("distill", "no_distill", "memory", "bce", "bce_memory", "authors")
-BCE = {"distill": {"classification": "bce"}}  # the per-class sigmoid BCE of the authors' code (the old default)
-SETTING_OVERRIDES = {
+Overrides = dict[str, dict[str, object]]
+BCE: Overrides = {
+    "distill": {"classification": "bce"}
+}  # the per-class sigmoid BCE of the authors' code (the old default)
+SETTING_OVERRIDES: dict[str, Overrides] = {
     "distill": {},
     "no_distill": {"distill": {"enabled": False}},
     "memory": {},

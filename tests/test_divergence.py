@@ -42,7 +42,7 @@ def test_observing_a_step_never_reads_the_device(monkeypatch: pytest.MonkeyPatch
     monkeypatch.undo()
     with pytest.raises(
         TrainingDiverged,
-        match=r"task 2/3, epoch 1/2, step 2 \(lr 1.5\): loss nan \(bce_audio nan, "
+        match=r"task 2/3, epoch 1/2, step 2 \(lr 1.5\): loss nan \(cls_audio nan, "
         r"cls_visual nan, token_ce nan, kd nan\)",
     ):
         watcher.check(task=1, epoch=0)

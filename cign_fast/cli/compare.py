@@ -73,7 +73,9 @@ def main(args: argparse.Namespace) -> int:
     from cign_fast.train.config import build_config
 
     try:
-        recipe, base, source = {}, None, "defaults"
+        recipe: dict[str, object] = {}
+        base: dict[str, object] | None = None
+        source = "defaults"
         flags = settings_from_flags(args)
         if args.benchmark is not None and args.benchmark in recipe_names():
             recipe, base, path = load_recipe(args.benchmark)

@@ -9,12 +9,13 @@ the class tokens and the grouping block are replaced by mean pooling and a linea
 Encoders as in CIGN: a ResNet-18 token map (1x1 conv to D, L2-normalised) in raw mode, a Linear projection of
 the pre-extracted tokens in features mode. N is the number of classes seen; both heads grow at every task
 with the old rows kept. The audio-visual prediction is late fusion, the product of the two modalities'
-class posteriors (CIGN's rule for its sigmoid heads): ``argmax_c log p_a(c) + log p_v(c)``.
+class posteriors (CIGN's rule): ``argmax_c log p_a(c) + log p_v(c)``.
 """
 
 from __future__ import annotations
 
-from typing import ClassVar, NamedTuple
+from abc import ABC, abstractmethod
+from typing import ClassVar, NamedTuple, Protocol
 
 import torch
 from torch import Tensor, nn
@@ -41,7 +42,37 @@ class BackboneOutput(NamedTuple):
     visual_tokens: Tensor  # [B, S_v, D] visual tokens after the transformer
 
 
-class GrowingHead(nn.Module):
+class ClassHead(nn.Module, ABC):
+    """A branch's classifier [B, D] -> [B, N] whose N grows task by task (:class:`GrowingHead`, PODNet's LSC)."""
+
+    @property
+    @abstractmethod
+    def num_classes(self) -> int:
+        """N: the classes it scores."""
+
+    @abstractmethod
+    def add_classes(self, num_new: int, like: Tensor) -> None:
+        """Grow by ``num_new`` classes on ``like``'s device and dtype, the old classes' weights kept."""
+
+
+class HeadOutputs(Protocol):
+    """What the backbone methods' losses, predictions and embeddings read of a model output: the heads'
+    logits and their input features, as :class:`BackboneOutput` and L2P's output have them."""
+
+    @property
+    def audio_logits(self) -> Tensor: ...  # [B, N]
+
+    @property
+    def visual_logits(self) -> Tensor: ...  # [B, N]
+
+    @property
+    def audio_features(self) -> Tensor: ...  # [B, D]
+
+    @property
+    def visual_features(self) -> Tensor: ...  # [B, D]
+
+
+class GrowingHead(ClassHead):
     """``Linear(D, N)`` whose N grows task by task; :meth:`add_classes` keeps the old rows in place."""
 
     def __init__(self, dim: int) -> None:
@@ -69,15 +100,15 @@ class GrowingHead(nn.Module):
 
 
 class BackboneBranch(nn.Module):
-    """One modality: encoder, transformer, LayerNorm, mean pooling, growing head (any module with
-    ``add_classes(num_new, reference)`` mapping [B, D] -> [B, N] can replace it: PODNet's LSC)."""
+    """One modality: encoder, transformer, LayerNorm, mean pooling, growing head (any :class:`ClassHead`
+    can replace it: PODNet's LSC)."""
 
     def __init__(self, encoder: nn.Module, cfg: ModelConfig) -> None:
         super().__init__()
         self.encoder = encoder
         self.transformer = Transformer(cfg.dim, cfg.depth, cfg.num_heads, cfg.mlp_ratio, cfg.drop_path)
         self.norm = nn.LayerNorm(cfg.dim)
-        self.head = GrowingHead(cfg.dim)
+        self.head: ClassHead = GrowingHead(cfg.dim)
         self.transformer.apply(init_weights)
         self.norm.apply(init_weights)
 
@@ -125,12 +156,9 @@ class GrowingModel(nn.Module):
         raise NotImplementedError(f"{type(self).__name__}.add_classes")
 
 
-class Backbone(GrowingModel):
-    """The baselines' audio-visual classifier (module docstring). Call :meth:`add_task` before each task.
-
-    Inputs as :class:`cign_fast.model.CIGN`'s: raw ``audio`` [B, 1, F, T], ``visual`` [B, 3, H, W], or
-    features ``audio`` [B, S_a, D_a], ``visual`` [B, S_v, D_v].
-    """
+class BackboneBranches(GrowingModel):
+    """The two branches of the backbone and the classes per task; :class:`Backbone` (and L2P's prompted
+    backbone) adds the forward pass. Call :meth:`add_task` before each task."""
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
@@ -146,6 +174,14 @@ class Backbone(GrowingModel):
         like = self.audio_branch.norm.weight
         self.audio_branch.head.add_classes(num_new_classes, like)
         self.visual_branch.head.add_classes(num_new_classes, like)
+
+
+class Backbone(BackboneBranches):
+    """The baselines' audio-visual classifier (module docstring). Call :meth:`add_task` before each task.
+
+    Inputs as :class:`cign_fast.model.CIGN`'s: raw ``audio`` [B, 1, F, T], ``visual`` [B, 3, H, W], or
+    features ``audio`` [B, S_a, D_a], ``visual`` [B, S_v, D_v].
+    """
 
     def forward(self, audio: Tensor, visual: Tensor) -> BackboneOutput:
         if not self._task_sizes:
@@ -179,12 +215,19 @@ def modality_embedding(audio_features: Tensor, visual_features: Tensor) -> Tenso
     )
 
 
-def feature_embedding(out: BackboneOutput) -> Tensor:
+def softmax_predict(out: HeadOutputs) -> dict[str, Tensor]:
+    """Late fusion of the two heads' softmaxes (:func:`late_fusion_predict` of their log-softmaxes)."""
+    return late_fusion_predict(
+        F.log_softmax(out.audio_logits.float(), dim=-1), F.log_softmax(out.visual_logits.float(), dim=-1)
+    )
+
+
+def feature_embedding(out: HeadOutputs) -> Tensor:
     """[B, 2D] float32: ``concat(normalize(f_a), normalize(f_v))``."""
     return modality_embedding(out.audio_features, out.visual_features)
 
 
-def classification_loss(out: BackboneOutput, labels: Tensor) -> dict[str, Tensor]:
+def classification_loss(out: HeadOutputs, labels: Tensor) -> dict[str, Tensor]:
     """``"ce_audio"``, ``"ce_visual"``: softmax cross-entropy of each head over the N classes seen (batch means)."""
     batch, num_classes = out.audio_logits.shape
     check_labels(labels, batch, num_classes)
@@ -210,9 +253,7 @@ class BackboneMethod(ContinualMethod[BackboneOutput]):
         return {**terms, "total": terms["ce_audio"] + terms["ce_visual"]}
 
     def predict(self, out: BackboneOutput) -> dict[str, Tensor]:
-        return late_fusion_predict(
-            F.log_softmax(out.audio_logits.float(), dim=-1), F.log_softmax(out.visual_logits.float(), dim=-1)
-        )
+        return softmax_predict(out)
 
     def embed(self, out: BackboneOutput, labels: Tensor) -> Tensor:
         return feature_embedding(out)

@@ -23,6 +23,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
@@ -31,7 +32,11 @@ from torch.nn import functional as F
 from cign_fast.methods.backbone import BackboneMethod, BackboneOutput, classification_loss, distill_old_classes
 from cign_fast.methods.base import TaskInfo, TaskResources, eval_outputs
 from cign_fast.methods.registry import register_method
+from cign_fast.model import ModelConfig
 from cign_fast.model.losses import check_labels
+
+if TYPE_CHECKING:  # importing it at run time would be circular
+    from cign_fast.train.config import TrainConfig
 
 HEADS = ("audio_logits", "visual_logits")
 LBFGS_ITERATIONS = 100
@@ -86,8 +91,8 @@ class BiC(BackboneMethod):
     config_sections = ("bic",)
     uses_teacher = True
 
-    def __init__(self, *args: object, **kwargs: object) -> None:
-        super().__init__(*args, **kwargs)
+    def __init__(self, config: TrainConfig, model_config: ModelConfig) -> None:
+        super().__init__(config, model_config)
         self.bias = torch.zeros(len(HEADS), 0, 2, dtype=torch.float64)  # [head, task, (alpha, beta)]; task 0: none
         self.validation: list[int] = []  # the task's held-out clips
 
@@ -139,25 +144,23 @@ class BiC(BackboneMethod):
     def teacher_forward(self, audio: Tensor, visual: Tensor) -> BackboneOutput | None:
         if self.teacher is None:
             return None
-        return self.corrected(self.teacher(audio, visual), self.task.task_sizes[:-1])
+        return self.corrected(self.teacher(audio, visual), self.current_task.task_sizes[:-1])
 
     def loss(
         self, model: nn.Module, out: BackboneOutput, labels: Tensor, teacher_out: BackboneOutput | None
     ) -> dict[str, Tensor]:
-        out = self.corrected(out, self.task.task_sizes)
+        task = self.current_task
+        out = self.corrected(out, task.task_sizes)
         terms = classification_loss(out, labels)
         ce = terms["ce_audio"] + terms["ce_visual"]
         if teacher_out is None:
             return {**terms, "kd": out.audio_logits.new_zeros(()), "total": ce}
         temperature, backend = self.config.bic.temperature, self.model_config.backend
         kd = (
-            sum(
-                distill_old_classes(getattr(out, head), getattr(teacher_out, head), temperature, backend)
-                for head in HEADS
-            )
-            / temperature**2
-        )
-        weight = self.task.num_old_classes / self.task.num_classes  # lambda = n / (n + m)
+            distill_old_classes(out.audio_logits, teacher_out.audio_logits, temperature, backend)
+            + distill_old_classes(out.visual_logits, teacher_out.visual_logits, temperature, backend)
+        ) / temperature**2
+        weight = task.num_old_classes / task.num_classes  # lambda = n / (n + m)
         return {
             "ce_audio": (1 - weight) * terms["ce_audio"],
             "ce_visual": (1 - weight) * terms["ce_visual"],
@@ -172,15 +175,16 @@ class BiC(BackboneMethod):
         task = resources.task
         if task.index == 0:
             return
-        logits, labels = {head: [] for head in HEADS}, []
+        logits: dict[str, list[Tensor]] = {head: [] for head in HEADS}
+        batches_labels: list[Tensor] = []
         for out, batch_labels in eval_outputs(model, resources.batches(self.validation)):
             out = self.corrected(out, task.task_sizes)
             for head in HEADS:
                 logits[head].append(getattr(out, head).double().cpu())
-            labels.append(batch_labels.cpu())
-        if not labels:
+            batches_labels.append(batch_labels.cpu())
+        if not batches_labels:
             raise ValueError("bic: none of the held-out clips could be decoded; the bias layer needs some")
-        labels = torch.cat(labels)
+        labels = torch.cat(batches_labels)
         check_labels(labels, labels.shape[0], task.num_classes)
         first_new = task.num_old_classes
         fitted = torch.stack([fit_bias(torch.cat(logits[head]), labels, first_new) for head in HEADS])  # [2, 2]
@@ -191,12 +195,12 @@ class BiC(BackboneMethod):
         self.bias = grown
 
     def predict(self, out: BackboneOutput) -> dict[str, Tensor]:
-        return super().predict(self.corrected(out, self.task.task_sizes))
+        return super().predict(self.corrected(out, self.current_task.task_sizes))
 
-    def state_dict(self) -> dict[str, object]:
+    def state_dict(self) -> dict[str, Any]:
         return {**super().state_dict(), "bias": self.bias, "validation": list(self.validation)}
 
-    def load_state_dict(self, state: dict[str, object], device: torch.device | str = "cpu") -> None:
+    def load_state_dict(self, state: dict[str, Any], device: torch.device | str = "cpu") -> None:
         super().load_state_dict(state, device)
         self.bias = state["bias"].cpu()
         self.validation = [int(index) for index in state["validation"]]

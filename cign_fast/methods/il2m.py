@@ -19,6 +19,8 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 import torch
 from torch import Tensor, nn
 
@@ -26,6 +28,10 @@ from cign_fast.methods.backbone import BackboneMethod, BackboneOutput, modality_
 from cign_fast.methods.base import TaskResources, eval_outputs, rank_shard
 from cign_fast.methods.registry import register_method
 from cign_fast.metrics import MODALITIES
+from cign_fast.model import ModelConfig
+
+if TYPE_CHECKING:  # importing it at run time would be circular
+    from cign_fast.train.config import TrainConfig
 
 
 def mean_scores(
@@ -69,8 +75,8 @@ class IL2M(BackboneMethod):
     name = "il2m"
     memory_use = "required"
 
-    def __init__(self, *args: object, **kwargs: object) -> None:
-        super().__init__(*args, **kwargs)
+    def __init__(self, config: TrainConfig, model_config: ModelConfig) -> None:
+        super().__init__(config, model_config)
         # on the CPU, float64; columns MODALITIES
         self.initial = torch.zeros(0, len(MODALITIES), dtype=torch.float64)  # [N, 3] mu^P
         self.current = torch.zeros(0, len(MODALITIES), dtype=torch.float64)  # [N, 3] mu^N (this state)
@@ -116,7 +122,7 @@ class IL2M(BackboneMethod):
             predictions[modality] = scores.argmax(dim=-1)
         return predictions
 
-    def state_dict(self) -> dict[str, object]:
+    def state_dict(self) -> dict[str, Any]:
         return {
             **super().state_dict(),
             "initial": self.initial,
@@ -125,7 +131,7 @@ class IL2M(BackboneMethod):
             "class_task": self.class_task,
         }
 
-    def load_state_dict(self, state: dict[str, object], device: torch.device | str = "cpu") -> None:
+    def load_state_dict(self, state: dict[str, Any], device: torch.device | str = "cpu") -> None:
         super().load_state_dict(state, device)
         for key in ("initial", "current", "confidence", "class_task"):
             setattr(self, key, state[key].cpu())

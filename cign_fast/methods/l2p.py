@@ -28,7 +28,14 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from cign_fast.methods.backbone import Backbone, BackboneBranch, BackboneMethod, classification_loss
+from cign_fast.methods.backbone import (
+    BackboneBranch,
+    BackboneBranches,
+    classification_loss,
+    feature_embedding,
+    softmax_predict,
+)
+from cign_fast.methods.base import ContinualMethod
 from cign_fast.methods.registry import register_method
 from cign_fast.model import ModelConfig
 from cign_fast.model.cign import check_model_inputs
@@ -80,26 +87,27 @@ def prompted_branch(branch: BackboneBranch, pool: PromptPool, inputs: Tensor) ->
     return branch.head(features), features, out, distance
 
 
-class PromptedBackbone(Backbone):
+class PromptedBackbone(BackboneBranches):
     """The backbone with a prompt pool per modality, everything but the pools and heads frozen."""
 
     def __init__(self, cfg: ModelConfig, pool_size: int, prompt_length: int, top_k: int) -> None:
         super().__init__(cfg)
         self.requires_grad_(False)
-        self.audio_pool = PromptPool(pool_size, prompt_length, top_k, cfg.audio_feature_dim, cfg.dim)
-        self.visual_pool = PromptPool(pool_size, prompt_length, top_k, cfg.visual_feature_dim, cfg.dim)
+        audio_dim, visual_dim = cfg.feature_dims()
+        self.audio_pool = PromptPool(pool_size, prompt_length, top_k, audio_dim, cfg.dim)
+        self.visual_pool = PromptPool(pool_size, prompt_length, top_k, visual_dim, cfg.dim)
 
     def forward(self, audio: Tensor, visual: Tensor) -> L2POutput:
         if not self._task_sizes:
             raise RuntimeError("PromptedBackbone.forward: call add_task(num_new_classes) before the first forward")
-        check_model_inputs(self.cfg, audio, visual)
+        check_model_inputs(self.cfg, audio, visual)  # the backbone's checks and messages
         a_logits, a_features, a_tokens, a_distance = prompted_branch(self.audio_branch, self.audio_pool, audio)
         v_logits, v_features, v_tokens, v_distance = prompted_branch(self.visual_branch, self.visual_pool, visual)
         return L2POutput(a_logits, v_logits, a_features, v_features, a_tokens, v_tokens, a_distance, v_distance)
 
 
 @register_method
-class L2P(BackboneMethod):
+class L2P(ContinualMethod[L2POutput]):
     """Frozen backbone, key-query prompt selection, prompts and heads trained (module docstring)."""
 
     name = "l2p"
@@ -116,10 +124,16 @@ class L2P(BackboneMethod):
         self, model: nn.Module, out: L2POutput, labels: Tensor, teacher_out: L2POutput | None
     ) -> dict[str, Tensor]:
         memory = self.config.memory
-        num_old = 0 if memory.budget or memory.per_class else self.task.num_old_classes
+        num_old = 0 if memory.budget or memory.per_class else self.current_task.num_old_classes
         masked = out._replace(audio_logits=out.audio_logits[:, num_old:], visual_logits=out.visual_logits[:, num_old:])
         if num_old and bool((labels < num_old).any()):
             raise ValueError("l2p: a clip of an old class in a rehearsal-free batch (the old logits are masked)")
         terms = classification_loss(masked, labels - num_old)
         pull = self.config.l2p.pull_weight * (out.audio_key_distance.mean() + out.visual_key_distance.mean())
         return {**terms, "pull": pull, "total": terms["ce_audio"] + terms["ce_visual"] + pull}
+
+    def predict(self, out: L2POutput) -> dict[str, Tensor]:
+        return softmax_predict(out)
+
+    def embed(self, out: L2POutput, labels: Tensor) -> Tensor:
+        return feature_embedding(out)

@@ -29,13 +29,13 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from cign_fast.methods.backbone import Backbone, BackboneMethod, BackboneOutput
+from cign_fast.methods.backbone import Backbone, BackboneMethod, BackboneOutput, ClassHead
 from cign_fast.methods.registry import register_method
 from cign_fast.model import ModelConfig
 from cign_fast.model.losses import check_labels
 
 
-class LocalSimilarityHead(nn.Module):
+class LocalSimilarityHead(ClassHead):
     """PODNet's LSC: K proxies per class, ``eta * sum_k softmax_k(cos) cos`` ([B, D] -> [B, N]); grows by classes."""
 
     def __init__(self, dim: int, proxies: int) -> None:
@@ -49,10 +49,10 @@ class LocalSimilarityHead(nn.Module):
     def num_classes(self) -> int:
         return self.weight.shape[0] // self.proxies
 
-    def add_classes(self, num_new: int, reference: Tensor) -> None:
+    def add_classes(self, num_new: int, like: Tensor) -> None:
         """K fresh random unit proxies for each new class; the old ones kept."""
-        fresh = torch.randn(num_new * self.proxies, self.dim, device=reference.device, dtype=reference.dtype)
-        self.weight = nn.Parameter(torch.cat([self.weight.detach().to(reference), F.normalize(fresh, dim=-1)]))
+        fresh = torch.randn(num_new * self.proxies, self.dim, device=like.device, dtype=like.dtype)
+        self.weight = nn.Parameter(torch.cat([self.weight.detach().to(like), F.normalize(fresh, dim=-1)]))
 
     def similarities(self, features: Tensor) -> Tensor:
         """``s`` [B, N] (without eta)."""
@@ -134,7 +134,7 @@ class PODNet(BackboneMethod):
             zero = out.audio_logits.new_zeros(())
             terms.update(pod_spatial=zero, pod_flat=zero)
         else:
-            adaptive = math.sqrt(num_classes / self.task.task_sizes[-1])
+            adaptive = math.sqrt(num_classes / self.current_task.task_sizes[-1])
             terms["pod_spatial"] = (
                 settings.spatial_weight
                 * adaptive
@@ -151,4 +151,5 @@ class PODNet(BackboneMethod):
                     + pod_flat(out.visual_features, teacher_out.visual_features)
                 )
             )
-        return {**terms, "total": sum(terms.values())}
+        total = terms["nca_audio"] + terms["nca_visual"] + terms["pod_spatial"] + terms["pod_flat"]
+        return {**terms, "total": total}

@@ -63,7 +63,23 @@ class ModalityResults(TypedDict):
     accuracy_after_step: StepCurve
 
 
-class CompareReport(TypedDict):
+class PairedTest(TypedDict):
+    """A paired t-test over the seeds (compare.json ``significance[method][modality][metric]``)."""
+
+    mean_difference: float  # the method minus the reference, mean over the seeds
+    t: float | None  # None for one pair or no spread
+    p: float | None  # two-sided; None for one pair
+    n: int  # pairs (seeds)
+
+
+Significance = dict[str, dict[Modality, dict[Metric, PairedTest]]]  # method -> modality -> metric -> test
+
+
+class _CompareReportOptional(TypedDict, total=False):
+    significance: Significance  # with two seeds or more and the reference among the methods
+
+
+class CompareReport(_CompareReportOptional):
     """compare.json."""
 
     data: str
@@ -71,6 +87,7 @@ class CompareReport(TypedDict):
     seeds: list[int]
     requested_memory_per_class: int
     memory_per_class: dict[str, int]  # method -> exemplars per class it got
+    memory_budget: dict[str, int]  # method -> exemplars in total it got (0: no total budget)
     class_tasks: list[list[str]]
     eval_split: str
     runs: dict[str, list[str]]  # method -> run folders, one per seed
@@ -278,7 +295,7 @@ def student_t_p_value(t: float, df: int) -> float:
     return min(1.0, max(0.0, 1.0 - inside))
 
 
-def paired_t_test(values: Sequence[float], reference: Sequence[float]) -> dict[str, object]:
+def paired_t_test(values: Sequence[float], reference: Sequence[float]) -> PairedTest:
     """Two-sided paired t-test of ``values - reference`` (paired by seed): ``{"mean_difference", "t", "p", "n"}``;
     ``t`` and ``p`` are ``None`` for one pair; for identical differences (no spread) ``t`` is ``None`` and
     ``p`` 0 (1 when they are all 0)."""
@@ -294,7 +311,7 @@ def paired_t_test(values: Sequence[float], reference: Sequence[float]) -> dict[s
     return {"mean_difference": mean, "t": t, "p": student_t_p_value(t, n - 1), "n": n}
 
 
-def significance(results: dict[str, dict[str, object]], reference: str) -> dict[str, object]:
+def significance(results: dict[str, dict[Modality, ModalityResults]], reference: str) -> Significance:
     """Per method other than ``reference``, modality and metric: the paired t-test against ``reference``."""
     return {
         method: {
@@ -309,7 +326,7 @@ def significance(results: dict[str, dict[str, object]], reference: str) -> dict[
     }
 
 
-def format_significance(report: dict[str, object]) -> list[str]:
+def format_significance(report: CompareReport) -> list[str]:
     """compare.md's significance section: per metric, each method's mean difference to CIGN and the p-value."""
     tests, seeds = report.get("significance"), len(report["seeds"])
     if not tests:
@@ -355,7 +372,7 @@ def format_significance(report: dict[str, object]) -> list[str]:
 def format_table(report: CompareReport) -> str:
     """compare.md: one table per metric, a row per method, a column per modality (percent, mean +- std)."""
     memory = report["memory_per_class"]
-    budget = report.get("memory_budget", {})
+    budget = report["memory_budget"]
     lines = [
         f"# Comparison on {report['data']}",
         "",

@@ -376,7 +376,7 @@ def check_value(key: str, value: object) -> None:
         raise ValueError(f"config {key}: expected a number >= 0, got {value!r}")
     if key in UNIT_INTERVAL and not (isinstance(value, (int, float)) and 0 <= value <= 1):
         raise ValueError(f"config {key}: expected a number in [0, 1], got {value!r}")
-    if key in OPEN_UNIT_INTERVAL and not 0 < value < 1:
+    if key in OPEN_UNIT_INTERVAL and not (isinstance(value, (int, float)) and 0 < value < 1):
         raise ValueError(f"config {key}: expected a number between 0 and 1 (both excluded), got {value!r}")
 
 
