@@ -1,5 +1,6 @@
-// assign_attention forward and backward on CPU: argument checks, output allocation, and the
-// per-batch kernels (kernels_impl.h) spread over ATen's threads.
+// assign_attention forward and backward on CPU: argument checks, the matrix products as ATen's batched
+// products (BLAS, threaded by ATen), and between them the per-batch passes over the [N, S] maps
+// (kernels_impl.h) spread over ATen's threads. float32 arithmetic; bfloat16 inputs are widened first.
 #include <cmath>
 #include <tuple>
 
@@ -16,8 +17,8 @@ struct CheckedInputs {
   AssignOptions options;
 };
 
-// q [B, N, C], k and v [B, S, C] on the CPU in float32 or bfloat16 (tensor_checks.h), with unit
-// channel stride; the kernels' options from the scalars.
+// q [B, N, C], k and v [B, S, C] on the CPU in float32 or bfloat16, any strides (tensor_checks.h); the
+// kernels' options from the scalars.
 CheckedInputs check_inputs(const char* op, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, int64_t mode,
                            double tau, double eps, bool sum_assign, int64_t key_a, int64_t key_b,
                            int64_t noise_batch_offset, int64_t noise_batch_stride) {
@@ -38,7 +39,7 @@ CheckedInputs check_inputs(const char* op, const at::Tensor& q, const at::Tensor
   options.noise_batch_offset = noise_batch_offset;
   options.noise_batch_stride = noise_batch_stride;
   options.dtype = kernel_dtype(q, op, "q");
-  return {unit_last_stride(q), unit_last_stride(k), unit_last_stride(v), options};
+  return {q, k, v, options};
 }
 
 // col_argmax [B, S] (contiguous int32) must hold group indices in [0, groups): the backward kernels
@@ -51,9 +52,31 @@ void check_group_indices(const char* op, const at::Tensor& col_argmax, int64_t g
   }
 }
 
-// Fewest batch elements worth a thread: about 2^21 multiply-adds each (tiny problems stay serial).
-int64_t batches_per_thread(const AssignOptions& o) {
-  return min_items_per_thread(o.groups * o.tokens * o.channels, int64_t{1} << 21);
+// Fewest batch elements worth a thread in the map passes: about 2^17 elementwise operations each
+// (about 32 per map element; tiny problems stay serial).
+int64_t maps_per_thread(const AssignOptions& o) { return min_items_per_thread(32 * o.groups * o.tokens, int64_t{1} << 17); }
+
+// Fewest batch elements worth a thread in the one-hot products (one add per element of x).
+int64_t rows_per_thread(const AssignOptions& o) { return min_items_per_thread(o.tokens * o.channels, int64_t{1} << 17); }
+
+// t in float32: itself, or a widened copy (bfloat16).
+at::Tensor widened(const at::Tensor& t) { return t.scalar_type() == at::kFloat ? t : t.to(at::kFloat); }
+
+// t (float32) in the op's dtype.
+at::Tensor in_dtype(const at::Tensor& t, const at::Tensor& like) { return t.to(like.scalar_type()); }
+
+// A one-hot product (gather: out [B, N, C] from v; scatter: dv [B, S, C] from dout), float32.
+at::Tensor one_hot_product(const AssignOptions& o, bool scatter, const at::Tensor& x, const at::Tensor& col_argmax,
+                           const at::Tensor& row_sum) {
+  const at::Tensor xf = unit_last_stride(x);
+  at::Tensor out = at::empty({o.batch, scatter ? o.tokens : o.groups, o.channels}, xf.options());
+  const AssignRowsIO io{col_argmax.data_ptr<int32_t>(), row_sum.data_ptr<float>(), xf.data_ptr<float>(),
+                        xf.stride(0), xf.stride(1), out.data_ptr<float>()};
+  const KernelTable& kernels = active_kernels();
+  const auto kernel = scatter ? kernels.assign_scatter : kernels.assign_gather;
+  parallel_items(o.batch, rows_per_thread(o), o.groups,
+                 [&](int64_t b, int64_t, float* scratch) { kernel(o, io, b, scratch); });
+  return out;
 }
 
 }  // namespace
@@ -68,7 +91,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
                                         noise_batch_offset, noise_batch_stride);
   const AssignOptions& o = in.options;
   const auto stat_options = q.options().dtype(at::kFloat);
-  at::Tensor out = at::empty({o.batch, o.groups, o.channels}, q.options());
+  const at::Tensor qf = widened(in.q), kf = widened(in.k), vf = widened(in.v);
+  at::Tensor map = at::bmm(qf, kf.transpose(1, 2));  // [B, N, S] contiguous
   at::Tensor col_lse = at::empty({o.batch, o.tokens}, stat_options);
   at::Tensor col_argmax = at::empty({o.batch, o.tokens}, q.options().dtype(at::kInt));
   at::Tensor row_sum = at::empty({o.batch, o.groups}, stat_options);
@@ -77,13 +101,18 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   at::Tensor hard_map = at::empty(map_shape, q.options());
   at::Tensor soft_map = at::empty(map_shape, q.options());
 
-  const AssignForwardIO io{batched_matrix(in.q), batched_matrix(in.k), batched_matrix(in.v), out.data_ptr(),
-                           col_lse.data_ptr<float>(), col_argmax.data_ptr<int32_t>(), row_sum.data_ptr<float>(),
-                           return_maps ? hard_map.data_ptr() : nullptr, return_maps ? soft_map.data_ptr() : nullptr};
+  const AssignMapForwardIO io{map.data_ptr<float>(),
+                              col_lse.data_ptr<float>(),
+                              col_argmax.data_ptr<int32_t>(),
+                              row_sum.data_ptr<float>(),
+                              return_maps ? hard_map.data_ptr() : nullptr,
+                              return_maps ? soft_map.data_ptr() : nullptr};
   const KernelTable& kernels = active_kernels();
-  parallel_items(o.batch, batches_per_thread(o), kernels.assign_forward_scratch(o),
-                 [&](int64_t b, int64_t next, float* scratch) { kernels.assign_forward(o, io, b, next, scratch); });
-  return {out, col_lse, col_argmax, row_sum, hard_map, soft_map};
+  parallel_items(o.batch, maps_per_thread(o), kernels.assign_map_scratch(o),
+                 [&](int64_t b, int64_t, float* scratch) { kernels.assign_forward_map(o, io, b, scratch); });
+  // soft: out = A_n v; hard and gumbel: the one-hot A_n picks rows of v
+  at::Tensor out = o.mode == kModeSoft ? at::bmm(map, vf) : one_hot_product(o, false, vf, col_argmax, row_sum);
+  return {in_dtype(out, q), col_lse, col_argmax, row_sum, hard_map, soft_map};
 }
 
 // Returns (grad_q, grad_k, grad_v), see cign_fast.ops.reference.assign_attention_backward.
@@ -100,19 +129,21 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> assign_attention_backward(
   const at::Tensor& argmax = std::get<1>(statistics);
   const at::Tensor& sums = std::get<2>(statistics);
   check_group_indices(kBackward, argmax, o.groups);
-  const at::Tensor go = unit_last_stride(grad_out);
+  const at::Tensor qf = widened(in.q), kf = widened(in.k), vf = widened(in.v), gof = widened(grad_out);
 
-  at::Tensor grad_q = at::empty({o.batch, o.groups, o.channels}, q.options());
-  at::Tensor grad_k = at::empty({o.batch, o.tokens, o.channels}, q.options());
-  at::Tensor grad_v = at::empty({o.batch, o.tokens, o.channels}, q.options());
-  const AssignBackwardIO io{batched_matrix(go),        batched_matrix(in.q),        batched_matrix(in.k),
-                            batched_matrix(in.v),      lse.data_ptr<float>(),       argmax.data_ptr<int32_t>(),
-                            sums.data_ptr<float>(),    grad_q.data_ptr(),           grad_k.data_ptr(),
-                            grad_v.data_ptr()};
+  at::Tensor map = at::bmm(qf, kf.transpose(1, 2));    // q k^T, recomputed
+  at::Tensor grad = at::bmm(gof, vf.transpose(1, 2));  // dA_n = dout v^T
+  const AssignMapBackwardIO io{map.data_ptr<float>(), grad.data_ptr<float>(), lse.data_ptr<float>(),
+                               argmax.data_ptr<int32_t>(), sums.data_ptr<float>()};
   const KernelTable& kernels = active_kernels();
-  parallel_items(o.batch, batches_per_thread(o), kernels.assign_backward_scratch(o),
-                 [&](int64_t b, int64_t next, float* scratch) { kernels.assign_backward(o, io, b, next, scratch); });
-  return {grad_q, grad_k, grad_v};
+  parallel_items(o.batch, maps_per_thread(o), kernels.assign_map_scratch(o),
+                 [&](int64_t b, int64_t, float* scratch) { kernels.assign_backward_map(o, io, b, scratch); });
+  // dv = A_n^T dout (soft), a scatter of dout's rows (hard, gumbel); dq = dz k, dk = dz^T q (scaled)
+  at::Tensor grad_v = o.mode == kModeSoft ? at::bmm(map.transpose(1, 2), gof)
+                                          : one_hot_product(o, true, gof, argmax, sums);
+  at::Tensor grad_q = at::bmm(grad, kf);
+  at::Tensor grad_k = at::bmm(grad.transpose(1, 2), qf);
+  return {in_dtype(grad_q, q), in_dtype(grad_k, k), in_dtype(grad_v, v)};
 }
 
 }  // namespace cign_fast::cpu
