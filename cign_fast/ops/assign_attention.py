@@ -230,6 +230,6 @@ def assign_attention(
     else:
         seed_keys(params.seed)  # validates the range
         seed_tensor = torch.tensor(params.seed, dtype=torch.int64)
-    name = select_backend(backend, "assign_attention_forward", q.device, q.dtype)
+    name = select_backend(backend, "assign_attention_forward", q.device, q.dtype, mode)
     out, _, _, _, hard_map, soft_map = assign_attention_fwd(q, k, v, seed_tensor, *op_options(params), name)
     return (out, hard_map, soft_map) if return_maps else out
