@@ -36,7 +36,37 @@ def assign_attention_forward(
     params: AssignParams,
 ) -> tuple[torch.Tensor, ...]:
     """``(out [B,N,C], col_lse [B,S], col_argmax [B,S], row_sum [B,N], hard_map, soft_map)``."""
-    return extension.assign_attention_forward(q, k, v, *extension_args(params), params.return_maps)
+    return extension.assign_attention_forward(q, k, v, *extension_args(params), params.return_maps)[:6]
+
+
+def assign_attention_forward_saving(
+    extension: ModuleType,
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    params: AssignParams,
+) -> tuple[torch.Tensor, ...]:
+    """The forward's six outputs and ``probs``, the softmax over groups y [B,N,S] (float32) that
+    :func:`assign_attention_backward_saved` takes instead of recomputing q k^T (a product fewer)."""
+    return extension.assign_attention_forward(q, k, v, *extension_args(params), params.return_maps, True)
+
+
+def assign_attention_backward_saved(
+    extension: ModuleType,
+    grad_out: torch.Tensor,
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    col_lse: torch.Tensor,
+    col_argmax: torch.Tensor,
+    row_sum: torch.Tensor,
+    probs: torch.Tensor,
+    params: AssignParams,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(grad_q, grad_k, grad_v)`` from the forward's saved ``probs``."""
+    return extension.assign_attention_backward(
+        grad_out, q, k, v, col_lse, col_argmax, row_sum, *extension_args(params), probs
+    )
 
 
 def assign_attention_backward(

@@ -2,6 +2,7 @@
 // products (BLAS, threaded by ATen), and between them the per-batch passes over the [N, S] maps
 // (kernels_impl.h) spread over ATen's threads. float32 arithmetic; bfloat16 inputs are widened first.
 #include <cmath>
+#include <optional>
 #include <tuple>
 
 #include "cpu_ops.h"
@@ -81,12 +82,14 @@ at::Tensor one_hot_product(const AssignOptions& o, bool scatter, const at::Tenso
 
 }  // namespace
 
-// Returns (out [B,N,C], col_lse [B,S] f32, col_argmax [B,S] i32, row_sum [B,N] f32, hard_map, soft_map);
-// the maps are [B,N,S] with return_maps, else empty. See cign_fast.ops.reference.assign_attention_forward.
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> assign_attention_forward(
-    const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, int64_t mode, double tau, double eps,
-    bool sum_assign, int64_t key_a, int64_t key_b, int64_t noise_batch_offset, int64_t noise_batch_stride,
-    bool return_maps) {
+// Returns (out [B,N,C], col_lse [B,S] f32, col_argmax [B,S] i32, row_sum [B,N] f32, hard_map, soft_map,
+// probs); the maps are [B,N,S] with return_maps, else empty; probs is y [B,N,S] f32 (the softmax over
+// groups of the logits, noise included) with save_probs, for the backward, else empty. See
+// cign_fast.ops.reference.assign_attention_forward.
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>
+assign_attention_forward(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, int64_t mode, double tau,
+                         double eps, bool sum_assign, int64_t key_a, int64_t key_b, int64_t noise_batch_offset,
+                         int64_t noise_batch_stride, bool return_maps, bool save_probs) {
   const CheckedInputs in = check_inputs(kForward, q, k, v, mode, tau, eps, sum_assign, key_a, key_b,
                                         noise_batch_offset, noise_batch_stride);
   const AssignOptions& o = in.options;
@@ -100,27 +103,30 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
                                                      : std::vector<int64_t>{0};
   at::Tensor hard_map = at::empty(map_shape, q.options());
   at::Tensor soft_map = at::empty(map_shape, q.options());
+  at::Tensor probs = save_probs ? at::empty({o.batch, o.groups, o.tokens}, stat_options) : at::empty({0}, stat_options);
 
   const AssignMapForwardIO io{map.data_ptr<float>(),
                               col_lse.data_ptr<float>(),
                               col_argmax.data_ptr<int32_t>(),
                               row_sum.data_ptr<float>(),
                               return_maps ? hard_map.data_ptr() : nullptr,
-                              return_maps ? soft_map.data_ptr() : nullptr};
+                              return_maps ? soft_map.data_ptr() : nullptr,
+                              save_probs ? probs.data_ptr<float>() : nullptr};
   const KernelTable& kernels = active_kernels();
   parallel_items(o.batch, maps_per_thread(o), kernels.assign_map_scratch(o),
                  [&](int64_t b, int64_t, float* scratch) { kernels.assign_forward_map(o, io, b, scratch); });
   // soft: out = A_n v; hard and gumbel: the one-hot A_n picks rows of v
   at::Tensor out = o.mode == kModeSoft ? at::bmm(map, vf) : one_hot_product(o, false, vf, col_argmax, row_sum);
-  return {in_dtype(out, q), col_lse, col_argmax, row_sum, hard_map, soft_map};
+  return {in_dtype(out, q), col_lse, col_argmax, row_sum, hard_map, soft_map, probs};
 }
 
-// Returns (grad_q, grad_k, grad_v), see cign_fast.ops.reference.assign_attention_backward.
+// Returns (grad_q, grad_k, grad_v), see cign_fast.ops.reference.assign_attention_backward. probs: the
+// forward's (save_probs), or empty or None: then y is recomputed from q k^T and the statistics.
 std::tuple<at::Tensor, at::Tensor, at::Tensor> assign_attention_backward(
     const at::Tensor& grad_out, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
     const at::Tensor& col_lse, const at::Tensor& col_argmax, const at::Tensor& row_sum, int64_t mode, double tau,
     double eps, bool sum_assign, int64_t key_a, int64_t key_b, int64_t noise_batch_offset,
-    int64_t noise_batch_stride) {
+    int64_t noise_batch_stride, const std::optional<at::Tensor>& probs) {
   const CheckedInputs in = check_inputs(kBackward, q, k, v, mode, tau, eps, sum_assign, key_a, key_b,
                                         noise_batch_offset, noise_batch_stride);
   const AssignOptions& o = in.options;
@@ -131,10 +137,24 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> assign_attention_backward(
   check_group_indices(kBackward, argmax, o.groups);
   const at::Tensor qf = widened(in.q), kf = widened(in.k), vf = widened(in.v), gof = widened(grad_out);
 
-  at::Tensor map = at::bmm(qf, kf.transpose(1, 2));    // q k^T, recomputed
+  const bool saved = probs.has_value() && probs->defined() && probs->numel() > 0;
+  if (saved) {
+    TORCH_CHECK(probs->scalar_type() == at::kFloat && probs->dim() == 3 && probs->is_contiguous() &&
+                    probs->size(0) == o.batch && probs->size(1) == o.groups && probs->size(2) == o.tokens,
+                kBackward, ": probs must be contiguous float32 [", o.batch, ", ", o.groups, ", ", o.tokens,
+                "] (the forward's), got ", probs->scalar_type(), " ", probs->sizes());
+  }
+  // q k^T, recomputed without the saved y; with it, only soft mode needs a buffer (for A_n)
+  at::Tensor map = !saved ? at::bmm(qf, kf.transpose(1, 2))
+                          : o.mode == kModeSoft ? at::empty({o.batch, o.groups, o.tokens}, qf.options())
+                                                : at::Tensor();
   at::Tensor grad = at::bmm(gof, vf.transpose(1, 2));  // dA_n = dout v^T
-  const AssignMapBackwardIO io{map.data_ptr<float>(), grad.data_ptr<float>(), lse.data_ptr<float>(),
-                               argmax.data_ptr<int32_t>(), sums.data_ptr<float>()};
+  const AssignMapBackwardIO io{saved ? probs->data_ptr<float>() : nullptr,
+                               map.defined() ? map.data_ptr<float>() : nullptr,
+                               grad.data_ptr<float>(),
+                               lse.data_ptr<float>(),
+                               argmax.data_ptr<int32_t>(),
+                               sums.data_ptr<float>()};
   const KernelTable& kernels = active_kernels();
   parallel_items(o.batch, maps_per_thread(o), kernels.assign_map_scratch(o),
                  [&](int64_t b, int64_t, float* scratch) { kernels.assign_backward_map(o, io, b, scratch); });

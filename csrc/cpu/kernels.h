@@ -37,11 +37,13 @@ struct AssignMapForwardIO {
   float* row_sum;       // [B, N] out: sum_s A + eps
   void* hard_map;       // [B, N, S] in the dtype, or nullptr
   void* soft_map;       // [B, N, S] in the dtype, or nullptr
+  float* probs;         // [B, N, S] out: y, the softmax over groups of the logits (for the backward), or nullptr
 };
 
 struct AssignMapBackwardIO {
-  float* map;   // q k^T on entry; A_n on exit in soft mode (for dv = A_n^T dout)
-  float* grad;  // dA_n = dout v^T on entry; scale * dz (dz: the gradient of the logits) on exit
+  const float* probs;  // y saved by the forward, or nullptr: then recomputed from q k^T in map
+  float* map;          // q k^T on entry when probs is null; A_n on exit in soft mode (for dv = A_n^T dout)
+  float* grad;         // dA_n = dout v^T on entry; scale * dz (dz: the gradient of the logits) on exit
   const float* col_lse;
   const int32_t* col_argmax;
   const float* row_sum;

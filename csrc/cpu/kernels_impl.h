@@ -236,12 +236,13 @@ void count_owners(const int32_t* col_argmax, int64_t groups, int64_t tokens, flo
   for (int64_t s = 0; s < tokens; ++s) row_sum[col_argmax[s]] += 1.0f;
 }
 
-// map[i, :] *= row_scale[i].
-void scale_rows(float* map, int64_t groups, int64_t tokens, const float* row_scale) {
+// out[i, :] = map[i, :] * row_scale[i] (out may be map).
+void scale_rows(const float* map, int64_t groups, int64_t tokens, const float* row_scale, float* out) {
   for (int64_t i = 0; i < groups; ++i) {
-    float* __restrict row = map + i * tokens;
-    const float s = row_scale[i];
-    for (int64_t j = 0; j < tokens; ++j) row[j] *= s;
+    const f32x8 scale = splat(row_scale[i]);
+    for_each_chunk(tokens, [&](int64_t s, int64_t n) {
+      store_part(out + i * tokens + s, load_part<f32x8>(map + i * tokens + s, n) * scale, n);
+    });
   }
 }
 
@@ -361,8 +362,11 @@ void assign_forward_map(const AssignOptions& o, const AssignMapForwardIO& io, in
     col_sum[s] = 1.0f / col_sum[s];
   }
   const bool soft_map_here = io.soft_map != nullptr && !noisy;
-  if (soft || soft_map_here) scale_columns(map, groups, tokens, col_sum, soft ? row_sum : nullptr);
+  if (soft || soft_map_here || io.probs != nullptr) {  // map <- y (the hard modes need it only for these)
+    scale_columns(map, groups, tokens, col_sum, soft ? row_sum : nullptr);
+  }
   if (soft_map_here) write_map(o, map, io.soft_map, b);
+  if (io.probs != nullptr) std::memcpy(io.probs + b * size, map, size * sizeof(float));
   if (!soft) count_owners(argmax, groups, tokens, row_sum);
   for (int64_t i = 0; i < groups; ++i) row_sum[i] += o.eps;
   if (io.hard_map != nullptr) {
@@ -374,7 +378,7 @@ void assign_forward_map(const AssignOptions& o, const AssignMapForwardIO& io, in
   }
   if (soft && !o.sum_assign) {
     row_scales(o, row_sum, row_scale);
-    scale_rows(map, groups, tokens, row_scale);
+    scale_rows(map, groups, tokens, row_scale, map);
   }
 }
 
@@ -388,23 +392,26 @@ void assign_backward_map(const AssignOptions& o, const AssignMapBackwardIO& io, 
   arena.take(tokens);
   float* row_scale = arena.take(groups);
   float* row_dot = arena.take(groups);
-  float* probs = io.map + b * size;  // y, then A_n (soft mode)
-  float* grad = io.grad + b * size;  // dA_n, then dA, then scale * dz / tau
+  float* map = io.map == nullptr ? nullptr : io.map + b * size;  // q k^T or nothing, then A_n (soft mode)
+  float* grad = io.grad + b * size;                               // dA_n, then dA, then scale * dz / tau
   const float* lse = io.col_lse + b * tokens;
   const int32_t* argmax = io.col_argmax + b * tokens;
   const bool soft = o.mode == kModeSoft;
 
-  logits_from_product(o, b, probs, o.mode == kModeGumbel);
-  for (int64_t i = 0; i < groups; ++i) {
-    float* row = probs + i * tokens;
-    for_each_chunk(tokens, [&](int64_t s, int64_t n) {
-      store_part(row + s, exp8(load_part<f32x8>(row + s, n) - load_part<f32x8>(lse + s, n)), n);
-    });
+  const float* probs = io.probs == nullptr ? map : io.probs + b * size;  // y
+  if (io.probs == nullptr) {  // recompute y from q k^T and the column statistics
+    logits_from_product(o, b, map, o.mode == kModeGumbel);
+    for (int64_t i = 0; i < groups; ++i) {
+      float* row = map + i * tokens;
+      for_each_chunk(tokens, [&](int64_t s, int64_t n) {
+        store_part(row + s, exp8(load_part<f32x8>(row + s, n) - load_part<f32x8>(lse + s, n)), n);
+      });
+    }
   }
   row_scales(o, io.row_sum + b * groups, row_scale);
   if (!o.sum_assign) normalise_backward(grad, probs, argmax, groups, tokens, soft, row_scale, row_dot);
   softmax_backward(grad, probs, groups, tokens, o.scale / o.tau, col_dot);
-  if (soft && !o.sum_assign) scale_rows(probs, groups, tokens, row_scale);
+  if (soft) scale_rows(probs, groups, tokens, row_scale, map);
 }
 
 // out[b, i, :] = r_i * sum of the rows x[b, s, :] with argmax(s) == i (out [N, C] of batch element b).
