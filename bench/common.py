@@ -36,7 +36,7 @@ TIMER_NOTE = (
     "set of cases, checked with torch.get_num_threads and recorded per row."
 )
 LOAD_NOTE = (
-    "Load: the 1-minute load average is read before and after every case. A case is marked loaded when "
+    "The 1-minute load average is read before and after every case. A case is marked loaded when "
     "the load before it exceeded half the logical CPUs, or the load after it exceeded half the logical "
     "CPUs plus the benchmark's own threads (what the benchmark adds itself). Loaded cases are reported, "
     "but their target checks are not counted: other jobs slow providers unequally (an OpenMP worker "
@@ -284,13 +284,11 @@ def ops_report(env: dict, sections: dict[str, list[dict]], checks: list[dict], n
     """The JSON of ``cign-fast bench ops``: environment, one list of rows per op, the target checks, notes."""
     env = {**env, "load_average_end": load_average()}
     rows = [row for section in sections.values() for row in section]
-    loaded = sorted(
-        {
-            f"{row['op']} {row.get('shape')} {row['threads']} threads: {row['loaded']}"
-            for row in rows
-            if row.get("loaded")
-        }
-    )
+    loaded = [  # one line per case
+        f"{row['op']} {row.get('shape')} {row.get('mode', '')} {row['dtype']} {row['threads']} threads: {row['loaded']}"
+        for row in rows
+        if row.get("loaded") and row["provider"] == "eager"
+    ]
     return {
         "environment": env,
         "loaded": loaded,

@@ -1,6 +1,9 @@
 // assign_attention forward and backward on CPU: argument checks, the matrix products as ATen's batched
-// products (BLAS, threaded by ATen), and between them the per-batch passes over the [N, S] maps
-// (kernels_impl.h) spread over ATen's threads. float32 arithmetic; bfloat16 inputs are widened first.
+// products (BLAS / oneDNN, threaded by ATen), and between them the per-batch passes over the [N, S] maps
+// (kernels_impl.h) spread over ATen's threads. The maps and their passes are float32. bfloat16 inputs:
+// q k^T is a float32 product of the widened q, k (the logits, hence the hard choices, as the
+// reference's); the other products multiply the map rounded to bfloat16 with the bfloat16 operand
+// (float32 accumulation, a bfloat16 result, as eager PyTorch in bfloat16 does).
 #include <cmath>
 #include <optional>
 #include <tuple>
@@ -63,21 +66,23 @@ int64_t rows_per_thread(const AssignOptions& o) { return min_items_per_thread(o.
 // t in float32: itself, or a widened copy (bfloat16).
 at::Tensor widened(const at::Tensor& t) { return t.scalar_type() == at::kFloat ? t : t.to(at::kFloat); }
 
-// t (float32) in the op's dtype.
-at::Tensor in_dtype(const at::Tensor& t, const at::Tensor& like) { return t.to(like.scalar_type()); }
+// The float32 map as the other operand of a product with a tensor of the op's dtype.
+at::Tensor map_operand(const at::Tensor& map, const AssignOptions& o) {
+  return o.dtype == Dtype::kFloat32 ? map : map.to(at::kBFloat16);
+}
 
-// A one-hot product (gather: out [B, N, C] from v; scatter: dv [B, S, C] from dout), float32.
+// A one-hot product (gather: out [B, N, C] from v; scatter: dv [B, S, C] from dout) in the op's dtype.
 at::Tensor one_hot_product(const AssignOptions& o, bool scatter, const at::Tensor& x, const at::Tensor& col_argmax,
                            const at::Tensor& row_sum) {
-  const at::Tensor xf = unit_last_stride(x);
-  at::Tensor out = at::empty({o.batch, scatter ? o.tokens : o.groups, o.channels}, xf.options());
-  const AssignRowsIO io{col_argmax.data_ptr<int32_t>(), row_sum.data_ptr<float>(), xf.data_ptr<float>(),
-                        xf.stride(0), xf.stride(1), out.data_ptr<float>()};
+  const at::Tensor xs = unit_last_stride(x);
+  at::Tensor out = at::empty({o.batch, scatter ? o.tokens : o.groups, o.channels}, xs.options().dtype(at::kFloat));
+  const AssignRowsIO io{col_argmax.data_ptr<int32_t>(), row_sum.data_ptr<float>(), xs.data_ptr(),
+                        xs.stride(0), xs.stride(1), out.data_ptr<float>()};
   const KernelTable& kernels = active_kernels();
   const auto kernel = scatter ? kernels.assign_scatter : kernels.assign_gather;
   parallel_items(o.batch, rows_per_thread(o), o.groups,
                  [&](int64_t b, int64_t, float* scratch) { kernel(o, io, b, scratch); });
-  return out;
+  return out.to(x.scalar_type());
 }
 
 }  // namespace
@@ -94,8 +99,7 @@ assign_attention_forward(const at::Tensor& q, const at::Tensor& k, const at::Ten
                                         noise_batch_offset, noise_batch_stride);
   const AssignOptions& o = in.options;
   const auto stat_options = q.options().dtype(at::kFloat);
-  const at::Tensor qf = widened(in.q), kf = widened(in.k), vf = widened(in.v);
-  at::Tensor map = at::bmm(qf, kf.transpose(1, 2));  // [B, N, S] contiguous
+  at::Tensor map = at::bmm(widened(in.q), widened(in.k).transpose(1, 2));  // [B, N, S] contiguous float32
   at::Tensor col_lse = at::empty({o.batch, o.tokens}, stat_options);
   at::Tensor col_argmax = at::empty({o.batch, o.tokens}, q.options().dtype(at::kInt));
   at::Tensor row_sum = at::empty({o.batch, o.groups}, stat_options);
@@ -116,8 +120,9 @@ assign_attention_forward(const at::Tensor& q, const at::Tensor& k, const at::Ten
   parallel_items(o.batch, maps_per_thread(o), kernels.assign_map_scratch(o),
                  [&](int64_t b, int64_t, float* scratch) { kernels.assign_forward_map(o, io, b, scratch); });
   // soft: out = A_n v; hard and gumbel: the one-hot A_n picks rows of v
-  at::Tensor out = o.mode == kModeSoft ? at::bmm(map, vf) : one_hot_product(o, false, vf, col_argmax, row_sum);
-  return {in_dtype(out, q), col_lse, col_argmax, row_sum, hard_map, soft_map, probs};
+  at::Tensor out = o.mode == kModeSoft ? at::bmm(map_operand(map, o), in.v)
+                                       : one_hot_product(o, false, in.v, col_argmax, row_sum);
+  return {out, col_lse, col_argmax, row_sum, hard_map, soft_map, probs};
 }
 
 // Returns (grad_q, grad_k, grad_v), see cign_fast.ops.reference.assign_attention_backward. probs: the
@@ -135,7 +140,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> assign_attention_backward(
   const at::Tensor& argmax = std::get<1>(statistics);
   const at::Tensor& sums = std::get<2>(statistics);
   check_group_indices(kBackward, argmax, o.groups);
-  const at::Tensor qf = widened(in.q), kf = widened(in.k), vf = widened(in.v), gof = widened(grad_out);
 
   const bool saved = probs.has_value() && probs->defined() && probs->numel() > 0;
   if (saved) {
@@ -145,10 +149,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> assign_attention_backward(
                 "] (the forward's), got ", probs->scalar_type(), " ", probs->sizes());
   }
   // q k^T, recomputed without the saved y; with it, only soft mode needs a buffer (for A_n)
-  at::Tensor map = !saved ? at::bmm(qf, kf.transpose(1, 2))
-                          : o.mode == kModeSoft ? at::empty({o.batch, o.groups, o.tokens}, qf.options())
+  at::Tensor map = !saved ? at::bmm(widened(in.q), widened(in.k).transpose(1, 2))
+                          : o.mode == kModeSoft ? at::empty({o.batch, o.groups, o.tokens}, lse.options())
                                                 : at::Tensor();
-  at::Tensor grad = at::bmm(gof, vf.transpose(1, 2));  // dA_n = dout v^T
+  at::Tensor grad = widened(at::bmm(grad_out, in.v.transpose(1, 2))).contiguous();  // dA_n = dout v^T
   const AssignMapBackwardIO io{saved ? probs->data_ptr<float>() : nullptr,
                                map.defined() ? map.data_ptr<float>() : nullptr,
                                grad.data_ptr<float>(),
@@ -159,11 +163,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> assign_attention_backward(
   parallel_items(o.batch, maps_per_thread(o), kernels.assign_map_scratch(o),
                  [&](int64_t b, int64_t, float* scratch) { kernels.assign_backward_map(o, io, b, scratch); });
   // dv = A_n^T dout (soft), a scatter of dout's rows (hard, gumbel); dq = dz k, dk = dz^T q (scaled)
-  at::Tensor grad_v = o.mode == kModeSoft ? at::bmm(map.transpose(1, 2), gof)
-                                          : one_hot_product(o, true, gof, argmax, sums);
-  at::Tensor grad_q = at::bmm(grad, kf);
-  at::Tensor grad_k = at::bmm(grad.transpose(1, 2), qf);
-  return {in_dtype(grad_q, q), in_dtype(grad_k, k), in_dtype(grad_v, v)};
+  at::Tensor grad_v = o.mode == kModeSoft ? at::bmm(map_operand(map, o).transpose(1, 2), grad_out)
+                                          : one_hot_product(o, true, grad_out, argmax, sums);
+  const at::Tensor dz = map_operand(grad, o);
+  at::Tensor grad_q = at::bmm(dz, in.k);
+  at::Tensor grad_k = at::bmm(dz.transpose(1, 2), in.q);
+  return {grad_q, grad_k, grad_v};
 }
 
 }  // namespace cign_fast::cpu

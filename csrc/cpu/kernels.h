@@ -51,11 +51,12 @@ struct AssignMapBackwardIO {
 
 // The one-hot products of the hard modes: out[i] = r_i * sum_{s: argmax(s) = i} x[s] (gather: x = v,
 // out [B, N, C]) or out[s] = r_argmax(s) * x[argmax(s)] (scatter: x = dout, out = dv [B, S, C]), with
-// r_i = 1 / row_sum[i] (1 with sum_assign). x float32 with unit column stride, out contiguous float32.
+// r_i = 1 / row_sum[i] (1 with sum_assign). x in the options' dtype with unit column stride (bfloat16 is
+// widened as it is read), out contiguous float32.
 struct AssignRowsIO {
   const int32_t* col_argmax;
   const float* row_sum;
-  const float* x;
+  const void* x;
   int64_t x_batch_stride, x_row_stride;
   float* out;
 };

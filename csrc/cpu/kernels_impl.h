@@ -424,8 +424,14 @@ void assign_gather(const AssignOptions& o, const AssignRowsIO& io, int64_t b, fl
   std::memset(out, 0, groups * channels * sizeof(float));
   for (int64_t s = 0; s < tokens; ++s) {
     float* __restrict o_row = out + owner[s] * channels;
-    const float* __restrict x = io.x + b * io.x_batch_stride + s * io.x_row_stride;
-    for (int64_t j = 0; j < channels; ++j) o_row[j] += x[j];
+    const void* x = advance(io.x, o.dtype, b * io.x_batch_stride + s * io.x_row_stride);
+    if (o.dtype == Dtype::kFloat32) {
+      const float* __restrict xf = static_cast<const float*>(x);
+      for (int64_t j = 0; j < channels; ++j) o_row[j] += xf[j];
+    } else {
+      const uint16_t* __restrict xh = static_cast<const uint16_t*>(x);
+      for (int64_t j = 0; j < channels; ++j) o_row[j] += bf16_to_float(xh[j]);
+    }
   }
   if (o.sum_assign) return;
   for (int64_t i = 0; i < groups; ++i) {
@@ -442,10 +448,16 @@ void assign_scatter(const AssignOptions& o, const AssignRowsIO& io, int64_t b, f
   float* row_scale = scratch;
   row_scales(o, io.row_sum + b * groups, row_scale);
   for (int64_t s = 0; s < tokens; ++s) {
-    const float* __restrict x = io.x + b * io.x_batch_stride + owner[s] * io.x_row_stride;
+    const void* x = advance(io.x, o.dtype, b * io.x_batch_stride + owner[s] * io.x_row_stride);
     float* __restrict o_row = io.out + (b * tokens + s) * channels;
     const float scale = row_scale[owner[s]];
-    for (int64_t j = 0; j < channels; ++j) o_row[j] = scale * x[j];
+    if (o.dtype == Dtype::kFloat32) {
+      const float* __restrict xf = static_cast<const float*>(x);
+      for (int64_t j = 0; j < channels; ++j) o_row[j] = scale * xf[j];
+    } else {
+      const uint16_t* __restrict xh = static_cast<const uint16_t*>(x);
+      for (int64_t j = 0; j < channels; ++j) o_row[j] = scale * bf16_to_float(xh[j]);
+    }
   }
 }
 
