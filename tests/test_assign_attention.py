@@ -463,7 +463,7 @@ def test_cpp_backward_from_the_saved_softmax_equals_recomputing_it(rng_seed, dty
     torch.testing.assert_close(probs.sum(dim=1), torch.ones(3, 11))
     for got, want in zip(forward, native_cpp.assign_attention_forward(q, k, v, params), strict=True):
         assert torch.equal(got, want)
-    saved = native_cpp.assign_attention_backward_saved(grad_out, q, k, v, *forward[1:4], probs, params)
+    saved = native_cpp.assign_attention_backward_saved(grad_out, q, k, v, *forward[1:4], params, probs)
     recomputed = native_cpp.assign_attention_backward(grad_out, q, k, v, *forward[1:4], params)
     for got, want in zip(saved, recomputed, strict=True):  # y = exp(z - lse) against exp(z - max) / sum
         rtol = 1e-4 if dtype == torch.float32 else 1e-2  # bfloat16: a last-bit change of float moves a rounding

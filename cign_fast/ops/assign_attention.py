@@ -120,7 +120,7 @@ def assign_attention_bwd(
         check_group_indices("col_argmax", col_argmax, q.shape[1])
     if probs.numel() > 0 and saves_probs(backend):
         backward = backend_function(backend, "assign_attention_backward_saved")
-        return tuple(backward(grad_out, q, k, v, col_lse, col_argmax, row_sum, probs, params))
+        return tuple(backward(grad_out, q, k, v, col_lse, col_argmax, row_sum, params, probs))
     backward = backend_function(backend, "assign_attention_backward")
     return tuple(backward(grad_out, q, k, v, col_lse, col_argmax, row_sum, params))
 

@@ -12,7 +12,7 @@ with the contracts of :mod:`cign_fast.ops.reference`, which is itself the ``refe
 softmax for the backward (the custom op then uses these two instead of the first pair):
 
 * ``assign_attention_forward_saving(q, k, v, params)``: the six outputs and ``probs`` [B, N, S]
-* ``assign_attention_backward_saved(grad_out, q, k, v, col_lse, col_argmax, row_sum, probs, params)``
+* ``assign_attention_backward_saved(grad_out, q, k, v, col_lse, col_argmax, row_sum, params, probs)``
 
 Speed: on CPU, ``auto`` gives an op to ``cpp`` only where the speed table (:mod:`cign_fast.ops.cpu_speed`,
 measured by ``cign-fast bench ops``) does not show it slower than ``reference`` for the op's family,

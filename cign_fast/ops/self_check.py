@@ -95,7 +95,7 @@ def check_assign_attention(module: ModuleType, device: torch.device, dtype: torc
                 q, k, v, params
             )
             grads = module.assign_attention_backward_saved(
-                grad_out, q, k, v, col_lse, col_argmax, row_sum, probs, params
+                grad_out, q, k, v, col_lse, col_argmax, row_sum, params, probs
             )
         else:
             out, col_lse, col_argmax, row_sum, hard, soft = module.assign_attention_forward(q, k, v, params)
