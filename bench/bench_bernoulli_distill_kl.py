@@ -14,6 +14,7 @@ printed, not written.
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 
 import torch
 
@@ -26,14 +27,16 @@ from cign_fast.ops.reference import bernoulli_distill_kl_reference
 TEMPERATURE = 2.0
 
 
-def loss_functions(device: torch.device, dtype: torch.dtype, columns: tuple[int, int]) -> dict[str, Callable]:
+def loss_functions(
+    device: torch.device, dtype: torch.dtype, columns: tuple[int, int], with_compile: bool = True
+) -> dict[str, Callable]:
     """provider -> fn(student, teacher) returning the scalar loss, differentiable in student: eager,
     compile and each fused backend through the custom op."""
 
     def eager(student, teacher):
         return bernoulli_distill_kl_reference(student, teacher, temperature=TEMPERATURE, columns=slice(*columns))
 
-    found: dict[str, Callable] = {"eager": eager, "compile": common.compiled(eager)}
+    found: dict[str, Callable] = {"eager": eager, **({"compile": common.compiled(eager)} if with_compile else {})}
     for name in common.fused_backends(OP, device, dtype):
         found[name] = lambda student, teacher, name=name: bernoulli_distill_kl_fwd(
             student, teacher, *columns, TEMPERATURE, "batchmean", name
@@ -41,14 +44,16 @@ def loss_functions(device: torch.device, dtype: torch.dtype, columns: tuple[int,
     return found
 
 
-def run_case(shape_name: str, dtype_name: str, device: torch.device, repeats: int) -> list[dict]:
+def run_case(
+    shape_name: str, dtype_name: str, device: torch.device, repeats: int, with_compile: bool = True
+) -> list[dict]:
     rows, width = SHAPES[shape_name]
     dtype = DTYPES[dtype_name]
     columns = distilled_columns(width)
     generator = torch.Generator(device="cpu").manual_seed(0)
     student = (3 * torch.randn(rows, width, generator=generator)).to(device, dtype).requires_grad_()
     teacher = (3 * torch.randn(rows, width, generator=generator)).to(device, dtype)
-    losses = loss_functions(device, dtype, columns)
+    losses = loss_functions(device, dtype, columns, with_compile)
     timed = {name: (lambda fn=fn: torch.autograd.grad(fn(student, teacher), student)) for name, fn in losses.items()}
     for name in common.fused_backends(OP, device, dtype):  # the backend's function alone: no custom op, no autograd
         direct = backend_function(name, OP)
@@ -86,14 +91,15 @@ def run(
     shapes: tuple[str, ...],
     dtypes: tuple[str, ...],
     device: torch.device,
-    repeats: int = 15,
+    repeats: int = 20,
     progress: Callable[[str], None] = print,
+    with_compile: bool = True,
 ) -> list[dict]:
     results = []
     for shape in shapes:
         for dtype in dtypes:
-            progress(f"bernoulli_distill_kl {shape} {dtype}")
-            results.extend(run_case(shape, dtype, device, repeats))
+            progress(f"bernoulli_distill_kl {shape} {dtype} {torch.get_num_threads()} threads")
+            results.extend(common.measured_case(partial(run_case, shape, dtype, device, repeats, with_compile)))
     return results
 
 

@@ -122,9 +122,11 @@ def run(
 
 def markdown(report: dict) -> str:
     size = report["size"]
+    loaded = sorted({f"{row['threads']} threads: {row['loaded']}" for row in report["rows"] if row.get("loaded")})
     lines = [
         "# Training step (features mode)",
         "",
+        *common.loaded_banner(loaded),
         *common.environment_markdown(report["environment"]),
         f"- precision: {report['precision']}; warm-up {report['warmup']}, repeats {report['repeats']}",
         f"- size: B={size['batch']}, N={size['classes']} ({size['old_classes']} old, distilled), "
@@ -132,9 +134,11 @@ def markdown(report: dict) -> str:
         f"{size['heads']} heads, input features {size['feature_dim']}" + (" (--quick)" if report["quick"] else ""),
         f"- timer: {report['timer']}",
         f"- peak memory: {report['peak_memory']}",
+        f"- load: {common.LOAD_NOTE}",
         "",
-        "| backend | threads | ops run on | ms / step | samples / s | peak memory (MiB) | speedup vs reference |",
-        "|---|---:|---|---:|---:|---:|---:|",
+        "| backend | threads | ops run on | ms / step | samples / s | peak memory (MiB) | speedup vs reference | "
+        "loaded |",
+        "|---|---:|---|---:|---:|---:|---:|---|",
     ]
     for row in report["rows"]:
         ops = ", ".join(
@@ -144,7 +148,7 @@ def markdown(report: dict) -> str:
         lines.append(
             f"| {row['backend']} | {row['threads']} | {ops} | {row['ms_per_step']:.1f} | "
             f"{row['samples_per_s']:.1f} | {row['peak_memory_mb']:.1f} | "
-            f"{common.format_ratio(row['speedup_vs_reference'])} |"
+            f"{common.format_ratio(row['speedup_vs_reference'])} | {'yes' if row.get('loaded') else 'no'} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -191,7 +195,10 @@ def main(argv: list[str] | None = None) -> int:
         device = common.pick_device(args.device)
         environment = common.environment(device)
         rows = common.per_thread_count(
-            args.threads, lambda: run(size, tuple(args.backends), device, args.precision, args.warmup, args.repeats)
+            args.threads,
+            lambda: common.measured_case(
+                lambda: run(size, tuple(args.backends), device, args.precision, args.warmup, args.repeats)
+            ),
         )
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)

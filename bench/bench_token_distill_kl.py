@@ -3,11 +3,10 @@
 One measurement per shape and dtype: the loss and the student's gradient (forward + backward; the
 fused op computes both in its forward, its backward only scales the gradient). ``<backend>-direct``
 rows call the backend's function itself, without the custom op and autograd around it (their fixed
-cost dominates at small sizes). Reported with the
-speedups over eager and compile, the bandwidth implied by the memory floor (the distilled columns
-of student and teacher read once, the gradient written once) and the peak memory. Fused backends
-are timed through the custom op ``cign_fast::token_distill_kl_fwd`` (argument validation, a NaN/inf
-scan of the inputs, is not part of the op and not timed).
+cost dominates at small sizes), ``<backend>-op`` the custom op ``cign_fast::token_distill_kl_fwd``
+and its autograd node, ``<backend>`` the public ``cign_fast.token_distill_kl(..., backend=name)``.
+Reported with the speedups over eager and compile, the bandwidth implied by the memory floor (the
+distilled columns of student and teacher read once, the gradient written once) and the peak memory.
 
     python -m cign_fast.bench.bench_token_distill_kl [--quick] [--threads 2]
 """
@@ -15,13 +14,14 @@ scan of the inputs, is not part of the op and not timed).
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 
 import torch
 
 from cign_fast.bench import common
 from cign_fast.ops.backends import backend_function
 from cign_fast.ops.reference import token_distill_kl_reference
-from cign_fast.ops.token_distill_kl import token_distill_kl_fwd
+from cign_fast.ops.token_distill_kl import token_distill_kl, token_distill_kl_fwd
 
 OP = "token_distill_kl_forward"
 TEMPERATURE = 2.0
@@ -30,23 +30,32 @@ SHAPES = {"heads-384x220": (384, 220), "rows-65536x309": (65536, 309)}
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 QUICK = {"shapes": ("heads-384x220",), "dtypes": ("fp32",)}
 TARGET_SHAPE, TARGET_DTYPE = "heads-384x220", "fp32"
-TARGETS = {"vs_eager": 2.0}
+TARGETS = {"vs_eager": 1.5}
 DIRECT = "-direct"  # provider suffix: the backend function called directly (loss and gradient in one call)
+OP_SUFFIX = "-op"  # provider suffix: the custom op alone, without the public function around it
 
 
 def distilled_columns(width: int) -> tuple[int, int]:
     return 0, max(1, width * 9 // 10)
 
 
-def providers(device: torch.device, dtype: torch.dtype, columns: tuple[int, int]) -> dict[str, Callable]:
-    """name -> fn(student, teacher) returning the scalar loss, differentiable in student."""
+def providers(
+    device: torch.device, dtype: torch.dtype, columns: tuple[int, int], with_compile: bool = True
+) -> dict[str, Callable]:
+    """name -> fn(student, teacher) returning the scalar loss, differentiable in student: ``<backend>`` the
+    public function, ``<backend>-op`` the custom op alone."""
 
     def eager(student, teacher):
         return token_distill_kl_reference(student, teacher, temperature=TEMPERATURE, columns=slice(*columns))
 
-    found: dict[str, Callable] = {"eager": eager, "compile": common.compiled(eager)}
-    for name in common.fused_backends(OP, device, dtype):
-        found[name] = (
+    found: dict[str, Callable] = {"eager": eager, **({"compile": common.compiled(eager)} if with_compile else {})}
+    for name in ("reference", *common.fused_backends(OP, device, dtype)):
+        found[name] = lambda student, teacher, name=name: token_distill_kl(
+            student, teacher, temperature=TEMPERATURE, columns=slice(*columns), backend=name
+        )
+        if name == "reference":  # the fallback of backend="auto", for the speed table
+            continue
+        found[name + OP_SUFFIX] = (
             lambda backend: (
                 lambda student, teacher: token_distill_kl_fwd(
                     student, teacher, *columns, TEMPERATURE, "batchmean", backend
@@ -61,14 +70,16 @@ def floor_bytes(rows: int, width: int, columns: tuple[int, int], dtype: torch.dt
     return (2 * rows * (columns[1] - columns[0]) + rows * width) * size
 
 
-def run_case(shape_name: str, dtype_name: str, device: torch.device, repeats: int) -> list[dict]:
+def run_case(
+    shape_name: str, dtype_name: str, device: torch.device, repeats: int, with_compile: bool = True
+) -> list[dict]:
     rows, width = SHAPES[shape_name]
     dtype = DTYPES[dtype_name]
     columns = distilled_columns(width)
     generator = torch.Generator(device="cpu").manual_seed(0)
     student = (3 * torch.randn(rows, width, generator=generator)).to(device, dtype).requires_grad_()
     teacher = (3 * torch.randn(rows, width, generator=generator)).to(device, dtype)
-    found = providers(device, dtype, columns)
+    found = providers(device, dtype, columns, with_compile)
     with torch.no_grad():
         expected = found["eager"](student, teacher).item()
         errors = {name: abs(fn(student, teacher).item() - expected) for name, fn in found.items()}
@@ -109,14 +120,15 @@ def run(
     shapes: tuple[str, ...],
     dtypes: tuple[str, ...],
     device: torch.device,
-    repeats: int = 15,
+    repeats: int = 20,
     progress: Callable[[str], None] = print,
+    with_compile: bool = True,
 ) -> list[dict]:
     results = []
     for shape in shapes:
         for dtype in dtypes:
-            progress(f"token_distill_kl {shape} {dtype}")
-            results.extend(run_case(shape, dtype, device, repeats))
+            progress(f"token_distill_kl {shape} {dtype} {torch.get_num_threads()} threads")
+            results.extend(common.measured_case(partial(run_case, shape, dtype, device, repeats, with_compile)))
     return results
 
 
@@ -125,8 +137,8 @@ def target_checks(rows: list[dict]) -> list[dict]:
     checks = []
     for row in rows:
         if (
-            row["provider"] in ("eager", "compile")
-            or row["provider"].endswith(DIRECT)
+            row["provider"] in ("eager", "compile", "reference")
+            or row["provider"].endswith((DIRECT, OP_SUFFIX))
             or (row["shape"], row["dtype"]) != (TARGET_SHAPE, TARGET_DTYPE)
         ):
             continue

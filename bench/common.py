@@ -1,7 +1,10 @@
 """Shared pieces of the op benchmarks: timers, peak memory, providers, environment and result files.
 
 Timing: on CUDA ``triton.testing.do_bench`` (median of many runs, caches flushed); on CPU a wall-clock
-timer with warm-up and the median of repeats. Peak memory: ``torch.cuda.max_memory_allocated``
+timer with warm-up and the median of repeats, the providers interleaved call by call, the thread
+count set and checked before each set of cases (:func:`per_thread_count`), and the load average read
+before and after each case: a case run on a loaded machine (:func:`load_verdict`) is marked so in
+the results and its target checks are not counted. Peak memory: ``torch.cuda.max_memory_allocated``
 above what was allocated before the call on CUDA; on CPU the peak of ATen's allocations replayed
 from the torch profiler's memory events (approximate: an op's allocations count at its start, and
 memory the C++ kernels take outside ATen's allocator is not seen).
@@ -29,7 +32,16 @@ FUSED_BACKENDS = ("cpp", "cuda", "triton")
 TIMER_NOTE = (
     "CUDA: triton.testing.do_bench median. CPU: time.perf_counter around each call, 3 warm-up calls, "
     "the providers timed in turns (one call each per round) and the median per provider; "
-    "backward = median(forward+backward) - median(forward)."
+    "backward = median(forward+backward) - median(forward). Threads: torch.set_num_threads before each "
+    "set of cases, checked with torch.get_num_threads and recorded per row."
+)
+LOAD_NOTE = (
+    "The 1-minute load average is read before and after every case. A case is marked loaded when "
+    "the load before it exceeded half the logical CPUs, or the load after it exceeded half the logical "
+    "CPUs plus the benchmark's own threads (what the benchmark adds itself). Loaded cases are reported, "
+    "but their target checks are not counted: other jobs slow providers unequally (an OpenMP worker "
+    "waiting for a core at each parallel region costs eager PyTorch, with many regions, more than a "
+    "fused op with one)."
 )
 TARGETS_HEADING = "Speed targets: fused forward+backward against eager PyTorch and torch.compile"
 MEMORY_NOTE = (
@@ -62,6 +74,31 @@ def load_average() -> list[float] | None:
         return [round(x, 2) for x in os.getloadavg()]
     except OSError:
         return None
+
+
+def load_verdict(before: list[float] | None, after: list[float] | None, threads: int) -> str | None:
+    """Why a measurement taken between the load averages ``before`` and ``after`` (1/5/15 min, see
+    :func:`load_average`) with ``threads`` threads counts as loaded (see ``LOAD_NOTE``), or None."""
+    half = (os.cpu_count() or 1) / 2
+    reasons = []
+    if before is not None and before[0] > half:
+        reasons.append(f"load {before[0]:.2f} before > {half:g} (half the logical CPUs)")
+    if after is not None and after[0] - threads > half:
+        reasons.append(f"load {after[0]:.2f} after > {half:g} + {threads} own threads")
+    return "; ".join(reasons) or None
+
+
+def measured_case(rows_of_case: Callable[[], list[dict]]) -> list[dict]:
+    """The rows of one case with the load averages before and after it and the verdict (``loaded``:
+    None, or why the case counts as loaded) added to each."""
+    before = load_average()
+    rows = rows_of_case()
+    after = load_average()
+    for row in rows:
+        row["load_average_before"] = before
+        row["load_average_after"] = after
+        row["loaded"] = load_verdict(before, after, row.get("threads", torch.get_num_threads()))
+    return rows
 
 
 def environment(device: torch.device) -> dict[str, object]:
@@ -191,6 +228,10 @@ def format_ms(value: float | None) -> str:
     return "-" if value is None else f"{value:.3f}"
 
 
+def format_percent(value: float | None) -> str:
+    return "-" if value is None else f"{value:+.1f} %"
+
+
 def format_ratio(value: float | None) -> str:
     return "-" if value is None else f"{value:.2f}x"
 
@@ -204,13 +245,20 @@ def pick_device(name: str | None) -> torch.device:
 
 
 def per_thread_count(threads: list[int] | None, run: Callable[[], list[dict]]) -> list[dict]:
-    """The rows of ``run()`` once per torch thread count in ``threads`` (once, as set, when None)."""
+    """The rows of ``run()`` once per torch thread count in ``threads`` (once, as set, when None); the
+    count is set, checked (torch may refuse one) and set back afterwards."""
     rows: list[dict] = []
-    for count in threads or [torch.get_num_threads()]:
-        if count < 1:
-            raise ValueError(f"--threads: expected positive integers, got {count}")
-        torch.set_num_threads(count)
-        rows += run()
+    initial = torch.get_num_threads()
+    try:
+        for count in threads or [initial]:
+            if count < 1:
+                raise ValueError(f"--threads: expected positive integers, got {count}")
+            torch.set_num_threads(count)
+            if torch.get_num_threads() != count:
+                raise RuntimeError(f"torch.set_num_threads({count}) left {torch.get_num_threads()} threads")
+            rows += run()
+    finally:
+        torch.set_num_threads(initial)
     return rows
 
 
@@ -227,15 +275,25 @@ def shape_dtype_main(
     args = parser.parse_args(argv)
     device = pick_device(args.device)
     cases_grid = grid(args.quick, args.shapes, args.dtypes)
-    return per_thread_count(args.threads, lambda: run(*cases_grid, device, repeats=args.repeats))
+    return per_thread_count(
+        args.threads, lambda: run(*cases_grid, device, repeats=args.repeats, with_compile=not args.no_compile)
+    )
 
 
 def ops_report(env: dict, sections: dict[str, list[dict]], checks: list[dict], notes: list[str]) -> dict:
     """The JSON of ``cign-fast bench ops``: environment, one list of rows per op, the target checks, notes."""
     env = {**env, "load_average_end": load_average()}
+    rows = [row for section in sections.values() for row in section]
+    loaded = [  # one line per case
+        f"{row['op']} {row.get('shape')} {row.get('mode', '')} {row['dtype']} {row['threads']} threads: {row['loaded']}"
+        for row in rows
+        if row.get("loaded") and row["provider"] == "eager"
+    ]
     return {
         "environment": env,
+        "loaded": loaded,
         "timer": TIMER_NOTE,
+        "load": LOAD_NOTE,
         "peak_memory": MEMORY_NOTE,
         **sections,
         "targets": checks,
@@ -249,6 +307,8 @@ def targets_markdown(checks: list[dict]) -> list[str]:
     lines = ["| op | provider | case | metric | target | measured | met |", "|---|---|---|---|---:|---:|---|"]
     for check in checks:
         met = "yes" if check["met"] else f"no, {check['shortfall_percent']:.0f} % short"
+        if not check.get("counted", True):
+            met = f"not counted (loaded): {met}"
         lines.append(
             f"| {check['op']} | {check['provider']} | {check['case']} | {check['metric']} | "
             f"{check['target']:.1f}x | {format_ratio(check['measured'])} | {met} |"
@@ -262,14 +322,19 @@ def ops_markdown(report: dict, tables: dict[str, list[str]]) -> str:
     lines = [
         f"# Fused ops benchmark: {env['device']}",
         "",
+        *loaded_banner(report.get("loaded", [])),
         *environment_markdown(env),
         "",
         f"Timer: {report['timer']}",
         "",
+        f"Load: {report.get('load', LOAD_NOTE)}",
+        "",
         f"Peak memory: {report['peak_memory']}",
         "",
-        "Fused backends are timed through the custom ops, without the public functions' argument validation "
-        "(a NaN/inf scan of the inputs). Speedups are eager or compile time divided by the provider's time. "
+        "A fused backend's `<name>` rows are the public function (`cign_fast.assign_attention(..., backend=name)`: "
+        "argument checks, the dispatcher, the custom op and its autograd node), `<name>-op` the custom op alone; "
+        "the public function's overhead over the op is in its own column. "
+        "Speedups are eager or compile time divided by the provider's time. "
         "GB/s at floor: the bytes of the memory floor (every input read once, every output written once) "
         "divided by the time.",
         "",
@@ -285,10 +350,25 @@ def ops_markdown(report: dict, tables: dict[str, list[str]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def loaded_banner(loaded: list[str]) -> list[str]:
+    """The results file's warning lines when some cases ran on a loaded machine (none otherwise)."""
+    if not loaded:
+        return []
+    return [
+        "**LOADED MACHINE: the cases below ran with the load average above half the logical CPUs; their "
+        "numbers are indicative only and are not counted against the targets.**",
+        "",
+        *(f"- loaded: {line}" for line in loaded),
+        "",
+    ]
+
+
 def target_check(op: str, row: dict, case: str, key: str, target: float) -> dict:
-    """One row of a results file's target table: ``row[f"forward_backward_{key}"]`` against ``target``."""
+    """One row of a results file's target table: ``row[f"forward_backward_{key}"]`` against ``target``;
+    not counted (``counted`` False) when the row's case ran on a loaded machine."""
     got = row[f"forward_backward_{key}"]
     return {
+        "counted": not row.get("loaded"),
         "op": op,
         "provider": row["provider"],
         "case": case,

@@ -21,4 +21,7 @@ def add_run_arguments(parser: argparse.ArgumentParser, quick_help: str) -> None:
         default=None,
         help="torch.set_num_threads before running; several values run everything once per value",
     )
-    parser.add_argument("--repeats", type=int, default=15, help="timed repeats per measurement on CPU (default 15)")
+    parser.add_argument("--repeats", type=int, default=20, help="timed repeats per measurement on CPU (default 20)")
+    parser.add_argument(
+        "--no-compile", action="store_true", help="leave out the torch.compile baseline (its compilation is slow)"
+    )

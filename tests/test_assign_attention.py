@@ -318,6 +318,7 @@ def test_custom_op_options_follow_the_parameter_type():
         "col_lse",
         "col_argmax",
         "row_sum",
+        "probs",
         "seed",
         *OPTION_FIELDS,
         "backend",
@@ -392,7 +393,7 @@ def test_anomaly_mode_switches_the_value_checks_on(monkeypatch):
 def test_value_checks_refuse_group_indices_out_of_range_in_the_backward(value_checks):
     q, k, v = (t.detach() for t in random_inputs((2, 3, 4, 5)))
     seed = torch.tensor(0, dtype=torch.int64)
-    out, col_lse, col_argmax, row_sum, _, _ = assign_attention_fwd(
+    out, col_lse, col_argmax, row_sum, _, _, probs = assign_attention_fwd(
         q, k, v, seed, 1, 1.0, 1.0, False, False, 0, 1, "reference"
     )
     with pytest.raises(ValueError, match=r"col_argmax: expected group indices in \[0, 3\), got values in \[\d, 7\]"):
@@ -404,6 +405,7 @@ def test_value_checks_refuse_group_indices_out_of_range_in_the_backward(value_ch
             col_lse,
             col_argmax.index_fill(1, torch.tensor([2]), 7),
             row_sum,
+            probs,
             seed,
             1,
             1.0,
@@ -442,3 +444,27 @@ def test_explicit_backend_that_cannot_run_says_why():
     q, k, v = (t.detach().double() for t in random_inputs((2, 3, 4, 5)))
     with pytest.raises(RuntimeError, match="backend 'cpp' cannot run assign_attention_forward: supports"):
         cign_fast.assign_attention(q, k, v, backend="cpp")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("mode", MODES)
+def test_cpp_backward_from_the_saved_softmax_equals_recomputing_it(rng_seed, dtype, mode):
+    """The custom op's cpp path saves y = softmax_N(logits) in the forward and skips q k^T in the backward;
+    the backend contract's pair recomputes it: both give the same outputs and gradients (up to rounding)."""
+    require_backend("cpp", OP, dtype)
+    from cign_fast.contract import AssignParams
+    from cign_fast.ops import native_cpp
+
+    q, k, v = (t.detach() for t in random_inputs((3, 7, 11, 16), dtype=dtype))
+    grad_out = torch.randn(3, 7, 16).to(dtype)
+    params = AssignParams(mode=MODES.index(mode), tau=0.7, eps=0.5, seed=rng_seed, return_maps=True)
+    *forward, probs = native_cpp.assign_attention_forward_saving(q, k, v, params)
+    assert probs.shape == (3, 7, 11) and probs.dtype == torch.float32
+    torch.testing.assert_close(probs.sum(dim=1), torch.ones(3, 11))
+    for got, want in zip(forward, native_cpp.assign_attention_forward(q, k, v, params), strict=True):
+        assert torch.equal(got, want)
+    saved = native_cpp.assign_attention_backward_saved(grad_out, q, k, v, *forward[1:4], params, probs)
+    recomputed = native_cpp.assign_attention_backward(grad_out, q, k, v, *forward[1:4], params)
+    for got, want in zip(saved, recomputed, strict=True):  # y = exp(z - lse) against exp(z - max) / sum
+        rtol = 1e-4 if dtype == torch.float32 else 1e-2  # bfloat16: a last-bit change of float moves a rounding
+        assert_close_to_scale(got, want.double(), rtol=rtol, atol=rtol / 10)

@@ -26,8 +26,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     ops = which.add_parser("ops", help="fused ops vs eager and torch.compile", description=__doc__.splitlines()[0])
     add_run_arguments(
         ops,
-        quick_help="only the cases with speed targets (CPU: assign_attention CIGN N=36 fp32 "
-        "in every mode, token_distill_kl [384, 220] fp32)",
+        quick_help="only the cases with speed targets (CPU: assign_attention CIGN N=36 and GroupViT, fp32 and "
+        "bf16, in every mode; token_distill_kl [384, 220] fp32)",
     )
     ops.add_argument(
         "--ops", nargs="+", choices=tuple(MODULES), default=list(MODULES), help="ops to run (default: both)"
@@ -49,6 +49,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     ops.add_argument("--note", action="append", default=[], help="a remark for the results file (repeatable)")
     ops.add_argument("--out", type=Path, default=RESULTS, help=f"results folder (default: ./{RESULTS})")
+    ops.add_argument(
+        "--speed-table",
+        type=Path,
+        default=None,
+        metavar="PATH",
+        help="also write the CPU speed table backend='auto' reads (point CIGN_FAST_CPU_SPEED at it, or "
+        "write cign_fast/ops/cpu_speed.json); needs the reference rows (assign_attention always has them)",
+    )
     # Every argument after `step` (options included: this parser has no "-" options) goes to bench_step.py.
     step = which.add_parser(
         "step", help="training-step benchmark (`step --help` for its options)", prefix_chars="+", add_help=False
@@ -80,13 +88,19 @@ def run_ops(args: argparse.Namespace) -> int:
             continue
         extra = (args.modes,) if module is assign else ()
         grid = module.grid(args.quick, shapes or None, *extra, args.dtypes)
-        sections[name] = common.per_thread_count(args.threads, partial(module.run, *grid, device, repeats=args.repeats))
+        sections[name] = common.per_thread_count(
+            args.threads, partial(module.run, *grid, device, repeats=args.repeats, with_compile=not args.no_compile)
+        )
         checks += module.target_checks(sections[name])
     report = common.ops_report(env, sections, checks, args.note)
     text = common.ops_markdown(report, {name: modules[name].markdown(rows) for name, rows in sections.items()})
     json_path, md_path = common.write_results(f"{common.device_label(device)}-ops", report, text, args.out)
     print(text)
     print(f"wrote {json_path} and {md_path}")
+    if args.speed_table is not None:
+        from cign_fast.ops.cpu_speed import write_table
+
+        print(f"wrote the CPU speed table {write_table(report, args.speed_table)}")
     return 0
 
 

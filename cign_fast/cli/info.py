@@ -27,7 +27,8 @@ def collect() -> dict:
     """Versions, devices, the build record and the backend report."""
     import torch
 
-    from cign_fast.ops.backends import backend_report
+    from cign_fast.ops.backends import auto_report, backend_report
+    from cign_fast.ops.cpu_speed import table_path
 
     try:
         import triton
@@ -47,6 +48,8 @@ def collect() -> dict:
         "cpu_threads": torch.get_num_threads(),
         "build": read_build_info(),
         "backends": backend_report(),
+        "cpu_speed_table": str(table_path()),
+        "cpu_auto": auto_report(),
     }
 
 
@@ -82,7 +85,7 @@ def main(args: argparse.Namespace) -> int:
         print(json.dumps(info, indent=2))
         return failed
     for key, value in info.items():
-        if key not in ("backends", "build", "checks"):
+        if key not in ("backends", "build", "checks", "cpu_auto"):
             print(f"{key:>12}: {value}")
     print(f"{'build':>12}: {cuda_build_line(info['build'])}")
     print("backends (float32):")
@@ -95,6 +98,9 @@ def main(args: argparse.Namespace) -> int:
         print(f"  {name:<10} {state}")
         for op, why in refusals.items():
             print(f"  {'':<10}   {op}: {why}")
+    print(f"backend='auto' on CPU at {info['cpu_threads']} thread(s) (speed table {info['cpu_speed_table']}):")
+    for row in info["cpu_auto"]:
+        print(f"  {row['op']:<20} {row['mode'] or '-':<6} {row['dtype']:<8} -> {row['pick']:<9} {row['why']}")
     if args.check:
         print("self-check against the reference (tiny inputs; relative error against the largest output):")
         for line in check_table(info["checks"]):

@@ -8,6 +8,8 @@ parameters travel as one :class:`~cign_fast.contract.AssignParams`, the backends
 ``torch.compile`` traces through the op without a graph break. A custom op's schema takes no
 dataclass: at its boundary the parameters are the seed (a 0-d int64 CPU tensor, so that a drawn
 seed needs no ``.item()`` under ``torch.compile``) and the other fields in ``OPTION_FIELDS`` order.
+A backend that saves the forward's softmax (``cpp``: :func:`saves_probs`) hands it to the backward
+through the ``probs`` output, which is empty for the others.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import torch
 from torch import Tensor
 
 from cign_fast.contract import MAX_NOISE_ELEMENTS, MODE_GUMBEL, MODES, AssignParams, seed_keys
-from cign_fast.ops.backends import backend_function, select_backend
+from cign_fast.ops.backends import backend_function, backend_module, select_backend
 from cign_fast.ops.checks import (
     check_choice,
     check_finite,
@@ -58,10 +60,21 @@ def assign_attention_fwd(
     noise_batch_offset: int,
     noise_batch_stride: int,
     backend: str,
-) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """``(out, col_lse, col_argmax, row_sum, hard_map, soft_map)``, see ``reference.assign_attention_forward``."""
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """``(out, col_lse, col_argmax, row_sum, hard_map, soft_map, probs)``, see ``reference.assign_attention_forward``;
+    ``probs`` is the softmax y [B, N, S] (float32) the backward reuses, from a backend that saves it
+    (:func:`saves_probs`), else empty."""
     params = params_from_op(seed, (mode, tau, eps, sum_assign, return_maps, noise_batch_offset, noise_batch_stride))
-    return tuple(backend_function(backend, "assign_attention_forward")(q, k, v, params))
+    if saves_probs(backend):
+        return tuple(backend_function(backend, "assign_attention_forward_saving")(q, k, v, params))
+    outputs = backend_function(backend, "assign_attention_forward")(q, k, v, params)
+    return (*outputs, q.new_empty(0, dtype=outputs[1].dtype))
+
+
+def saves_probs(backend: str) -> bool:
+    """Whether ``backend`` saves the forward's softmax for the backward (``assign_attention_forward_saving`` and
+    ``assign_attention_backward_saved``): memory [B, N, S] float32 held until the backward, a product saved."""
+    return hasattr(backend_module(backend), "assign_attention_forward_saving")
 
 
 @assign_attention_fwd.register_fake
@@ -77,6 +90,7 @@ def _(q, k, v, seed, mode, tau, eps, sum_assign, return_maps, noise_batch_offset
         q.new_empty((batch, groups), dtype=stat),
         q.new_empty(map_shape),
         q.new_empty(map_shape),
+        q.new_empty((batch, groups, tokens) if saves_probs(backend) else (0,), dtype=stat),
     )
 
 
@@ -89,6 +103,7 @@ def assign_attention_bwd(
     col_lse: Tensor,
     col_argmax: Tensor,
     row_sum: Tensor,
+    probs: Tensor,
     seed: Tensor,
     mode: int,
     tau: float,
@@ -103,27 +118,30 @@ def assign_attention_bwd(
     params = params_from_op(seed, (mode, tau, eps, sum_assign, return_maps, noise_batch_offset, noise_batch_stride))
     if value_checks_enabled():
         check_group_indices("col_argmax", col_argmax, q.shape[1])
+    if probs.numel() > 0 and saves_probs(backend):
+        backward = backend_function(backend, "assign_attention_backward_saved")
+        return tuple(backward(grad_out, q, k, v, col_lse, col_argmax, row_sum, params, probs))
     backward = backend_function(backend, "assign_attention_backward")
     return tuple(backward(grad_out, q, k, v, col_lse, col_argmax, row_sum, params))
 
 
 @assign_attention_bwd.register_fake
-def _(grad_out, q, k, v, col_lse, col_argmax, row_sum, seed, *options_and_backend):
+def _(grad_out, q, k, v, col_lse, col_argmax, row_sum, probs, seed, *options_and_backend):
     return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape)
 
 
 def _setup_context(ctx, inputs, output) -> None:
     q, k, v, seed, *options, backend = inputs
-    _, col_lse, col_argmax, row_sum, _, _ = output
-    ctx.save_for_backward(q, k, v, col_lse, col_argmax, row_sum, seed)
+    _, col_lse, col_argmax, row_sum, _, _, probs = output
+    ctx.save_for_backward(q, k, v, col_lse, col_argmax, row_sum, probs, seed)
     ctx.options = tuple(options)
     ctx.backend = backend
 
 
 def _backward(ctx, grad_out, *map_grads):
-    q, k, v, col_lse, col_argmax, row_sum, seed = ctx.saved_tensors
+    q, k, v, col_lse, col_argmax, row_sum, probs, seed = ctx.saved_tensors
     grads = assign_attention_bwd(
-        grad_out.contiguous(), q, k, v, col_lse, col_argmax, row_sum, seed, *ctx.options, ctx.backend
+        grad_out.contiguous(), q, k, v, col_lse, col_argmax, row_sum, probs, seed, *ctx.options, ctx.backend
     )
     no_grads = (None,) * (len(ctx.options) + 2)  # the seed, the options and the backend
     return (*grads, *no_grads)
@@ -230,6 +248,6 @@ def assign_attention(
     else:
         seed_keys(params.seed)  # validates the range
         seed_tensor = torch.tensor(params.seed, dtype=torch.int64)
-    name = select_backend(backend, "assign_attention_forward", q.device, q.dtype)
-    out, _, _, _, hard_map, soft_map = assign_attention_fwd(q, k, v, seed_tensor, *op_options(params), name)
+    name = select_backend(backend, "assign_attention_forward", q.device, q.dtype, mode)
+    out, _, _, _, hard_map, soft_map, _ = assign_attention_fwd(q, k, v, seed_tensor, *op_options(params), name)
     return (out, hard_map, soft_map) if return_maps else out

@@ -8,7 +8,15 @@ A backend is a module that implements some of the functions below for some devic
 * ``bernoulli_distill_kl_forward(student, teacher, start, stop, temperature, reduction)``
 
 with the contracts of :mod:`cign_fast.ops.reference`, which is itself the ``reference`` backend;
-``params`` is a :class:`cign_fast.contract.AssignParams`.
+``params`` is a :class:`cign_fast.contract.AssignParams`. A backend may also save the forward's
+softmax for the backward (the custom op then uses these two instead of the first pair):
+
+* ``assign_attention_forward_saving(q, k, v, params)``: the six outputs and ``probs`` [B, N, S]
+* ``assign_attention_backward_saved(grad_out, q, k, v, col_lse, col_argmax, row_sum, params, probs)``
+
+Speed: on CPU, ``auto`` gives an op to ``cpp`` only where the speed table (:mod:`cign_fast.ops.cpu_speed`,
+measured by ``cign-fast bench ops``) does not show it slower than ``reference`` for the op's family,
+mode (``variant``), dtype and the thread count; ``cign-fast info`` prints the choice and the reason.
 
 Self-check: the first time ``backend="auto"`` would give an op family (``assign_attention``,
 ``token_distill_kl``) on a device and dtype to a fused backend in this process, that backend is
@@ -30,7 +38,8 @@ from typing import TypedDict
 
 import torch
 
-from cign_fast.contract import TRITON_INTERPRETED
+from cign_fast.contract import MODES, TRITON_INTERPRETED
+from cign_fast.ops import cpu_speed
 from cign_fast.ops.self_check import OP_FAMILIES, op_family, run_check
 
 BACKEND_NAMES = ("reference", "cpp", "cuda", "triton")
@@ -98,10 +107,14 @@ def refusal(name: str, op: str, device: torch.device, dtype: torch.dtype) -> str
 
 
 @torch.compiler.assume_constant_result
-def select_backend(requested: str, op: str, device: torch.device, dtype: torch.dtype) -> str:
+def select_backend(
+    requested: str, op: str, device: torch.device, dtype: torch.dtype, variant: str | None = None
+) -> str:
     """Resolve ``requested`` ('auto' or a backend name) to a backend that can run ``op``.
 
-    Under ``torch.compile`` this runs once at trace time and its answer is a constant of the graph."""
+    ``variant`` (assign_attention's mode, ``""`` for the other ops) lets ``auto`` consult the CPU speed
+    table (``None``: it is not consulted). Under ``torch.compile`` this runs once at trace time and its
+    answer is a constant of the graph."""
     if requested != "auto":
         if requested not in BACKENDS:
             raise ValueError(f"backend: expected 'auto' or one of {', '.join(BACKEND_NAMES)}, got {requested!r}")
@@ -112,12 +125,53 @@ def select_backend(requested: str, op: str, device: torch.device, dtype: torch.d
     reasons = []
     for name in AUTO_ORDER.get(device.type, ("reference",)):
         why = refusal(name, op, device, dtype)
+        if why is None and variant is not None:
+            why = slower_on_cpu(name, op, device, dtype, variant)
         if why is None and name != "reference":
             why = self_check_failure(name, op, device, dtype)
         if why is None:
             return name
         reasons.append(f"  {name}: {why}")
     raise BackendUnavailable(f"no backend can run {op} on {device.type}/{dtype}:\n" + "\n".join(reasons))
+
+
+def slower_on_cpu(name: str, op: str, device: torch.device, dtype: torch.dtype, variant: str) -> str | None:
+    """Why ``auto`` passes over ``cpp`` for ``op``: the speed table measured it slower than ``reference``
+    (CPU only); None otherwise, unmeasured cases included."""
+    if name != "cpp" or device.type != "cpu":
+        return None
+    faster, reason = cpu_speed.cpp_verdict(op_family(op), variant, dtype)
+    return f"measured {reason}" if faster is False else None
+
+
+def auto_report(threads: int | None = None) -> list[dict[str, str]]:
+    """For ``cign-fast info``: what ``auto`` picks on CPU per op family, mode and dtype at ``threads``
+    (default: torch's), and why."""
+    rows = []
+    variants = {"assign_attention": MODES, "token_distill_kl": ("",), "bernoulli_distill_kl": ("",)}
+    for family, modes in variants.items():
+        op = OP_FAMILIES[family][0]
+        for mode in modes:
+            for dtype in (torch.float32, torch.bfloat16):
+                why_not = refusal("cpp", op, torch.device("cpu"), dtype)
+                faster, reason = cpu_speed.cpp_verdict(family, mode, dtype, threads)
+                if why_not is not None:
+                    pick, reason = "reference", f"cpp {why_not}"
+                elif faster is False:
+                    pick = "reference"
+                else:
+                    pick = "cpp"
+                    reason = reason if faster else f"{reason}: auto keeps its order"
+                rows.append(
+                    {
+                        "op": family,
+                        "mode": mode,
+                        "dtype": str(dtype).replace("torch.", ""),
+                        "pick": pick,
+                        "why": reason,
+                    }
+                )
+    return rows
 
 
 def self_check_failure(name: str, op: str, device: torch.device, dtype: torch.dtype) -> str | None:

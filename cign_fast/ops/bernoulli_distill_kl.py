@@ -60,7 +60,7 @@ def bernoulli_distill_kl(
         The loss (a scalar, or [R] for ``"none"``), float32 (float64 for float64 inputs).
     """
     start, stop = check_distill_arguments(student_logits, teacher_logits, temperature, columns, reduction)
-    name = select_backend(backend, OP, student_logits.device, student_logits.dtype)
+    name = select_backend(backend, OP, student_logits.device, student_logits.dtype, "")
     loss, _ = bernoulli_distill_kl_fwd(
         student_logits, teacher_logits.detach(), start, stop, float(temperature), reduction, name
     )

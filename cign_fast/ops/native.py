@@ -34,9 +34,14 @@ def assign_attention_forward(
     k: torch.Tensor,
     v: torch.Tensor,
     params: AssignParams,
+    save_probs: bool = False,
 ) -> tuple[torch.Tensor, ...]:
-    """``(out [B,N,C], col_lse [B,S], col_argmax [B,S], row_sum [B,N], hard_map, soft_map)``."""
-    return extension.assign_attention_forward(q, k, v, *extension_args(params), params.return_maps)
+    """``(out [B,N,C], col_lse [B,S], col_argmax [B,S], row_sum [B,N], hard_map, soft_map)``; with ``save_probs``
+    (an extension that has it: ``_C``) also ``probs``, the softmax over groups y [B,N,S] (float32) that
+    :func:`assign_attention_backward` takes instead of recomputing q k^T (a product fewer)."""
+    if save_probs:
+        return extension.assign_attention_forward(q, k, v, *extension_args(params), params.return_maps, True)
+    return extension.assign_attention_forward(q, k, v, *extension_args(params), params.return_maps)[:6]
 
 
 def assign_attention_backward(
@@ -49,9 +54,14 @@ def assign_attention_backward(
     col_argmax: torch.Tensor,
     row_sum: torch.Tensor,
     params: AssignParams,
+    probs: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``(grad_q, grad_k, grad_v)``, recomputing the map from ``q, k`` and the column statistics."""
-    return extension.assign_attention_backward(grad_out, q, k, v, col_lse, col_argmax, row_sum, *extension_args(params))
+    """``(grad_q, grad_k, grad_v)``, from the forward's saved softmax ``probs`` (an extension that takes it:
+    ``_C``), else recomputing the map from ``q, k`` and the column statistics."""
+    extra = () if probs is None else (probs,)
+    return extension.assign_attention_backward(
+        grad_out, q, k, v, col_lse, col_argmax, row_sum, *extension_args(params), *extra
+    )
 
 
 def bernoulli_distill_kl_forward(

@@ -28,5 +28,8 @@ def gumbel_noise(shape: tuple[int, int, int], seed: int) -> torch.Tensor:
 
 assign_attention_forward = partial(native.assign_attention_forward, _C)
 assign_attention_backward = partial(native.assign_attention_backward, _C)
+# The custom op's path: the forward saves the softmax y, the backward takes it (no recomputed q k^T).
+assign_attention_forward_saving = partial(native.assign_attention_forward, _C, save_probs=True)
+assign_attention_backward_saved = assign_attention_backward  # (..., row_sum, params, probs)
 bernoulli_distill_kl_forward = partial(native.bernoulli_distill_kl_forward, _C)
 token_distill_kl_forward = _C.token_distill_kl_forward  # (loss, grad_student [R, K]): the contract as is

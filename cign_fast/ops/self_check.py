@@ -90,8 +90,16 @@ def check_assign_attention(module: ModuleType, device: torch.device, dtype: torc
     results = []
     for mode in (MODE_SOFT, MODE_GUMBEL):
         params = AssignParams(mode=mode, tau=0.8, eps=1.0, seed=INPUT_SEED, return_maps=True)
-        out, col_lse, col_argmax, row_sum, hard, soft = module.assign_attention_forward(q, k, v, params)
-        grads = module.assign_attention_backward(grad_out, q, k, v, col_lse, col_argmax, row_sum, params)
+        if hasattr(module, "assign_attention_forward_saving"):  # the path the custom op takes (saved softmax)
+            out, col_lse, col_argmax, row_sum, hard, soft, probs = module.assign_attention_forward_saving(
+                q, k, v, params
+            )
+            grads = module.assign_attention_backward_saved(
+                grad_out, q, k, v, col_lse, col_argmax, row_sum, params, probs
+            )
+        else:
+            out, col_lse, col_argmax, row_sum, hard, soft = module.assign_attention_forward(q, k, v, params)
+            grads = module.assign_attention_backward(grad_out, q, k, v, col_lse, col_argmax, row_sum, params)
         leaves = [t.detach().cpu().double().requires_grad_() for t in (q, k, v)]
         want_out, want_hard, want_soft = assign_attention_reference(
             *leaves, mode=MODES[mode], tau=params.tau, eps=params.eps, seed=params.seed

@@ -53,7 +53,7 @@ def token_distill_kl(
         The loss (a scalar, or [R] for ``"none"``), float32 (float64 for float64 inputs).
     """
     start, stop = check_distill_arguments(student_logits, teacher_logits, temperature, columns, reduction)
-    name = select_backend(backend, "token_distill_kl_forward", student_logits.device, student_logits.dtype)
+    name = select_backend(backend, "token_distill_kl_forward", student_logits.device, student_logits.dtype, "")
     loss, _ = token_distill_kl_fwd(
         student_logits, teacher_logits.detach(), start, stop, float(temperature), reduction, name
     )

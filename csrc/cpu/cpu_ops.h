@@ -23,8 +23,6 @@ inline Dtype kernel_dtype(const at::Tensor& t, const char* op, const char* name)
 // t with unit stride along its last dimension (a copy only when it is strided there).
 inline at::Tensor unit_last_stride(const at::Tensor& t) { return t.stride(-1) == 1 ? t : t.contiguous(); }
 
-inline BatchedMatrix batched_matrix(const at::Tensor& t) { return {t.data_ptr(), t.stride(0), t.stride(1)}; }
-
 // Runs kernel(item, next_item, scratch) for every item in [0, count) on ATen's threads (at most
 // torch.get_num_threads(), and no more than count / min_items_per_thread of them: small problems run
 // inline, without a parallel region). Items are handed out one at a time from a shared counter, so

@@ -2,9 +2,10 @@
 // kernel translation units (kernels_avx2.cpp, kernels_generic.cpp) can be compiled for different
 // instruction sets without sharing any inline function with the torch-aware code.
 //
-// The kernels work on one batch element (assign attention) or a range of rows (distillation) at a
-// time; the callers in assign_attention.cpp / token_distill_kl.cpp / bernoulli_distill_kl.cpp spread
-// them over threads with at::parallel_for. All arithmetic is float32; bfloat16 inputs are widened on load.
+// The kernels work on one batch element (assign attention's passes over its maps) or a range of rows
+// (distillation) at a time; the callers in assign_attention.cpp / token_distill_kl.cpp /
+// bernoulli_distill_kl.cpp spread them over threads with at::parallel_for. All arithmetic is float32;
+// bfloat16 inputs are widened on load (assign attention: by ATen before its products).
 #pragma once
 
 #include <cstdint>
@@ -14,14 +15,6 @@
 namespace cign_fast::cpu {
 
 enum class Dtype : int { kFloat32 = 0, kBFloat16 = 1 };
-
-// A batch of row-major matrices with unit column stride: element (b, r, c) lives at
-// data + b * batch_stride + r * row_stride + c (in elements of the dtype).
-struct BatchedMatrix {
-  const void* data;
-  int64_t batch_stride;
-  int64_t row_stride;
-};
 
 struct AssignOptions {
   int64_t batch, groups, tokens, channels;  // B, N, S, C
@@ -35,27 +28,37 @@ struct AssignOptions {
   Dtype dtype;                              // of q, k, v, grad_out and of every output but the statistics
 };
 
-// Forward outputs are contiguous: out [B, N, C]; col_lse, col_argmax [B, S]; row_sum [B, N];
-// hard_map, soft_map [B, N, S] or nullptr.
-struct AssignForwardIO {
-  BatchedMatrix q, k, v;
-  void* out;
-  float* col_lse;
-  int32_t* col_argmax;
-  float* row_sum;
-  void* hard_map;
-  void* soft_map;
+// The passes of assign attention over one batch element's [N, S] float32 maps; the matrix products
+// around them are ATen's batched products (assign_attention.cpp). Every map is contiguous [B, N, S].
+struct AssignMapForwardIO {
+  float* map;           // q k^T on entry; the normalised assignment A_n on exit (soft mode; else the logits' exp)
+  float* col_lse;       // [B, S] out: log-sum-exp over groups of the logits
+  int32_t* col_argmax;  // [B, S] out: first group of the largest logit
+  float* row_sum;       // [B, N] out: sum_s A + eps
+  void* hard_map;       // [B, N, S] in the dtype, or nullptr
+  void* soft_map;       // [B, N, S] in the dtype, or nullptr
+  float* probs;         // [B, N, S] out: y, the softmax over groups of the logits (for the backward), or nullptr
 };
 
-// Backward inputs: grad_out [B, N, C] and the forward's statistics (contiguous); outputs contiguous.
-struct AssignBackwardIO {
-  BatchedMatrix grad_out, q, k, v;
+struct AssignMapBackwardIO {
+  const float* probs;  // y saved by the forward, or nullptr: then recomputed from q k^T in map
+  float* map;          // q k^T on entry when probs is null; A_n on exit in soft mode (for dv = A_n^T dout)
+  float* grad;         // dA_n = dout v^T on entry; scale * dz (dz: the gradient of the logits) on exit
   const float* col_lse;
   const int32_t* col_argmax;
   const float* row_sum;
-  void* grad_q;
-  void* grad_k;
-  void* grad_v;
+};
+
+// The one-hot products of the hard modes: out[i] = r_i * sum_{s: argmax(s) = i} x[s] (gather: x = v,
+// out [B, N, C]) or out[s] = r_argmax(s) * x[argmax(s)] (scatter: x = dout, out = dv [B, S, C]), with
+// r_i = 1 / row_sum[i] (1 with sum_assign). x in the options' dtype with unit column stride (bfloat16 is
+// widened as it is read), out contiguous float32.
+struct AssignRowsIO {
+  const int32_t* col_argmax;
+  const float* row_sum;
+  const void* x;
+  int64_t x_batch_stride, x_row_stride;
+  float* out;
 };
 
 // Distillation of rows [R, K], columns [start, stop); student/teacher with any strides (elements).
@@ -73,16 +76,14 @@ struct DistillIO {
 
 struct KernelTable {
   const char* isa;
-  // Floats of per-thread scratch each kernel needs.
-  int64_t (*assign_forward_scratch)(const AssignOptions&);
-  int64_t (*assign_backward_scratch)(const AssignOptions&);
+  // Floats of per-thread scratch each kernel needs (assign_map_scratch: both map passes and the rows kernels).
+  int64_t (*assign_map_scratch)(const AssignOptions&);
   int64_t (*distill_scratch)(const DistillIO&);
-  // Batch element batch_index; next_index (or -1) is the one this thread does next: its inputs are
-  // prefetched meanwhile.
-  void (*assign_forward)(const AssignOptions&, const AssignForwardIO&, int64_t batch_index, int64_t next_index,
-                         float* scratch);
-  void (*assign_backward)(const AssignOptions&, const AssignBackwardIO&, int64_t batch_index, int64_t next_index,
-                          float* scratch);
+  // Batch element batch_index of the map passes and of the one-hot products.
+  void (*assign_forward_map)(const AssignOptions&, const AssignMapForwardIO&, int64_t batch_index, float* scratch);
+  void (*assign_backward_map)(const AssignOptions&, const AssignMapBackwardIO&, int64_t batch_index, float* scratch);
+  void (*assign_gather)(const AssignOptions&, const AssignRowsIO&, int64_t batch_index, float* scratch);
+  void (*assign_scatter)(const AssignOptions&, const AssignRowsIO&, int64_t batch_index, float* scratch);
   // Rows [row_begin, row_end) of the distillation ops (softmax KL, per-class Bernoulli KL); both take
   // distill_scratch floats of scratch.
   void (*distill_rows)(const DistillIO&, int64_t row_begin, int64_t row_end, float* scratch);

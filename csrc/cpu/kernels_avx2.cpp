@@ -7,10 +7,6 @@
 #include "kernels.h"
 
 #if defined(CIGN_FAST_HAVE_AVX2_KERNELS)
-#include <immintrin.h>  // for the streaming stores (the intrinsics carry their own target attributes)
-#endif
-
-#if defined(CIGN_FAST_HAVE_AVX2_KERNELS)
 #if defined(__clang__)
 #pragma clang attribute push(__attribute__((target("avx2,fma"))), apply_to = function)
 #else
@@ -19,7 +15,6 @@
 #endif
 
 #include "gumbel_noise.h"  // its functions are static: this copy is the AVX2 one
-#define CIGN_CPU_STREAM_STORES 1
 #define CIGN_CPU_ISA avx2
 #define CIGN_CPU_ISA_NAME "avx2"
 #include "kernels_impl.h"

@@ -6,11 +6,11 @@
 // Vectors are GCC/Clang vector extensions of 8 floats: one AVX register in the AVX2 build, a pair
 // of SSE/NEON registers in the generic one. Maps [N, S] are row-major; every pass over them runs
 // along the token axis s, so the column reductions of the softmax over groups are vertical vector
-// operations. The two matrix-product shapes are register-blocked micro-kernels:
-//   dot_nt:  out[m, n] = alpha * <a[m, :], b[n, :]>           (logits q k^T, dA_n = dout v^T)
-//   axpy:    out[m, :] = scale[m] * sum_l p(m, l) * x[l, :]    (A_n v, A_n^T dout, dz k, dz^T q)
-// The normalisation over tokens and the softmax backward are the elementwise passes in between, all
-// on one batch element's [N, S] map while it is in cache.
+// operations. Assign attention's matrix products (q k^T, A_n v; dout v^T, A_n^T dout, dz k, dz^T q)
+// are ATen's batched products (BLAS), in assign_attention.cpp; what lies between them is here, one
+// pass per batch element over its [N, S] maps while they are in cache: the logits, the softmax over
+// groups with its statistics and argmax, the normalisation over tokens (forward), and the
+// normalisation and softmax backward (backward). The one-hot products of the hard modes are gathers.
 
 namespace cign_fast::cpu::CIGN_CPU_ISA {
 namespace {
@@ -179,51 +179,6 @@ inline void zero_row(void* dst, Dtype dtype, int64_t n) {
   std::memset(dst, 0, n * (dtype == Dtype::kFloat32 ? 4 : 2));
 }
 
-// A float32 matrix with leading dimension ld.
-struct Matrix {
-  const float* data;
-  int64_t ld;
-};
-
-// Batch element b of m ([rows, cols]) as float32: the input itself when it is float32, else
-// widened into buffer (rows * cols floats).
-inline Matrix batch_matrix(const BatchedMatrix& m, Dtype dtype, int64_t b, int64_t rows, int64_t cols, float* buffer) {
-  if (dtype == Dtype::kFloat32) return {static_cast<const float*>(m.data) + b * m.batch_stride, m.row_stride};
-  for (int64_t r = 0; r < rows; ++r) {
-    widen_row(advance(m.data, dtype, b * m.batch_stride + r * m.row_stride), dtype, 1, cols, buffer + r * cols);
-  }
-  return {buffer, cols};
-}
-
-// dst[0, n) = src with stores that bypass the caches where the build has them (outputs are not
-// read again by the kernel: streaming them saves reading each line before it is written).
-inline void stream_row(const float* src, float* dst, int64_t n) {
-#if defined(CIGN_CPU_STREAM_STORES)
-  int64_t j = 0;
-  for (; j < n && (reinterpret_cast<uintptr_t>(dst + j) & 31) != 0; ++j) dst[j] = src[j];
-  for (; j + kLanes <= n; j += kLanes) _mm256_stream_ps(dst + j, _mm256_loadu_ps(src + j));
-  for (; j < n; ++j) dst[j] = src[j];
-#else
-  std::memcpy(dst, src, n * sizeof(float));
-#endif
-}
-
-// Orders the streaming stores before anything this thread does next.
-inline void finish_streaming() {
-#if defined(CIGN_CPU_STREAM_STORES)
-  _mm_sfence();
-#endif
-}
-
-// Writes `count` output floats, computed in buffer, at element `offset` of out in the dtype.
-inline void copy_out(const float* buffer, void* out, Dtype dtype, int64_t offset, int64_t count) {
-  if (dtype == Dtype::kFloat32) {
-    stream_row(buffer, static_cast<float*>(out) + offset, count);
-  } else {
-    narrow_row(buffer, advance(out, dtype, offset), dtype, count);
-  }
-}
-
 // Per-thread scratch handed out in 64-byte aligned slices; with a null base it only measures.
 struct Arena {
   float* base;
@@ -234,235 +189,6 @@ struct Arena {
     return slice;
   }
 };
-
-// Software prefetch of the next batch element's inputs, spread over the current element's
-// matrix-product tiles (step() once per tile), so that their loads from memory overlap arithmetic.
-class Prefetcher {
- public:
-  // Batch element b of m, [rows, cols] in the dtype.
-  void add(const BatchedMatrix& m, Dtype dtype, int64_t b, int64_t rows, int64_t cols) {
-    const int64_t size = dtype == Dtype::kFloat32 ? 4 : 2;
-    Region region{static_cast<const char*>(advance(m.data, dtype, b * m.batch_stride)), rows, cols * size,
-                  m.row_stride * size};
-    if (region.stride == region.row_bytes) {  // contiguous rows: one long row
-      region.row_bytes *= rows;
-      region.rows = 1;
-    }
-    regions_[count_++] = region;
-    lines_ += region.rows * ((region.row_bytes + kLine - 1) / kLine);
-  }
-
-  // Spread the lines over about `steps` calls of step().
-  void plan(int64_t steps) { per_step_ = (lines_ + steps - 1) / (steps > 0 ? steps : 1); }
-
-  void step() {
-    for (int64_t n = 0; n < per_step_ && region_ < count_; ++n) {
-      const Region& r = regions_[region_];
-      __builtin_prefetch(r.base + row_ * r.stride + offset_, 0, 2);
-      offset_ += kLine;
-      if (offset_ >= r.row_bytes) {
-        offset_ = 0;
-        if (++row_ == r.rows) {
-          row_ = 0;
-          ++region_;
-        }
-      }
-    }
-  }
-
- private:
-  static constexpr int64_t kLine = 64;
-  struct Region {
-    const char* base;
-    int64_t rows, row_bytes, stride;
-  };
-  Region regions_[4] = {};
-  int count_ = 0, region_ = 0;
-  int64_t row_ = 0, offset_ = 0, lines_ = 0, per_step_ = 0;
-};
-
-// ---------------------------------------------------------------------------------------------
-// Matrix-product micro-kernels
-
-constexpr int kDotRows = 3;   // rows of a per dot tile
-constexpr int kDotCols = 3;   // rows of b per dot tile (3 x 3 keeps a, b and the sums in registers)
-constexpr int64_t kDotPanel = 64;  // rows of b kept in cache while all of a streams past
-constexpr int kAxpyRows = 4;     // output rows per axpy tile
-constexpr int kAxpyVectors = 3;  // output vectors (of kLanes columns) per axpy tile
-
-template <int MR, int NR>
-inline void dot_tile(const float* a, int64_t lda, const float* b, int64_t ldb, int64_t depth, float alpha, float* out,
-                     int64_t ldo) {
-  f32x8 acc[MR][NR];
-  for (int i = 0; i < MR; ++i)
-    for (int j = 0; j < NR; ++j) acc[i][j] = splat(0.0f);
-  int64_t k = 0;
-  for (; k + kLanes <= depth; k += kLanes) {
-    f32x8 bv[NR];
-    for (int j = 0; j < NR; ++j) bv[j] = load(b + j * ldb + k);
-    for (int i = 0; i < MR; ++i) {
-      const f32x8 av = load(a + i * lda + k);
-      for (int j = 0; j < NR; ++j) acc[i][j] += av * bv[j];
-    }
-  }
-  for (int i = 0; i < MR; ++i) {
-    for (int j = 0; j < NR; ++j) {
-      float sum = hsum(acc[i][j]);
-      for (int64_t t = k; t < depth; ++t) sum += a[i * lda + t] * b[j * ldb + t];
-      out[i * ldo + j] = alpha * sum;
-    }
-  }
-}
-
-template <int NR>
-inline void dot_rows(int64_t rows, const float* a, int64_t lda, const float* b, int64_t ldb, int64_t depth, float alpha,
-                     float* out, int64_t ldo) {
-  static_assert(kDotRows == 3, "dot_rows dispatches 1..3 rows");
-  if (rows == 3) {
-    dot_tile<3, NR>(a, lda, b, ldb, depth, alpha, out, ldo);
-  } else if (rows == 2) {
-    dot_tile<2, NR>(a, lda, b, ldb, depth, alpha, out, ldo);
-  } else {
-    dot_tile<1, NR>(a, lda, b, ldb, depth, alpha, out, ldo);
-  }
-}
-
-// out[m, n] = alpha * sum_k a[m, k] * b[n, k]; a [m_rows, depth], b [n_rows, depth], out [m_rows, n_rows].
-void dot_nt(const float* a, int64_t lda, const float* b, int64_t ldb, int64_t m_rows, int64_t n_rows, int64_t depth,
-            float alpha, float* out, int64_t ldo, Prefetcher* prefetch) {
-  for (int64_t n0 = 0; n0 < n_rows; n0 += kDotPanel) {
-    const int64_t n_end = min_i64(n_rows, n0 + kDotPanel);
-    for (int64_t m = 0; m < m_rows; m += kDotRows) {
-      const int64_t rows = min_i64(kDotRows, m_rows - m);
-      int64_t n = n0;
-      for (; n + kDotCols <= n_end; n += kDotCols) {
-        dot_rows<kDotCols>(rows, a + m * lda, lda, b + n * ldb, ldb, depth, alpha, out + m * ldo + n, ldo);
-        if (prefetch != nullptr) prefetch->step();
-      }
-      for (; n < n_end; ++n) dot_rows<1>(rows, a + m * lda, lda, b + n * ldb, ldb, depth, alpha, out + m * ldo + n, ldo);
-    }
-  }
-}
-
-// The coefficient matrix of axpy: p(m, l) = p[m * row_stride + l * col_stride] (row_stride 1 reads
-// a row-major matrix transposed).
-struct Coefficients {
-  const float* p;
-  int64_t row_stride;
-  int64_t col_stride;
-};
-
-template <int MR, int NV>
-inline void axpy_tile(Coefficients c, const float* x, int64_t ldx, int64_t depth, const float* row_scale, float* out,
-                      int64_t ldo) {
-  f32x8 acc[MR][NV];
-  for (int i = 0; i < MR; ++i)
-    for (int v = 0; v < NV; ++v) acc[i][v] = splat(0.0f);
-  for (int64_t l = 0; l < depth; ++l) {
-    f32x8 xv[NV];
-    for (int v = 0; v < NV; ++v) xv[v] = load(x + l * ldx + v * kLanes);
-    for (int i = 0; i < MR; ++i) {
-      const f32x8 pv = splat(c.p[i * c.row_stride + l * c.col_stride]);
-      for (int v = 0; v < NV; ++v) acc[i][v] += pv * xv[v];
-    }
-  }
-  for (int i = 0; i < MR; ++i) {
-    const float s = row_scale == nullptr ? 1.0f : row_scale[i];
-    for (int v = 0; v < NV; ++v) store(out + i * ldo + v * kLanes, acc[i][v] * s);
-  }
-}
-
-template <int NV>
-inline void axpy_column_block(Coefficients c, const float* x, int64_t ldx, int64_t m_rows, int64_t depth,
-                              const float* row_scale, float* out, int64_t ldo, Prefetcher* prefetch) {
-  static_assert(kAxpyRows == 4, "axpy_column_block dispatches 1..4 rows");
-  for (int64_t m = 0; m < m_rows; m += kAxpyRows) {
-    const Coefficients cm{c.p + m * c.row_stride, c.row_stride, c.col_stride};
-    const float* scale = row_scale == nullptr ? nullptr : row_scale + m;
-    float* o = out + m * ldo;
-    switch (min_i64(kAxpyRows, m_rows - m)) {
-      case 4: axpy_tile<4, NV>(cm, x, ldx, depth, scale, o, ldo); break;
-      case 3: axpy_tile<3, NV>(cm, x, ldx, depth, scale, o, ldo); break;
-      case 2: axpy_tile<2, NV>(cm, x, ldx, depth, scale, o, ldo); break;
-      default: axpy_tile<1, NV>(cm, x, ldx, depth, scale, o, ldo); break;
-    }
-    if (prefetch != nullptr) prefetch->step();
-  }
-}
-
-// out[m, :cols] = row_scale[m] * sum_l p(m, l) * x[l, :cols]; x [depth, cols] (ldx), out [m_rows, cols]
-// (ldo); row_scale may be null (all ones).
-void axpy(Coefficients c, const float* x, int64_t ldx, int64_t m_rows, int64_t depth, int64_t cols,
-          const float* row_scale, float* out, int64_t ldo, Prefetcher* prefetch) {
-  int64_t col = 0;
-  for (; col + kAxpyVectors * kLanes <= cols; col += kAxpyVectors * kLanes) {
-    axpy_column_block<kAxpyVectors>(c, x + col, ldx, m_rows, depth, row_scale, out + col, ldo, prefetch);
-  }
-  for (; col + kLanes <= cols; col += kLanes) {
-    axpy_column_block<1>(c, x + col, ldx, m_rows, depth, row_scale, out + col, ldo, prefetch);
-  }
-  for (int64_t m = 0; m < m_rows && col < cols; ++m) {
-    const float s = row_scale == nullptr ? 1.0f : row_scale[m];
-    for (int64_t j = col; j < cols; ++j) {
-      float sum = 0.0f;
-      for (int64_t l = 0; l < depth; ++l) sum += c.p[m * c.row_stride + l * c.col_stride] * x[l * ldx + j];
-      out[m * ldo + j] = s * sum;
-    }
-  }
-}
-
-// About how many tiles (Prefetcher steps) dot_nt and axpy take.
-inline int64_t dot_tiles(int64_t m_rows, int64_t n_rows) { return (m_rows / kDotRows + 1) * (n_rows / kDotCols); }
-inline int64_t axpy_tiles(int64_t m_rows, int64_t cols) { return (m_rows / kAxpyRows + 1) * (cols / kLanes / kAxpyVectors + 1); }
-
-// out[i, :] = row_scale[i] * sum of the rows x[s, :] with owner[s] == i; out [rows, cols] contiguous.
-void gather_rows(const int32_t* owner, const float* x, int64_t ldx, int64_t tokens, int64_t rows, int64_t cols,
-                 const float* row_scale, float* out) {
-  std::memset(out, 0, rows * cols * sizeof(float));
-  for (int64_t s = 0; s < tokens; ++s) {
-    float* __restrict o = out + owner[s] * cols;
-    const float* __restrict xs = x + s * ldx;
-    for (int64_t j = 0; j < cols; ++j) o[j] += xs[j];
-  }
-  for (int64_t i = 0; i < rows; ++i) {
-    float* __restrict o = out + i * cols;
-    const float s = row_scale[i];
-    for (int64_t j = 0; j < cols; ++j) o[j] *= s;
-  }
-}
-
-// out[s, :] = row_scale[owner[s]] * x[owner[s], :]; out [tokens, cols] contiguous.
-void scatter_rows(const int32_t* owner, const float* x, int64_t ldx, int64_t tokens, int64_t cols,
-                  const float* row_scale, float* out) {
-  for (int64_t s = 0; s < tokens; ++s) {
-    const float* __restrict xi = x + owner[s] * ldx;
-    float* __restrict o = out + s * cols;
-    const float scale = row_scale[owner[s]];
-    for (int64_t j = 0; j < cols; ++j) o[j] = scale * xi[j];
-  }
-}
-
-// ---------------------------------------------------------------------------------------------
-// Assign attention
-
-// map [N, S] <- (scale * q k^T + g) / tau for batch element b; g is the Gumbel noise when with_noise, else 0.
-// A true division by tau (not a product with 1 / tau): equal products round to the reference's logits.
-void compute_logits(const AssignOptions& o, int64_t b, Matrix q, Matrix k, float* map, Prefetcher* prefetch,
-                    bool with_noise) {
-  const int64_t groups = o.groups, tokens = o.tokens;
-  dot_nt(q.data, q.ld, k.data, k.ld, groups, tokens, o.channels, o.scale, map, tokens, prefetch);
-  if (!with_noise && o.tau == 1.0f) return;
-  const f32x8 tau = splat(o.tau);
-  for (int64_t i = 0; i < groups; ++i) {
-    float* row = map + i * tokens;
-    const uint32_t first = noise_index(b, i, 0, groups, tokens, o.noise_batch_offset, o.noise_batch_stride);
-    for_each_chunk(tokens, [&](int64_t s, int64_t n) {
-      f32x8 z = load_part<f32x8>(row + s, n);
-      if (with_noise) z += gumbel8(first + static_cast<uint32_t>(s), o.key_a, o.key_b);
-      store_part(row + s, z / tau, n);
-    });
-  }
-}
 
 // Column statistics of map [N, S] over the group axis: col_max, col_argmax (first maximum; skipped
 // when null), and map <- exp(map - col_max) with col_sum its column sums.
@@ -510,138 +236,14 @@ void count_owners(const int32_t* col_argmax, int64_t groups, int64_t tokens, flo
   for (int64_t s = 0; s < tokens; ++s) row_sum[col_argmax[s]] += 1.0f;
 }
 
-// map [N, S] <- softmax over groups of (scale * q k^T) / tau, without noise (the soft map that
-// return_maps gives in gumbel mode); col_max and col_sum are scratch of S floats.
-void clean_soft_map(const AssignOptions& o, int64_t b, Matrix q, Matrix k, float* map, float* col_max, float* col_sum) {
-  compute_logits(o, b, q, k, map, nullptr, false);
-  exp_columns(map, o.groups, o.tokens, col_max, col_sum, nullptr);
-  for (int64_t s = 0; s < o.tokens; ++s) col_sum[s] = 1.0f / col_sum[s];
-  scale_columns(map, o.groups, o.tokens, col_sum, nullptr);
-}
-
-struct ForwardScratch {
-  float *map, *col_max, *col_sum, *row, *row_scale, *q, *k, *v, *out;
-};
-
-ForwardScratch forward_scratch(const AssignOptions& o, Arena& arena) {
-  const bool widen = o.dtype != Dtype::kFloat32;
-  const int64_t groups = o.groups, tokens = o.tokens, channels = o.channels;
-  ForwardScratch w{};
-  w.map = arena.take(groups * tokens);
-  w.col_max = arena.take(tokens);
-  w.col_sum = arena.take(tokens);
-  w.row = arena.take(tokens);
-  w.row_scale = arena.take(groups);
-  w.out = arena.take(groups * channels);
-  if (widen) {
-    w.q = arena.take(groups * channels);
-    w.k = arena.take(tokens * channels);
-    w.v = arena.take(tokens * channels);
-  }
-  return w;
-}
-
-int64_t assign_forward_scratch(const AssignOptions& o) {
-  Arena arena{nullptr};
-  forward_scratch(o, arena);
-  return arena.used;
-}
-
-void assign_forward(const AssignOptions& o, const AssignForwardIO& io, int64_t b, int64_t next_b, float* scratch) {
-  const int64_t groups = o.groups, tokens = o.tokens, channels = o.channels;
-  const Dtype dtype = o.dtype;
-  Arena arena{scratch};
-  const ForwardScratch w = forward_scratch(o, arena);
-  const Matrix q = batch_matrix(io.q, dtype, b, groups, channels, w.q);
-  const Matrix k = batch_matrix(io.k, dtype, b, tokens, channels, w.k);
-  const Matrix v = batch_matrix(io.v, dtype, b, tokens, channels, w.v);
-  float* lse = io.col_lse + b * tokens;
-  int32_t* argmax = io.col_argmax + b * tokens;
-  float* row_sum = io.row_sum + b * groups;
-  const bool soft = o.mode == kModeSoft;
-  Prefetcher prefetch;
-  if (next_b >= 0) {
-    prefetch.add(io.q, dtype, next_b, groups, channels);
-    prefetch.add(io.k, dtype, next_b, tokens, channels);
-    prefetch.add(io.v, dtype, next_b, tokens, channels);
-    prefetch.plan(dot_tiles(groups, tokens) + (soft ? axpy_tiles(groups, channels) : 0));
-  }
-  Prefetcher* next = next_b >= 0 ? &prefetch : nullptr;
-
-  const bool noisy = o.mode == kModeGumbel;
-  compute_logits(o, b, q, k, w.map, next, noisy);
-  exp_columns(w.map, groups, tokens, w.col_max, w.col_sum, argmax);
-  for (int64_t s = 0; s < tokens; ++s) {
-    lse[s] = w.col_max[s] + std::log(w.col_sum[s]);
-    w.col_sum[s] = 1.0f / w.col_sum[s];
-  }
-  if (soft || (io.soft_map != nullptr && !noisy)) {
-    scale_columns(w.map, groups, tokens, w.col_sum, soft ? row_sum : nullptr);
-  }
-  if (!soft) count_owners(argmax, groups, tokens, row_sum);
+// out[i, :] = map[i, :] * row_scale[i] (out may be map).
+void scale_rows(const float* map, int64_t groups, int64_t tokens, const float* row_scale, float* out) {
   for (int64_t i = 0; i < groups; ++i) {
-    row_sum[i] += o.eps;
-    w.row_scale[i] = o.sum_assign ? 1.0f : 1.0f / row_sum[i];
+    const f32x8 scale = splat(row_scale[i]);
+    for_each_chunk(tokens, [&](int64_t s, int64_t n) {
+      store_part(out + i * tokens + s, load_part<f32x8>(map + i * tokens + s, n) * scale, n);
+    });
   }
-
-  if (io.soft_map != nullptr) {
-    if (noisy) clean_soft_map(o, b, q, k, w.map, w.col_max, w.col_sum);  // the output needs only argmax from here
-    narrow_row(w.map, advance(io.soft_map, dtype, b * groups * tokens), dtype, groups * tokens);
-  }
-  if (io.hard_map != nullptr) {
-    for (int64_t i = 0; i < groups; ++i) {
-      for (int64_t s = 0; s < tokens; ++s) w.row[s] = argmax[s] == i ? 1.0f : 0.0f;
-      narrow_row(w.row, advance(io.hard_map, dtype, (b * groups + i) * tokens), dtype, tokens);
-    }
-  }
-
-  if (soft) {
-    axpy({w.map, tokens, 1}, v.data, v.ld, groups, tokens, channels, w.row_scale, w.out, channels, next);
-  } else {
-    gather_rows(argmax, v.data, v.ld, tokens, groups, channels, w.row_scale, w.out);
-  }
-  copy_out(w.out, io.out, dtype, b * groups * channels, groups * channels);
-  finish_streaming();
-}
-
-// map[i, :] *= row_scale[i].
-void scale_rows(float* map, int64_t groups, int64_t tokens, const float* row_scale) {
-  for (int64_t i = 0; i < groups; ++i) {
-    float* __restrict row = map + i * tokens;
-    const float s = row_scale[i];
-    for (int64_t j = 0; j < tokens; ++j) row[j] *= s;
-  }
-}
-
-struct BackwardScratch {
-  float *probs, *grad, *col_dot, *row_dot, *row_scale, *grad_out, *q, *k, *v, *grad_q, *grad_k, *grad_v;
-};
-
-BackwardScratch backward_scratch(const AssignOptions& o, Arena& arena) {
-  const bool widen = o.dtype != Dtype::kFloat32;
-  const int64_t groups = o.groups, tokens = o.tokens, channels = o.channels;
-  BackwardScratch w{};
-  w.probs = arena.take(groups * tokens);
-  w.grad = arena.take(groups * tokens);
-  w.col_dot = arena.take(tokens);
-  w.row_dot = arena.take(groups);
-  w.row_scale = arena.take(groups);
-  if (widen) {
-    w.grad_out = arena.take(groups * channels);
-    w.q = arena.take(groups * channels);
-    w.k = arena.take(tokens * channels);
-    w.v = arena.take(tokens * channels);
-  }
-  w.grad_q = arena.take(groups * channels);
-  w.grad_k = arena.take(tokens * channels);
-  w.grad_v = arena.take(tokens * channels);
-  return w;
-}
-
-int64_t assign_backward_scratch(const AssignOptions& o) {
-  Arena arena{nullptr};
-  backward_scratch(o, arena);
-  return arena.used;
 }
 
 // grad [N, S]: dA_n -> dA = (dA_n - sum_t dA_n[i, t] A_n[i, t]) / r_i, with A_n = A * row_scale.
@@ -687,57 +289,176 @@ void softmax_backward(float* grad, const float* probs, int64_t groups, int64_t t
   }
 }
 
-void assign_backward(const AssignOptions& o, const AssignBackwardIO& io, int64_t b, int64_t next_b, float* scratch) {
-  const int64_t groups = o.groups, tokens = o.tokens, channels = o.channels;
-  const Dtype dtype = o.dtype;
-  Arena arena{scratch};
-  const BackwardScratch w = backward_scratch(o, arena);
-  const Matrix grad_out = batch_matrix(io.grad_out, dtype, b, groups, channels, w.grad_out);
-  const Matrix q = batch_matrix(io.q, dtype, b, groups, channels, w.q);
-  const Matrix k = batch_matrix(io.k, dtype, b, tokens, channels, w.k);
-  const Matrix v = batch_matrix(io.v, dtype, b, tokens, channels, w.v);
-  const float* lse = io.col_lse + b * tokens;
-  const int32_t* argmax = io.col_argmax + b * tokens;
-  const float* row_sum = io.row_sum + b * groups;
-  const bool soft = o.mode == kModeSoft;
-  float* probs = w.probs;  // y, later A_n (soft mode)
-  float* grad = w.grad;    // dA_n, then dA, then scale * dz / tau
-  Prefetcher prefetch;
-  if (next_b >= 0) {
-    prefetch.add(io.grad_out, dtype, next_b, groups, channels);
-    prefetch.add(io.q, dtype, next_b, groups, channels);
-    prefetch.add(io.k, dtype, next_b, tokens, channels);
-    prefetch.add(io.v, dtype, next_b, tokens, channels);
-    prefetch.plan(2 * dot_tiles(groups, tokens) + (soft ? 3 : 2) * axpy_tiles(groups, channels));
-  }
-  Prefetcher* next = next_b >= 0 ? &prefetch : nullptr;
-
-  compute_logits(o, b, q, k, probs, next, o.mode == kModeGumbel);
+// map [N, S] <- (scale * p + g) / tau for batch element b, from the product p = q k^T in map; g is the
+// Gumbel noise when with_noise, else 0. The scaled product is stored by one sweep and the noise added
+// by another, so the compiler cannot contract them into a fused multiply-add, and the division is a
+// true one (not a product with 1 / tau): the logits round as the reference's.
+void logits_from_product(const AssignOptions& o, int64_t b, float* map, bool with_noise) {
+  const int64_t groups = o.groups, tokens = o.tokens;
+  const f32x8 scale = splat(o.scale);
+  for_each_chunk(groups * tokens, [&](int64_t e, int64_t n) { store_part(map + e, load_part<f32x8>(map + e, n) * scale, n); });
+  if (!with_noise && o.tau == 1.0f) return;
+  const f32x8 tau = splat(o.tau);
   for (int64_t i = 0; i < groups; ++i) {
-    float* row = probs + i * tokens;
+    float* row = map + i * tokens;
+    const uint32_t first = noise_index(b, i, 0, groups, tokens, o.noise_batch_offset, o.noise_batch_stride);
     for_each_chunk(tokens, [&](int64_t s, int64_t n) {
-      store_part(row + s, exp8(load_part<f32x8>(row + s, n) - load_part<f32x8>(lse + s, n)), n);
+      f32x8 z = load_part<f32x8>(row + s, n);
+      if (with_noise) z += gumbel8(first + static_cast<uint32_t>(s), o.key_a, o.key_b);
+      store_part(row + s, z / tau, n);
     });
   }
-  for (int64_t i = 0; i < groups; ++i) w.row_scale[i] = o.sum_assign ? 1.0f : 1.0f / row_sum[i];
+}
 
-  dot_nt(grad_out.data, grad_out.ld, v.data, v.ld, groups, tokens, channels, 1.0f, grad, tokens, next);  // dA_n = dout v^T
-  if (!o.sum_assign) normalise_backward(grad, probs, argmax, groups, tokens, soft, w.row_scale, w.row_dot);
-  softmax_backward(grad, probs, groups, tokens, o.scale / o.tau, w.col_dot);
+// row_scale[i] = 1 / row_sum[i], or 1 with sum_assign (the normalisation over tokens).
+void row_scales(const AssignOptions& o, const float* row_sum, float* row_scale) {
+  for (int64_t i = 0; i < o.groups; ++i) row_scale[i] = o.sum_assign ? 1.0f : 1.0f / row_sum[i];
+}
 
-  if (soft) {  // dv = A_n^T dout
-    scale_rows(probs, groups, tokens, w.row_scale);
-    axpy({probs, 1, tokens}, grad_out.data, grad_out.ld, tokens, groups, channels, nullptr, w.grad_v, channels, next);
-  } else {
-    scatter_rows(argmax, grad_out.data, grad_out.ld, tokens, channels, w.row_scale, w.grad_v);
+// Floats of per-thread scratch of the map passes and of the one-hot products.
+int64_t assign_map_scratch(const AssignOptions& o) {
+  Arena arena{nullptr};
+  arena.take(o.tokens);             // column maxima / dot products
+  arena.take(o.tokens);             // column sums
+  arena.take(o.groups);             // row scales
+  arena.take(o.groups);             // row dot products
+  arena.take(o.groups * o.tokens);  // the noise-free soft map (gumbel mode with the maps)
+  return arena.used;
+}
+
+// Writes map [N, S] (float32) at batch element b of a [B, N, S] map output in the dtype.
+void write_map(const AssignOptions& o, const float* map, void* out, int64_t b) {
+  narrow_row(map, advance(out, o.dtype, b * o.groups * o.tokens), o.dtype, o.groups * o.tokens);
+}
+
+// Batch element b of the forward: from q k^T, the column statistics (col_lse, col_argmax), the row sums
+// and, in soft mode, map <- A_n = y * row_scale (what ATen multiplies with v); the maps when asked for.
+void assign_forward_map(const AssignOptions& o, const AssignMapForwardIO& io, int64_t b, float* scratch) {
+  const int64_t groups = o.groups, tokens = o.tokens, size = groups * tokens;
+  Arena arena{scratch};
+  float* col_max = arena.take(tokens);
+  float* col_sum = arena.take(tokens);
+  float* row_scale = arena.take(groups);
+  arena.take(groups);
+  float* clean = arena.take(size);
+  float* map = io.map + b * size;
+  float* lse = io.col_lse + b * tokens;
+  int32_t* argmax = io.col_argmax + b * tokens;
+  float* row_sum = io.row_sum + b * groups;
+  const bool soft = o.mode == kModeSoft, noisy = o.mode == kModeGumbel;
+
+  if (io.soft_map != nullptr && noisy) {  // the soft map is the softmax without the noise
+    std::memcpy(clean, map, size * sizeof(float));
+    logits_from_product(o, b, clean, false);
+    exp_columns(clean, groups, tokens, col_max, col_sum, nullptr);
+    for (int64_t s = 0; s < tokens; ++s) col_sum[s] = 1.0f / col_sum[s];
+    scale_columns(clean, groups, tokens, col_sum, nullptr);
+    write_map(o, clean, io.soft_map, b);
   }
-  axpy({grad, tokens, 1}, k.data, k.ld, groups, tokens, channels, nullptr, w.grad_q, channels, next);  // dq = dz k
-  axpy({grad, 1, tokens}, q.data, q.ld, tokens, groups, channels, nullptr, w.grad_k, channels, next);  // dk = dz^T q
-  const int64_t q_offset = b * groups * channels, kv_offset = b * tokens * channels;
-  copy_out(w.grad_q, io.grad_q, dtype, q_offset, groups * channels);
-  copy_out(w.grad_k, io.grad_k, dtype, kv_offset, tokens * channels);
-  copy_out(w.grad_v, io.grad_v, dtype, kv_offset, tokens * channels);
-  finish_streaming();
+  logits_from_product(o, b, map, noisy);
+  exp_columns(map, groups, tokens, col_max, col_sum, argmax);
+  for (int64_t s = 0; s < tokens; ++s) {
+    lse[s] = col_max[s] + std::log(col_sum[s]);
+    col_sum[s] = 1.0f / col_sum[s];
+  }
+  const bool soft_map_here = io.soft_map != nullptr && !noisy;
+  if (soft || soft_map_here || io.probs != nullptr) {  // map <- y (the hard modes need it only for these)
+    scale_columns(map, groups, tokens, col_sum, soft ? row_sum : nullptr);
+  }
+  if (soft_map_here) write_map(o, map, io.soft_map, b);
+  if (io.probs != nullptr) std::memcpy(io.probs + b * size, map, size * sizeof(float));
+  if (!soft) count_owners(argmax, groups, tokens, row_sum);
+  for (int64_t i = 0; i < groups; ++i) row_sum[i] += o.eps;
+  if (io.hard_map != nullptr) {
+    for (int64_t i = 0; i < groups; ++i) {
+      float* row = clean + i * tokens;
+      for (int64_t s = 0; s < tokens; ++s) row[s] = argmax[s] == i ? 1.0f : 0.0f;
+    }
+    write_map(o, clean, io.hard_map, b);
+  }
+  if (soft && !o.sum_assign) {
+    row_scales(o, row_sum, row_scale);
+    scale_rows(map, groups, tokens, row_scale, map);
+  }
+}
+
+// Batch element b of the backward: from q k^T and dA_n = dout v^T, grad <- scale * dz / tau (dz: the
+// gradient of the logits; grad is that of the product q k^T, what ATen multiplies with k and q) and,
+// in soft mode, map <- A_n (what ATen multiplies with dout for dv).
+void assign_backward_map(const AssignOptions& o, const AssignMapBackwardIO& io, int64_t b, float* scratch) {
+  const int64_t groups = o.groups, tokens = o.tokens, size = groups * tokens;
+  Arena arena{scratch};
+  float* col_dot = arena.take(tokens);
+  arena.take(tokens);
+  float* row_scale = arena.take(groups);
+  float* row_dot = arena.take(groups);
+  float* map = io.map == nullptr ? nullptr : io.map + b * size;  // q k^T or nothing, then A_n (soft mode)
+  float* grad = io.grad + b * size;                               // dA_n, then dA, then scale * dz / tau
+  const float* lse = io.col_lse + b * tokens;
+  const int32_t* argmax = io.col_argmax + b * tokens;
+  const bool soft = o.mode == kModeSoft;
+
+  const float* probs = io.probs == nullptr ? map : io.probs + b * size;  // y
+  if (io.probs == nullptr) {  // recompute y from q k^T and the column statistics
+    logits_from_product(o, b, map, o.mode == kModeGumbel);
+    for (int64_t i = 0; i < groups; ++i) {
+      float* row = map + i * tokens;
+      for_each_chunk(tokens, [&](int64_t s, int64_t n) {
+        store_part(row + s, exp8(load_part<f32x8>(row + s, n) - load_part<f32x8>(lse + s, n)), n);
+      });
+    }
+  }
+  row_scales(o, io.row_sum + b * groups, row_scale);
+  if (!o.sum_assign) normalise_backward(grad, probs, argmax, groups, tokens, soft, row_scale, row_dot);
+  softmax_backward(grad, probs, groups, tokens, o.scale / o.tau, col_dot);
+  if (soft) scale_rows(probs, groups, tokens, row_scale, map);
+}
+
+// out[b, i, :] = r_i * sum of the rows x[b, s, :] with argmax(s) == i (out [N, C] of batch element b).
+void assign_gather(const AssignOptions& o, const AssignRowsIO& io, int64_t b, float* scratch) {
+  const int64_t groups = o.groups, tokens = o.tokens, channels = o.channels;
+  const int32_t* owner = io.col_argmax + b * tokens;
+  float* row_scale = scratch;
+  row_scales(o, io.row_sum + b * groups, row_scale);
+  float* out = io.out + b * groups * channels;
+  std::memset(out, 0, groups * channels * sizeof(float));
+  for (int64_t s = 0; s < tokens; ++s) {
+    float* __restrict o_row = out + owner[s] * channels;
+    const void* x = advance(io.x, o.dtype, b * io.x_batch_stride + s * io.x_row_stride);
+    if (o.dtype == Dtype::kFloat32) {
+      const float* __restrict xf = static_cast<const float*>(x);
+      for (int64_t j = 0; j < channels; ++j) o_row[j] += xf[j];
+    } else {
+      const uint16_t* __restrict xh = static_cast<const uint16_t*>(x);
+      for (int64_t j = 0; j < channels; ++j) o_row[j] += bf16_to_float(xh[j]);
+    }
+  }
+  if (o.sum_assign) return;
+  for (int64_t i = 0; i < groups; ++i) {
+    float* __restrict o_row = out + i * channels;
+    const float scale = row_scale[i];
+    for (int64_t j = 0; j < channels; ++j) o_row[j] *= scale;
+  }
+}
+
+// out[b, s, :] = r_argmax(s) * x[b, argmax(s), :] (out [S, C] of batch element b).
+void assign_scatter(const AssignOptions& o, const AssignRowsIO& io, int64_t b, float* scratch) {
+  const int64_t groups = o.groups, tokens = o.tokens, channels = o.channels;
+  const int32_t* owner = io.col_argmax + b * tokens;
+  float* row_scale = scratch;
+  row_scales(o, io.row_sum + b * groups, row_scale);
+  for (int64_t s = 0; s < tokens; ++s) {
+    const void* x = advance(io.x, o.dtype, b * io.x_batch_stride + owner[s] * io.x_row_stride);
+    float* __restrict o_row = io.out + (b * tokens + s) * channels;
+    const float scale = row_scale[owner[s]];
+    if (o.dtype == Dtype::kFloat32) {
+      const float* __restrict xf = static_cast<const float*>(x);
+      for (int64_t j = 0; j < channels; ++j) o_row[j] = scale * xf[j];
+    } else {
+      const uint16_t* __restrict xh = static_cast<const uint16_t*>(x);
+      for (int64_t j = 0; j < channels; ++j) o_row[j] = scale * bf16_to_float(xh[j]);
+    }
+  }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -878,8 +599,8 @@ namespace cign_fast::cpu::CIGN_CPU_ISA {
 
 const KernelTable& kernels() {
   static const KernelTable table{
-      CIGN_CPU_ISA_NAME, assign_forward_scratch, assign_backward_scratch, distill_scratch, assign_forward,
-      assign_backward,   distill_rows,           bernoulli_rows,          gumbel_noise,
+      CIGN_CPU_ISA_NAME, assign_map_scratch, distill_scratch, assign_forward_map, assign_backward_map,
+      assign_gather,     assign_scatter,     distill_rows,    bernoulli_rows,     gumbel_noise,
   };
   return table;
 }
