@@ -24,6 +24,7 @@ import concurrent.futures
 import json
 import multiprocessing
 import statistics
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -228,7 +229,13 @@ def markdown(report: dict) -> str:
     lines += environment_markdown(report["environment"])
     lines += [
         f"- seeds asked for: {report['seeds']} (each row names the seeds it averages); "
-        f"wall time {report['seconds']:.0f} s",
+        f"wall time {report['seconds']:.0f} s"
+        + (
+            " (this report was assembled from finished runs, `--finished-only`: the load average above is at "
+            f"assembly; the runs themselves took {report['run_seconds']:.0f} s in all, on a shared machine)"
+            if report.get("finished_only")
+            else ""
+        ),
         "",
         "Accuracy in %, mean ± std over the seeds. a[t][t]: within-task accuracy (newest task, scored among "
         "all classes seen). Forgetting: Chaudhry et al.",
@@ -309,12 +316,14 @@ def main(argv: list[str] | None = None) -> int:
         with concurrent.futures.ProcessPoolExecutor(args.jobs, mp_context=context) as pool:
             summaries = dict(zip(jobs, pool.map(run_job, jobs), strict=True))
     report = {
-        "argv": argv if argv is not None else [],
+        "argv": argv if argv is not None else sys.argv[1:],
         "environment": env,
         "seeds": args.seeds,
         "datasets": {},
         "targets": [],
         "seconds": time.perf_counter() - start,
+        "finished_only": args.finished_only,
+        "run_seconds": sum(float(summary.get("seconds", 0.0)) for summary in summaries.values()),
     }
     for dataset in datasets:
         done = {
