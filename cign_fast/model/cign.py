@@ -203,13 +203,13 @@ def predict(out: CIGNOutput, classification: str = "cross_entropy") -> dict[str,
     p is the softmax over the classes after ``classification="cross_entropy"`` training and the per-class
     sigmoid after ``"bce"`` (the authors' heads; computed as log-sigmoids, so a saturated sigmoid makes no ties).
     """
-    log_probs = (
-        nn.functional.log_softmax
-        if classification == "cross_entropy"
-        else (lambda logits, dim: nn.functional.logsigmoid(logits))
-    )
-    audio_log_probs = log_probs(out.audio_logits.float(), dim=-1)
-    visual_log_probs = log_probs(out.visual_logits.float(), dim=-1)
+
+    def log_probs(logits: Tensor) -> Tensor:
+        if classification == "cross_entropy":
+            return nn.functional.log_softmax(logits.float(), dim=-1)
+        return nn.functional.logsigmoid(logits.float())
+
+    audio_log_probs, visual_log_probs = log_probs(out.audio_logits), log_probs(out.visual_logits)
     return {
         "audio": out.audio_logits.argmax(dim=-1),
         "visual": out.visual_logits.argmax(dim=-1),
