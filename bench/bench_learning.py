@@ -8,8 +8,9 @@ and the mean within-task accuracy a[t][t], the mean matrices, and checks the tar
 Settings: ``distill`` (the default CIGN loss), ``no_distill`` (the same without the teacher), ``memory``
 (``distill`` plus a small exemplar memory: 5 clips per class on the demo, 20 on FSDD), ``bce`` and
 ``bce_memory`` (``distill`` and ``memory`` with the authors' per-class BCE instead of the cross-entropy, the
-default before) and ``authors`` (the authors' recipe: L2-only tokens, per-class BCE, softmax KL, old classes
-negative on new clips).
+default before), ``authors`` (the authors' recipe: L2-only tokens, per-class BCE, softmax KL, old classes
+negative on new clips), and ``separated`` / ``separated_no_distill`` (``distill`` and ``no_distill`` with a new
+clip's cross-entropy over the new classes only, ``distill.old_class_negatives=false``; see docs/model.md).
 
 The FSDD digits need the FSDD recordings (``--fsdd DIR``, default ``../shared/data/fsdd/recordings`` next to
 the repository); without them only the demo runs. Finished runs are reused, so a killed benchmark resumes.
@@ -36,7 +37,7 @@ from cign_fast.metrics import MODALITIES
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_FSDD = REPO.parent / "shared" / "data" / "fsdd" / "recordings"
-SETTINGS = ("distill", "no_distill", "memory", "bce", "bce_memory", "authors")
+SETTINGS = ("distill", "no_distill", "memory", "bce", "bce_memory", "authors", "separated", "separated_no_distill")
 Overrides = dict[str, dict[str, object]]
 BCE: Overrides = {
     "distill": {"classification": "bce"}
@@ -47,6 +48,8 @@ SETTING_OVERRIDES: dict[str, Overrides] = {
     "memory": {},
     "bce": BCE,
     "bce_memory": BCE,
+    "separated": {"distill": {"old_class_negatives": False}},
+    "separated_no_distill": {"distill": {"old_class_negatives": False, "enabled": False}},
     "authors": {
         "model": {"token_norm": "l2"},
         "distill": {"form": "softmax", "classification": "bce", "old_class_negatives": True},

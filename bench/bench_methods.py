@@ -32,6 +32,7 @@ from cign_fast.train.distributed import broadcast_from_main, setup_distributed, 
 REPO = Path(__file__).resolve().parents[1]
 FSDD_RECORDINGS = REPO.parent / "shared" / "data" / "fsdd" / "recordings"
 FSDD_TASKS = 5
+SETTINGS = ("exemplar-free", "memory")
 
 
 def prepare_datasets(names: list[str], work: Path, fsdd: Path, options: DemoOptions) -> dict[str, tuple[Path, int]]:
@@ -57,6 +58,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--methods", type=method_list, default=list(method_names()), metavar="NAME,NAME,...")
     parser.add_argument("--datasets", nargs="+", choices=("demo", "fsdd"), default=["demo", "fsdd"])
     parser.add_argument("--memory", type=int, default=20, help="exemplars per class of the memory setting")
+    parser.add_argument(
+        "--settings",
+        nargs="+",
+        choices=SETTINGS,
+        default=list(SETTINGS),
+        help="exemplar-free and/or with --memory exemplars per class (default: both)",
+    )
     parser.add_argument("--epochs", type=int, default=DemoOptions.epochs, help="epochs per task (default: the demo's)")
     parser.add_argument("--fsdd", type=Path, default=FSDD_RECORDINGS, help="FSDD recordings folder")
     parser.add_argument(
@@ -83,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
         sections, reports = [], {}
         for dataset, (root, tasks) in datasets.items():
             base = build_config(base=demo_overrides(DemoOptions(**{**vars(options), "tasks": tasks}), root))
-            for memory in (0, args.memory):
+            for memory in [0 if name == "exemplar-free" else args.memory for name in args.settings]:
                 setting = "exemplar-free" if memory == 0 else f"{memory} exemplars per class"
                 # one runs folder for both settings: the runs they share (joint; iCaRL and SS-IL) train once
                 report = run_compare(

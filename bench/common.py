@@ -2,8 +2,8 @@
 
 Timing: on CUDA ``triton.testing.do_bench`` (median of many runs, caches flushed); on CPU a wall-clock
 timer with warm-up and the median of repeats, the providers interleaved call by call, the thread
-count set and checked before each set of cases (:func:`per_thread_count`), and the load average read
-before and after each case: a case run on a loaded machine (:func:`load_verdict`) is marked so in
+count set and checked before each set of cases (:func:`per_thread_count`), and the CPU time other
+processes used during each case: a case run on a loaded machine (:func:`load_verdict`) is marked so in
 the results and its target checks are not counted. Peak memory: ``torch.cuda.max_memory_allocated``
 above what was allocated before the call on CUDA; on CPU the peak of ATen's allocations replayed
 from the torch profiler's memory events (approximate: an op's allocations count at its start, and
@@ -36,12 +36,14 @@ TIMER_NOTE = (
     "set of cases, checked with torch.get_num_threads and recorded per row."
 )
 LOAD_NOTE = (
-    "The 1-minute load average is read before and after every case. A case is marked loaded when "
-    "the load before it exceeded half the logical CPUs, or the load after it exceeded half the logical "
-    "CPUs plus the benchmark's own threads (what the benchmark adds itself). Loaded cases are reported, "
-    "but their target checks are not counted: other jobs slow providers unequally (an OpenMP worker "
-    "waiting for a core at each parallel region costs eager PyTorch, with many regions, more than a "
-    "fused op with one)."
+    "Around every case the benchmark reads the CPU time of the whole machine (/proc/stat) and of its own "
+    "process; the difference, divided by the case's wall time, is what other processes used meanwhile "
+    "(in cores). A case is marked loaded when other processes used more than half the logical CPUs, or "
+    "more than the cores the case left free (logical CPUs - its threads) plus 0.2. The benchmark's own "
+    "earlier cases do not count, unlike a load average, which lags by a minute and counts them. The 1-minute "
+    "load average before and after is recorded too. Loaded cases are reported, but their target checks are "
+    "not counted: other jobs slow providers unequally (an OpenMP worker waiting for a core at each parallel "
+    "region costs eager PyTorch, with many regions, more than a fused op with one)."
 )
 TARGETS_HEADING = "Speed targets: fused forward+backward against eager PyTorch and torch.compile"
 MEMORY_NOTE = (
@@ -76,28 +78,62 @@ def load_average() -> list[float] | None:
         return None
 
 
-def load_verdict(before: list[float] | None, after: list[float] | None, threads: int) -> str | None:
-    """Why a measurement taken between the load averages ``before`` and ``after`` (1/5/15 min, see
-    :func:`load_average`) with ``threads`` threads counts as loaded (see ``LOAD_NOTE``), or None."""
-    half = (os.cpu_count() or 1) / 2
+def machine_busy_seconds() -> float | None:
+    """CPU seconds the whole machine has spent busy (all CPUs, every state but idle and iowait, from
+    ``/proc/stat``), or None where there is no ``/proc/stat``."""
+    try:
+        fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()
+    except OSError:
+        return None
+    ticks = [int(value) for value in fields[1:9]]  # user nice system idle iowait irq softirq steal
+    return (sum(ticks) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")
+
+
+def cpu_clocks() -> tuple[float | None, float, float]:
+    """(the machine's busy CPU seconds, this process's CPU seconds, wall seconds), read together."""
+    return machine_busy_seconds(), time.process_time(), time.perf_counter()
+
+
+def other_processes_cores(busy: float | None, own: float, wall: float) -> float | None:
+    """Cores other processes used on average over an interval of ``wall`` seconds in which the machine was busy
+    ``busy`` CPU seconds and this process ``own`` CPU seconds (None without a machine reading)."""
+    if busy is None or wall <= 0:
+        return None
+    return max(0.0, busy - own) / wall
+
+
+def load_verdict(other_cores: float | None, threads: int) -> str | None:
+    """Why a case run with ``threads`` threads while other processes used ``other_cores`` cores on average
+    counts as loaded (see ``LOAD_NOTE``), or None."""
+    if other_cores is None:
+        return None
+    cpus = os.cpu_count() or 1
     reasons = []
-    if before is not None and before[0] > half:
-        reasons.append(f"load {before[0]:.2f} before > {half:g} (half the logical CPUs)")
-    if after is not None and after[0] - threads > half:
-        reasons.append(f"load {after[0]:.2f} after > {half:g} + {threads} own threads")
+    if other_cores > cpus / 2:
+        reasons.append(f"other processes used {other_cores:.2f} cores > {cpus / 2:g} (half the logical CPUs)")
+    free = max(0, cpus - threads)
+    if other_cores > free + 0.2:
+        reasons.append(
+            f"other processes used {other_cores:.2f} cores > the {free} left free by {threads} threads + 0.2"
+        )
     return "; ".join(reasons) or None
 
 
 def measured_case(rows_of_case: Callable[[], list[dict]]) -> list[dict]:
-    """The rows of one case with the load averages before and after it and the verdict (``loaded``:
-    None, or why the case counts as loaded) added to each."""
+    """The rows of one case with the load averages before and after it, the cores other processes used
+    during it and the verdict (``loaded``: None, or why the case counts as loaded) added to each."""
     before = load_average()
+    busy_start, own_start, wall_start = cpu_clocks()
     rows = rows_of_case()
+    busy_end, own_end, wall_end = cpu_clocks()
     after = load_average()
+    busy = None if busy_start is None or busy_end is None else busy_end - busy_start
+    other_cores = other_processes_cores(busy, own_end - own_start, wall_end - wall_start)
     for row in rows:
         row["load_average_before"] = before
         row["load_average_after"] = after
-        row["loaded"] = load_verdict(before, after, row.get("threads", torch.get_num_threads()))
+        row["other_processes_cores"] = None if other_cores is None else round(other_cores, 3)
+        row["loaded"] = load_verdict(other_cores, row.get("threads", torch.get_num_threads()))
     return rows
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 import torch
@@ -94,13 +95,42 @@ def test_the_speed_table_of_a_report_is_the_smallest_ratio_over_shapes():
     assert cell["speedup"] == pytest.approx(1.25) and cell["shapes"] == ["a", "b"] and cell["loaded"]
 
 
-def test_a_case_is_loaded_above_half_the_cpus(monkeypatch):
+def test_a_case_is_loaded_when_other_processes_use_the_cpus(monkeypatch):
     monkeypatch.setattr(common.os, "cpu_count", lambda: 4)
-    assert common.load_verdict([1.5, 1, 1], [3.0, 1, 1], threads=2) is None  # 3.0 - 2 own threads <= 2
-    assert "before" in common.load_verdict([2.5, 1, 1], [1.0, 1, 1], threads=1)
-    assert "after" in common.load_verdict([0.5, 1, 1], [3.5, 1, 1], threads=1)
+    assert common.load_verdict(0.3, threads=2) is None
+    assert common.load_verdict(None, threads=4) is None  # no /proc/stat: nothing to judge by
+    assert "half the logical CPUs" in common.load_verdict(2.5, threads=1)
+    assert "left free by 4 threads" in common.load_verdict(0.5, threads=4)
+    assert common.load_verdict(1.9, threads=2) is None  # 2 cores left free
+
+
+def test_other_processes_cores_subtract_the_benchmarks_own_cpu_time():
+    assert common.other_processes_cores(busy=6.0, own=2.0, wall=2.0) == pytest.approx(2.0)
+    assert common.other_processes_cores(busy=1.0, own=1.2, wall=1.0) == 0.0  # clock granularity: never negative
+    assert common.other_processes_cores(busy=None, own=1.0, wall=1.0) is None
+
+
+def test_a_measured_case_records_its_load(monkeypatch):
+    # the machine busy 3 CPU seconds during 1 s of the case, the benchmark itself using none of them
+    clocks = iter([(100.0, 5.0, 0.0), (103.0, 5.0, 1.0)])
+    monkeypatch.setattr(common, "cpu_clocks", lambda: next(clocks))
+    monkeypatch.setattr(common.os, "cpu_count", lambda: 4)
     rows = common.measured_case(lambda: [{"threads": 1}])
-    assert set(rows[0]) == {"threads", "load_average_before", "load_average_after", "loaded"}
+    assert set(rows[0]) == {"threads", "load_average_before", "load_average_after", "other_processes_cores", "loaded"}
+    assert rows[0]["other_processes_cores"] == pytest.approx(3.0) and "half the logical CPUs" in rows[0]["loaded"]
+
+
+def test_the_machine_busy_reading_counts_work_done():
+    start = common.machine_busy_seconds()
+    if start is None:
+        pytest.skip("no /proc/stat on this OS")
+    deadline = time.process_time() + 0.3
+    while time.process_time() < deadline:
+        pass
+    assert common.machine_busy_seconds() - start >= 0.2  # this process alone was busy 0.3 s
+
+
+def test_a_loaded_check_is_not_counted():
     check = common.target_check(
         "op", {"provider": "cpp", "loaded": "x", "forward_backward_vs_eager": 2.0}, "c", "vs_eager", 1.5
     )
