@@ -14,11 +14,13 @@ from PIL import Image
 
 from cign_fast.data import (
     ClipDataset,
+    FeatureDataset,
     read_labels,
     spectrogram_frames,
     synthetic_class_names,
     synthetic_confusable_pairs,
     write_synthetic_dataset,
+    write_synthetic_features,
 )
 
 NUM_CLASSES = 8
@@ -162,3 +164,37 @@ def test_confusable_partners_fall_in_different_tasks_of_two() -> None:
 def test_bad_arguments_are_refused(tmp_path: Path, argument: str, value: int) -> None:
     with pytest.raises(ValueError, match=argument):
         write_synthetic_dataset(tmp_path, **{argument: value})
+
+
+def test_features_twin_shares_the_patterns_of_the_confusable_pairs(tmp_path: Path) -> None:
+    root = write_synthetic_features(tmp_path, num_classes=8, train_per_class=40, noise=0.5, seed=3)
+    names = synthetic_class_names(8)
+    train = FeatureDataset(root, "train", names)
+    assert len(train) == 8 * 40 and Counter(train.targets) == dict.fromkeys(range(8), 40)
+    assert train.audio_shape == (4, 8) and train.visual_shape == (3, 6)
+    means = {
+        modality: torch.stack(
+            [torch.stack([item[modality] for item in train if item["label"] == c]).mean(0) for c in range(8)]
+        )
+        for modality in ("audio", "visual")
+    }
+    distance = {m: torch.cdist(means[m].flatten(1), means[m].flatten(1)) for m in means}
+    pairs = synthetic_confusable_pairs(8)
+    for modality, shared in pairs.items():
+        for first, second in shared:  # one pattern: the means differ by noise only, about 0.11 per entry
+            assert distance[modality][first, second] < 1.0, (modality, first, second)
+        other = "audio" if modality == "visual" else "visual"
+        for first, second in shared:  # the other modality tells the pair apart
+            assert distance[other][first, second] > 3.0, (other, first, second)
+    assert len(read_labels(root)) == 8 * (40 + 1 + 10)  # train, val, test
+
+
+def test_features_twin_is_deterministic_and_checks_its_arguments(tmp_path: Path) -> None:
+    first = write_synthetic_features(tmp_path / "a", seed=1)
+    second = write_synthetic_features(tmp_path / "b", seed=1)
+    for name in ("audio_pretrained_feature/audio_pretrained_feature_dict.npy", "labels.csv"):
+        assert (first / name).read_bytes() == (second / name).read_bytes()
+    with pytest.raises(ValueError, match="noise"):
+        write_synthetic_features(tmp_path / "c", noise=-1.0)
+    with pytest.raises(ValueError, match="num_classes"):
+        write_synthetic_features(tmp_path / "d", num_classes=1)

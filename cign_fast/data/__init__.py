@@ -31,7 +31,12 @@ EXPORTS = {
         "SkipReport",
         "collate_skipping",
     ),
-    "cign_fast.data.synthetic": ("synthetic_class_names", "synthetic_confusable_pairs", "write_synthetic_dataset"),
+    "cign_fast.data.synthetic": (
+        "synthetic_class_names",
+        "synthetic_confusable_pairs",
+        "write_synthetic_dataset",
+        "write_synthetic_features",
+    ),
 }
 __all__ = sorted(name for names in EXPORTS.values() for name in names)
 __getattr__, __dir__ = lazy_exports(globals(), EXPORTS)
@@ -59,4 +64,9 @@ if TYPE_CHECKING:  # the same names, imported for type checkers only (tests/test
         SkipReport,
         collate_skipping,
     )
-    from cign_fast.data.synthetic import synthetic_class_names, synthetic_confusable_pairs, write_synthetic_dataset
+    from cign_fast.data.synthetic import (
+        synthetic_class_names,
+        synthetic_confusable_pairs,
+        write_synthetic_dataset,
+        write_synthetic_features,
+    )

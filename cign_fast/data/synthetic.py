@@ -160,3 +160,63 @@ def write_synthetic_dataset(
         writer.writerow(("id", "label", "split"))
         writer.writerows(rows)
     return root
+
+
+def write_synthetic_features(
+    root: str | Path,
+    *,
+    num_classes: int = 8,
+    train_per_class: int = 24,
+    val_per_class: int = 1,
+    test_per_class: int = 10,
+    audio_shape: tuple[int, int] = (4, 8),
+    visual_shape: tuple[int, int] = (3, 6),
+    noise: float = 1.0,
+    seed: int = 0,
+) -> Path:
+    """The features-mode twin of :func:`write_synthetic_dataset`: pre-extracted token maps in AV-CIL's layout
+    (``all_id_category_dict.npy`` and the two ``*_pretrained_feature_dict.npy``, plus ``labels.csv``).
+
+    Every pattern has a Gaussian mean vector; a clip's audio [S_a, D_a] (``audio_shape``) and visual [S_v, D_v]
+    tokens are its class's pattern means plus N(0, ``noise``^2) per entry. The classes share patterns as the
+    clip dataset's do (:func:`synthetic_confusable_pairs`), so the confusable pairs fall into different tasks.
+    Seconds to write and to train on: for quick probes of what a loss does over a whole incremental run.
+    """
+    if not isinstance(num_classes, int) or num_classes < 2:
+        raise ValueError(f"num_classes: expected an int >= 2, got {num_classes!r}")
+    counts = check_split_counts(train_per_class, val_per_class, test_per_class, image_size=8)
+    if not noise >= 0:
+        raise ValueError(f"noise: expected a number >= 0, got {noise!r}")
+    seed = check_seed(seed)
+    shared = synthetic_confusable_pairs(num_classes)
+    patterns = {
+        "audio": _pattern_of_class(num_classes, shared["audio"]),
+        "visual": _pattern_of_class(num_classes, shared["visual"]),
+    }
+    shapes = {"audio": audio_shape, "visual": visual_shape}
+    rng = np.random.default_rng(seed)
+    means = {m: rng.normal(0, 1, (max(patterns[m]) + 1, shapes[m][1])) for m in ("audio", "visual")}
+    categories: dict[str, dict[str, str]] = {split: {} for split in SPLITS}
+    features: dict[str, dict[str, np.ndarray]] = {"audio": {}, "visual": {}}
+    rows = []
+    for split in SPLITS:
+        for class_index, label in enumerate(synthetic_class_names(num_classes)):
+            for clip_index in range(counts[split]):
+                clip_id = f"{label}_{split}_{clip_index:04d}"
+                categories[split][clip_id] = label
+                for modality in ("audio", "visual"):
+                    tokens = means[modality][patterns[modality][class_index]] + rng.normal(0, noise, shapes[modality])
+                    features[modality][clip_id] = tokens.astype(np.float32)
+                rows.append((clip_id, label, split))
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    np.save(root / "all_id_category_dict.npy", categories, allow_pickle=True)
+    for modality in ("audio", "visual"):
+        folder = root / f"{modality}_pretrained_feature"
+        folder.mkdir(exist_ok=True)
+        np.save(folder / f"{modality}_pretrained_feature_dict.npy", features[modality], allow_pickle=True)
+    with (root / "labels.csv").open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(("id", "label", "split"))
+        writer.writerows(rows)
+    return root

@@ -42,6 +42,7 @@ from cign_fast.train.distributed import DistContext, barrier, setup_distributed,
 from cign_fast.train.fingerprint import settings_differences
 from cign_fast.train.loop import train_incremental
 from cign_fast.train.outputs import RunSummary
+from cign_fast.train.run_folder import earlier_outputs
 
 SIGNIFICANCE_REFERENCE = "cign"  # every method is tested against it, paired over the seeds
 Metric = Literal["avg_incremental_accuracy", "last_accuracy", "forgetting", "bwt"]
@@ -457,9 +458,14 @@ def run_compare(
             summary = finished_summary(config)
             label = f"[{number}/{len(runs)}] {run.method} seed {run.seed}"
             if summary is None:
+                # a run killed before its first checkpoint has outputs but nothing to resume: it starts again
+                started = bool(earlier_outputs(run.out))
                 resume = bool(list_checkpoints(run.out / "checkpoints"))
-                say(f"{label}: {'resuming' if resume else 'training'} in {run.out}")
-                summary = train_incremental(config, resume=resume, log=say, context=context).summary
+                action = "resuming" if resume else "restarting" if started else "training"
+                say(f"{label}: {action} in {run.out}")
+                summary = train_incremental(
+                    config, resume=resume, overwrite=started and not resume, log=say, context=context
+                ).summary
             else:
                 say(f"{label}: finished earlier, reusing {run.out / 'metrics.json'}")
             summaries[run.method].append(summary)
