@@ -210,11 +210,16 @@ def write_synthetic_features(
                 rows.append((clip_id, label, split))
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
-    np.save(root / "all_id_category_dict.npy", categories, allow_pickle=True)
+    # AV-CIL's files are pickled dicts: np.save of a 0-d object array holding the dict
+    np.save(root / "all_id_category_dict.npy", np.array(categories, dtype=object), allow_pickle=True)
     for modality in ("audio", "visual"):
         folder = root / f"{modality}_pretrained_feature"
         folder.mkdir(exist_ok=True)
-        np.save(folder / f"{modality}_pretrained_feature_dict.npy", features[modality], allow_pickle=True)
+        np.save(
+            folder / f"{modality}_pretrained_feature_dict.npy",
+            np.array(features[modality], dtype=object),
+            allow_pickle=True,
+        )
     with (root / "labels.csv").open("w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
         writer.writerow(("id", "label", "split"))
