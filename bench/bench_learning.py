@@ -10,7 +10,10 @@ Settings: ``distill`` (the default CIGN loss), ``no_distill`` (the same without 
 ``bce_memory`` (``distill`` and ``memory`` with the authors' per-class BCE instead of the cross-entropy, the
 default before), ``authors`` (the authors' recipe: L2-only tokens, per-class BCE, softmax KL, old classes
 negative on new clips), and ``separated`` / ``separated_no_distill`` (``distill`` and ``no_distill`` with a new
-clip's cross-entropy over the new classes only, ``distill.old_class_negatives=false``; see docs/model.md).
+clip's cross-entropy over the new classes only, ``distill.old_class_negatives=false``; see docs/model.md), and
+``replay`` / ``replay_no_distill`` (the same with token replay, ``distill.token_replay=1``), and
+``replay_frozen`` / ``replay_frozen_no_distill`` (token replay with the encoders frozen after the first task,
+``distill.freeze_encoders=true``).
 
 ``--datasets demo_features``: the demo's classes as pre-extracted token maps (``write_synthetic_features``, the
 same confusable pairs across tasks) trained in features mode with D = 16: seconds per run instead of minutes,
@@ -41,7 +44,20 @@ from cign_fast.metrics import MODALITIES
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_FSDD = REPO.parent / "shared" / "data" / "fsdd" / "recordings"
-SETTINGS = ("distill", "no_distill", "memory", "bce", "bce_memory", "authors", "separated", "separated_no_distill")
+SETTINGS = (
+    "distill",
+    "no_distill",
+    "memory",
+    "bce",
+    "bce_memory",
+    "authors",
+    "separated",
+    "separated_no_distill",
+    "replay",
+    "replay_no_distill",
+    "replay_frozen",
+    "replay_frozen_no_distill",
+)
 Overrides = dict[str, dict[str, object]]
 BCE: Overrides = {
     "distill": {"classification": "bce"}
@@ -54,6 +70,10 @@ SETTING_OVERRIDES: dict[str, Overrides] = {
     "bce_memory": BCE,
     "separated": {"distill": {"old_class_negatives": False}},
     "separated_no_distill": {"distill": {"old_class_negatives": False, "enabled": False}},
+    "replay": {"distill": {"token_replay": 1.0}},
+    "replay_no_distill": {"distill": {"token_replay": 1.0, "enabled": False}},
+    "replay_frozen": {"distill": {"token_replay": 1.0, "freeze_encoders": True}},
+    "replay_frozen_no_distill": {"distill": {"token_replay": 1.0, "freeze_encoders": True, "enabled": False}},
     "authors": {
         "model": {"token_norm": "l2"},
         "distill": {"form": "softmax", "classification": "bce", "old_class_negatives": True},

@@ -6,18 +6,28 @@ the distillation against the model frozen after the previous task, with the ``di
 Predictions: audio ``argmax p_a``, visual ``argmax p_v``, audio-visual ``argmax p_a * p_v`` with p the
 softmax (or, after BCE training, the per-class sigmoid) of the class logits (:func:`cign_fast.model.predict`).
 Embedding of a clip: its own class's audio and visual group vectors, L2-normalised and concatenated.
-Exemplar-free by default; ``memory.*`` adds replay.
+Exemplar-free by default; ``memory.*`` adds replay of stored clips, ``distill.token_replay`` (a weight) the
+replay of token maps drawn from per-class statistics kept after each task (:mod:`cign_fast.model.token_replay`,
+not in the paper): those are classified among all classes seen, term ``"replay"``. ``distill.freeze_encoders``
+stops the encoders' training after the first task, so the statistics stay true to the tokens.
 """
 
 from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from cign_fast.methods.base import ContinualMethod
+from cign_fast.methods.base import ContinualMethod, TaskResources
 from cign_fast.methods.registry import register_method
-from cign_fast.model import CIGN, CIGNOutput, cign_loss, predict
+from cign_fast.model import CIGN, CIGNOutput, ModelConfig, cign_loss, predict
+from cign_fast.model.losses import classification_loss
+from cign_fast.model.token_replay import TokenStatistics
+
+if TYPE_CHECKING:
+    from cign_fast.train.config import TrainConfig
 
 
 def class_embeddings(out: CIGNOutput, labels: Tensor) -> Tensor:
@@ -33,9 +43,13 @@ class CIGNMethod(ContinualMethod):
     """CIGN as a method (module docstring); hyper-parameters in the ``model`` and ``distill`` sections."""
 
     name = "cign"
-    loss_terms = ("cls_audio", "cls_visual", "token_ce", "kd")
+    loss_terms = ("cls_audio", "cls_visual", "token_ce", "kd", "replay")
     memory_use = "optional"
     config_sections = ("distill",)
+
+    def __init__(self, config: TrainConfig, model_config: ModelConfig) -> None:
+        super().__init__(config, model_config)
+        self.token_statistics = TokenStatistics()
 
     @property
     def uses_teacher(self) -> bool:
@@ -44,11 +58,19 @@ class CIGNMethod(ContinualMethod):
     def build_model(self) -> CIGN:
         return CIGN(self.model_config)
 
+    def grow_model(self, model: nn.Module, num_new_classes: int) -> None:
+        """Add the task's class tokens; with ``distill.freeze_encoders``, freeze the encoders from the second task
+        on (also when a checkpoint is rebuilt, so a resumed run trains what the uninterrupted one did)."""
+        super().grow_model(model, num_new_classes)
+        assert isinstance(model, CIGN)
+        if self.config.distill.freeze_encoders and len(model.task_sizes) > 1:
+            model.freeze_encoders()
+
     def loss(
         self, model: nn.Module, out: CIGNOutput, labels: Tensor, teacher_out: CIGNOutput | None
     ) -> dict[str, Tensor]:
         distill = self.config.distill
-        return cign_loss(
+        terms = cign_loss(
             out,
             labels,
             teacher_out,
@@ -61,6 +83,52 @@ class CIGNMethod(ContinualMethod):
             old_class_negatives=distill.old_class_negatives,
             token_weight=distill.token_weight,
         )
+        terms = {**terms, "replay": self.replay_loss(model, labels)}
+        return {**terms, "total": terms["total"] + terms["replay"]}
+
+    def replay_loss(self, model: nn.Module, labels: Tensor) -> Tensor:
+        """``distill.token_replay`` x the classification loss of as many replayed clips as the batch has, of old
+        classes drawn uniformly, over all classes seen (0 at the first task or with the weight 0)."""
+        weight, old = self.config.distill.token_replay, self.current_task.num_old_classes
+        if weight == 0 or old == 0:
+            return labels.new_zeros((), dtype=torch.float32)
+        if self.token_statistics.num_classes < old:
+            raise RuntimeError(
+                f"distill.token_replay: statistics for {self.token_statistics.num_classes} classes, the old "
+                f"classes are {old}; they are kept when a task ends (resume from a '-done' checkpoint)"
+            )
+        replayed = torch.randint(0, old, labels.shape, device=labels.device)
+        assert isinstance(model, CIGN)
+        out = model.forward_tokens(*self.token_statistics.sample(replayed))
+        classification = self.config.distill.classification
+        audio, visual = (
+            classification_loss(logits.float(), replayed, old, classification, old_class_negatives=True)
+            for logits in (out.audio_logits, out.visual_logits)
+        )
+        return weight * (audio + visual)
+
+    def end_task(self, model: nn.Module, resources: TaskResources) -> None:
+        """With ``distill.token_replay``: keep the new classes' token statistics (the model in eval mode)."""
+        if self.config.distill.token_replay == 0:
+            return
+        assert isinstance(model, CIGN)
+        first, stop = resources.task.class_range(resources.task.index)
+        was_training = model.training
+        model.eval()
+        with torch.no_grad():
+            batches = (
+                (*model.encode(audio, visual), labels)
+                for audio, visual, labels in resources.batches(resources.task_indices)
+            )
+            self.token_statistics.add_classes(batches, first, stop, resources.all_reduce_sum)
+        model.train(was_training)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(), "token_statistics": self.token_statistics.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any], device: torch.device | str = "cpu") -> None:
+        super().load_state_dict(state, device)
+        self.token_statistics.load_state_dict(state["token_statistics"])
 
     def predict(self, out: CIGNOutput) -> dict[str, Tensor]:
         return predict(out, self.config.distill.classification)

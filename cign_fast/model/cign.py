@@ -145,6 +145,7 @@ class CIGN(nn.Module):
             init_weights(self.visual_encoder)
         self.audio_branch = ModalityBranch(cfg)
         self.visual_branch = ModalityBranch(cfg)
+        self.encoders_frozen = False
 
     @property
     def task_sizes(self) -> list[int]:
@@ -169,17 +170,40 @@ class CIGN(nn.Module):
         self.visual_branch.add_class_tokens(num_new_classes)
         self._task_sizes.append(num_new_classes)
 
+    def freeze_encoders(self) -> None:
+        """Stop training the audio and visual encoders: no gradients, and evaluation mode from now on (BatchNorm
+        statistics kept), so their token maps stay what they were (see ``distill.freeze_encoders``)."""
+        self.encoders_frozen = True
+        for encoder in (self.audio_encoder, self.visual_encoder):
+            encoder.requires_grad_(False)
+            encoder.eval()
+
+    def train(self, mode: bool = True) -> CIGN:
+        super().train(mode)
+        if self.encoders_frozen:
+            self.audio_encoder.eval()
+            self.visual_encoder.eval()
+        return self
+
     def check_inputs(self, audio: Tensor, visual: Tensor) -> None:
         """Raise ValueError/TypeError naming ``audio`` or ``visual`` when its shape does not fit the input mode."""
         check_model_inputs(self.cfg, audio, visual)
 
     def forward(self, audio: Tensor, visual: Tensor) -> CIGNOutput:
+        return self.forward_tokens(*self.encode(audio, visual))
+
+    def encode(self, audio: Tensor, visual: Tensor) -> tuple[Tensor, Tensor]:
+        """The token maps the branches read: audio [B, S_a, D] and visual [B, S_v, D] (inputs checked)."""
+        self.check_inputs(audio, visual)
+        return self.audio_encoder(audio), self.visual_encoder(visual)
+
+    def forward_tokens(self, audio_tokens: Tensor, visual_tokens: Tensor) -> CIGNOutput:
+        """The branches on token maps [B, S_a, D] and [B, S_v, D] (what :meth:`encode` returns)."""
         if not self._task_sizes:
             raise RuntimeError("CIGN.forward: call add_task(num_new_classes) before the first forward")
-        self.check_inputs(audio, visual)
         assign_mode = self.cfg.assign_mode if self.training else self.cfg.eval_assign_mode
-        audio_logits, audio_token_logits, audio_groups = self.audio_branch(self.audio_encoder(audio), assign_mode)
-        visual_logits, visual_token_logits, visual_groups = self.visual_branch(self.visual_encoder(visual), assign_mode)
+        audio_logits, audio_token_logits, audio_groups = self.audio_branch(audio_tokens, assign_mode)
+        visual_logits, visual_token_logits, visual_groups = self.visual_branch(visual_tokens, assign_mode)
         return CIGNOutput(
             audio_logits, visual_logits, audio_token_logits, visual_token_logits, audio_groups, visual_groups
         )

@@ -1,4 +1,4 @@
-"""Precise BatchNorm: re-estimate the running statistics of every BatchNorm layer after training.
+"""Precise BatchNorm: re-estimate the running statistics of every BatchNorm layer being trained, after training.
 
 With few optimiser steps (the demo, small tasks) the exponential running averages lag far behind the
 weights, and the eval-mode model (and the frozen teacher copied from it) sees wrong statistics.
@@ -36,8 +36,11 @@ def recalibrate_batchnorm(
     each rank takes its own shard, and the per-rank statistics are averaged over the ranks.
     Returns the number of batches used on this rank.
     """
-    layers = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    was_training = model.training
+    model.train()  # a frozen part stays in eval mode (CIGN.freeze_encoders): its statistics are kept
+    layers = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training]
     if not layers or max_batches == 0 or not indices:
+        model.train(was_training)
         return 0
     order = torch.randperm(len(indices), generator=torch.Generator().manual_seed(seed)).tolist()
     shard = [indices[p] for p in order][context.rank :: context.world_size][: max_batches * batch_size]
@@ -45,8 +48,6 @@ def recalibrate_batchnorm(
     for layer in layers:
         layer.reset_running_stats()
         layer.momentum = None  # cumulative average over the batches below
-    was_training = model.training
-    model.train()
     used = 0
     for batch in eval_loader(dataset, shard, batch_size, num_workers):
         if batch["label"].numel() < 2:

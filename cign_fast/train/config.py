@@ -84,6 +84,8 @@ class DistillConfig:
         True  # every clip scored on all classes (the authors'); False: new clips on new classes only
     )
     token_weight: float = 1.0  # token-head cross-entropy and its distillation; 0 turns both off
+    token_replay: float = 0.0  # weight of the old classes' replayed token maps (cign_fast.model.token_replay); 0: off
+    freeze_encoders: bool = False  # after the first task the encoders stop training (weights and BatchNorm statistics)
 
 
 @dataclass
@@ -284,6 +286,7 @@ NON_NEGATIVE = {
     "optim.grad_clip",
     "distill.weight",
     "distill.token_weight",
+    "distill.token_replay",
     "memory.budget",
     "run.seed",
     "run.divergence_factor",
