@@ -9,11 +9,11 @@ Settings: ``distill`` (the default CIGN loss), ``no_distill`` (the same without 
 (``distill`` plus a small exemplar memory: 5 clips per class on the demo, 20 on FSDD), ``bce`` and
 ``bce_memory`` (``distill`` and ``memory`` with the authors' per-class BCE instead of the cross-entropy, the
 default before), ``authors`` (the authors' recipe: L2-only tokens, per-class BCE, softmax KL, old classes
-negative on new clips), and ``separated`` / ``separated_no_distill`` (``distill`` and ``no_distill`` with a new
-clip's cross-entropy over the new classes only, ``distill.old_class_negatives=false``; see docs/model.md), and
-``replay`` / ``replay_no_distill`` (the same with token replay, ``distill.token_replay=1``), and
-``replay_frozen`` / ``replay_frozen_no_distill`` (token replay with the encoders frozen after the first task,
-``distill.freeze_encoders=true``).
+negative on new clips), ``separated`` / ``separated_no_distill`` (``no_replay`` and ``no_replay_no_distill`` with a
+new clip's cross-entropy over the new classes only, ``distill.old_class_negatives=false``; see docs/model.md),
+``replay`` / ``replay_no_distill`` (token replay with encoders that keep training,
+``distill.freeze_encoders=false``), and ``no_replay`` / ``no_replay_no_distill`` (neither token replay nor frozen
+encoders: the default before them).
 
 ``--datasets demo_features``: the demo's classes as pre-extracted token maps (``write_synthetic_features``, the
 same confusable pairs across tasks) trained in features mode with D = 16: seconds per run instead of minutes,
@@ -55,8 +55,8 @@ SETTINGS = (
     "separated_no_distill",
     "replay",
     "replay_no_distill",
-    "replay_frozen",
-    "replay_frozen_no_distill",
+    "no_replay",
+    "no_replay_no_distill",
 )
 Overrides = dict[str, dict[str, object]]
 BCE: Overrides = {
@@ -68,16 +68,24 @@ SETTING_OVERRIDES: dict[str, Overrides] = {
     "memory": {},
     "bce": BCE,
     "bce_memory": BCE,
-    "separated": {"distill": {"old_class_negatives": False}},
-    "separated_no_distill": {"distill": {"old_class_negatives": False, "enabled": False}},
-    "replay": {"distill": {"token_replay": 1.0}},
-    "replay_no_distill": {"distill": {"token_replay": 1.0, "enabled": False}},
-    "replay_frozen": {"distill": {"token_replay": 1.0, "freeze_encoders": True}},
-    "replay_frozen_no_distill": {"distill": {"token_replay": 1.0, "freeze_encoders": True, "enabled": False}},
+    "separated": {"distill": {"old_class_negatives": False, "token_replay": 0.0, "freeze_encoders": False}},
+    "separated_no_distill": {
+        "distill": {"old_class_negatives": False, "token_replay": 0.0, "freeze_encoders": False, "enabled": False}
+    },
+    "replay": {"distill": {"freeze_encoders": False}},
+    "replay_no_distill": {"distill": {"freeze_encoders": False, "enabled": False}},
     "authors": {
         "model": {"token_norm": "l2"},
-        "distill": {"form": "softmax", "classification": "bce", "old_class_negatives": True},
+        "distill": {
+            "form": "softmax",
+            "classification": "bce",
+            "old_class_negatives": True,
+            "token_replay": 0.0,
+            "freeze_encoders": False,
+        },
     },
+    "no_replay": {"distill": {"token_replay": 0.0, "freeze_encoders": False}},
+    "no_replay_no_distill": {"distill": {"token_replay": 0.0, "freeze_encoders": False, "enabled": False}},
 }
 WITH_MEMORY = ("memory", "bce_memory")
 DATASETS = {

@@ -84,8 +84,8 @@ class DistillConfig:
         True  # every clip scored on all classes (the authors'); False: new clips on new classes only
     )
     token_weight: float = 1.0  # token-head cross-entropy and its distillation; 0 turns both off
-    token_replay: float = 0.0  # weight of the old classes' replayed token maps (cign_fast.model.token_replay); 0: off
-    freeze_encoders: bool = False  # after the first task the encoders stop training (weights and BatchNorm statistics)
+    token_replay: float = 1.0  # weight of the old classes' replayed token maps (cign_fast.model.token_replay); 0: off
+    freeze_encoders: bool = True  # after the first task the encoders stop training (weights and BatchNorm statistics)
 
 
 @dataclass
