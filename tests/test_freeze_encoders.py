@@ -86,7 +86,7 @@ def test_the_method_freezes_from_the_second_task_and_on_rebuild(tmp_path):
     assert id(model.audio_encoder.weight) not in trainable and id(model.visual_encoder.bias) not in trainable
     rebuilt = method.rebuild_model([2, 2], model.state_dict(), "cpu")
     assert rebuilt.encoders_frozen  # a resumed run trains what the uninterrupted one did
-    off = tiny_config(data, tmp_path / "off")
+    off = tiny_config(data, tmp_path / "off", "--set", "distill.freeze_encoders=false")
     plain = CIGNMethod(off, off.model_config(8, 6))
     grown = plain.begin_task(plain.begin_task(plain.build_model(), TaskInfo(0, (2,))), TaskInfo(1, (2, 2)))
     assert not grown.encoders_frozen

@@ -97,6 +97,12 @@ def _render_audio(
     return (signal / max(1.0, np.abs(signal).max() / 0.95)).astype(np.float32)
 
 
+def check_num_classes(num_classes: int) -> None:
+    """A synthetic dataset needs an int >= 2 classes."""
+    if not isinstance(num_classes, int) or num_classes < 2:
+        raise ValueError(f"num_classes: expected an int >= 2, got {num_classes!r}")
+
+
 def check_split_counts(
     train_per_class: int, val_per_class: int, test_per_class: int, image_size: int
 ) -> dict[str, int]:
@@ -127,8 +133,7 @@ def write_synthetic_dataset(
 
     Ids are ``{label}_{split}_{index:04d}``. The loader tiles clips shorter than 3 s.
     """
-    if not isinstance(num_classes, int) or num_classes < 2:
-        raise ValueError(f"num_classes: expected an int >= 2, got {num_classes!r}")
+    check_num_classes(num_classes)
     counts = check_split_counts(train_per_class, val_per_class, test_per_class, image_size)
     if not isinstance(sample_rate, int) or sample_rate < 1000:
         raise ValueError(f"sample_rate: expected an int >= 1000, got {sample_rate!r}")
@@ -182,8 +187,7 @@ def write_synthetic_features(
     clip dataset's do (:func:`synthetic_confusable_pairs`), so the confusable pairs fall into different tasks.
     Seconds to write and to train on: for quick probes of what a loss does over a whole incremental run.
     """
-    if not isinstance(num_classes, int) or num_classes < 2:
-        raise ValueError(f"num_classes: expected an int >= 2, got {num_classes!r}")
+    check_num_classes(num_classes)
     counts = check_split_counts(train_per_class, val_per_class, test_per_class, image_size=8)
     if not noise >= 0:
         raise ValueError(f"noise: expected a number >= 0, got {noise!r}")

@@ -20,7 +20,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from cign_fast.methods.base import ContinualMethod, TaskResources
+from cign_fast.methods.base import ContinualMethod, TaskResources, rank_shard
 from cign_fast.methods.registry import register_method
 from cign_fast.model import CIGN, CIGNOutput, ModelConfig, cign_loss, predict
 from cign_fast.model.losses import classification_loss
@@ -50,6 +50,7 @@ class CIGNMethod(ContinualMethod):
     def __init__(self, config: TrainConfig, model_config: ModelConfig) -> None:
         super().__init__(config, model_config)
         self.token_statistics = TokenStatistics()
+        self.replay_draws = 0  # replay batches drawn so far: with run.seed, the seed of the next one
 
     @property
     def uses_teacher(self) -> bool:
@@ -92,14 +93,22 @@ class CIGNMethod(ContinualMethod):
         weight, old = self.config.distill.token_replay, self.current_task.num_old_classes
         if weight == 0 or old == 0:
             return labels.new_zeros((), dtype=torch.float32)
+        assert isinstance(model, CIGN)
         if self.token_statistics.num_classes < old:
             raise RuntimeError(
                 f"distill.token_replay: statistics for {self.token_statistics.num_classes} classes, the old "
                 f"classes are {old}; they are kept when a task ends (resume from a '-done' checkpoint)"
             )
-        replayed = torch.randint(0, old, labels.shape, device=labels.device)
-        assert isinstance(model, CIGN)
-        out = model.forward_tokens(*self.token_statistics.sample(replayed))
+        # drawn for the global batch from a generator seeded by (run.seed, draw number) and sliced like the data:
+        # every data-parallel rank, and a resumed run, replays what one uninterrupted process would
+        generator = torch.Generator().manual_seed((self.config.run.seed << 32) + self.replay_draws)
+        self.replay_draws += 1
+        offset, stride = model.batch_slot
+        drawn = torch.randint(0, old, (labels.shape[0] * stride,), generator=generator)
+        audio, visual = self.token_statistics.sample(drawn, generator)
+        local = slice(offset, None, stride)
+        replayed = drawn[local].to(labels.device)
+        out = model.forward_tokens(audio[local], visual[local])
         classification = self.config.distill.classification
         audio, visual = (
             classification_loss(logits.float(), replayed, old, classification, old_class_negatives=True)
@@ -118,17 +127,22 @@ class CIGNMethod(ContinualMethod):
         with torch.no_grad():
             batches = (
                 (*model.encode(audio, visual), labels)
-                for audio, visual, labels in resources.batches(resources.task_indices)
+                for audio, visual, labels in resources.batches(rank_shard(resources.task_indices, resources.context))
             )
             self.token_statistics.add_classes(batches, first, stop, resources.all_reduce_sum)
         model.train(was_training)
 
     def state_dict(self) -> dict[str, Any]:
-        return {**super().state_dict(), "token_statistics": self.token_statistics.state_dict()}
+        return {
+            **super().state_dict(),
+            "token_statistics": self.token_statistics.state_dict(),
+            "replay_draws": self.replay_draws,
+        }
 
     def load_state_dict(self, state: dict[str, Any], device: torch.device | str = "cpu") -> None:
         super().load_state_dict(state, device)
         self.token_statistics.load_state_dict(state["token_statistics"])
+        self.replay_draws = int(state["replay_draws"])
 
     def predict(self, out: CIGNOutput) -> dict[str, Tensor]:
         return predict(out, self.config.distill.classification)

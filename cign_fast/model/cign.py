@@ -212,6 +212,12 @@ class CIGN(nn.Module):
         """See :func:`cign_fast.model.grouping.set_noise_batch`."""
         set_noise_batch(self, offset, stride)
 
+    @property
+    def batch_slot(self) -> tuple[int, int]:
+        """(offset, stride) of the local batch in the global one (data-parallel ranks), as set by
+        :func:`cign_fast.model.grouping.set_noise_batch`."""
+        return self.audio_branch.grouping.assign.noise_batch
+
     def frozen_copy(self) -> CIGN:
         """A deep copy in eval mode with no gradients anywhere: the distillation teacher."""
         teacher = copy.deepcopy(self)

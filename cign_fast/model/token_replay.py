@@ -78,14 +78,14 @@ class TokenStatistics:
             for store, value in ((self.mean, mean.float().cpu()), (self.std, std.float().cpu())):
                 store[modality] = torch.cat([store[modality], value]) if modality in store else value
 
-    def sample(self, labels: Tensor) -> tuple[Tensor, Tensor]:
+    def sample(self, labels: Tensor, generator: torch.Generator) -> tuple[Tensor, Tensor]:
         """Token maps for ``labels`` [n] (classes with statistics): audio [n, S_a, D], visual [n, S_v, D], on
-        ``labels.device``, float32, drawn with torch's global generator (checkpointed with the run)."""
+        ``labels.device``, float32, drawn on the CPU with ``generator``."""
         rows = labels.cpu().long()
         drawn = []
         for modality in MODALITIES:
             mean, std = self.mean[modality][rows], self.std[modality][rows]
-            drawn.append((mean + std * torch.randn(mean.shape)).to(labels.device))
+            drawn.append((mean + std * torch.randn(mean.shape, generator=generator)).to(labels.device))
         return drawn[0], drawn[1]
 
     def state_dict(self) -> dict[str, Tensor]:
