@@ -105,10 +105,10 @@ class CIGNMethod(ContinualMethod):
         self.replay_draws += 1
         offset, stride = model.batch_slot
         drawn = torch.randint(0, old, (labels.shape[0] * stride,), generator=generator)
-        audio, visual = self.token_statistics.sample(drawn, generator)
         local = slice(offset, None, stride)
+        audio, visual = self.token_statistics.sample(drawn, generator)
         replayed = drawn[local].to(labels.device)
-        out = model.forward_tokens(audio[local], visual[local])
+        out = model.forward_tokens(audio[local].to(labels.device), visual[local].to(labels.device))
         classification = self.config.distill.classification
         audio, visual = (
             classification_loss(logits.float(), replayed, old, classification, old_class_negatives=True)

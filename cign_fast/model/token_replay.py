@@ -78,14 +78,16 @@ class TokenStatistics:
             for store, value in ((self.mean, mean.float().cpu()), (self.std, std.float().cpu())):
                 store[modality] = torch.cat([store[modality], value]) if modality in store else value
 
-    def sample(self, labels: Tensor, generator: torch.Generator) -> tuple[Tensor, Tensor]:
-        """Token maps for ``labels`` [n] (classes with statistics): audio [n, S_a, D], visual [n, S_v, D], on
-        ``labels.device``, float32, drawn on the CPU with ``generator``."""
+    def sample(
+        self, labels: Tensor, generator: torch.Generator, device: torch.device | str = "cpu"
+    ) -> tuple[Tensor, Tensor]:
+        """Token maps for ``labels`` [n] (classes with statistics): audio [n, S_a, D], visual [n, S_v, D], float32
+        on ``device``, drawn on the CPU with ``generator`` (so every device draws the same)."""
         rows = labels.cpu().long()
         drawn = []
         for modality in MODALITIES:
             mean, std = self.mean[modality][rows], self.std[modality][rows]
-            drawn.append((mean + std * torch.randn(mean.shape, generator=generator)).to(labels.device))
+            drawn.append((mean + std * torch.randn(mean.shape, generator=generator)).to(device))
         return drawn[0], drawn[1]
 
     def state_dict(self) -> dict[str, Tensor]:
