@@ -90,3 +90,30 @@ def test_the_method_freezes_from_the_second_task_and_on_rebuild(tmp_path):
     plain = CIGNMethod(off, off.model_config(8, 6))
     grown = plain.begin_task(plain.begin_task(plain.build_model(), TaskInfo(0, (2,))), TaskInfo(1, (2, 2)))
     assert not grown.encoders_frozen
+
+
+def test_the_teacher_behind_frozen_encoders_reads_the_models_token_maps(tmp_path):
+    data = write_feature_dataset(tmp_path / "data")
+    config = tiny_config(data, tmp_path / "run", "--set", "distill.freeze_encoders=true")
+    method = CIGNMethod(config, config.model_config(8, 6))
+    torch.manual_seed(0)
+    model = method.begin_task(method.build_model(), TaskInfo(0, (2,)))
+    audio, visual = torch.randn(5, 3, 8), torch.randn(5, 4, 6)
+    model.train()
+    model(audio, visual).audio_logits.sum().backward()  # task 0 trains the encoders (and their statistics)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    model = method.begin_task(model, TaskInfo(1, (2, 2))).train()
+    with torch.no_grad():
+        out = model(audio, visual)
+        shared = method.teacher_forward(audio, visual, out)
+        assert method.teacher is not None
+        full = method.teacher(audio, visual)
+        for field, tensor in zip(full._fields, full, strict=True):
+            assert torch.equal(getattr(shared, field), tensor), field  # the same output, one encoder pass less
+        # it does read the given token maps, and only behind frozen encoders
+        moved = out._replace(audio_tokens=out.audio_tokens + 1.0)
+        assert not torch.equal(method.teacher_forward(audio, visual, moved).audio_logits, full.audio_logits)
+        method.config.distill.freeze_encoders = False
+        assert torch.equal(method.teacher_forward(audio, visual, moved).audio_logits, full.audio_logits)

@@ -240,7 +240,7 @@ def test_zero_class_token_init():
 def test_predict_uses_the_product_of_probabilities():
     audio = torch.tensor([[2.0, 1.9, -5.0], [0.0, 3.0, 1.0]])
     visual = torch.tensor([[-4.0, 1.0, 0.5], [0.0, 3.0, 1.0]])
-    out = CIGNOutput(audio, visual, *(torch.zeros(2, 3, 3),) * 2, *(torch.zeros(2, 3, 4),) * 2)
+    out = CIGNOutput(audio, visual, *(torch.zeros(2, 3, 3),) * 2, *(torch.zeros(2, 3, 4),) * 4)
     preds = predict(out, "bce")
     assert preds["audio"].tolist() == [0, 1]
     assert preds["visual"].tolist() == [1, 1]
@@ -251,7 +251,7 @@ def test_predict_uses_the_product_of_probabilities():
 def test_predict_fuses_softmax_posteriors_after_cross_entropy_training():
     audio = torch.tensor([[10.0, 8.0, 0.0]])
     visual = torch.tensor([[0.0, 1.0, 0.0]])
-    out = CIGNOutput(audio, visual, *(torch.zeros(1, 3, 3),) * 2, *(torch.zeros(1, 3, 4),) * 2)
+    out = CIGNOutput(audio, visual, *(torch.zeros(1, 3, 3),) * 2, *(torch.zeros(1, 3, 4),) * 4)
     assert predict(out)["audio_visual"].tolist() == [0]  # softmax: 0.88 * 0.21 > 0.12 * 0.58
     assert predict(out, "bce")["audio_visual"].tolist() == [1]  # sigmoids: 1.0 * 0.5 < 1.0 * 0.73
 

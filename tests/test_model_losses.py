@@ -23,7 +23,7 @@ def tiny_model(*task_sizes: int, **overrides) -> CIGN:
 
 
 def random_output(batch: int, num_classes: int, dim: int = 4, requires_grad: bool = False) -> CIGNOutput:
-    shapes = [(batch, num_classes)] * 2 + [(batch, num_classes, num_classes)] * 2 + [(batch, num_classes, dim)] * 2
+    shapes = [(batch, num_classes)] * 2 + [(batch, num_classes, num_classes)] * 2 + [(batch, num_classes, dim)] * 4
     return CIGNOutput(*(torch.randn(shape, requires_grad=requires_grad) for shape in shapes))
 
 

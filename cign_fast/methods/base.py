@@ -229,8 +229,11 @@ class ContinualMethod(ABC, Generic[OutputT]):
 
     # ----- batches --------------------------------------------------------------------------------------------
 
-    def teacher_forward(self, audio: Tensor, visual: Tensor) -> OutputT | None:
-        """The old model's output on the batch, or ``None`` without one (the loop runs this without grad)."""
+    def teacher_forward(self, audio: Tensor, visual: Tensor, out: OutputT | None = None) -> OutputT | None:
+        """The old model's output on the batch, or ``None`` without one (the loop runs this without grad).
+
+        ``out``: the model's own output on the batch, where the caller has it (the loop passes it), for a
+        teacher that can reuse part of it instead of recomputing it (CIGN's, behind frozen encoders)."""
         return None if self.teacher is None else self.teacher(audio, visual)
 
     @abstractmethod

@@ -141,7 +141,9 @@ class BiC(BackboneMethod):
             }
         )
 
-    def teacher_forward(self, audio: Tensor, visual: Tensor) -> BackboneOutput | None:
+    def teacher_forward(
+        self, audio: Tensor, visual: Tensor, out: BackboneOutput | None = None
+    ) -> BackboneOutput | None:
         if self.teacher is None:
             return None
         return self.corrected(self.teacher(audio, visual), self.current_task.task_sizes[:-1])

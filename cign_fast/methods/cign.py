@@ -67,6 +67,17 @@ class CIGNMethod(ContinualMethod):
         if self.config.distill.freeze_encoders and len(model.task_sizes) > 1:
             model.freeze_encoders()
 
+    def teacher_forward(self, audio: Tensor, visual: Tensor, out: CIGNOutput | None = None) -> CIGNOutput | None:
+        """The teacher's output. With ``distill.freeze_encoders`` its encoders are the model's (frozen since
+        the teacher was copied, both in eval mode), so it reads the token maps of ``out`` when given instead of
+        encoding the batch again: the same output, one pass of both encoders less per step."""
+        if self.teacher is None:
+            return None
+        if out is not None and self.config.distill.freeze_encoders:
+            assert isinstance(self.teacher, CIGN)
+            return self.teacher.forward_tokens(out.audio_tokens, out.visual_tokens)
+        return self.teacher(audio, visual)
+
     def loss(
         self, model: nn.Module, out: CIGNOutput, labels: Tensor, teacher_out: CIGNOutput | None
     ) -> dict[str, Tensor]:

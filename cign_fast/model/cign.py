@@ -27,6 +27,8 @@ class CIGNOutput(NamedTuple):
     visual_token_logits: Tensor  # [B, N, N] token head on the visual class tokens
     audio_groups: Tensor  # [B, N, D] audio class embeddings
     visual_groups: Tensor  # [B, N, D] visual class embeddings
+    audio_tokens: Tensor  # [B, S_a, D] the audio token map the branch read (what CIGN.encode returns)
+    visual_tokens: Tensor  # [B, S_v, D] the visual token map
 
 
 class ModalityBranch(nn.Module):
@@ -205,7 +207,14 @@ class CIGN(nn.Module):
         audio_logits, audio_token_logits, audio_groups = self.audio_branch(audio_tokens, assign_mode)
         visual_logits, visual_token_logits, visual_groups = self.visual_branch(visual_tokens, assign_mode)
         return CIGNOutput(
-            audio_logits, visual_logits, audio_token_logits, visual_token_logits, audio_groups, visual_groups
+            audio_logits,
+            visual_logits,
+            audio_token_logits,
+            visual_token_logits,
+            audio_groups,
+            visual_groups,
+            audio_tokens,
+            visual_tokens,
         )
 
     def set_noise_batch(self, offset: int, stride: int) -> None:

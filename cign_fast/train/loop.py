@@ -302,7 +302,7 @@ class IncrementalTrainer:
         with autocast_context(self.context.device, precision):
             out = self.forward_model(audio, visual)
             with torch.no_grad():
-                teacher_out = self.method.teacher_forward(audio, visual)
+                teacher_out = self.method.teacher_forward(audio, visual, out)
         losses = self.method.loss(
             self.model, as_float32(out), labels, None if teacher_out is None else as_float32(teacher_out)
         )
