@@ -5,9 +5,11 @@ uses): six lines of PyTorch in the inputs' dtype (:func:`authors_eager`). For ea
 dtype: median forward, forward+backward and (their difference) backward times, speedups over eager
 and over compile, the bandwidth the time implies for the memory floor (each input read once, each
 output written once), the spec's GFLOP/s (2 products forward, 4 backward) and the peak memory of a
-forward+backward. Each fused backend is timed twice: ``<name>`` through the public
-``cign_fast.assign_attention(..., backend=name)`` (what a model calls) and ``<name>-op`` through the
-custom op ``cign_fast::assign_attention_fwd`` alone; the difference is the public function's overhead.
+forward+backward. ``products`` times the op's matrix products alone (:func:`matrix_products`): the floor
+of a kernel built on them, so eager / products bounds what fusing the rest can gain. Each fused backend
+is timed twice: ``<name>`` through the public ``cign_fast.assign_attention(..., backend=name)`` (what a
+model calls) and ``<name>-op`` through the custom op ``cign_fast::assign_attention_fwd`` alone; the
+difference is the public function's overhead.
 
     python -m cign_fast.bench.bench_assign_attention [--quick] [--shapes cign-n36 ...] [--threads 2]
 
@@ -44,6 +46,7 @@ QUICK = {"shapes": ("cign-n36", "groupvit"), "modes": MODES, "dtypes": ("fp32", 
 TARGET_SHAPES, TARGET_DTYPES = ("cign-n36", "groupvit"), ("fp32", "bf16")
 TARGETS = {"vs_eager": 1.5}  # the public function's forward+backward speedup at the target cases
 OP_SUFFIX = "-op"  # provider suffix: the custom op alone, without the public function around it
+PRODUCTS = "products"  # provider: the matrix products alone (a floor, not an implementation of the op)
 
 
 @dataclass(frozen=True)
@@ -94,6 +97,12 @@ def authors_eager(
     return (y / (y.sum(dim=-1, keepdim=True) + eps)) @ v
 
 
+def matrix_products(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """``(scale q k^T) v`` [B, N, C] in the inputs' dtype: assign_attention's matrix products alone (two
+    forward, four backward) without the map between them, the floor of any kernel built on them."""
+    return ((q @ k.transpose(-1, -2)) * q.shape[-1] ** -0.5) @ v
+
+
 def providers(case: Case, device: torch.device, with_compile: bool = True) -> dict[str, Callable]:
     """name -> fn(q, k, v) returning out [B, N, C], differentiable."""
     mode = case.mode
@@ -101,7 +110,10 @@ def providers(case: Case, device: torch.device, with_compile: bool = True) -> di
     def eager(q, k, v):
         return authors_eager(q, k, v, mode)
 
-    found: dict[str, Callable] = {"eager": eager}
+    def products(q, k, v):
+        return matrix_products(q, k, v)
+
+    found: dict[str, Callable] = {"eager": eager, PRODUCTS: products}
     if with_compile:
         found["compile"] = common.compiled(eager)
     options = op_options(AssignParams(mode=MODES.index(mode), seed=SEED))
@@ -136,7 +148,9 @@ def run_case(case: Case, device: torch.device, repeats: int, with_compile: bool 
     with torch.no_grad():  # the eager twin draws its noise from torch's generator: no gumbel comparison
         expected = found["eager"](q, k, v).float()
         errors = {
-            name: None if case.mode == "gumbel" else (fn(q, k, v).float() - expected).abs().max().item()
+            name: None
+            if case.mode == "gumbel" or name == PRODUCTS
+            else (fn(q, k, v).float() - expected).abs().max().item()
             for name, fn in found.items()
         }
     forward = {name: (lambda fn=fn: fn(q, k, v)) for name, fn in found.items()}
@@ -205,7 +219,7 @@ def target_checks(rows: list[dict]) -> list[dict]:
     checks = []
     for row in rows:
         if (
-            row["provider"] in ("eager", "compile", "reference")
+            row["provider"] in ("eager", "compile", "reference", PRODUCTS)
             or row["provider"].endswith(OP_SUFFIX)
             or row["shape"] not in TARGET_SHAPES
             or row["dtype"] not in TARGET_DTYPES

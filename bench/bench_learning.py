@@ -91,7 +91,7 @@ WITH_MEMORY = ("memory", "bce_memory")
 DATASETS = {
     "demo": {"tasks": 4, "classes": 8, "memory_per_class": 5},
     "demo_features": {"tasks": 4, "classes": 8, "memory_per_class": 5},
-    "fsdd": {"tasks": 5, "classes": 10, "memory_per_class": 20},
+    "fsdd": {"tasks": 5, "classes": 10, "memory_per_class": 20, "train_per_class": 100, "test_per_class": 30},
 }
 TARGETS = {  # (description, dataset -> threshold)
     "plasticity": "mean AV within-task accuracy a[t][t] (distill) >= {demo: 0.90, fsdd: 0.80}",
@@ -114,6 +114,15 @@ class Job:
     threads: int
 
 
+def data_folder(dataset: str, seed: int) -> str:
+    """The folder name of a dataset's seed; FSDD's names its clip counts, so a folder written with others is
+    not reused."""
+    spec = DATASETS[dataset]
+    if dataset == "fsdd":
+        return f"fsdd-{spec['train_per_class']}train-{spec['test_per_class']}test-seed{seed}"
+    return f"{dataset}-seed{seed}"
+
+
 def write_dataset(dataset: str, seed: int, root: Path, fsdd: Path) -> Path:
     """The dataset of one seed (written once, reused when it exists)."""
     from cign_fast.data.fsdd import write_fsdd_digits_dataset
@@ -126,7 +135,10 @@ def write_dataset(dataset: str, seed: int, root: Path, fsdd: Path) -> Path:
 
         return root if (root / "labels.csv").is_file() else write_synthetic_features(root, seed=seed)
     if not (root / "labels.csv").is_file():
-        write_fsdd_digits_dataset(fsdd, root, seed=seed)
+        spec = DATASETS["fsdd"]
+        write_fsdd_digits_dataset(
+            fsdd, root, train_per_class=spec["train_per_class"], test_per_class=spec["test_per_class"], seed=seed
+        )
     return root
 
 
@@ -348,14 +360,14 @@ def main(argv: list[str] | None = None) -> int:
     jobs = []
     for dataset in datasets:
         for seed in args.seeds:
-            root = write_dataset(dataset, seed, args.out / "data" / f"{dataset}-seed{seed}", args.fsdd)
+            root = write_dataset(dataset, seed, args.out / "data" / data_folder(dataset, seed), args.fsdd)
             jobs += [
                 Job(
                     dataset,
                     setting,
                     seed,
                     str(root),
-                    str(args.out / "runs" / f"{dataset}-{setting}-seed{seed}"),
+                    str(args.out / "runs" / f"{data_folder(dataset, seed)}-{setting}"),
                     threads,
                 )
                 for setting in args.settings

@@ -370,6 +370,10 @@ def ops_markdown(report: dict, tables: dict[str, list[str]]) -> str:
         "A fused backend's `<name>` rows are the public function (`cign_fast.assign_attention(..., backend=name)`: "
         "argument checks, the dispatcher, the custom op and its autograd node), `<name>-op` the custom op alone; "
         "the public function's overhead over the op is in its own column. "
+        "assign_attention's `products` rows are its six matrix products alone in eager PyTorch "
+        "(`(scale q k^T) v`, forward and backward, no softmax, argmax or normalisation): what any kernel "
+        "built on the same products spends at least, so eager / products bounds the speedup of fusing the rest "
+        "(hard and gumbel modes can replace two products by a gather and go below it). "
         "Speedups are eager or compile time divided by the provider's time. "
         "GB/s at floor: the bytes of the memory floor (every input read once, every output written once) "
         "divided by the time.",
