@@ -57,6 +57,8 @@ SETTINGS = (
     "replay_no_distill",
     "no_replay",
     "no_replay_no_distill",
+    "token_map_kd",
+    "token_map_kd_100",
 )
 Overrides = dict[str, dict[str, object]]
 BCE: Overrides = {
@@ -86,6 +88,8 @@ SETTING_OVERRIDES: dict[str, Overrides] = {
     },
     "no_replay": {"distill": {"token_replay": 0.0, "freeze_encoders": False}},
     "no_replay_no_distill": {"distill": {"token_replay": 0.0, "freeze_encoders": False, "enabled": False}},
+    "token_map_kd": {"distill": {"freeze_encoders": False, "token_map_weight": 10.0}},
+    "token_map_kd_100": {"distill": {"freeze_encoders": False, "token_map_weight": 100.0}},
 }
 WITH_MEMORY = ("memory", "bce_memory")
 DATASETS = {

@@ -86,6 +86,7 @@ class DistillConfig:
     token_weight: float = 1.0  # token-head cross-entropy and its distillation; 0 turns both off
     token_replay: float = 1.0  # weight of the old classes' replayed token maps (cign_fast.model.token_replay); 0: off
     freeze_encoders: bool = True  # after the first task the encoders stop training (weights and BatchNorm statistics)
+    token_map_weight: float = 0.0  # distillation of the encoders' token maps (1 - cosine to the teacher's); 0: off
 
 
 @dataclass
@@ -287,6 +288,7 @@ NON_NEGATIVE = {
     "distill.weight",
     "distill.token_weight",
     "distill.token_replay",
+    "distill.token_map_weight",
     "memory.budget",
     "run.seed",
     "run.divergence_factor",
