@@ -96,7 +96,10 @@ DATASETS = {
     "demo": {"tasks": 4, "classes": 8, "memory_per_class": 5},
     "demo_features": {"tasks": 4, "classes": 8, "memory_per_class": 5},
     "fsdd": {"tasks": 5, "classes": 10, "memory_per_class": 20, "train_per_class": 100, "test_per_class": 30},
+    "fsdd_features": {"tasks": 5, "classes": 10, "memory_per_class": 20},
 }
+FEATURES_MODE = ("demo_features", "fsdd_features")  # trained in features mode (features_overrides)
+NEEDS_FSDD = ("fsdd", "fsdd_features")
 TARGETS = {  # (description, dataset -> threshold)
     "plasticity": "mean AV within-task accuracy a[t][t] (distill) >= {demo: 0.90, fsdd: 0.80}",
     "stability_forgetting": "AV forgetting (distill) <= 0.75 x forgetting (no_distill)",
@@ -104,8 +107,8 @@ TARGETS = {  # (description, dataset -> threshold)
     "fusion": "AV last accuracy (distill) >= max(audio, visual) last accuracy",
     "memory": "AV last accuracy (memory) >= {demo: 0.60, fsdd: 0.50}",
 }
-PLASTICITY = {"demo": 0.90, "fsdd": 0.80}
-MEMORY_LAST = {"demo": 0.60, "fsdd": 0.50}
+PLASTICITY = {"demo": 0.90, "fsdd": 0.80, "fsdd_features": 0.80}
+MEMORY_LAST = {"demo": 0.60, "fsdd": 0.50, "fsdd_features": 0.50}
 
 
 @dataclass(frozen=True)
@@ -138,6 +141,11 @@ def write_dataset(dataset: str, seed: int, root: Path, fsdd: Path) -> Path:
         from cign_fast.data.synthetic import write_synthetic_features
 
         return root if (root / "labels.csv").is_file() else write_synthetic_features(root, seed=seed)
+    if dataset == "fsdd_features":
+        from cign_fast.data.signal_features import write_signal_features
+
+        clips = write_dataset("fsdd", seed, root.parent / data_folder("fsdd", seed), fsdd)
+        return root if (root / "labels.csv").is_file() else write_signal_features(clips, root)
     if not (root / "labels.csv").is_file():
         spec = DATASETS["fsdd"]
         write_fsdd_digits_dataset(
@@ -162,7 +170,7 @@ def job_config(job: Job):
         progress=False,
     )
     base = demo_overrides(options, Path(job.data_root))
-    if job.dataset == "demo_features":
+    if job.dataset in FEATURES_MODE:
         base = features_overrides(base)
     for section, values in SETTING_OVERRIDES[job.setting].items():
         base[section] = {**base.get(section, {}), **values}
@@ -356,9 +364,9 @@ def main(argv: list[str] | None = None) -> int:
         help="train nothing: report the runs already finished in OUT (each row names its seeds)",
     )
     args = parser.parse_args(argv)
-    datasets = [d for d in args.datasets if d != "fsdd" or args.fsdd.is_dir()]
-    if "fsdd" in args.datasets and "fsdd" not in datasets:
-        print(f"skipping fsdd: no recordings in {args.fsdd}")
+    datasets = [d for d in args.datasets if d not in NEEDS_FSDD or args.fsdd.is_dir()]
+    for skipped in sorted(set(args.datasets) - set(datasets)):
+        print(f"skipping {skipped}: no FSDD recordings in {args.fsdd}")
     env = environment(torch.device("cpu"))
     threads = max(1, torch.get_num_threads() // args.jobs)
     jobs = []

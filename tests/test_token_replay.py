@@ -106,3 +106,61 @@ def test_the_replay_term_trains_the_old_classes_on_replayed_tokens(tmp_path):
 def test_the_weight_is_checked():
     with pytest.raises(ValueError, match="distill.token_replay"):
         build_config(overrides=["distill.token_replay=-1"])
+
+
+def test_the_spread_scales_each_draws_deviation_from_the_mean():
+    statistics = TokenStatistics()
+    statistics.add_classes(token_batches([0, 1] * 5)[0], 0, 2)
+    labels = torch.tensor([0, 1, 1])
+    mean = statistics.mean["audio"][labels]
+    once, _ = statistics.sample(labels, torch.Generator().manual_seed(5))
+    twice, _ = statistics.sample(labels, torch.Generator().manual_seed(5), spread=2.0)
+    means, _ = statistics.sample(labels, torch.Generator().manual_seed(5), spread=0.0)
+    torch.testing.assert_close(twice - mean, 2 * (once - mean))
+    assert torch.equal(means, mean)
+
+
+def test_replay_kd_distils_the_teachers_heads_on_the_replayed_tokens(tmp_path):
+    from cign_fast.model.losses import class_token_distillation
+
+    data = write_feature_dataset(tmp_path / "data")
+    settings = ("distill.replay_kd=true", "distill.weight=2.0", "distill.replay_spread=0.5")
+    config = tiny_config(data, tmp_path / "run", *(arg for setting in settings for arg in ("--set", setting)))
+    method = CIGNMethod(config, config.model_config(8, 6))
+    torch.manual_seed(0)
+    model = method.begin_task(method.build_model(), TaskInfo(0, (2,)))
+    audio, visual, labels = torch.randn(6, 4, 8), torch.randn(6, 3, 6), torch.tensor([0, 1, 0, 1, 0, 1])
+    method.token_statistics.add_classes([(*model.encode(audio, visual), labels)], 0, 2)
+    model = method.begin_task(model, TaskInfo(1, (2, 2))).eval()  # eval: the teacher's assignment mode, no noise
+    new_labels = labels + 2
+    with torch.no_grad():
+        for p in model.audio_branch.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    draw = method.replay_draws
+    terms = method.loss(model, model(audio, visual), new_labels, None)
+    generator = torch.Generator().manual_seed((config.run.seed << 32) + draw)
+    drawn = torch.randint(0, 2, (6,), generator=generator)
+    replayed = method.token_statistics.sample(drawn, generator, spread=0.5)
+    assert method.teacher is not None
+    expected = 2.0 * class_token_distillation(
+        model.forward_tokens(*replayed),
+        method.teacher.forward_tokens(*replayed),
+        2,
+        config.distill.temperature,
+        method.model_config.backend,
+        config.distill.form,
+        token_heads=False,
+    )
+    assert float(terms["replay_kd"].detach()) > 0
+    torch.testing.assert_close(terms["replay_kd"], expected)
+    torch.testing.assert_close(
+        terms["total"],
+        terms["cls_audio"]
+        + terms["cls_visual"]
+        + terms["token_ce"]
+        + terms["kd"]
+        + terms["replay"]
+        + terms["replay_kd"],
+    )
+    off = CIGNMethod(tiny_config(data, tmp_path / "off"), config.model_config(8, 6))
+    assert "replay_kd" in off.loss_terms and not off.config.distill.replay_kd  # off by default

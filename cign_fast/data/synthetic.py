@@ -21,7 +21,8 @@ import numpy as np
 import soundfile
 from PIL import Image, ImageDraw
 
-from cign_fast.data.labels import SPLITS
+from cign_fast.data.feature_files import write_feature_folder
+from cign_fast.data.labels import SPLITS, LabelRow
 from cign_fast.seeds import check_seed
 
 SHAPES = ("circle", "square", "triangle", "diamond")
@@ -200,32 +201,14 @@ def write_synthetic_features(
     shapes = {"audio": audio_shape, "visual": visual_shape}
     rng = np.random.default_rng(seed)
     means = {m: rng.normal(0, 1, (max(patterns[m]) + 1, shapes[m][1])) for m in ("audio", "visual")}
-    categories: dict[str, dict[str, str]] = {split: {} for split in SPLITS}
     features: dict[str, dict[str, np.ndarray]] = {"audio": {}, "visual": {}}
     rows = []
     for split in SPLITS:
         for class_index, label in enumerate(synthetic_class_names(num_classes)):
             for clip_index in range(counts[split]):
                 clip_id = f"{label}_{split}_{clip_index:04d}"
-                categories[split][clip_id] = label
                 for modality in ("audio", "visual"):
                     tokens = means[modality][patterns[modality][class_index]] + rng.normal(0, noise, shapes[modality])
                     features[modality][clip_id] = tokens.astype(np.float32)
-                rows.append((clip_id, label, split))
-    root = Path(root)
-    root.mkdir(parents=True, exist_ok=True)
-    # AV-CIL's files are pickled dicts: np.save of a 0-d object array holding the dict
-    np.save(root / "all_id_category_dict.npy", np.array(categories, dtype=object), allow_pickle=True)
-    for modality in ("audio", "visual"):
-        folder = root / f"{modality}_pretrained_feature"
-        folder.mkdir(exist_ok=True)
-        np.save(
-            folder / f"{modality}_pretrained_feature_dict.npy",
-            np.array(features[modality], dtype=object),
-            allow_pickle=True,
-        )
-    with (root / "labels.csv").open("w", newline="", encoding="utf-8") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(("id", "label", "split"))
-        writer.writerows(rows)
-    return root
+                rows.append(LabelRow(clip_id, label, split))
+    return write_feature_folder(root, rows, features)

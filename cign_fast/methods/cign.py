@@ -23,7 +23,7 @@ from torch.nn import functional as F
 from cign_fast.methods.base import ContinualMethod, TaskResources, rank_shard
 from cign_fast.methods.registry import register_method
 from cign_fast.model import CIGN, CIGNOutput, ModelConfig, cign_loss, predict
-from cign_fast.model.losses import classification_loss
+from cign_fast.model.losses import class_token_distillation, classification_loss
 from cign_fast.model.token_replay import TokenStatistics
 
 if TYPE_CHECKING:
@@ -53,7 +53,7 @@ class CIGNMethod(ContinualMethod):
     """CIGN as a method (module docstring); hyper-parameters in the ``model`` and ``distill`` sections."""
 
     name = "cign"
-    loss_terms = ("cls_audio", "cls_visual", "token_ce", "kd", "replay", "token_map_kd")
+    loss_terms = ("cls_audio", "cls_visual", "token_ce", "kd", "replay", "replay_kd", "token_map_kd")
     memory_use = "optional"
     config_sections = ("distill",)
 
@@ -107,17 +107,21 @@ class CIGNMethod(ContinualMethod):
         )
         terms = {
             **terms,
-            "replay": self.replay_loss(model, labels),
+            **self.replay_loss(model, labels),
             "token_map_kd": distill.token_map_weight * token_map_distance(out, teacher_out, labels),
         }
-        return {**terms, "total": terms["total"] + terms["replay"] + terms["token_map_kd"]}
+        return {**terms, "total": terms["total"] + terms["replay"] + terms["replay_kd"] + terms["token_map_kd"]}
 
-    def replay_loss(self, model: nn.Module, labels: Tensor) -> Tensor:
-        """``distill.token_replay`` x the classification loss of as many replayed clips as the batch has, of old
-        classes drawn uniformly, over all classes seen (0 at the first task or with the weight 0)."""
-        weight, old = self.config.distill.token_replay, self.current_task.num_old_classes
+    def replay_loss(self, model: nn.Module, labels: Tensor) -> dict[str, Tensor]:
+        """``"replay"``: ``distill.token_replay`` x the classification loss of as many replayed clips as the batch
+        has, of old classes drawn uniformly, over all classes seen; ``"replay_kd"``: with ``distill.replay_kd``,
+        ``distill.weight`` x the head distillation against the teacher on the same replayed clips (both 0 at the
+        first task or with the weight 0)."""
+        distill = self.config.distill
+        weight, old = distill.token_replay, self.current_task.num_old_classes
+        zero = labels.new_zeros((), dtype=torch.float32)
         if weight == 0 or old == 0:
-            return labels.new_zeros((), dtype=torch.float32)
+            return {"replay": zero, "replay_kd": zero}
         assert isinstance(model, CIGN)
         if self.token_statistics.num_classes < old:
             raise RuntimeError(
@@ -131,15 +135,22 @@ class CIGNMethod(ContinualMethod):
         offset, stride = model.batch_slot
         drawn = torch.randint(0, old, (labels.shape[0] * stride,), generator=generator)
         local = slice(offset, None, stride)
-        audio, visual = self.token_statistics.sample(drawn, generator)
+        audio, visual = self.token_statistics.sample(drawn, generator, spread=self.config.distill.replay_spread)
         replayed = drawn[local].to(labels.device)
         out = model.forward_tokens(audio[local].to(labels.device), visual[local].to(labels.device))
-        classification = self.config.distill.classification
         audio, visual = (
-            classification_loss(logits.float(), replayed, old, classification, old_class_negatives=True)
+            classification_loss(logits.float(), replayed, old, distill.classification, old_class_negatives=True)
             for logits in (out.audio_logits, out.visual_logits)
         )
-        return weight * (audio + visual)
+        replay_kd = zero
+        if distill.replay_kd and distill.enabled and self.teacher is not None:
+            assert isinstance(self.teacher, CIGN)
+            with torch.no_grad():
+                teacher_out = self.teacher.forward_tokens(out.audio_tokens, out.visual_tokens)
+            replay_kd = distill.weight * class_token_distillation(
+                out, teacher_out, old, distill.temperature, self.model_config.backend, distill.form, token_heads=False
+            )
+        return {"replay": weight * (audio + visual), "replay_kd": replay_kd}
 
     def end_task(self, model: nn.Module, resources: TaskResources) -> None:
         """With ``distill.token_replay``: keep the new classes' token statistics (the model in eval mode)."""

@@ -79,15 +79,16 @@ class TokenStatistics:
                 store[modality] = torch.cat([store[modality], value]) if modality in store else value
 
     def sample(
-        self, labels: Tensor, generator: torch.Generator, device: torch.device | str = "cpu"
+        self, labels: Tensor, generator: torch.Generator, device: torch.device | str = "cpu", spread: float = 1.0
     ) -> tuple[Tensor, Tensor]:
         """Token maps for ``labels`` [n] (classes with statistics): audio [n, S_a, D], visual [n, S_v, D], float32
-        on ``device``, drawn on the CPU with ``generator`` (so every device draws the same)."""
+        on ``device``, drawn on the CPU with ``generator`` (so every device draws the same): the class mean plus
+        ``spread`` x its standard deviation x N(0, 1), entry by entry (``spread`` 0: the means alone)."""
         rows = labels.cpu().long()
         drawn = []
         for modality in MODALITIES:
             mean, std = self.mean[modality][rows], self.std[modality][rows]
-            drawn.append((mean + std * torch.randn(mean.shape, generator=generator)).to(device))
+            drawn.append((mean + spread * std * torch.randn(mean.shape, generator=generator)).to(device))
         return drawn[0], drawn[1]
 
     def state_dict(self) -> dict[str, Tensor]:

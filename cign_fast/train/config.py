@@ -86,6 +86,8 @@ class DistillConfig:
     token_weight: float = 1.0  # token-head cross-entropy and its distillation; 0 turns both off
     token_replay: float = 1.0  # weight of the old classes' replayed token maps (cign_fast.model.token_replay); 0: off
     freeze_encoders: bool = True  # after the first task the encoders stop training (weights and BatchNorm statistics)
+    replay_kd: bool = False  # also distil the teacher's heads on the replayed token maps (weight distill.weight)
+    replay_spread: float = 1.0  # replayed token maps: class mean + replay_spread x std x N(0, 1), entry by entry
     token_map_weight: float = 0.0  # distillation of the encoders' token maps (1 - cosine to the teacher's); 0: off
 
 
@@ -289,6 +291,7 @@ NON_NEGATIVE = {
     "distill.token_weight",
     "distill.token_replay",
     "distill.token_map_weight",
+    "distill.replay_spread",
     "memory.budget",
     "run.seed",
     "run.divergence_factor",
