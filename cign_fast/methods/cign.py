@@ -38,22 +38,12 @@ def class_embeddings(out: CIGNOutput, labels: Tensor) -> Tensor:
     return torch.cat([audio, visual], dim=-1)
 
 
-def token_map_distance(out: CIGNOutput, teacher_out: CIGNOutput | None, labels: Tensor) -> Tensor:
-    """Mean over clips, tokens and both modalities of ``1 - cos`` between the model's and the teacher's token
-    maps [B, S, D] (0 without a teacher): how far the encoders moved on the batch."""
-    if teacher_out is None:
-        return labels.new_zeros((), dtype=torch.float32)
-    audio = 1 - F.cosine_similarity(out.audio_tokens.float(), teacher_out.audio_tokens.float(), dim=-1)
-    visual = 1 - F.cosine_similarity(out.visual_tokens.float(), teacher_out.visual_tokens.float(), dim=-1)
-    return (audio.mean() + visual.mean()) / 2
-
-
 @register_method
 class CIGNMethod(ContinualMethod):
     """CIGN as a method (module docstring); hyper-parameters in the ``model`` and ``distill`` sections."""
 
     name = "cign"
-    loss_terms = ("cls_audio", "cls_visual", "token_ce", "kd", "replay", "replay_kd", "token_map_kd")
+    loss_terms = ("cls_audio", "cls_visual", "token_ce", "kd", "replay", "replay_kd")
     memory_use = "optional"
     config_sections = ("distill",)
 
@@ -108,9 +98,8 @@ class CIGNMethod(ContinualMethod):
         terms = {
             **terms,
             **self.replay_loss(model, labels),
-            "token_map_kd": distill.token_map_weight * token_map_distance(out, teacher_out, labels),
         }
-        return {**terms, "total": terms["total"] + terms["replay"] + terms["replay_kd"] + terms["token_map_kd"]}
+        return {**terms, "total": terms["total"] + terms["replay"] + terms["replay_kd"]}
 
     def replay_loss(self, model: nn.Module, labels: Tensor) -> dict[str, Tensor]:
         """``"replay"``: ``distill.token_replay`` x the classification loss of as many replayed clips as the batch

@@ -88,7 +88,6 @@ class DistillConfig:
     freeze_encoders: bool = True  # after the first task the encoders stop training (weights and BatchNorm statistics)
     replay_kd: bool = False  # also distil the teacher's heads on the replayed token maps (weight distill.weight)
     replay_spread: float = 1.0  # replayed token maps: class mean + replay_spread x std x N(0, 1), entry by entry
-    token_map_weight: float = 0.0  # distillation of the encoders' token maps (1 - cosine to the teacher's); 0: off
 
 
 @dataclass
@@ -290,7 +289,6 @@ NON_NEGATIVE = {
     "distill.weight",
     "distill.token_weight",
     "distill.token_replay",
-    "distill.token_map_weight",
     "distill.replay_spread",
     "memory.budget",
     "run.seed",
