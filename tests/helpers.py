@@ -25,6 +25,8 @@ import pytest
 import torch
 
 from cign_fast.cli import train as train_cli
+from cign_fast.data.feature_files import write_feature_folder
+from cign_fast.data.labels import LabelRow
 from cign_fast.train.config import TrainConfig, build_config
 
 REPO = Path(__file__).resolve().parents[1]
@@ -84,29 +86,18 @@ def write_feature_dataset(
     audio_means = rng.normal(0, 1, (num_classes, audio_shape[1]))
     visual_means = rng.normal(0, 1, (num_classes // 2 + 1 if shared_visual else num_classes, visual_shape[1]))
     visual_class = (lambda cls: cls // 2) if shared_visual else (lambda cls: cls)
-    categories: dict[str, dict[str, str]] = {"train": {}, "val": {}, "test": {}}
     audio, visual, rows = {}, {}, []
     for split, count in (("train", train_per_class), ("val", 1), ("test", test_per_class)):
         for cls in range(num_classes):
             label = f"class_{cls}"
             for index in range(count):
                 clip_id = f"{label}_{split}_{index}"
-                categories[split][clip_id] = label
                 audio[clip_id] = (audio_means[cls] + rng.normal(0, noise, audio_shape)).astype(np.float32)
                 visual[clip_id] = (visual_means[visual_class(cls)] + rng.normal(0, noise, visual_shape)).astype(
                     np.float32
                 )
-                rows.append((clip_id, label, split))
-    (root / "audio_pretrained_feature").mkdir(parents=True, exist_ok=True)
-    (root / "visual_pretrained_feature").mkdir(parents=True, exist_ok=True)
-    np.save(root / "all_id_category_dict.npy", categories, allow_pickle=True)
-    np.save(root / "audio_pretrained_feature" / "audio_pretrained_feature_dict.npy", audio, allow_pickle=True)
-    np.save(root / "visual_pretrained_feature" / "visual_pretrained_feature_dict.npy", visual, allow_pickle=True)
-    with (root / "labels.csv").open("w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(("id", "label", "split"))
-        writer.writerows(rows)
-    return root
+                rows.append(LabelRow(clip_id, label, split))
+    return write_feature_folder(root, rows, {"audio": audio, "visual": visual})
 
 
 def tiny_train_args(data: Path, out: Path, *extra: str) -> list[str]:
