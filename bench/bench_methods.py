@@ -1,16 +1,19 @@
-"""Methods benchmark: ``cign-fast compare`` of every method on the demo's synthetic clips and, when the
-recordings are present, on FSDD spoken digits paired with handwritten digit images; exemplar-free and with
-``--memory`` exemplars per class; ``--seeds`` seeds (default 3).
+"""Methods benchmark: ``cign-fast compare`` of every method on the demo's synthetic clips and, when the recordings
+are present, on FSDD spoken digits paired with handwritten digit images; exemplar-free and with ``--memory``
+exemplars per class; ``--seeds`` seeds (default 3).
 
 Every run uses the demo's recipe (raw clips, 64 px frames, 8 kHz audio, D = 128, depth 1, 4 epochs per task,
 Adam 1e-3, batch 8; see ``cign_fast/train/demo.py``): the demo data as 4 tasks of 2 classes, the digits as 5
-tasks of 2. In the exemplar-free setting the methods that cannot run without exemplars (iCaRL, SS-IL) get
-``--memory`` per class; the results file says so. The comparison folders stay in ``--work`` (resumable:
-run the same command again after a crash).
+tasks of 2 (100 training and 30 test clips per digit). ``fsdd_features``: the same digits as fixed signal
+features (``cign_fast.data.signal_features``) in features mode with bench_learning's features recipe (D = 16, 2
+heads, Adam 3e-3): seconds per run, and the features-only methods (L2P, AV-CIL) run too. In the exemplar-free
+setting the methods that cannot run without exemplars (iCaRL, SS-IL) get ``--memory`` per class; the results
+file says so. The comparison folders stay in ``--work`` (resumable: run the same command again after a crash).
 
-Writes ``methods.json`` and ``methods.md`` into ``--out`` (default ``./bench-results``). A benchmark, not a test.
+Writes ``NAME.json`` and ``NAME.md`` (``--name``, default ``methods``) into ``--out`` (default
+``./bench-results``). A benchmark, not a test.
 
-    PYTHONPATH=. python bench/bench_methods.py [--seeds 0 1 2] [--methods cign,ewc] [--datasets demo fsdd]
+    PYTHONPATH=. python bench/bench_methods.py [--seeds 0 1 2] [--methods cign,ewc] [--datasets demo fsdd fsdd_features]
     PYTHONPATH=. torchrun --nproc_per_node=8 bench/bench_methods.py ...
 """
 
@@ -21,8 +24,10 @@ import sys
 from pathlib import Path
 
 from cign_fast.bench import common
+from cign_fast.bench.bench_learning import features_overrides
 from cign_fast.cli.compare import method_list
 from cign_fast.data.fsdd import write_fsdd_digits_dataset
+from cign_fast.data.signal_features import write_signal_features
 from cign_fast.methods import method_names
 from cign_fast.train.compare import format_table, run_compare, runnable_methods
 from cign_fast.train.config import build_config
@@ -32,23 +37,33 @@ from cign_fast.train.distributed import broadcast_from_main, setup_distributed, 
 REPO = Path(__file__).resolve().parents[1]
 FSDD_RECORDINGS = REPO.parent / "shared" / "data" / "fsdd" / "recordings"
 FSDD_TASKS = 5
+FSDD_CLIPS = {"train_per_class": 100, "test_per_class": 30}  # per digit, as bench_learning's
+FEATURES_MODE = ("fsdd_features",)  # trained in features mode with bench_learning's features recipe
 SETTINGS = ("exemplar-free", "memory")
 
 
 def prepare_datasets(names: list[str], work: Path, fsdd: Path, options: DemoOptions) -> dict[str, tuple[Path, int]]:
-    """``{dataset: (root, tasks)}``: the demo's synthetic clips, and the FSDD digits when ``fsdd`` exists."""
+    """``{dataset: (root, tasks)}``: the demo's synthetic clips, and the FSDD digits (raw clips, and their fixed
+    signal features for ``fsdd_features``) when ``fsdd`` exists."""
     datasets = {}
     if "demo" in names:
         demo = DemoOptions(out=work, data_dir=work / "data" / "demo", seed=0, tasks=options.tasks)
         datasets["demo"] = (prepare_synthetic_data(demo), demo.tasks)
+    if not {"fsdd", "fsdd_features"} & set(names):
+        return datasets
+    if not fsdd.is_dir():
+        print(f"FSDD recordings not found at {fsdd}: skipping the digits", file=sys.stderr)
+        return datasets
+    clips = work / "data" / "fsdd"
+    if not (clips / "labels.csv").is_file():
+        write_fsdd_digits_dataset(fsdd, clips, **FSDD_CLIPS, image_size=options.image_size, seed=0)
     if "fsdd" in names:
-        if not fsdd.is_dir():
-            print(f"FSDD recordings not found at {fsdd}: skipping the digits", file=sys.stderr)
-        else:
-            root = work / "data" / "fsdd"
-            if not (root / "labels.csv").is_file():
-                write_fsdd_digits_dataset(fsdd, root, image_size=options.image_size, seed=0)
-            datasets["fsdd"] = (root, FSDD_TASKS)
+        datasets["fsdd"] = (clips, FSDD_TASKS)
+    if "fsdd_features" in names:
+        features = work / "data" / "fsdd_features"
+        if not (features / "labels.csv").is_file():
+            write_signal_features(clips, features)
+        datasets["fsdd_features"] = (features, FSDD_TASKS)
     return datasets
 
 
@@ -56,7 +71,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--methods", type=method_list, default=list(method_names()), metavar="NAME,NAME,...")
-    parser.add_argument("--datasets", nargs="+", choices=("demo", "fsdd"), default=["demo", "fsdd"])
+    parser.add_argument(
+        "--datasets", nargs="+", choices=("demo", "fsdd", "fsdd_features"), default=["demo", "fsdd", "fsdd_features"]
+    )
     parser.add_argument("--memory", type=int, default=20, help="exemplars per class of the memory setting")
     parser.add_argument(
         "--settings",
@@ -77,12 +94,12 @@ def main(argv: list[str] | None = None) -> int:
         "--out", type=Path, default=common.RESULTS, help=f"results folder (default: ./{common.RESULTS})"
     )
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    parser.add_argument(
+        "--name", default="methods", help="results file name, NAME.md and NAME.json (default: %(default)s)"
+    )
     args = parser.parse_args(argv)
 
     options = DemoOptions(out=args.work, epochs=args.epochs, device=args.device, progress=False)
-    methods, skipped = runnable_methods(args.methods, "raw")
-    if skipped:
-        print(f"skipping {', '.join(skipped)}: they need features-mode inputs", file=sys.stderr)
     context = setup_distributed(args.device)
     try:
         env = common.environment(context.device)
@@ -90,7 +107,13 @@ def main(argv: list[str] | None = None) -> int:
         datasets = broadcast_from_main(datasets, context)  # the other ranks wait until the data is written
         sections, reports = [], {}
         for dataset, (root, tasks) in datasets.items():
-            base = build_config(base=demo_overrides(DemoOptions(**{**vars(options), "tasks": tasks}), root))
+            overrides = demo_overrides(DemoOptions(**{**vars(options), "tasks": tasks}), root)
+            base = build_config(base=features_overrides(overrides) if dataset in FEATURES_MODE else overrides)
+            methods, skipped = runnable_methods(args.methods, base.data.input_mode)
+            if skipped:
+                print(
+                    f"{dataset}: skipping {', '.join(skipped)} (not for {base.data.input_mode} mode)", file=sys.stderr
+                )
             for memory in [0 if name == "exemplar-free" else args.memory for name in args.settings]:
                 setting = "exemplar-free" if memory == 0 else f"{memory} exemplars per class"
                 # one runs folder for both settings: the runs they share (joint; iCaRL and SS-IL) train once
@@ -118,11 +141,12 @@ def main(argv: list[str] | None = None) -> int:
         *common.environment_markdown(env),
         "",
         f"Recipe: the demo's (raw clips, D = 128, depth 1, {args.epochs} epoch(s) per task, Adam 1e-3, batch 8); "
+        "fsdd_features: fixed signal features in features mode, D = 16, 2 heads, Adam 3e-3; "
         f"seed(s) {' '.join(map(str, args.seeds))}.",
         "",
     ]
     json_path, md_path = common.write_results(
-        "methods",
+        args.name,
         {"environment": env, "comparisons": reports},
         "\n".join(header) + "\n" + "\n".join(sections),
         args.out,
