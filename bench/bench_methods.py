@@ -6,7 +6,8 @@ Every run uses the demo's recipe (raw clips, 64 px frames, 8 kHz audio, D = 128,
 Adam 1e-3, batch 8; see ``cign_fast/train/demo.py``): the demo data as 4 tasks of 2 classes, the digits as 5
 tasks of 2 (100 training and 30 test clips per digit). ``fsdd_features``: the same digits as fixed signal
 features (``cign_fast.data.signal_features``) in features mode with bench_learning's features recipe (D = 16, 2
-heads, Adam 3e-3): seconds per run, and the features-only methods (L2P, AV-CIL) run too. In the exemplar-free
+heads, Adam 3e-3): seconds per run, and the features-only methods (L2P, AV-CIL) run too; ``demo_features`` is
+the demo's classes as pre-extracted token maps (``write_synthetic_features``) with the same recipe. In the exemplar-free
 setting the methods that cannot run without exemplars (iCaRL, SS-IL) get ``--memory`` per class; the results
 file says so. The comparison folders stay in ``--work`` (resumable: run the same command again after a crash).
 
@@ -28,6 +29,7 @@ from cign_fast.bench.bench_learning import features_overrides
 from cign_fast.cli.compare import method_list
 from cign_fast.data.fsdd import write_fsdd_digits_dataset
 from cign_fast.data.signal_features import write_signal_features
+from cign_fast.data.synthetic import write_synthetic_features
 from cign_fast.methods import method_names
 from cign_fast.train.compare import format_table, run_compare, runnable_methods
 from cign_fast.train.config import build_config
@@ -38,7 +40,7 @@ REPO = Path(__file__).resolve().parents[1]
 FSDD_RECORDINGS = REPO.parent / "shared" / "data" / "fsdd" / "recordings"
 FSDD_TASKS = 5
 FSDD_CLIPS = {"train_per_class": 100, "test_per_class": 30}  # per digit, as bench_learning's
-FEATURES_MODE = ("fsdd_features",)  # trained in features mode with bench_learning's features recipe
+FEATURES_MODE = ("demo_features", "fsdd_features")  # trained in features mode with bench_learning's features recipe
 SETTINGS = ("exemplar-free", "memory")
 
 
@@ -49,6 +51,11 @@ def prepare_datasets(names: list[str], work: Path, fsdd: Path, options: DemoOpti
     if "demo" in names:
         demo = DemoOptions(out=work, data_dir=work / "data" / "demo", seed=0, tasks=options.tasks)
         datasets["demo"] = (prepare_synthetic_data(demo), demo.tasks)
+    if "demo_features" in names:
+        root = work / "data" / "demo_features"
+        if not (root / "labels.csv").is_file():
+            write_synthetic_features(root, seed=0)
+        datasets["demo_features"] = (root, options.tasks)
     if not {"fsdd", "fsdd_features"} & set(names):
         return datasets
     if not fsdd.is_dir():
@@ -72,7 +79,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--methods", type=method_list, default=list(method_names()), metavar="NAME,NAME,...")
     parser.add_argument(
-        "--datasets", nargs="+", choices=("demo", "fsdd", "fsdd_features"), default=["demo", "fsdd", "fsdd_features"]
+        "--datasets",
+        nargs="+",
+        choices=("demo", "demo_features", "fsdd", "fsdd_features"),
+        default=["demo", "fsdd", "fsdd_features"],
     )
     parser.add_argument("--memory", type=int, default=20, help="exemplars per class of the memory setting")
     parser.add_argument(
@@ -108,7 +118,11 @@ def main(argv: list[str] | None = None) -> int:
         sections, reports = [], {}
         for dataset, (root, tasks) in datasets.items():
             overrides = demo_overrides(DemoOptions(**{**vars(options), "tasks": tasks}), root)
-            base = build_config(base=features_overrides(overrides) if dataset in FEATURES_MODE else overrides)
+            if dataset in FEATURES_MODE:
+                overrides = features_overrides(overrides)
+            if dataset == "demo_features":  # 3 visual tokens: AV-CIL reads them as one frame
+                overrides["avcil"] = {"frames": 1}
+            base = build_config(base=overrides)
             methods, skipped = runnable_methods(args.methods, base.data.input_mode)
             if skipped:
                 print(
