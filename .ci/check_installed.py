@@ -11,7 +11,14 @@ from pathlib import Path
 import cign_fast
 from cign_fast.ops.backends import BACKENDS, load_backend
 
-BENCHMARKS = ("common", "bench_assign_attention", "bench_token_distill_kl", "bench_step", "bench_loader")
+BENCHMARKS = (
+    "common",
+    "bench_assign_attention",
+    "bench_token_distill_kl",
+    "bench_bernoulli_distill_kl",
+    "bench_step",
+    "bench_loader",
+)
 
 
 def located(module, prefix: Path) -> None:

@@ -1,5 +1,6 @@
 """token_distill_kl benchmark: eager reference, torch.compile(reference) and every fused backend here.
 
+The measurement is shared with ``bench_bernoulli_distill_kl`` (a :class:`DistillOp` names the op's functions).
 One measurement per shape and dtype: the loss and the student's gradient (forward + backward; the
 fused op computes both in its forward, its backward only scales the gradient). ``<backend>-direct``
 rows call the backend's function itself, without the custom op and autograd around it (their fixed
@@ -14,6 +15,7 @@ distilled columns of student and teacher read once, the gradient written once) a
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from functools import partial
 
 import torch
@@ -35,31 +37,47 @@ DIRECT = "-direct"  # provider suffix: the backend function called directly (los
 OP_SUFFIX = "-op"  # provider suffix: the custom op alone, without the public function around it
 
 
+@dataclass(frozen=True)
+class DistillOp:
+    """A distillation op's functions, as the benchmark calls them."""
+
+    name: str  # the public function's name, e.g. "token_distill_kl"
+    op: str  # the backends' function name, e.g. "token_distill_kl_forward"
+    reference: Callable  # (student, teacher, *, temperature, columns) -> loss
+    public: Callable  # (student, teacher, *, temperature, columns, backend) -> loss
+    fwd: Callable  # the custom op: (student, teacher, start, stop, temperature, reduction, backend) -> (loss, ...)
+
+
+TOKEN = DistillOp("token_distill_kl", OP, token_distill_kl_reference, token_distill_kl, token_distill_kl_fwd)
+
+
 def distilled_columns(width: int) -> tuple[int, int]:
     return 0, max(1, width * 9 // 10)
 
 
 def providers(
-    device: torch.device, dtype: torch.dtype, columns: tuple[int, int], with_compile: bool = True
+    device: torch.device,
+    dtype: torch.dtype,
+    columns: tuple[int, int],
+    with_compile: bool = True,
+    spec: DistillOp = TOKEN,
 ) -> dict[str, Callable]:
     """name -> fn(student, teacher) returning the scalar loss, differentiable in student: ``<backend>`` the
     public function, ``<backend>-op`` the custom op alone."""
 
     def eager(student, teacher):
-        return token_distill_kl_reference(student, teacher, temperature=TEMPERATURE, columns=slice(*columns))
+        return spec.reference(student, teacher, temperature=TEMPERATURE, columns=slice(*columns))
 
     found: dict[str, Callable] = {"eager": eager, **({"compile": common.compiled(eager)} if with_compile else {})}
-    for name in ("reference", *common.fused_backends(OP, device, dtype)):
-        found[name] = lambda student, teacher, name=name: token_distill_kl(
+    for name in ("reference", *common.fused_backends(spec.op, device, dtype)):
+        found[name] = lambda student, teacher, name=name: spec.public(
             student, teacher, temperature=TEMPERATURE, columns=slice(*columns), backend=name
         )
         if name == "reference":  # the fallback of backend="auto", for the speed table
             continue
         found[name + OP_SUFFIX] = (
             lambda backend: (
-                lambda student, teacher: token_distill_kl_fwd(
-                    student, teacher, *columns, TEMPERATURE, "batchmean", backend
-                )[0]
+                lambda student, teacher: spec.fwd(student, teacher, *columns, TEMPERATURE, "batchmean", backend)[0]
             )
         )(name)
     return found
@@ -71,7 +89,12 @@ def floor_bytes(rows: int, width: int, columns: tuple[int, int], dtype: torch.dt
 
 
 def run_case(
-    shape_name: str, dtype_name: str, device: torch.device, repeats: int, with_compile: bool = True
+    shape_name: str,
+    dtype_name: str,
+    device: torch.device,
+    repeats: int,
+    with_compile: bool = True,
+    spec: DistillOp = TOKEN,
 ) -> list[dict]:
     rows, width = SHAPES[shape_name]
     dtype = DTYPES[dtype_name]
@@ -79,15 +102,15 @@ def run_case(
     generator = torch.Generator(device="cpu").manual_seed(0)
     student = (3 * torch.randn(rows, width, generator=generator)).to(device, dtype).requires_grad_()
     teacher = (3 * torch.randn(rows, width, generator=generator)).to(device, dtype)
-    found = providers(device, dtype, columns, with_compile)
+    found = providers(device, dtype, columns, with_compile, spec)
     with torch.no_grad():
         expected = found["eager"](student, teacher).item()
         errors = {name: abs(fn(student, teacher).item() - expected) for name, fn in found.items()}
     loss_and_grad = {
         name: (lambda fn=fn: torch.autograd.grad(fn(student, teacher), student)) for name, fn in found.items()
     }
-    for name in common.fused_backends(OP, device, dtype):  # the backend's function alone: no custom op, no autograd
-        direct = backend_function(name, OP)
+    for name in common.fused_backends(spec.op, device, dtype):  # the backend's function alone: no op, no autograd
+        direct = backend_function(name, spec.op)
         loss_and_grad[f"{name}{DIRECT}"] = lambda direct=direct: direct(
             student.detach(), teacher, *columns, TEMPERATURE, "batchmean"
         )
@@ -99,7 +122,7 @@ def run_case(
         ms = times[name]
         results.append(
             {
-                "op": "token_distill_kl",
+                "op": spec.name,
                 "shape": shape_name,
                 "R_K": [rows, width],
                 "columns": list(columns),
@@ -123,17 +146,18 @@ def run(
     repeats: int = 20,
     progress: Callable[[str], None] = print,
     with_compile: bool = True,
+    spec: DistillOp = TOKEN,
 ) -> list[dict]:
     results = []
     for shape in shapes:
         for dtype in dtypes:
-            progress(f"token_distill_kl {shape} {dtype} {torch.get_num_threads()} threads")
-            results.extend(common.measured_case(partial(run_case, shape, dtype, device, repeats, with_compile)))
+            progress(f"{spec.name} {shape} {dtype} {torch.get_num_threads()} threads")
+            results.extend(common.measured_case(partial(run_case, shape, dtype, device, repeats, with_compile, spec)))
     return results
 
 
-def target_checks(rows: list[dict]) -> list[dict]:
-    """The speed target: fused loss + gradient at [384, 220] fp32 at least 2x eager."""
+def target_checks(rows: list[dict], spec: DistillOp = TOKEN) -> list[dict]:
+    """The speed target: the public function's loss + gradient at [384, 220] fp32 at least 1.5x eager."""
     checks = []
     for row in rows:
         if (
@@ -145,7 +169,7 @@ def target_checks(rows: list[dict]) -> list[dict]:
         for key, target in TARGETS.items():
             checks.append(
                 common.target_check(
-                    "token_distill_kl", row, f"{row['shape']} fp32 loss+grad, {row['threads']} threads", key, target
+                    spec.name, row, f"{row['shape']} fp32 loss+grad, {row['threads']} threads", key, target
                 )
             )
     return checks

@@ -18,6 +18,7 @@ from cign_fast.bench.options import RESULTS, add_run_arguments
 MODULES = {
     "assign_attention": "cign_fast.bench.bench_assign_attention",
     "token_distill_kl": "cign_fast.bench.bench_token_distill_kl",
+    "bernoulli_distill_kl": "cign_fast.bench.bench_bernoulli_distill_kl",
 }
 
 
@@ -27,10 +28,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_run_arguments(
         ops,
         quick_help="only the cases with speed targets (CPU: assign_attention CIGN N=36 and GroupViT, fp32 and "
-        "bf16, in every mode; token_distill_kl [384, 220] fp32)",
+        "bf16, in every mode; token_distill_kl and bernoulli_distill_kl [384, 220] fp32)",
     )
     ops.add_argument(
-        "--ops", nargs="+", choices=tuple(MODULES), default=list(MODULES), help="ops to run (default: both)"
+        "--ops", nargs="+", choices=tuple(MODULES), default=list(MODULES), help="ops to run (default: all)"
     )
     ops.add_argument(
         "--shapes",
