@@ -147,10 +147,10 @@ def write_dataset(dataset: str, seed: int, root: Path, fsdd: Path) -> Path:
 
         return root if (root / "labels.csv").is_file() else write_synthetic_features(root, seed=seed)
     if dataset == "fsdd_features":
-        from cign_fast.data.signal_features import write_signal_features
+        from cign_fast.data.signal_features import signal_features_stamp, write_signal_features
 
         clips = write_dataset("fsdd", seed, root.parent / data_folder("fsdd", seed), fsdd)
-        return root if (root / "labels.csv").is_file() else write_signal_features(clips, root)
+        return root if signal_features_stamp(root) is not None else write_signal_features(clips, root)
     if not (root / "labels.csv").is_file():
         spec = DATASETS["fsdd"]
         write_fsdd_digits_dataset(

@@ -28,7 +28,7 @@ from cign_fast.bench import common
 from cign_fast.bench.bench_learning import features_overrides
 from cign_fast.cli.compare import method_list
 from cign_fast.data.fsdd import write_fsdd_digits_dataset
-from cign_fast.data.signal_features import write_signal_features
+from cign_fast.data.signal_features import signal_features_stamp, write_signal_features
 from cign_fast.data.synthetic import write_synthetic_features
 from cign_fast.methods import method_names
 from cign_fast.train.compare import format_table, run_compare, runnable_methods
@@ -68,7 +68,7 @@ def prepare_datasets(names: list[str], work: Path, fsdd: Path, options: DemoOpti
         datasets["fsdd"] = (clips, FSDD_TASKS)
     if "fsdd_features" in names:
         features = work / "data" / "fsdd_features"
-        if not (features / "labels.csv").is_file():
+        if signal_features_stamp(features) is None:
             write_signal_features(clips, features)
         datasets["fsdd_features"] = (features, FSDD_TASKS)
     return datasets

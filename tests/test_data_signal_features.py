@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from cign_fast.data import FeatureDataset, read_labels, synthetic_class_names, write_synthetic_dataset
-from cign_fast.data.signal_features import audio_tokens, visual_tokens, write_signal_features
+from cign_fast.data.signal_features import audio_tokens, signal_features_stamp, visual_tokens, write_signal_features
 
 
 @pytest.fixture(scope="module")
@@ -39,6 +39,9 @@ def test_features_are_read_back_with_the_documented_shapes_and_standardised(clip
     torch.testing.assert_close(stacked.mean(0), torch.zeros(12), atol=1e-4, rtol=0)
     torch.testing.assert_close(stacked.std(0, unbiased=False), torch.ones(12), atol=1e-3, rtol=0)
     assert {row.id for row in read_labels(root)} == {row.id for row in read_labels(clips_root)}
+    stamp = signal_features_stamp(root)
+    assert stamp is not None and stamp["audio_chunks"] == 5 and stamp["visual_grid"] == 2 and stamp["format"] == 1
+    assert signal_features_stamp(clips_root) is None  # written by another writer: no stamp
 
 
 def test_tokens_are_the_pooled_spectrogram_and_frame(clips_root):

@@ -12,6 +12,7 @@ start, the setting of the CIGN paper (pre-extracted features), without pretraine
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +23,9 @@ from torch.nn import functional as F
 from cign_fast.data.audio import LogSpectrogram, load_clip_waveform
 from cign_fast.data.feature_files import MODALITIES, write_feature_folder
 from cign_fast.data.labels import read_labels
+
+STAMP_FILE = "signal_features.json"  # the writer's parameters, next to the features
+FORMAT_VERSION = 1  # raised when the features change for the same parameters (1: standardised with train)
 
 
 def audio_tokens(path: Path, sample_rate: int, spectrogram: LogSpectrogram, chunks: int, bands: int) -> np.ndarray:
@@ -61,6 +65,14 @@ def write_signal_features(
         if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
             raise ValueError(f"{name}: expected an int > 0, got {value!r}")
     clips_root = Path(clips_root)
+    parameters = {
+        "format": FORMAT_VERSION,
+        "sample_rate": sample_rate,
+        "audio_chunks": audio_chunks,
+        "audio_bands": audio_bands,
+        "visual_grid": visual_grid,
+        "patch_pixels": patch_pixels,
+    }
     rows = read_labels(clips_root)
     spectrogram = LogSpectrogram()
     features: dict[str, dict[str, np.ndarray]] = {modality: {} for modality in MODALITIES}
@@ -80,4 +92,13 @@ def write_signal_features(
         mean, std = stacked.mean(axis=0), stacked.std(axis=0) + 1e-6
         for clip_id, tokens in by_id.items():
             by_id[clip_id] = ((tokens - mean) / std).astype(np.float32)
-    return write_feature_folder(root, rows, features)
+    written = write_feature_folder(root, rows, features)
+    (written / STAMP_FILE).write_text(json.dumps(parameters, indent=2) + "\n")
+    return written
+
+
+def signal_features_stamp(root: str | Path) -> dict | None:
+    """The parameters :func:`write_signal_features` wrote ``root`` with, or None (another writer, or an older
+    version of this one: such a folder should be written again)."""
+    stamp = Path(root) / STAMP_FILE
+    return json.loads(stamp.read_text()) if stamp.is_file() else None
