@@ -110,10 +110,7 @@ def providers(case: Case, device: torch.device, with_compile: bool = True) -> di
     def eager(q, k, v):
         return authors_eager(q, k, v, mode)
 
-    def products(q, k, v):
-        return matrix_products(q, k, v)
-
-    found: dict[str, Callable] = {"eager": eager, PRODUCTS: products}
+    found: dict[str, Callable] = {"eager": eager, PRODUCTS: matrix_products}
     if with_compile:
         found["compile"] = common.compiled(eager)
     options = op_options(AssignParams(mode=MODES.index(mode), seed=SEED))

@@ -25,53 +25,35 @@ import sys
 from pathlib import Path
 
 from cign_fast.bench import common
-from cign_fast.bench.bench_learning import features_overrides
+from cign_fast.bench.bench_learning import (
+    DATASETS,
+    DEFAULT_FSDD,
+    FEATURES_MODE,
+    NEEDS_FSDD,
+    data_folder,
+    features_overrides,
+    write_dataset,
+)
 from cign_fast.cli.compare import method_list
-from cign_fast.data.fsdd import write_fsdd_digits_dataset
-from cign_fast.data.signal_features import signal_features_stamp, write_signal_features
-from cign_fast.data.synthetic import write_synthetic_features
 from cign_fast.methods import method_names
 from cign_fast.train.compare import format_table, run_compare, runnable_methods
 from cign_fast.train.config import build_config
-from cign_fast.train.demo import DemoOptions, demo_overrides, prepare_synthetic_data
+from cign_fast.train.demo import DemoOptions, demo_overrides
 from cign_fast.train.distributed import broadcast_from_main, setup_distributed, teardown_distributed
 
-REPO = Path(__file__).resolve().parents[1]
-FSDD_RECORDINGS = REPO.parent / "shared" / "data" / "fsdd" / "recordings"
-FSDD_TASKS = 5
-FSDD_CLIPS = {"train_per_class": 100, "test_per_class": 30}  # per digit, as bench_learning's
-FEATURES_MODE = ("demo_features", "fsdd_features")  # trained in features mode with bench_learning's features recipe
 SETTINGS = ("exemplar-free", "memory")
 
 
-def prepare_datasets(names: list[str], work: Path, fsdd: Path, options: DemoOptions) -> dict[str, tuple[Path, int]]:
-    """``{dataset: (root, tasks)}``: the demo's synthetic clips, and the FSDD digits (raw clips, and their fixed
-    signal features for ``fsdd_features``) when ``fsdd`` exists."""
-    datasets = {}
-    if "demo" in names:
-        demo = DemoOptions(out=work, data_dir=work / "data" / "demo", seed=0, tasks=options.tasks)
-        datasets["demo"] = (prepare_synthetic_data(demo), demo.tasks)
-    if "demo_features" in names:
-        root = work / "data" / "demo_features"
-        if not (root / "labels.csv").is_file():
-            write_synthetic_features(root, seed=0)
-        datasets["demo_features"] = (root, options.tasks)
-    if not {"fsdd", "fsdd_features"} & set(names):
-        return datasets
-    if not fsdd.is_dir():
+def prepare_datasets(names: list[str], work: Path, fsdd: Path) -> dict[str, tuple[Path, int]]:
+    """``{dataset: (root, tasks)}``, seed 0 of each, written as the learning benchmark writes them
+    (``bench_learning.write_dataset``); the FSDD ones only when ``fsdd`` exists."""
+    if set(NEEDS_FSDD) & set(names) and not fsdd.is_dir():
         print(f"FSDD recordings not found at {fsdd}: skipping the digits", file=sys.stderr)
-        return datasets
-    clips = work / "data" / "fsdd"
-    if not (clips / "labels.csv").is_file():
-        write_fsdd_digits_dataset(fsdd, clips, **FSDD_CLIPS, image_size=options.image_size, seed=0)
-    if "fsdd" in names:
-        datasets["fsdd"] = (clips, FSDD_TASKS)
-    if "fsdd_features" in names:
-        features = work / "data" / "fsdd_features"
-        if signal_features_stamp(features) is None:
-            write_signal_features(clips, features)
-        datasets["fsdd_features"] = (features, FSDD_TASKS)
-    return datasets
+        names = [name for name in names if name not in NEEDS_FSDD]
+    return {
+        name: (write_dataset(name, 0, work / "data" / data_folder(name, 0), fsdd), DATASETS[name]["tasks"])
+        for name in names
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -93,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
         help="exemplar-free and/or with --memory exemplars per class (default: both)",
     )
     parser.add_argument("--epochs", type=int, default=DemoOptions.epochs, help="epochs per task (default: the demo's)")
-    parser.add_argument("--fsdd", type=Path, default=FSDD_RECORDINGS, help="FSDD recordings folder")
+    parser.add_argument("--fsdd", type=Path, default=DEFAULT_FSDD, help="FSDD recordings folder")
     parser.add_argument(
         "--work",
         type=Path,
@@ -113,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     context = setup_distributed(args.device)
     try:
         env = common.environment(context.device)
-        datasets = prepare_datasets(args.datasets, args.work, args.fsdd, options) if context.is_main else {}
+        datasets = prepare_datasets(args.datasets, args.work, args.fsdd) if context.is_main else {}
         datasets = broadcast_from_main(datasets, context)  # the other ranks wait until the data is written
         sections, reports = [], {}
         for dataset, (root, tasks) in datasets.items():

@@ -95,10 +95,7 @@ class CIGNMethod(ContinualMethod):
             old_class_negatives=distill.old_class_negatives,
             token_weight=distill.token_weight,
         )
-        terms = {
-            **terms,
-            **self.replay_loss(model, labels),
-        }
+        terms = {**terms, **self.replay_loss(model, labels)}
         return {**terms, "total": terms["total"] + terms["replay"] + terms["replay_kd"]}
 
     def replay_loss(self, model: nn.Module, labels: Tensor) -> dict[str, Tensor]:
@@ -132,7 +129,7 @@ class CIGNMethod(ContinualMethod):
             for logits in (out.audio_logits, out.visual_logits)
         )
         replay_kd = zero
-        if distill.replay_kd and distill.enabled and self.teacher is not None:
+        if distill.replay_kd and self.teacher is not None:  # no teacher without distill.enabled
             assert isinstance(self.teacher, CIGN)
             with torch.no_grad():
                 teacher_out = self.teacher.forward_tokens(out.audio_tokens, out.visual_tokens)
